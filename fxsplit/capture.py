@@ -1,0 +1,150 @@
+"""Capture: a leaf-aware torch.fx trace plus shape propagation.
+
+torch.nn / torch.ao.nn / brevitas.nn modules and fxsplit markers stay leaves (one
+node each, as hls4ml's own tracer sees them); containers (Sequential, user modules)
+are traced through. Tracing failures are re-raised as FxsplitError naming the
+module and the source line, with advice.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import traceback
+from collections.abc import Sequence
+
+import torch
+import torch.fx
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from .errors import FxsplitError
+from .markers import Cut, cut
+
+_LEAF_PREFIXES = ("torch.nn", "torch.ao.nn", "brevitas.nn")
+_FXSPLIT_DIR = os.path.dirname(os.path.abspath(__file__))
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
+
+
+class LeafTracer(torch.fx.Tracer):
+    """torch.fx tracer with hls4ml's notion of a leaf, recording source lines."""
+
+    def __init__(self):
+        super().__init__(autowrap_functions=(cut,))
+        self.record_stack_traces = True
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if isinstance(m, Cut):
+            return True
+        if isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
+            return False
+        return type(m).__module__.startswith(_LEAF_PREFIXES)
+
+
+def normalize_shapes(input_shape) -> list[tuple[int, ...]]:
+    """``(C, H, W)`` -> ``[(C, H, W)]``; a list of shapes stays a list (several inputs)."""
+    if isinstance(input_shape, (list, tuple)) and input_shape and all(isinstance(d, int) for d in input_shape):
+        return [tuple(input_shape)]
+    if isinstance(input_shape, (list, tuple)) and input_shape and all(
+            isinstance(s, (list, tuple)) and s and all(isinstance(d, int) for d in s) for s in input_shape):
+        return [tuple(s) for s in input_shape]
+    raise FxsplitError(f"input_shape must be a tuple of ints (one input) or a list of such tuples, got {input_shape!r}",
+                       hint="pass the shape of one sample without the batch dimension, e.g. (3, 32, 32)")
+
+
+def _user_frame(tb) -> traceback.FrameSummary | None:
+    frames = traceback.extract_tb(tb)
+    for fr in reversed(frames):
+        path = os.path.abspath(fr.filename)
+        if not path.startswith((_FXSPLIT_DIR, _TORCH_DIR)) and "<eval_with_key>" not in fr.filename:
+            return fr
+    return None
+
+
+def _module_of_frame(root: nn.Module, tb) -> str | None:
+    """Qualified name of the innermost module whose forward raised."""
+    names = {id(m): n for n, m in root.named_modules()}
+    found = None
+    while tb is not None:
+        obj = tb.tb_frame.f_locals.get("self")
+        if isinstance(obj, nn.Module) and id(obj) in names:
+            found = names[id(obj)] or type(root).__name__
+        tb = tb.tb_next
+    return found
+
+
+def trace(model: nn.Module, input_shape) -> torch.fx.GraphModule:
+    """Trace ``model`` into a GraphModule whose nodes carry ``tensor_meta`` shapes."""
+    shapes = normalize_shapes(input_shape)
+    tracer = LeafTracer()
+    try:
+        graph = tracer.trace(model)
+    except Exception as e:  # tracing user code: any failure is the user's model
+        fr = _user_frame(e.__traceback__)
+        src = f"{fr.filename}:{fr.lineno}: {fr.line}" if fr else None
+        raise FxsplitError(
+            f"torch.fx could not trace the model: {type(e).__name__}: {e}",
+            module=_module_of_frame(model, e.__traceback__), source=src,
+            hint="data-dependent control flow (if/for on tensor values or shapes) cannot be traced; make it "
+                 "static (decide it in __init__), or move it into a torch.nn leaf module") from e
+    gm = torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
+    n_placeholders = sum(1 for n in gm.graph.nodes if n.op == "placeholder")
+    if n_placeholders != len(shapes):
+        raise FxsplitError(f"the model's forward takes {n_placeholders} tensor input(s) but input_shape gives "
+                           f"{len(shapes)} shape(s)", hint="pass one shape per forward argument")
+    examples = [torch.rand((2, *s)) for s in shapes]
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(*examples)
+    except Exception as e:
+        fr = _user_frame(e.__traceback__)
+        raise FxsplitError(
+            f"running the traced model on a random input of shape {[tuple(x.shape) for x in examples]} failed: "
+            f"{type(e).__name__}: {e}", source=f"{fr.filename}:{fr.lineno}: {fr.line}" if fr else None,
+            hint="check input_shape (it excludes the batch dimension)") from e
+    return gm
+
+
+_FRAME_RE = re.compile(r'File "([^"]+)", line (\d+), in \S+\n\s*(.*)')
+
+
+def node_source(node: torch.fx.Node) -> str | None:
+    """``file:line: code`` of the user statement that created ``node`` (if recorded)."""
+    st = node.stack_trace or node.meta.get("stack_trace")
+    if not st:
+        return None
+    hits = [m for m in _FRAME_RE.finditer(st) if not os.path.abspath(m.group(1)).startswith((_FXSPLIT_DIR, _TORCH_DIR))]
+    if not hits:
+        return None
+    m = hits[-1]
+    return f"{m.group(1)}:{m.group(2)}: {m.group(3).strip()}"
+
+
+def node_shape(node: torch.fx.Node) -> tuple[int, ...]:
+    """Per-sample (batch removed) PyTorch shape of a node's tensor."""
+    meta = node.meta.get("tensor_meta")
+    if meta is None or not hasattr(meta, "shape"):
+        raise FxsplitError(f"node {node.name!r} does not produce a single tensor; fxsplit can only cut through tensors",
+                           source=node_source(node), hint="move the cut to a point where one tensor flows")
+    return tuple(int(d) for d in meta.shape[1:])
+
+
+def channels_last(shape: Sequence[int]) -> tuple[int, ...]:
+    """PyTorch per-sample shape -> hls4ml (channels-last) shape: (C, *S) -> (*S, C)."""
+    shape = tuple(shape)
+    return shape[1:] + shape[:1] if len(shape) >= 2 else shape
+
+
+def to_channels_last(x, ndim_sample: int):
+    """numpy (N, C, *S) -> (N, *S, C)."""
+    import numpy as np
+    if ndim_sample < 2:
+        return np.ascontiguousarray(x)
+    return np.ascontiguousarray(np.moveaxis(x, 1, -1))
+
+
+def to_channels_first(x, ndim_sample: int):
+    import numpy as np
+    if ndim_sample < 2:
+        return np.ascontiguousarray(x)
+    return np.ascontiguousarray(np.moveaxis(x, -1, 1))

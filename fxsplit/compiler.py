@@ -1,0 +1,105 @@
+"""``fxsplit.compile``: validate everything, then build every partition in parallel."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from torch import nn
+
+from .errors import FxsplitError
+from .flows import hls4ml as hflow
+from .ir import Partitioning
+from .partition import partition as make_partitioning
+from .summary import build_report
+
+FLOWS = ("hls4ml", "rtl")
+
+
+def _resolve_output_dir(output_dir, model: nn.Module) -> Path:
+    if output_dir is None:
+        output_dir = Path("fxsplit_out") / type(model).__name__
+    out = Path(output_dir).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise FxsplitError(f"output_dir {str(out)!r} exists and is not a directory")
+    return out
+
+
+def _materialize(art_dir: Path, name: str, key: str, out: Path) -> Path:
+    """Copy a cached project into ``out/<name>`` (atomically; skipped when already current)."""
+    dest = out / name
+    stamp = dest / ".fxsplit-key"
+    if stamp.exists() and stamp.read_text() == key:
+        return dest
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out))
+    shutil.copytree(art_dir / name, tmp / name, symlinks=True)
+    (tmp / name / ".fxsplit-key").write_text(key)
+    old = out / f".{name}-old-{os.getpid()}"
+    if dest.exists():
+        os.rename(dest, old)
+    os.rename(tmp / name, dest)
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+    return dest
+
+
+def _csim_from(result, out_dir: Path, spec_name: str, n_in: int) -> hflow.CSim:
+    meta = result.meta
+    lib = Path(result.artifact_dir) / meta["lib"]
+    return hflow.CSim(str(lib), meta["project"], [math.prod(s) for s in meta["inputs"]],
+                      [math.prod(s) for s in meta["outputs"]])
+
+
+def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", config: dict | None = None,
+            output_dir=None, jobs: int | None = None, executor=None, progress: bool | None = None,
+            cache_dir=None):
+    """Partition ``model``, build every partition (in parallel, cached) and return a :class:`Design`.
+
+    Everything (tracing, cuts, names, config, layer support, types) is validated before
+    any build starts; nothing is written before that, and nothing outside ``output_dir``
+    (and ``cache_dir``, by default ``output_dir/.cache``)."""
+    from .build import Job, output_dir_lock, run_jobs
+    from .design import Design
+
+    t_start = time.time()
+    if flow not in FLOWS:
+        raise FxsplitError(f"unknown flow {flow!r}", hint=f"use one of {FLOWS}")
+    if jobs is not None and (not isinstance(jobs, int) or jobs < 1):
+        raise FxsplitError(f"jobs must be a positive integer, got {jobs!r}")
+    out = _resolve_output_dir(output_dir, model)
+    cache = Path(cache_dir).expanduser().resolve() if cache_dir else out / ".cache"
+
+    # ---- validate (no file written yet)
+    pt: Partitioning = make_partitioning(model, input_shape, splits)
+    fc = hflow.normalize_config(config, pt)
+    specs, graphs, mono_spec, _mono = hflow.lower(pt, fc, str(out))
+    rtl_plan = None
+    if flow == "rtl":
+        from .flows import rtl as rflow
+        rtl_plan = rflow.plan(pt, graphs, fc)
+    t_validated = time.time()
+
+    # ---- build
+    job_list = [Job(id=f"{name}/csim", partition=name, step="csim", fn=hflow.csim_job, params={"spec": spec},
+                    key_data=spec.key_data()) for name, spec in [*specs.items(), (mono_spec.name, mono_spec)]]
+    if rtl_plan is not None:
+        job_list += rtl_plan.jobs()
+    out.mkdir(parents=True, exist_ok=True)
+    with output_dir_lock(out):
+        result = run_jobs(job_list, cache, executor=executor, max_workers=jobs, progress=progress,
+                          log_dir=out / "logs")
+        for r in result:
+            if r.step == "csim" and r.state in ("built", "cached"):
+                _materialize(Path(r.artifact_dir), r.meta["project"], r.key, out)
+        result.raise_for_failures()
+        csims = {name: _csim_from(result[f"{name}/csim"], out, name, len(pt[name].inputs)) for name in specs}
+        mono = _csim_from(result[f"{mono_spec.name}/csim"], out, mono_spec.name, len(pt.inputs))
+        rtl = rtl_plan.finish(result, out) if rtl_plan is not None else None
+        design = Design(pt, flow, str(out), csims, mono, build=result, rtl=rtl)
+        design.report = build_report(design, model_name=type(model).__name__,
+                                     timings={"validate": t_validated - t_start, "total": time.time() - t_start})
+    return design

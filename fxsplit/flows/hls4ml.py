@@ -1,0 +1,411 @@
+"""hls4ml flow: one hls4ml ModelGraph (the single numerics source) per partition.
+
+Main process (fast, before any build): convert every partition through hls4ml's
+PyTorch converter with explicit outputs and with each input layer pinned to the
+type its producer emits, so the type on both sides of a cut is identical; convert
+the uncut model the same way and check that every port exists there with the same
+type. Worker processes (slow, parallel, cached): rebuild the same ModelGraph from a
+picklable spec, write the project and compile its C-simulation library.
+"""
+
+from __future__ import annotations
+
+import copy
+import ctypes
+import hashlib
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx
+
+from ..capture import node_source
+from ..errors import FxsplitError
+from ..ir import Partition, Partitioning
+
+DEFAULT_PRECISION = "fixed<16,6>"
+MONOLITHIC = "monolithic"
+MAX_EXACT_BITS = 53  # the csim bridge carries values as double: wider types would round
+
+_CONFIG_KEYS = {"precision", "input_precision", "reuse_factor", "strategy", "io_type", "backend", "part",
+                "clock_period", "partitions", "layers", "latency_cutoff", "csim_opt"}
+_OVERRIDE_KEYS = {"precision", "reuse_factor", "strategy"}
+
+
+# ----------------------------------------------------------------------------- config
+
+@dataclass
+class FlowConfig:
+    """Normalised user config. Per-partition settings are expanded into per-layer ones,
+    so that the uncut reference model is configured exactly like the partitions."""
+    precision: str = DEFAULT_PRECISION
+    input_precision: str | None = None
+    reuse_factor: int = 1
+    strategy: str = "Latency"
+    io_type: str = "io_parallel"
+    backend: str = "Vivado"
+    part: str | None = None
+    clock_period: float = 5.0
+    latency_cutoff: float | None = None
+    csim_opt: str = "-O3"             # g++ optimisation of the C-simulation library (numerics do not depend on it)
+    layers: dict[str, dict[str, Any]] = field(default_factory=dict)   # fx node name -> overrides
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, sort_keys=True, default=str)
+
+
+def _close(name, known):
+    import difflib
+    c = difflib.get_close_matches(name, known, n=4, cutoff=0.5)
+    return f"did you mean {', '.join(map(repr, c))}?" if c else f"known: {', '.join(sorted(known)[:12])}"
+
+
+def _check_keys(d: dict, allowed: set[str], where: str):
+    for k in d:
+        if k not in allowed:
+            raise FxsplitError(f"unknown config key {k!r} in {where}", hint=_close(k, allowed))
+
+
+def _check_override(ov: dict, where: str) -> dict:
+    if not isinstance(ov, dict):
+        raise FxsplitError(f"{where} must be a dict like {{'precision': 'fixed<12,4>', 'reuse_factor': 2}}")
+    _check_keys(ov, _OVERRIDE_KEYS, where)
+    prec = ov.get("precision")
+    if prec is not None and not isinstance(prec, (str, dict)):
+        raise FxsplitError(f"{where}: precision must be a string such as 'fixed<12,4>' or a dict "
+                           "{'result': ..., 'weight': ..., 'bias': ...}")
+    return dict(ov)
+
+
+def normalize_config(config: dict | None, pt: Partitioning) -> FlowConfig:
+    config = dict(config or {})
+    _check_keys(config, _CONFIG_KEYS, "config")
+    fc = FlowConfig(**{k: v for k, v in config.items() if k not in ("partitions", "layers")})
+    if fc.csim_opt not in ("-O0", "-O1", "-O2", "-O3"):
+        raise FxsplitError(f"config csim_opt must be one of -O0..-O3, got {fc.csim_opt!r}")
+    if fc.io_type not in ("io_parallel", "io_stream"):
+        raise FxsplitError(f"config io_type must be 'io_parallel' or 'io_stream', got {fc.io_type!r}")
+    # qualified module name (layer2.0.conv1) or node name (layer2_0_conv1) -> node name
+    alias: dict[str, str] = {}
+    part_of: dict[str, str] = {}
+    for p in pt.partitions:
+        for n in p.module.graph.nodes:
+            if n.op in ("call_module", "call_function", "call_method"):
+                alias[n.name] = n.name
+                part_of[n.name] = p.name
+    for n in pt.graph.graph.nodes:
+        if n.op == "call_module":
+            alias[str(n.target)] = n.name
+    names = [p.name for p in pt.partitions]
+    layers: dict[str, dict] = {}
+    for pname, ov in (config.get("partitions") or {}).items():
+        if pname not in names:
+            raise FxsplitError(f"config names partition {pname!r}, which does not exist", hint=_close(pname, names))
+        ov = _check_override(ov, f"config['partitions'][{pname!r}]")
+        for node, owner in part_of.items():
+            if owner == pname:
+                layers.setdefault(node, {}).update(ov)
+    for lname, ov in (config.get("layers") or {}).items():
+        if lname not in alias:
+            raise FxsplitError(f"config names layer {lname!r}, which is not in the model", hint=_close(lname, alias))
+        layers.setdefault(alias[lname], {}).update(_check_override(ov, f"config['layers'][{lname!r}]"))
+    fc.layers = layers
+    return fc
+
+
+# ----------------------------------------------------------------------------- conversion
+
+def _supported_ops() -> set[str]:
+    from hls4ml.converters.pytorch_to_hls import get_supported_pytorch_layers
+    return set(get_supported_pytorch_layers()) | {"Dropout", "Sequential", "getitem"}
+
+
+def _op_name(node: torch.fx.Node, root: torch.nn.Module) -> str:
+    from hls4ml.converters.pytorch_to_hls import layer_name_map
+    if node.op == "call_module":
+        return type(root.get_submodule(node.target)).__name__
+    op = node.name
+    if op.split("_")[-1].isdigit():
+        op = "_".join(op.split("_")[:-1])
+    return layer_name_map.get(op, op)
+
+
+def check_layers(part: Partition, uncut: torch.fx.GraphModule) -> None:
+    """Every operation of the partition must be one hls4ml's PyTorch converter knows."""
+    supported = _supported_ops()
+    uncut_nodes = {n.name: n for n in uncut.graph.nodes}
+    for n in part.module.graph.nodes:
+        if n.op not in ("call_module", "call_function", "call_method"):
+            continue
+        op = _op_name(n, part.module)
+        if op not in supported:
+            orig = uncut_nodes.get(n.name, n)
+            what = f"module {orig.target!r}" if n.op == "call_module" else f"operation {n.name!r}"
+            raise FxsplitError(f"hls4ml cannot convert {what} ({op})", module=str(orig.target),
+                               partition=part.name, source=node_source(orig),
+                               hint="replace it with a layer hls4ml supports (see "
+                                    "hls4ml.converters.pytorch_to_hls.get_supported_pytorch_layers()), or keep it "
+                                    "outside the model you compile")
+
+
+def _name_map(module: torch.fx.GraphModule) -> dict[str, str]:
+    """Node names of ``module`` -> the names hls4ml's own re-trace gives the same nodes."""
+    from hls4ml.utils.torch import CustomFXTracer
+    ours = [n for n in module.graph.nodes if n.op != "output"]
+    theirs = [n for n in CustomFXTracer().trace(module).nodes if n.op != "output"]
+    if len(ours) != len(theirs) or any(a.op != b.op for a, b in zip(ours, theirs)):
+        raise FxsplitError("internal: hls4ml's re-trace of a partition differs from fxsplit's trace")
+    return {a.name: b.name for a, b in zip(ours, theirs)}
+
+
+def _layer_precision(override: dict) -> dict[str, str]:
+    prec = override.get("precision")
+    if prec is None:
+        return {}
+    if isinstance(prec, str):
+        return {"result": prec, "weight": prec, "bias": prec}
+    return dict(prec)
+
+
+@dataclass
+class ModelSpec:
+    """Everything needed to rebuild one ModelGraph, picklable (for worker processes)."""
+    name: str                         # project name (partition name or 'monolithic')
+    module: torch.fx.GraphModule
+    input_shapes: list[tuple[int, ...]]   # PyTorch per-sample shapes, in placeholder order
+    output_layers: list[str]          # hls4ml layer names, in port order
+    hls_config: dict[str, Any]
+    io_type: str
+    backend: str
+    part: str | None
+    clock_period: float
+    csim_opt: str = "-O3"
+
+    def key_data(self) -> bytes:
+        """Content that determines the generated project (graph, weights, config, tool versions)."""
+        import hls4ml
+        h = hashlib.sha256()
+        h.update(self.module.code.encode())
+        for mname, m in sorted(self.module.named_modules()):
+            h.update(f"{mname}:{m.extra_repr()}:{type(m).__qualname__}".encode())
+        for k, v in sorted(self.module.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        meta = {"name": self.name, "shapes": self.input_shapes, "outputs": self.output_layers,
+                "hls": self.hls_config, "io": self.io_type, "backend": self.backend, "part": self.part,
+                "clock": self.clock_period, "opt": self.csim_opt, "hls4ml": hls4ml.__version__, "cxx": _cxx_version()}
+        h.update(json.dumps(meta, sort_keys=True, default=str).encode())
+        return h.hexdigest().encode()
+
+
+_CXX = None
+
+
+def _cxx_version() -> str:
+    global _CXX
+    if _CXX is None:
+        try:
+            _CXX = subprocess.run(["g++", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+        except (OSError, IndexError):
+            _CXX = "g++ not found"
+    return _CXX
+
+
+def make_spec(name: str, module: torch.fx.GraphModule, input_names: list[str], input_shapes: list[tuple[int, ...]],
+              output_names: list[str], input_precisions: dict[str, str], fc: FlowConfig) -> ModelSpec:
+    from hls4ml.utils.config import config_from_pytorch_model
+    nmap = _name_map(module)
+    shapes = [tuple(s) for s in input_shapes]
+    cfg = config_from_pytorch_model(module, shapes if len(shapes) > 1 else shapes[0], granularity="name",
+                                    default_precision=fc.precision, default_reuse_factor=fc.reuse_factor,
+                                    channels_last_conversion="internal", transpose_outputs=False)
+    cfg.pop("PytorchModel", None)
+    cfg.pop("InputShape", None)
+    cfg["Model"]["Strategy"] = fc.strategy
+    layer_cfg = cfg.setdefault("LayerName", {})
+    for node, ov in fc.layers.items():
+        if node not in nmap:
+            continue
+        lc = layer_cfg.setdefault(nmap[node], {})
+        prec = _layer_precision(ov)
+        if prec:
+            lc.setdefault("Precision", {}).update(prec)
+        if "reuse_factor" in ov:
+            lc["ReuseFactor"] = ov["reuse_factor"]
+        if "strategy" in ov:
+            lc["Strategy"] = ov["strategy"]
+    for inp in input_names:
+        lc = layer_cfg.setdefault(nmap[inp], {})
+        lc.setdefault("Precision", {})["result"] = input_precisions[inp]
+    return ModelSpec(name, module, shapes, [nmap[o] for o in output_names], cfg, fc.io_type, fc.backend,
+                     fc.part, fc.clock_period, fc.csim_opt)
+
+
+def build_modelgraph(spec: ModelSpec, output_dir: str):
+    """hls4ml's PyTorch converter, with explicit outputs (its parser marks only sink layers)."""
+    import contextlib
+    from hls4ml.converters import _check_hls_config, _check_model_config
+    from hls4ml.converters.pytorch_to_hls import parse_pytorch_model
+    from hls4ml.model import ModelGraph
+    from hls4ml.utils.config import create_config
+
+    # weights compiled into the library: a csim library built on a worker stays valid wherever it is loaded
+    kwargs = {"io_type": spec.io_type, "clock_period": spec.clock_period, "write_weights_txt": False}
+    if spec.part:
+        kwargs["part"] = spec.part
+    config = create_config(output_dir=output_dir, project_name=spec.name, backend=spec.backend, **kwargs)
+    config["PytorchModel"] = spec.module
+    config["InputShape"] = spec.input_shapes if len(spec.input_shapes) > 1 else spec.input_shapes[0]
+    hls_config = copy.deepcopy(spec.hls_config)
+    config["HLSConfig"] = {"Model": _check_model_config(hls_config.get("Model"))}
+    _check_hls_config(config, hls_config)
+    with contextlib.redirect_stdout(io.StringIO()):
+        layer_list, inputs, _sinks = parse_pytorch_model(config, verbose=False)
+        hm = ModelGraph.from_layer_list(config, layer_list, inputs=inputs, outputs=list(spec.output_layers))
+    return hm
+
+
+def output_precisions(hm) -> list[str]:
+    return [str(v.type.precision) for v in hm.get_output_variables()]
+
+
+def type_width(precision: str) -> int:
+    m = re.match(r"u?(?:fixed|int)<\s*(\d+)", precision.replace("ap_", ""))
+    return int(m.group(1)) if m else 0
+
+
+def lower(pt: Partitioning, fc: FlowConfig, output_dir: str):
+    """Convert every partition and the uncut model; fill in port precisions.
+
+    Returns (specs by partition name, ModelGraphs by name, monolithic spec, monolithic ModelGraph)."""
+    uncut = pt.graph
+    in_prec = fc.input_precision or fc.precision
+    precisions: dict[str, str] = {p.name: in_prec for p in pt.inputs}
+    specs, graphs = {}, {}
+    for part in pt.partitions:
+        check_layers(part, uncut)
+        spec = make_spec(part.name, part.module, [p.name for p in part.inputs], [p.torch_shape for p in part.inputs],
+                         [p.name for p in part.outputs], {p.name: precisions[p.name] for p in part.inputs}, fc)
+        try:
+            hm = build_modelgraph(spec, os.path.join(output_dir, part.name))
+        except FxsplitError:
+            raise
+        except Exception as e:
+            raise FxsplitError(f"hls4ml could not convert partition {part.name!r}: {type(e).__name__}: {e}",
+                               partition=part.name, hint="check the layers of this partition against hls4ml's "
+                                                         "supported PyTorch layers") from e
+        for port, prec in zip(part.outputs, output_precisions(hm)):
+            precisions[port.name] = prec
+            port.precision = prec
+        for port in part.inputs:
+            port.precision = precisions[port.name]
+        specs[part.name], graphs[part.name] = spec, hm
+    for p in pt.inputs:
+        p.precision = in_prec
+
+    placeholders = [n.name for n in uncut.graph.nodes if n.op == "placeholder"]
+    mono_spec = make_spec(MONOLITHIC, uncut, placeholders, [p.torch_shape for p in pt.inputs],
+                          [p.name for p in pt.outputs], {n: in_prec for n in placeholders}, fc)
+    mono = build_modelgraph(mono_spec, os.path.join(output_dir, MONOLITHIC))
+    _check_boundaries(pt, mono, _name_map(uncut))
+    return specs, graphs, mono_spec, mono
+
+
+def _check_boundaries(pt: Partitioning, mono, nmap: dict[str, str]) -> None:
+    """Each cut tensor must exist in the uncut hls4ml model with the same type."""
+    uncut_nodes = {n.name: n for n in pt.graph.graph.nodes}
+    for part in pt.partitions:
+        for port in part.outputs:
+            node = uncut_nodes[port.name]
+            width = type_width(port.precision or "")
+            if width > MAX_EXACT_BITS:
+                raise FxsplitError(
+                    f"the tensor {port.name!r} leaving partition {part.name!r} has type {port.precision} "
+                    f"({width} bits); the C-simulation bridge carries at most {MAX_EXACT_BITS} bits exactly",
+                    partition=part.name, module=str(node.target), source=node_source(node),
+                    hint=f"set a narrower result precision for this layer: config={{'layers': "
+                         f"{{{str(node.target)!r}: {{'precision': {{'result': 'fixed<24,12>'}}}}}}}}")
+            layer = mono.graph.get(nmap.get(port.name, port.name))
+            if layer is None:
+                raise FxsplitError(
+                    f"the cut after {port.name!r} (end of partition {part.name!r}) separates layers that hls4ml "
+                    "fuses in the uncut model (e.g. a convolution and its BatchNorm, or an activation hls4ml "
+                    "merges); the partitioned design could not equal the uncut one bit for bit",
+                    partition=part.name, module=str(node.target), source=node_source(node),
+                    hint="move the cut after the fused group (e.g. after the BatchNorm / activation)")
+            mono_prec = str(layer.get_output_variable().type.precision)
+            if mono_prec != port.precision:
+                raise FxsplitError(
+                    f"the tensor {port.name!r} has type {port.precision} at the cut but {mono_prec} in the uncut "
+                    "model", partition=part.name, module=str(node.target), source=node_source(node),
+                    hint="set an explicit result precision for this layer in config['layers']")
+    for port in pt.outputs:
+        if type_width(port.precision or "") > MAX_EXACT_BITS:
+            raise FxsplitError(f"model output {port.name!r} has type {port.precision}, wider than {MAX_EXACT_BITS} "
+                               "bits", hint="set a narrower result precision for the last layer")
+
+
+# ----------------------------------------------------------------------------- build job (worker side)
+
+def csim_job(workdir: str, inputs: dict[str, str], spec: ModelSpec) -> dict:
+    """Write the hls4ml project of ``spec`` into ``workdir/<name>`` and compile its C-simulation library."""
+    import time
+    proj = os.path.join(workdir, spec.name)
+    t0 = time.time()
+    hm = build_modelgraph(spec, proj)
+    hm.write()
+    t1 = time.time()
+    print(f"[fxsplit] wrote hls4ml project {spec.name} in {t1 - t0:.1f} s", flush=True)
+    script = os.path.join(proj, "build_lib.sh")
+    with open(script) as f:
+        text = f.read()
+    with open(script, "w") as f:
+        f.write(re.sub(r'CFLAGS="-O\d', f'CFLAGS="{spec.csim_opt}', text, count=1))
+    r = subprocess.run(["bash", "./build_lib.sh"], cwd=proj, stdout=sys.stdout.fileno(), stderr=subprocess.STDOUT)
+    if r.returncode != 0:
+        raise RuntimeError(f"g++ failed to compile the C simulation of {spec.name} (exit {r.returncode})")
+    import glob
+    libs = glob.glob(os.path.join(proj, "firmware", f"{spec.name}-*.so"))
+    if len(libs) != 1:
+        raise RuntimeError(f"build_lib.sh produced {len(libs)} libraries in {proj}/firmware, expected one")
+    lib = os.path.relpath(libs[0], workdir)
+    return {"lib": lib, "project": spec.name, "write_seconds": t1 - t0, "compile_seconds": time.time() - t1,
+            "inputs": [list(v.shape) for v in hm.get_input_variables()],
+            "outputs": [list(v.shape) for v in hm.get_output_variables()]}
+
+
+# ----------------------------------------------------------------------------- C simulation (main side)
+
+class CSim:
+    """A compiled hls4ml C-simulation library, called through its ``<project>_double`` bridge."""
+
+    def __init__(self, lib_path: str, project: str, in_sizes: list[int], out_sizes: list[int]):
+        self.lib_path = lib_path
+        self._lib = ctypes.cdll.LoadLibrary(lib_path)
+        self._fn = getattr(self._lib, f"{project}_double")
+        self._fn.restype = None
+        ptr = np.ctypeslib.ndpointer(ctypes.c_double, flags="C_CONTIGUOUS")
+        self._fn.argtypes = [ptr] * (len(in_sizes) + len(out_sizes))
+        self.in_sizes, self.out_sizes = in_sizes, out_sizes
+
+    def __call__(self, xs: list[np.ndarray]) -> list[np.ndarray]:
+        """xs: one (N, ...) float64 array per input, channels-last; returns one (N, size) array per output."""
+        n = xs[0].shape[0]
+        flat = [np.ascontiguousarray(x.reshape(n, -1), dtype=np.float64) for x in xs]
+        for f, size in zip(flat, self.in_sizes):
+            if f.shape[1] != size:
+                raise FxsplitError(f"input of size {f.shape[1]} given where the C simulation expects {size}")
+        outs = [np.zeros((n, s), dtype=np.float64) for s in self.out_sizes]
+        for i in range(n):
+            row_out = [np.zeros(s, dtype=np.float64) for s in self.out_sizes]
+            self._fn(*[f[i] for f in flat], *row_out)
+            for o, r in zip(outs, row_out):
+                o[i] = r
+        return outs

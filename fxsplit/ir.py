@@ -1,0 +1,88 @@
+"""The partitioning IR shared by every flow: ports, partitions, the partition DAG.
+
+Conventions (all flows rely on them):
+- A *port* is one tensor that crosses a partition boundary (or a model input/output).
+  Its name is the torch.fx node name of that tensor in the uncut graph, so it is
+  unique in the design and identical on both sides of a cut.
+- ``Port.shape`` excludes the batch dimension and is **channels-last** (hls4ml's
+  layout): a PyTorch tensor of shape (C, H, W) has port shape (H, W, C); (C, L) -> (L, C).
+  ``Port.torch_shape`` keeps the PyTorch (channels-first) shape.
+- ``Port.precision`` is the hls4ml type of the tensor on the wire (e.g. ``fixed<16,6>``),
+  filled in by lowering; producer and consumers of a port use exactly this type.
+- ``Partition.sources[port]`` names the producer of each input port: another
+  partition's name, or ``"input"`` for a model input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch.fx
+
+MODEL_INPUT = "input"
+
+
+@dataclass
+class Port:
+    name: str
+    shape: tuple[int, ...]
+    torch_shape: tuple[int, ...]
+    precision: str | None = None
+
+    @property
+    def size(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "torch_shape": list(self.torch_shape),
+                "precision": self.precision}
+
+
+@dataclass
+class Partition:
+    name: str
+    index: int
+    module: torch.fx.GraphModule
+    inputs: list[Port]
+    outputs: list[Port]
+    nodes: list[str]                       # fx node names (uncut graph) computed here
+    sources: dict[str, str] = field(default_factory=dict)   # input port -> producer partition | "input"
+    layers: list[str] = field(default_factory=list)        # module qualnames / ops, for reports
+
+    def __repr__(self) -> str:
+        ins = ", ".join(p.name for p in self.inputs)
+        outs = ", ".join(p.name for p in self.outputs)
+        return f"Partition({self.name!r}, in=[{ins}], out=[{outs}], nodes={len(self.nodes)})"
+
+
+@dataclass
+class Partitioning:
+    graph: torch.fx.GraphModule            # the uncut traced graph (markers erased)
+    partitions: list[Partition]
+    inputs: list[Port]                     # model inputs
+    outputs: list[Port]                    # model outputs, in the order the model returns them
+    output_sources: dict[str, str] = field(default_factory=dict)  # model output port -> producer partition
+
+    def __getitem__(self, name: str) -> Partition:
+        for p in self.partitions:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def __len__(self) -> int:
+        return len(self.partitions)
+
+    def __iter__(self):
+        return iter(self.partitions)
+
+    def ports(self) -> dict[str, Port]:
+        """Every port in the design by name."""
+        out: dict[str, Port] = {p.name: p for p in self.inputs}
+        for part in self.partitions:
+            for p in part.outputs:
+                out[p.name] = p
+        return out

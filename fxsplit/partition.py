@@ -1,0 +1,200 @@
+"""Cut discovery and DAG slicing.
+
+Cut points come from ``Cut`` modules / ``cut()`` calls in the model and from
+``splits=[name, ...]`` (cut *before* that module, as hls4ml's ``split_before_layers``).
+Every node gets the number of cut points that precede it in the traced program
+order; since that order is topological, every edge goes forward, so any cut set
+through a DAG is legal. torch.fx ``split_module`` slices the graph; every tensor
+that crosses a cut becomes an output port of its producer and an input port of
+each consumer (skip connections may bypass several partitions).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch.fx
+from torch import nn
+from torch.fx.passes.split_module import split_module
+
+from .capture import channels_last, node_shape, node_source, trace
+from .errors import FxsplitError
+from .ir import MODEL_INPUT, Partition, Partitioning, Port
+from .markers import cut_name, is_cut_node
+
+NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+RESERVED_NAMES = {"stitched", "monolithic", "input", "output", "cache"}
+_COMPUTE_OPS = ("call_module", "call_function", "call_method")
+
+
+@dataclass
+class _Boundary:
+    position: int            # index (in program order) of the first node after the cut
+    name: str | None         # partition name requested for the partition starting here
+    what: str                # human description for errors
+    source: str | None
+
+
+def check_name(name: str, what: str) -> None:
+    """Partition names become directory and HDL names: keep them plain identifiers."""
+    if not isinstance(name, str) or not NAME_RE.match(name) or name.startswith("_") or name.lower() in RESERVED_NAMES:
+        raise FxsplitError(
+            f"{what} {name!r} is not a usable partition name",
+            hint="use a plain identifier (letters, digits, underscores; not starting with '_' or a digit, at most "
+                 f"64 characters, not one of {sorted(RESERVED_NAMES)}); it names the partition's directory "
+                 "inside output_dir and its HDL module")
+
+
+def _module_names(gm: torch.fx.GraphModule) -> list[str]:
+    return [n for n, _ in gm.named_modules() if n]
+
+
+def _resolve_split(gm: torch.fx.GraphModule, nodes: list[torch.fx.Node], name: str) -> int:
+    """Program-order index of the first node computed by module ``name`` (or the node called ``name``)."""
+    if not isinstance(name, str):
+        raise FxsplitError(f"splits must be a list of module names (strings), got {name!r}")
+    for i, n in enumerate(nodes):
+        if n.op == "call_module" and n.target == name:
+            return i
+    for i, n in enumerate(nodes):
+        stack = n.meta.get("nn_module_stack") or {}
+        if n.op in _COMPUTE_OPS and any(path == name for path, _ in stack.values()):
+            return i
+    for i, n in enumerate(nodes):
+        if n.name == name and n.op in _COMPUTE_OPS:
+            return i
+    known = _module_names(gm) + [n.name for n in nodes if n.op in _COMPUTE_OPS]
+    close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+    hint = (f"did you mean {', '.join(repr(c) for c in close)}?" if close else
+            "use a qualified module name as in model.named_modules(), e.g. 'layer2.0.conv1'")
+    raise FxsplitError(f"splits names {name!r}, which is neither a module nor a traced operation of the model",
+                       hint=hint)
+
+
+def partition(model: nn.Module, input_shape, splits: Sequence[str] | None = None) -> Partitioning:
+    """Trace ``model`` and slice it at its Cut markers and before every module in ``splits``."""
+    if not isinstance(model, nn.Module):
+        raise FxsplitError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(splits, str):
+        splits = [splits]
+    was_training = model.training
+    model.eval()
+    try:
+        gm = trace(model, input_shape)
+    finally:
+        model.train(was_training)
+    return partition_graph(gm, splits or [])
+
+
+def partition_graph(gm: torch.fx.GraphModule, splits: Sequence[str]) -> Partitioning:
+    graph = gm.graph
+    nodes = list(graph.nodes)
+    boundaries: list[_Boundary] = []
+    for i, n in enumerate(nodes):
+        if is_cut_node(n, gm):
+            nm = cut_name(n, gm)
+            what = f"Cut marker {n.target!r}" if n.op == "call_module" else "cut() call"
+            boundaries.append(_Boundary(i, nm, what, node_source(n)))
+    for s in splits:
+        i = _resolve_split(gm, nodes, s)
+        boundaries.append(_Boundary(i, None, f"split before {s!r}", node_source(nodes[i])))
+    boundaries.sort(key=lambda b: b.position)
+
+    # partition id of every node: number of boundaries at or before it
+    part_of: dict[str, int] = {}
+    cut_nodes = []
+    b = 0
+    for i, n in enumerate(nodes):
+        while b < len(boundaries) and boundaries[b].position <= i:
+            b += 1
+        if is_cut_node(n, gm):
+            cut_nodes.append(n)
+        elif n.op in _COMPUTE_OPS or n.op == "get_attr":
+            part_of[n.name] = b
+    n_parts = len(boundaries) + 1
+
+    names = ["p0"] + [bd.name or f"p{k + 1}" for k, bd in enumerate(boundaries)]
+    for k, bd in enumerate(boundaries):
+        if bd.name is not None:
+            check_name(bd.name, f"the {bd.what} at {bd.source or '?'} has name")
+    dup = sorted({x for x in names if names.count(x) > 1})
+    if dup:
+        raise FxsplitError(f"several partitions would be named {dup[0]!r}",
+                           hint="give every Cut marker a distinct name (or leave names out: p0, p1, ...)")
+
+    # erase markers: consumers read the marker's input directly
+    for n in cut_nodes:
+        n.replace_all_uses_with(n.args[0])
+        graph.erase_node(n)
+    graph.eliminate_dead_code()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+
+    counts = [0] * n_parts
+    for n in graph.nodes:
+        if n.op in _COMPUTE_OPS:
+            counts[part_of[n.name]] += 1
+    for k, c in enumerate(counts):
+        if c == 0:
+            bd = boundaries[k - 1] if k > 0 else boundaries[0]
+            where = ("before any operation of the model" if k == 0 else
+                     "after the last operation of the model" if k == n_parts - 1 else
+                     "right after another cut")
+            raise FxsplitError(f"the {bd.what} leaves partition {names[k]!r} empty: it sits {where}",
+                               partition=names[k], source=bd.source,
+                               hint="remove this cut, or move it between two layers")
+
+    for n in graph.nodes:  # get_attr constants belong with their first user
+        if n.op == "get_attr" and n.users:
+            part_of[n.name] = min(part_of[u.name] for u in n.users if u.name in part_of)
+
+    split = split_module(gm, gm, lambda n: part_of[n.name], keep_original_order=True,
+                         keep_original_node_name=True, tuple_return=True)
+
+    node_by_name = {n.name: n for n in graph.nodes}
+    ports: dict[str, Port] = {}
+
+    def port(name: str) -> Port:
+        if name not in ports:
+            node = node_by_name[name]
+            shp = node_shape(node)
+            ports[name] = Port(name, channels_last(shp), shp)
+        return ports[name]
+
+    inputs = [port(n.name) for n in graph.nodes if n.op == "placeholder"]
+    partitions: list[Partition] = []
+    for k in range(n_parts):
+        sub: torch.fx.GraphModule = getattr(split, f"submod_{k}")
+        in_names = [n.name for n in sub.graph.nodes if n.op == "placeholder"]
+        out_node = next(n for n in sub.graph.nodes if n.op == "output")
+        outs = out_node.args[0]
+        outs = outs if isinstance(outs, (tuple, list)) else (outs,)
+        out_names = [o.name for o in outs]
+        missing = [nm for nm in in_names + out_names if nm not in node_by_name]
+        if missing:  # split_module renamed something: never expected with keep_original_node_name
+            raise FxsplitError(f"internal: partition {names[k]} has ports {missing} unknown to the uncut graph")
+        sources = {}
+        for nm in in_names:
+            src = node_by_name[nm]
+            sources[nm] = MODEL_INPUT if src.op == "placeholder" else names[part_of[nm]]
+        members = [n for n in graph.nodes if n.op in _COMPUTE_OPS and part_of[n.name] == k]
+        layers = [f"{n.target}" if n.op == "call_module" else n.name for n in members]
+        sub.graph.lint()
+        partitions.append(Partition(names[k], k, sub, [port(nm) for nm in in_names], [port(nm) for nm in out_names],
+                                    [n.name for n in members], sources, layers))
+
+    out_arg = next(n for n in graph.nodes if n.op == "output").args[0]
+    out_list = list(out_arg) if isinstance(out_arg, (tuple, list)) else [out_arg]
+    if not all(isinstance(o, torch.fx.Node) for o in out_list):
+        raise FxsplitError("the model must return a tensor or a tuple/list of tensors")
+    outputs = []
+    output_sources = {}
+    for o in out_list:
+        if o.op == "placeholder":
+            raise FxsplitError(f"model output {o.name!r} is a model input passed through unchanged; nothing to build")
+        outputs.append(port(o.name))
+        output_sources[o.name] = names[part_of[o.name]]
+    return Partitioning(gm, partitions, inputs, outputs, output_sources)

@@ -1,0 +1,73 @@
+"""The report dict of a compiled design (rendered to JSON/HTML/text by fxsplit.report)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .capture import node_shape
+
+
+def _node_ops(node, module: nn.Module | None) -> int:
+    """Multiply-accumulates of one node (Linear, Conv); 0 for the rest."""
+    try:
+        out = node_shape(node)
+    except Exception:
+        return 0
+    if isinstance(module, nn.Linear):
+        return module.in_features * module.out_features * (math.prod(out[:-1]) if len(out) > 1 else 1)
+    if isinstance(module, nn.modules.conv._ConvNd):
+        per_out = (module.in_channels // module.groups) * math.prod(module.kernel_size)
+        return per_out * math.prod(out)
+    return 0
+
+
+def partition_stats(design) -> dict[str, dict]:
+    uncut = design.partitioning.graph
+    nodes = {n.name: n for n in uncut.graph.nodes}
+    stats = {}
+    for part in design.partitions:
+        params = ops = layers = 0
+        for name in part.nodes:
+            n = nodes[name]
+            mod = uncut.get_submodule(n.target) if n.op == "call_module" else None
+            layers += 1
+            if mod is not None:
+                params += sum(p.numel() for p in mod.parameters(recurse=False))
+                params += sum(b.numel() for b in mod.buffers(recurse=False) if isinstance(b, torch.Tensor))
+            ops += _node_ops(n, mod)
+        stats[part.name] = {"layers": layers, "params": int(params), "ops": int(ops)}
+    return stats
+
+
+def build_report(design, model_name: str, timings: dict) -> dict:
+    build = design.build
+    stats = partition_stats(design)
+    rtl = design.rtl
+    parts = []
+    for part in design.partitions:
+        jobs = [r.to_dict() for r in build if r.partition == part.name] if build is not None else []
+        entry = {"name": part.name, **stats[part.name],
+                 "inputs": [{**p.to_dict(), "source": part.sources.get(p.name)} for p in part.inputs],
+                 "outputs": [p.to_dict() for p in part.outputs], "latency": None, "resources": None,
+                 "jobs": jobs, "modules": part.layers}
+        if rtl is not None:
+            entry.update(rtl.partition_report(part.name))
+        parts.append(entry)
+    b = build.to_dict() if build is not None else {}
+    report = {
+        "model": model_name, "flow": design.flow, "output_dir": design.output_dir,
+        "wall_seconds": timings.get("total"), "validate_seconds": timings.get("validate"),
+        "partitions": parts,
+        "model_inputs": [p.to_dict() for p in design.partitioning.inputs],
+        "model_outputs": [{**p.to_dict(), "source": design.partitioning.output_sources[p.name]}
+                          for p in design.partitioning.outputs],
+        "jobs": b.get("jobs", []), "build": {k: v for k, v in b.items() if k != "jobs"},
+        "predicted_wall": b.get("predicted_wall"),
+        "verification": None,
+    }
+    if rtl is not None:
+        report["stitched"] = rtl.stitched_report()
+    return report

@@ -1,0 +1,44 @@
+"""fxsplit model zoo. Split points are written in the model source with ``fxsplit.Cut``.
+
+``ZOO`` maps a name to ``(factory, input_shape)``; factories build a model with
+deterministic weights (seeded) in eval mode, with BatchNorm statistics set to
+non-trivial values so the numerics are exercised.
+"""
+
+from .jet_tagger import JetTagger, WideMLP
+from .residual_cnn import ResidualCNN, BranchyCNN
+from .resnet20 import ResNet20
+
+ZOO = {
+    "jet_tagger": (JetTagger, (16,)),
+    "wide_mlp": (WideMLP, (64,)),
+    "residual_cnn": (ResidualCNN, (3, 8, 8)),
+    "branchy_cnn": (BranchyCNN, (4, 8, 8)),
+    "resnet20": (ResNet20, (3, 32, 32)),
+}
+
+
+def build(name: str, seed: int = 0):
+    """Instantiate zoo model ``name`` with seeded weights, in eval mode. Returns (model, input_shape)."""
+    import torch
+    if name not in ZOO:
+        raise KeyError(f"unknown zoo model {name!r}; known: {sorted(ZOO)}")
+    factory, shape = ZOO[name]
+    torch.manual_seed(seed)
+    model = factory()
+    randomize_batchnorm(model, seed)
+    return model.eval(), shape
+
+
+def randomize_batchnorm(model, seed: int = 0) -> None:
+    """Give BatchNorm layers non-trivial running statistics and affine parameters."""
+    import torch
+    g = torch.Generator().manual_seed(seed + 1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            with torch.no_grad():
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) * 0.5 + 0.75)
+                if m.affine:
+                    m.weight.copy_(torch.rand(m.num_features, generator=g) * 0.5 + 0.75)
+                    m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)

@@ -1,0 +1,51 @@
+"""ResNet20 for CIFAR-10 (He et al. 2016): 3 stages x 3 basic blocks, 16/32/64 channels,
+1x1-conv projection shortcuts when the shape changes. Cut markers between the stages
+and before the head give four partitions."""
+
+from torch import nn
+
+from fxsplit import Cut
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = None
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+        self.relu2 = nn.ReLU()
+
+    def forward(self, x):
+        y = self.relu1(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        s = x if self.shortcut is None else self.shortcut(x)
+        return self.relu2(y + s)
+
+
+class ResNet20(nn.Module):
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU()
+        self.stage1 = nn.Sequential(*[BasicBlock(16, 16, 1) for _ in range(3)])
+        self.cut2 = Cut("stage2")
+        self.stage2 = nn.Sequential(BasicBlock(16, 32, 2), BasicBlock(32, 32, 1), BasicBlock(32, 32, 1))
+        self.cut3 = Cut("stage3")
+        self.stage3 = nn.Sequential(BasicBlock(32, 64, 2), BasicBlock(64, 64, 1), BasicBlock(64, 64, 1))
+        self.cut_head = Cut("head")
+        self.pool = nn.AvgPool2d(8)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(64, num_classes)
+
+    def forward(self, x):
+        x = self.relu(self.bn(self.conv(x)))
+        x = self.stage2(self.cut2(self.stage1(x)))
+        x = self.stage3(self.cut3(x))
+        x = self.pool(self.cut_head(x))
+        return self.fc(self.flatten(x))
