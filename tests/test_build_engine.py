@@ -1,0 +1,484 @@
+"""The build engine, with real worker processes (local pool and a real Dask LocalCluster)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from fxsplit.build import (BuildResult, Job, JobResult, output_dir_lock, predict_wall_time,  # noqa: E402
+                           run_jobs, verify_entry)
+from fxsplit.errors import FxsplitError  # noqa: E402
+
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(Path(__file__).parent),
+                                                    os.environ.get("PYTHONPATH", "")])}
+
+
+# ----------------------------------------------------------------------------- toy job functions
+# (top level: they are pickled by reference and run in worker processes)
+
+def _count(counter: str | None, what: str) -> None:
+    if counter:
+        with open(counter, "a") as f:
+            f.write(what + "\n")
+
+
+def write_file(workdir, inputs, name="out.txt", content="hello", counter=None, sleep=0.0, size=0):
+    _count(counter, "write_file " + name)
+    print(f"writing {name}")
+    time.sleep(sleep)
+    Path(workdir, name).write_text(content)
+    if size:
+        Path(workdir, "blob.bin").write_bytes(os.urandom(size))
+    return {"name": name, "pid": os.getpid()}
+
+
+def concat(workdir, inputs, counter=None, tag="cat"):
+    """Reads every dependency's artifacts; fails loudly if one is missing."""
+    _count(counter, "concat " + tag)
+    parts = []
+    for dep in sorted(inputs):
+        for f in sorted(Path(inputs[dep]).glob("*.txt")):
+            parts.append(f.read_text())
+    Path(workdir, "out.txt").write_text("+".join(parts))
+    Path(workdir, "sub").mkdir()
+    Path(workdir, "sub", "n.json").write_text(json.dumps(len(parts)))
+    return {"parts": len(parts), "text": "+".join(parts)}
+
+
+def compile_c(workdir, inputs, counter=None):
+    """A real subprocess (g++): its warnings (fd 2) and the binary's output (fd 1) go to the log."""
+    _count(counter, "compile_c")
+    src = Path(workdir, "hello.c")
+    src.write_text('#include <stdio.h>\nint main(){int unused_var; printf("hello from C\\n"); return 0;}\n')
+    subprocess.run(["g++", "-Wall", "-o", str(Path(workdir, "hello")), str(src)], check=True)
+    subprocess.run([str(Path(workdir, "hello"))], check=True)
+    return {"binary": "hello"}
+
+
+def boom(workdir, inputs, counter=None):
+    _count(counter, "boom")
+    for i in range(40):
+        print(f"line {i} of the tool output")
+    subprocess.run(["sh", "-c", "echo 'ERROR: [HLS 200-70] something broke' >&2"])
+    raise ValueError("synthesis failed: latency constraint not met")
+
+
+def kill_once(workdir, inputs, marker, counter=None):
+    _count(counter, "kill_once")
+    print("about to die" if not os.path.exists(marker) else "second attempt")
+    Path(workdir, "partial.txt").write_text("partial")
+    if not os.path.exists(marker):
+        Path(marker).write_text(str(os.getpid()))
+        os.kill(os.getpid(), signal.SIGKILL)
+    Path(workdir, "out.txt").write_text("survived")
+    return {"ok": True}
+
+
+def kill_always(workdir, inputs, counter=None):
+    _count(counter, "kill_always")
+    Path(workdir, "partial.txt").write_text("partial")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def sleeper(workdir, inputs, seconds, pid_dir, counter=None):
+    _count(counter, "sleeper")
+    Path(pid_dir).mkdir(exist_ok=True)
+    Path(pid_dir, f"{os.getpid()}.pid").write_text(str(os.getpid()))
+    Path(workdir, "partial.txt").write_text("partial")
+    time.sleep(seconds)
+    Path(workdir, "out.txt").write_text("slept")
+    return {"slept": seconds}
+
+
+def stamp(workdir, inputs, name, log, seconds=0.0):
+    with open(log, "a") as f:
+        f.write(f"start {name} {time.time()}\n")
+    time.sleep(seconds)
+    Path(workdir, "out.txt").write_text(name)
+    with open(log, "a") as f:
+        f.write(f"end {name} {time.time()}\n")
+    return {}
+
+
+def counts(counter: Path) -> list[str]:
+    return counter.read_text().splitlines() if counter.exists() else []
+
+
+def entries(cache: Path) -> list[Path]:
+    return [p for p in cache.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))]
+
+
+def assert_no_partial(cache: Path) -> None:
+    """Every entry under cache/ is complete and verifies; .tmp holds nothing."""
+    for e in entries(cache):
+        assert verify_entry(e, e.name) is not None, f"partial/corrupt entry {e}"
+    tmp = cache / ".tmp"
+    assert not tmp.exists() or not any(tmp.iterdir()), list(tmp.iterdir())
+
+
+def chain_jobs(counter, key=b"v1", extra=b"") -> list[Job]:
+    """key_data must define the result: jobs with equal step, fn and key_data share an entry."""
+    c = str(counter)
+    return [
+        Job("p0/csim", "p0", "csim", write_file, {"name": "a.txt", "content": "A", "counter": c},
+            key + b"a" + extra),
+        Job("p1/csim", "p1", "csim", write_file, {"name": "b.txt", "content": "B", "counter": c}, key + b"b"),
+        Job("p0/hls", "p0", "hls", concat, {"counter": c, "tag": "p0"}, key, deps=("p0/csim",)),
+        Job("p1/hls", "p1", "hls", concat, {"counter": c, "tag": "p1"}, key, deps=("p1/csim",)),
+        Job("stitched/tb", "stitched", "tb", concat, {"counter": c, "tag": "st"}, key, deps=("p0/hls", "p1/hls")),
+    ]
+
+
+# ----------------------------------------------------------------------------- cache
+
+def test_cold_build_then_cached_rebuild(tmp_path):
+    counter, cache = tmp_path / "count", tmp_path / "cache"
+    r1 = run_jobs(chain_jobs(counter), cache, max_workers=2, progress=False)
+    assert r1.ok and [j.state for j in r1] == ["built"] * 5
+    assert len(counts(counter)) == 5
+    st_ = r1["stitched/tb"]
+    assert st_.meta == {"parts": 2, "text": "A+B"}
+    assert (st_.artifact_dir / "out.txt").read_text() == "A+B"
+    assert st_.artifact_dir.parent.parent == cache.resolve()
+    assert st_.worker and "/" in st_.worker and st_.start <= st_.end and st_.attempts == 1
+    assert "writing a.txt" in r1["p0/csim"].log_path.read_text()
+    assert_no_partial(cache)
+
+    r2 = run_jobs(chain_jobs(counter), cache, max_workers=2, progress=False)
+    assert r2.ok and [j.state for j in r2] == ["cached"] * 5
+    assert len(counts(counter)) == 5, "a cached job ran"
+    assert r2["stitched/tb"].meta == st_.meta and r2["stitched/tb"].artifact_dir == st_.artifact_dir
+    assert r2["p0/hls"].build_seconds == pytest.approx(r1["p0/hls"].build_seconds, abs=1e-3)
+    d = r2.to_dict()
+    assert d["cached"] == 5 and d["built"] == 0 and len(d["jobs"]) == 5
+    json.dumps(d)
+
+
+def test_changed_key_rebuilds_its_chain_only(tmp_path):
+    counter, cache = tmp_path / "count", tmp_path / "cache"
+    run_jobs(chain_jobs(counter), cache, max_workers=2, progress=False)
+    before = len(counts(counter))
+    r = run_jobs(chain_jobs(counter, extra=b"+new weights"), cache, max_workers=2, progress=False)
+    states = {j.id: j.state for j in r}
+    assert states == {"p0/csim": "built", "p0/hls": "built", "stitched/tb": "built",
+                      "p1/csim": "cached", "p1/hls": "cached"}
+    assert sorted(counts(counter)[before:]) == ["concat p0", "concat st", "write_file a.txt"]
+
+
+def test_corrupted_entries_are_detected_and_rebuilt(tmp_path):
+    counter, cache = tmp_path / "count", tmp_path / "cache"
+    r = run_jobs(chain_jobs(counter), cache, max_workers=2, progress=False)
+    a, b, st_ = r["p0/csim"], r["p1/csim"], r["stitched/tb"]
+    (a.artifact_dir / "a.txt").write_text("X")                       # same size, other content
+    (st_.artifact_dir / "sub" / "n.json").unlink()                   # missing file
+    (b.artifact_dir.parent / "manifest.json").write_text("{not json")  # broken manifest
+    r2 = run_jobs(chain_jobs(counter), cache, max_workers=2, progress=False)
+    states = {j.id: j.state for j in r2}
+    assert states == {"p0/csim": "built", "p1/csim": "built", "stitched/tb": "built",
+                      "p0/hls": "cached", "p1/hls": "cached"}
+    assert (r2["p0/csim"].artifact_dir / "a.txt").read_text() == "A"
+    assert (r2["stitched/tb"].artifact_dir / "sub" / "n.json").exists()
+    (r2["p0/hls"].artifact_dir / "extra.txt").write_text("stray")     # extra file
+    r3 = run_jobs(chain_jobs(counter), cache, max_workers=2, progress=False)
+    assert r3["p0/hls"].state == "built" and r3["p0/csim"].state == "cached"
+    assert_no_partial(cache)
+
+
+def test_no_change_rebuild_of_20_jobs_is_fast(tmp_path):
+    cache = tmp_path / "cache"
+    jobs = [Job(f"p{i}/hls", f"p{i}", "hls", write_file, {"name": f"{i}.txt", "size": 250_000}, str(i))
+            for i in range(10)]
+    jobs += [Job(f"p{i}/synth", f"p{i}", "synth", concat, {}, b"k", deps=(f"p{i}/hls",)) for i in range(10)]
+    r1 = run_jobs(jobs, cache, max_workers=2, progress=False)
+    assert r1.ok
+    t0 = time.perf_counter()
+    r2 = run_jobs(jobs, cache, max_workers=2, progress=False)
+    dt = time.perf_counter() - t0
+    assert all(j.state == "cached" for j in r2)
+    print(f"no-change rebuild of {len(jobs)} cached jobs (2.5 MB): {dt * 1000:.0f} ms")
+    assert dt < 1.0
+
+
+# ----------------------------------------------------------------------------- scheduling
+
+def test_dag_scheduling_is_not_in_waves(tmp_path):
+    log = tmp_path / "stamps"
+    jobs = [
+        Job("a/slow", "a", "hls", stamp, {"name": "slow", "log": str(log), "seconds": 2.0}, b"1"),
+        Job("b/fast", "b", "hls", stamp, {"name": "fast", "log": str(log), "seconds": 0.1}, b"1"),
+        Job("b/next", "b", "synth", stamp, {"name": "next", "log": str(log), "seconds": 0.1}, b"1",
+            deps=("b/fast",)),
+        Job("a/next", "a", "synth", stamp, {"name": "anext", "log": str(log)}, b"1", deps=("a/slow",)),
+    ]
+    r = run_jobs(jobs, tmp_path / "cache", max_workers=2, progress=False)
+    assert r.ok
+    ev = {}
+    for line in log.read_text().splitlines():
+        kind, name, t = line.split()
+        ev[(kind, name)] = float(t)
+    assert ev[("start", "next")] < ev[("end", "slow")], "b/next waited for an unrelated job"
+    assert ev[("start", "anext")] >= ev[("end", "slow")]
+    assert r["b/next"].start < r["a/slow"].end
+
+
+def test_invalid_graphs_are_user_errors(tmp_path):
+    j = lambda i, deps=(): Job(i, "p0", "csim", write_file, {}, b"", deps)  # noqa: E731
+    with pytest.raises(FxsplitError, match="same id"):
+        run_jobs([j("x"), j("x")], tmp_path, progress=False)
+    with pytest.raises(FxsplitError, match="not in the job list"):
+        run_jobs([j("x", ("y",))], tmp_path, progress=False)
+    with pytest.raises(FxsplitError, match="cycle: x -> y -> x"):
+        run_jobs([j("x", ("y",)), j("y", ("x",))], tmp_path, progress=False)
+
+
+# ----------------------------------------------------------------------------- faults
+
+def test_failure_is_isolated_with_log_and_tail(tmp_path, capsys):
+    counter, cache, logs = tmp_path / "count", tmp_path / "cache", tmp_path / "logs"
+    c = str(counter)
+    jobs = [
+        Job("p0/hls", "p0", "hls", boom, {"counter": c}, b"1"),
+        Job("p0/synth", "p0", "synth", concat, {"counter": c, "tag": "p0s"}, b"1", deps=("p0/hls",)),
+        Job("p1/hls", "p1", "hls", write_file, {"counter": c, "sleep": 0.5}, b"1"),
+        Job("p1/synth", "p1", "synth", concat, {"counter": c, "tag": "p1s"}, b"1", deps=("p1/hls",)),
+        Job("stitched/tb", "stitched", "tb", concat, {"counter": c, "tag": "st"}, b"1",
+            deps=("p0/synth", "p1/synth")),
+        Job("p2/csim", "p2", "csim", compile_c, {"counter": c}, b"1"),
+    ]
+    r = run_jobs(jobs, cache, max_workers=2, progress=True, log_dir=logs)
+    states = {j.id: j.state for j in r}
+    assert states == {"p0/hls": "failed", "p0/synth": "skipped", "stitched/tb": "skipped",
+                      "p1/hls": "built", "p1/synth": "built", "p2/csim": "built"}
+    assert not r.ok and [f.id for f in r.failed] == ["p0/hls"]
+    f = r["p0/hls"]
+    assert f.error == "ValueError: synthesis failed: latency constraint not met"
+    assert f.log_path == logs.resolve() / "p0_hls.log" and f.log_path.exists()
+    assert "ERROR: [HLS 200-70] something broke" in f.log_path.read_text()   # a subprocess' stderr
+    tail = f.error_tail.splitlines()
+    assert len(tail) == 30 and "ValueError: synthesis failed" in tail[-1] and "line 39" in f.error_tail
+    assert f.artifact_dir is None and f.debug_dir and f.debug_dir.exists()
+    # subprocess output (g++ warning on fd 2, the binary's stdout on fd 1) is in the job's log
+    clog = r["p2/csim"].log_path.read_text()
+    assert "unused_var" in clog and "hello from C" in clog
+    assert (logs / "p2_csim.log").exists()
+    out = capsys.readouterr().out
+    assert "[fxsplit] p1 hls built in" in out and "[fxsplit] p0 hls FAILED: ValueError" in out
+    assert "[fxsplit] p0 synth skipped" in out
+    with pytest.raises(FxsplitError) as ei:
+        r.raise_for_failures()
+    msg = str(ei.value)
+    assert "partition p0, step hls" in msg and str(f.log_path) in msg and "something broke" in msg
+    assert ei.value.partition == "p0"
+    assert_no_partial(cache)
+    # second run: the good ones are reused, the failing one runs (and fails) again
+    n = len(counts(counter))
+    r2 = run_jobs(jobs, cache, max_workers=2, progress=False)
+    assert {j.id: j.state for j in r2} == states | {"p1/hls": "cached", "p1/synth": "cached", "p2/csim": "cached"}
+    assert counts(counter)[n:] == ["boom"]
+
+
+def test_sigkilled_worker_is_retried_without_partial_entry(tmp_path):
+    counter, cache, marker = tmp_path / "count", tmp_path / "cache", tmp_path / "marker"
+    c = str(counter)
+    jobs = [
+        Job("p0/hls", "p0", "hls", kill_once, {"marker": str(marker), "counter": c}, b"1"),
+        Job("p0/synth", "p0", "synth", concat, {"counter": c, "tag": "after"}, b"1", deps=("p0/hls",)),
+        # a bystander running while the pool breaks: resubmitted and not charged an attempt
+        Job("p1/hls", "p1", "hls", write_file, {"counter": c, "sleep": 1.0}, b"1"),
+        Job("p2/hls", "p2", "hls", write_file, {"counter": c, "name": "x.txt", "sleep": 0.2}, b"2"),
+    ]
+    r = run_jobs(jobs, cache, max_workers=2, progress=False, retries=1)
+    assert r.ok, r.to_dict()
+    assert r["p0/hls"].attempts == 2 and (r["p0/hls"].artifact_dir / "out.txt").read_text() == "survived"
+    assert "second attempt" in r["p0/hls"].log_path.read_text()
+    assert r["p0/synth"].state == "built"
+    assert r["p1/hls"].state == r["p2/hls"].state == "built"
+    assert_no_partial(cache)
+
+    # a job that always kills its worker: retried once, then failed; bystanders unaffected
+    jobs2 = [
+        Job("p3/hls", "p3", "hls", kill_always, {"counter": c}, b"1"),
+        Job("p3/synth", "p3", "synth", concat, {}, b"1", deps=("p3/hls",)),
+        Job("p4/hls", "p4", "hls", write_file, {"counter": c, "sleep": 0.5, "name": "p4.txt"}, b"4"),
+    ]
+    n = len(counts(counter))
+    r2 = run_jobs(jobs2, cache, max_workers=2, progress=False, retries=1)
+    assert r2["p3/hls"].state == "failed" and r2["p3/hls"].attempts == 2
+    assert "worker running this job died" in r2["p3/hls"].error
+    assert r2["p3/synth"].state == "skipped" and r2["p4/hls"].state == "built"
+    assert counts(counter)[n:].count("kill_always") == 2
+    assert not (cache / r2["p3/hls"].key).exists()
+    assert_no_partial(cache)
+
+
+def _run_script(code: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_keyboard_interrupt_leaves_no_partial_entry(tmp_path):
+    cache, pids = tmp_path / "cache", tmp_path / "pids"
+    p = _run_script(f"""
+        from test_build_engine import sleeper, write_file
+        from fxsplit.build import Job, run_jobs
+        jobs = [Job("q/quick", "q", "csim", write_file, {{}}, b"1"),
+                Job(f"p0/hls", "p0", "hls", sleeper, {{"seconds": 60, "pid_dir": {str(pids)!r}}}, b"1"),
+                Job(f"p1/hls", "p1", "hls", sleeper, {{"seconds": 60, "pid_dir": {str(pids)!r}}}, b"2"),
+                Job(f"p2/hls", "p2", "hls", sleeper, {{"seconds": 60, "pid_dir": {str(pids)!r}}}, b"3",
+                    deps=("p0/hls",))]
+        run_jobs(jobs, {str(cache)!r}, max_workers=2, progress=True)
+    """)
+    deadline = time.time() + 30
+    while time.time() < deadline and len(list(pids.glob("*.pid")) if pids.exists() else []) < 2:
+        time.sleep(0.05)
+    assert len(list(pids.glob("*.pid"))) == 2, p.communicate(timeout=10)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode != 0 and "KeyboardInterrupt" in err, (out, err)
+    assert "interrupted" in out
+    # the sleeping workers were killed, not left running
+    for f in pids.glob("*.pid"):
+        pid = int(f.read_text())
+        for _ in range(50):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail(f"worker {pid} still alive after Ctrl-C")
+    # only the quick job may have made it into the cache, complete
+    assert len(entries(cache)) <= 1
+    assert_no_partial(cache)
+
+
+def test_output_dir_lock_between_processes(tmp_path):
+    out = tmp_path / "out"
+    holder = _run_script(f"""
+        import sys, time
+        from fxsplit.build import output_dir_lock
+        with output_dir_lock({str(out)!r}):
+            print("locked", flush=True)
+            time.sleep(2.0)
+    """)
+    assert holder.stdout.readline().strip() == "locked"
+    t0 = time.monotonic()
+    with pytest.raises(FxsplitError, match="in use by another fxsplit run .pid"):
+        with output_dir_lock(out, timeout=0.3):
+            pass
+    assert time.monotonic() - t0 < 1.5
+    msgs = []
+    with output_dir_lock(out, timeout=20, message=msgs.append):
+        waited = time.monotonic() - t0
+        with output_dir_lock(out, timeout=0):       # re-entrant within a process
+            pass
+    assert waited > 1.0 and len(msgs) == 1 and "waiting for another fxsplit run" in msgs[0]
+    holder.wait(timeout=10)
+    with output_dir_lock(out, timeout=0):           # released
+        pass
+
+
+# ----------------------------------------------------------------------------- dask
+
+@pytest.fixture(scope="module")
+def dask_client(tmp_path_factory):
+    distributed = pytest.importorskip("distributed")
+    wdir = tmp_path_factory.mktemp("dask-workers")
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                       dashboard_address=None, local_directory=str(wdir))
+    client = distributed.Client(cluster)
+    client.run(lambda p: sys.path.insert(0, p) if p not in sys.path else None, str(Path(__file__).parent))
+    client.run(lambda p: sys.path.insert(0, p) if p not in sys.path else None, str(ROOT))
+    yield client, wdir
+    client.close()
+    cluster.close()
+
+
+def test_dask_executor_ships_artifacts_to_the_submitter(tmp_path, dask_client):
+    client, wdir = dask_client
+    counter, cache = tmp_path / "count", tmp_path / "cache"
+    jobs = chain_jobs(counter) + [Job("p2/csim", "p2", "csim", compile_c, {"counter": str(counter)}, b"1")]
+    r = run_jobs(jobs, cache, executor=client.get_executor(), progress=False)
+    assert r.ok, r.to_dict()
+    assert all(j.worker.startswith("tcp://127.0.0.1") for j in r)
+    assert (r["stitched/tb"].artifact_dir / "out.txt").read_text() == "A+B"
+    assert (r["p2/csim"].artifact_dir / "hello").exists()
+    assert "hello from C" in r["p2/csim"].log_path.read_text()
+    assert all(j.artifact_dir.is_relative_to(cache.resolve()) for j in r)
+    assert not any(wdir.rglob("fxsplit-job-*")), "worker temp dirs left behind"
+    assert_no_partial(cache)
+    r2 = run_jobs(jobs, cache, executor=client.get_executor(), progress=False)
+    assert all(j.state == "cached" for j in r2) and len(counts(counter)) == len(jobs)
+
+    # failures on Dask: isolated, with the log shipped back
+    bad = [Job("p0/hls", "p0", "hls", boom, {}, b"1"), Job("p0/synth", "p0", "synth", concat, {}, b"1",
+                                                           deps=("p0/hls",))]
+    r3 = run_jobs(bad, tmp_path / "cache2", executor=client.get_executor(), progress=False)
+    assert [j.state for j in r3] == ["failed", "skipped"]
+    assert "something broke" in r3["p0/hls"].error_tail and r3["p0/hls"].log_path.exists()
+
+    # overhead per job: trivial jobs, independent, through Dask
+    n = 20
+    quick = [Job(f"q{i}/csim", f"q{i}", "csim", write_file, {}, str(i)) for i in range(n)]
+    t0 = time.perf_counter()
+    r4 = run_jobs(quick, tmp_path / "cache3", executor=client.get_executor(), progress=False)
+    dt = time.perf_counter() - t0
+    assert r4.ok
+    print(f"dask: {n} trivial jobs on 2 workers in {dt:.2f} s = {dt / n * 1000:.0f} ms/job wall, "
+          f"{2 * dt / n * 1000:.0f} ms/job worker-time")
+
+
+def test_bytes_transfer_on_a_local_pool(tmp_path):
+    counter = tmp_path / "count"
+    r = run_jobs(chain_jobs(counter), tmp_path / "cache", max_workers=2, progress=False, transfer="bytes")
+    assert r.ok and (r["stitched/tb"].artifact_dir / "out.txt").read_text() == "A+B"
+    assert_no_partial(tmp_path / "cache")
+
+
+# ----------------------------------------------------------------------------- prediction
+
+def _rows(durs: dict[str, float], deps: dict[str, tuple] | None = None) -> list[dict]:
+    deps = deps or {}
+    return [{"id": k, "build_seconds": v, "deps": list(deps.get(k, ()))} for k, v in durs.items()]
+
+
+def test_predict_wall_time_examples():
+    rows = _rows({"a": 4, "b": 3, "c": 2, "d": 1}, {"d": ("a",)})
+    assert predict_wall_time(rows, 1) == 10
+    assert predict_wall_time(rows, 2) == 5        # a then d on one worker; b, c on the other
+    assert predict_wall_time(rows, 8) == 5        # critical path a -> d
+    jr = [JobResult(r["id"], "p", "s", "k", build_seconds=r["build_seconds"], deps=tuple(r["deps"]))
+          for r in rows]
+    assert predict_wall_time(jr, 2) == 5
+    assert predict_wall_time(BuildResult({j.id: j for j in jr}, Path(".")), 4) == 5
+    assert predict_wall_time([], 4) == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(0, 100), min_size=1, max_size=12), st.data(), st.integers(1, 8))
+def test_predict_wall_time_bounds(durs, data, w):
+    ids = [f"j{i}" for i in range(len(durs))]
+    deps = {ids[i]: tuple(data.draw(st.sets(st.sampled_from(ids[:i]), max_size=3)) if i else ())
+            for i in range(len(ids))}
+    rows = _rows(dict(zip(ids, durs)), deps)
+    crit: dict[str, float] = {}
+    for i, k in enumerate(ids):
+        crit[k] = durs[i] + max((crit[d] for d in deps[k]), default=0.0)
+    total, cp = sum(durs), max(crit.values())
+    t = predict_wall_time(rows, w)
+    assert max(cp, total / w) - 1e-6 <= t <= total + 1e-6
+    assert predict_wall_time(rows, 1) == pytest.approx(total)
+    assert predict_wall_time(rows, len(ids)) == pytest.approx(cp)
