@@ -347,12 +347,34 @@ def _untar(data: bytes, dest: Path) -> None:
 _FD_LOCK = threading.Lock()
 
 
-def _worker_init() -> None:
-    """Initializer of the engine's own pool workers: own process group (so the engine can kill
-    a worker together with the tools it started) and default SIGINT handling."""
-    with contextlib.suppress(OSError):
-        os.setpgrp()
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+# Initializer of the engine's own pool workers, run as ``exec(_BOOTSTRAP, {})`` (a builtin, so
+# starting a worker imports nothing of fxsplit). It puts each worker in its own process group
+# (so the engine can kill a worker together with the tools it started) and registers the
+# ``fxsplit`` package *without running its __init__*: ``import fxsplit.build`` and the job
+# functions' modules load only what they import themselves; the package __init__ (which may
+# import torch) runs on first access to one of its attributes, so semantics are unchanged.
+_BOOTSTRAP = r"""
+import importlib.util, os, signal, sys
+try:
+    os.setpgrp()
+except OSError:
+    pass
+signal.signal(signal.SIGINT, signal.default_int_handler)
+if "fxsplit" not in sys.modules and os.environ.get("FXSPLIT_WORKER_EAGER_INIT") != "1":
+    spec = importlib.util.find_spec("fxsplit")
+    if spec is not None and spec.loader is not None and spec.submodule_search_locations:
+        mod = importlib.util.module_from_spec(spec)
+
+        def __getattr__(name, _mod=mod, _spec=spec):
+            if name.startswith("__") and name.endswith("__"):
+                raise AttributeError(name)
+            _mod.__dict__.pop("__getattr__", None)
+            _spec.loader.exec_module(_mod)
+            return getattr(_mod, name)
+
+        mod.__getattr__ = __getattr__
+        sys.modules["fxsplit"] = mod
+"""
 
 
 def _worker_id() -> str:
@@ -685,7 +707,7 @@ class _Engine:
     def _ensure_pool(self):
         if self.pool is None:
             self.pool = cf.ProcessPoolExecutor(self.max_workers, mp_context=self.mp_context or _default_context(),
-                                               initializer=_worker_init)
+                                               initializer=exec, initargs=(_BOOTSTRAP, {}))
             self.own_pool = True
             self.pool_procs = None
         return self.pool

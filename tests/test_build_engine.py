@@ -113,6 +113,13 @@ def stamp(workdir, inputs, name, log, seconds=0.0):
     return {}
 
 
+def loaded_modules(workdir, inputs):
+    import fxsplit.build  # noqa: F401  (what every job imports)
+    from fxsplit.errors import FxsplitError as E  # noqa: F401
+    return {"torch": "torch" in sys.modules, "hls4ml": "hls4ml" in sys.modules,
+            "main": getattr(sys.modules.get("__main__"), "__file__", None)}
+
+
 def counts(counter: Path) -> list[str]:
     return counter.read_text().splitlines() if counter.exists() else []
 
@@ -195,6 +202,12 @@ def test_corrupted_entries_are_detected_and_rebuilt(tmp_path):
     r3 = run_jobs(chain_jobs(counter), cache, max_workers=2, progress=False)
     assert r3["p0/hls"].state == "built" and r3["p0/csim"].state == "cached"
     assert_no_partial(cache)
+
+
+def test_workers_stay_light(tmp_path):
+    """Pool workers import neither torch nor hls4ml (nor the submitter's __main__) unless a job does."""
+    r = run_jobs([Job("p0/csim", "p0", "csim", loaded_modules, {}, b"1")], tmp_path, progress=False)
+    assert r.ok and r["p0/csim"].meta == {"torch": False, "hls4ml": False, "main": None}
 
 
 def test_no_change_rebuild_of_20_jobs_is_fast(tmp_path):
@@ -363,6 +376,28 @@ def test_keyboard_interrupt_leaves_no_partial_entry(tmp_path):
     # only the quick job may have made it into the cache, complete
     assert len(entries(cache)) <= 1
     assert_no_partial(cache)
+
+
+def test_unguarded_user_script_with_its_own_job_function(tmp_path):
+    """A script without `if __name__ == "__main__":` whose job fn lives in __main__ (shipped by value)."""
+    script = tmp_path / "user_script.py"
+    script.write_text(textwrap.dedent(f"""
+        import os
+        from fxsplit.build import Job, run_jobs
+
+        def my_step(workdir, inputs, n):
+            print("my_step runs in", os.getpid())
+            open(os.path.join(workdir, "n.txt"), "w").write(str(n))
+            return {{"n": n, "pid": os.getpid()}}
+
+        r = run_jobs([Job(f"p{{i}}/csim", f"p{{i}}", "csim", my_step, {{"n": i}}, str(i)) for i in range(3)],
+                     {str(tmp_path / "cache")!r}, max_workers=2, progress=False)
+        r.raise_for_failures()
+        print("RESULT", sorted(j.meta["n"] for j in r), os.getpid() not in {{j.meta["pid"] for j in r}})
+    """))
+    p = subprocess.run([sys.executable, str(script)], env=ENV, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.count("RESULT") == 1 and "RESULT [0, 1, 2] True" in p.stdout, p.stdout
 
 
 def test_output_dir_lock_between_processes(tmp_path):
