@@ -1,0 +1,419 @@
+"""Render a build report: ``report.json``, a self-contained ``report.html`` and terminal text.
+
+The report dict (built by the compiler; every field but ``partitions`` is optional)::
+
+    {"model": str, "flow": str, "output_dir": str, "wall_seconds": float,
+     "partitions": [{"name", "layers", "params", "ops",
+                     "inputs": [{"name", "shape", "precision"}], "outputs": [...],
+                     "latency": int | None, "resources": {"LUT", "FF", "CARRY", "DSP"} | None,
+                     "jobs": [job rows]}],
+     "jobs": [BuildResult.to_dict()["jobs"] rows],
+     "predicted_wall": {"1": s, "2": s, "4": s, "8": s},
+     "verification": {...} | None}
+
+The HTML has no external resources (inline CSS and SVG, no JavaScript): a summary, one table
+row per partition, a Gantt chart of the build (one row per worker, bars coloured by step; jobs
+reused from the cache in their own hatched row) and resource bar charts (LUT, FF, DSP).
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import math
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["write_report", "render_html", "format_text"]
+
+STEP_COLORS = {"csim": "#4C78A8", "hls": "#F58518", "rtl": "#B279A2", "synth": "#54A24B",
+               "tb": "#72B7B2", "lower": "#E45756", "stitch": "#9D755D", "verify": "#EECA3B"}
+_FALLBACK = ["#BAB0AC", "#FF9DA6", "#79706E", "#D67195", "#8CD17D"]
+STATE_COLORS = {"built": "#2e7d32", "cached": "#0277bd", "failed": "#c62828", "skipped": "#757575"}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+_CTRL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
+
+
+def _esc(x: Any) -> str:
+    """HTML/XML-escape, dropping characters XML does not allow (the SVG stays well-formed)."""
+    return html.escape(_CTRL.sub("", "" if x is None else str(x)), quote=True)
+
+
+def _jobs(report: dict) -> list[dict]:
+    jobs = report.get("jobs") or []
+    if isinstance(jobs, dict):                       # a whole BuildResult.to_dict()
+        jobs = jobs.get("jobs") or []
+    if not jobs:                                     # fall back to the per-partition lists
+        for p in report.get("partitions") or []:
+            jobs.extend(p.get("jobs") or [])
+    return [j for j in jobs if isinstance(j, dict)]
+
+
+def _step_color(step: str, cache: dict[str, str]) -> str:
+    if step not in cache:
+        cache[step] = STEP_COLORS.get(step) or _FALLBACK[len(cache) % len(_FALLBACK)]
+    return cache[step]
+
+
+def _fmt_s(s: Any) -> str:
+    if s is None:
+        return "-"
+    try:
+        s = float(s)
+    except (TypeError, ValueError):
+        return str(s)
+    if s < 60:
+        return f"{s:.1f} s"
+    m, sec = divmod(s, 60)
+    if m < 60:
+        return f"{int(m)} min {sec:02.0f} s"
+    h, m = divmod(m, 60)
+    return f"{int(h)} h {int(m):02d} min"
+
+
+def _fmt_n(n: Any) -> str:
+    if n is None or n == "":
+        return "-"
+    if isinstance(n, float) and not n.is_integer():
+        return f"{n:,.2f}"
+    try:
+        return f"{int(n):,}"
+    except (TypeError, ValueError):
+        return str(n)
+
+
+def _ports(ports: Any) -> list[str]:
+    out = []
+    for p in ports or []:
+        if isinstance(p, dict):
+            shape = p.get("shape")
+            shape = "(" + ", ".join(str(d) for d in shape) + ")" if isinstance(shape, (list, tuple)) else (shape or "?")
+            out.append(f"{p.get('name', '?')} {shape} {p.get('precision') or ''}".strip())
+        else:
+            out.append(str(p))
+    return out
+
+
+def _counts(jobs: list[dict]) -> dict[str, int]:
+    c = {"built": 0, "cached": 0, "failed": 0, "skipped": 0}
+    for j in jobs:
+        c[j.get("state", "")] = c.get(j.get("state", ""), 0) + 1
+    return c
+
+
+def _predicted(report: dict) -> dict[str, float]:
+    pw = report.get("predicted_wall") or (report.get("build") or {}).get("predicted_wall")
+    if not pw:
+        jobs = _jobs(report)
+        if jobs:
+            from .build import predict_wall_time
+            pw = {str(w): predict_wall_time(jobs, w) for w in (1, 2, 4, 8)}
+    return {str(k): v for k, v in (pw or {}).items()}
+
+
+def _nice_ticks(vmax: float, n: int = 5) -> list[float]:
+    if vmax <= 0:
+        return [0.0]
+    raw = vmax / n
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    return [i * step for i in range(int(vmax / step + 1e-9) + 1)]
+
+
+# ----------------------------------------------------------------------------- charts (SVG)
+
+def gantt_svg(jobs: list[dict], width: int = 1000) -> str:
+    """One row per worker; one bar per job run (coloured by step). Reused jobs in a hatched row."""
+    ran = [j for j in jobs if j.get("start") is not None and j.get("end") is not None]
+    cached = [j for j in jobs if j.get("state") == "cached"]
+    if not ran and not cached:
+        return '<p class="muted">No jobs.</p>'
+    colors: dict[str, str] = {}
+    for j in sorted(jobs, key=lambda j: j.get("step", "")):
+        _step_color(j.get("step", "?"), colors)
+    t0 = min((j["start"] for j in ran), default=0.0)
+    t_end = max((j["end"] for j in ran), default=0.0)
+    span_ran = max(t_end - t0, 1e-6) if ran else 0.0
+    saved = sum(float(j.get("build_seconds") or 0.0) for j in cached)
+    span = max(span_ran, min(saved, span_ran) if span_ran else saved, 1e-6)
+    workers = sorted({str(j.get("worker") or "?") for j in ran})
+    rows = workers + (["reused from cache"] if cached else [])
+    label_w, row_h, top, bottom = 190, 26, 28, 30
+    plot_w = width - label_w - 20
+    height = top + row_h * len(rows) + bottom + 26
+    sx = plot_w / span
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11" role="img" '
+           f'aria-label="Gantt chart of the build">',
+           '<defs><pattern id="hatch" width="6" height="6" patternUnits="userSpaceOnUse" '
+           'patternTransform="rotate(45)"><rect width="6" height="6" fill="#e3f2fd"/>'
+           '<line x1="0" y1="0" x2="0" y2="6" stroke="#0277bd" stroke-width="2"/></pattern></defs>']
+    for k, t in enumerate(_nice_ticks(span)):
+        x = label_w + t * sx
+        out.append(f'<line x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{top + row_h * len(rows)}" '
+                   f'stroke="#e0e0e0"/>')
+        out.append(f'<text x="{x:.1f}" y="{top - 8}" text-anchor="middle" fill="#555">{_esc(_fmt_s(t))}</text>')
+    for i, name in enumerate(rows):
+        y = top + i * row_h
+        if i % 2 == 0:
+            out.append(f'<rect x="0" y="{y}" width="{width}" height="{row_h}" fill="#fafafa"/>')
+        short = name if len(name) <= 28 else "…" + name[-27:]
+        out.append(f'<text x="{label_w - 8}" y="{y + row_h / 2 + 4}" text-anchor="end" fill="#333">'
+                   f'<title>{_esc(name)}</title>{_esc(short)}</text>')
+    for j in ran:
+        i = workers.index(str(j.get("worker") or "?"))
+        y = top + i * row_h + 4
+        x = label_w + (j["start"] - t0) * sx
+        w = max((j["end"] - j["start"]) * sx, 2.0)
+        failed = j.get("state") == "failed"
+        col = _step_color(j.get("step", "?"), colors)
+        tip = (f"{j.get('id')}: {j.get('state')} in {_fmt_s(j['end'] - j['start'])}"
+               f" (attempt {j.get('attempts', 1)}) on {j.get('worker')}")
+        stroke = ' stroke="#c62828" stroke-width="2.5"' if failed else ' stroke="#fff" stroke-width="0.5"'
+        out.append(f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{row_h - 8}" rx="2" fill="{col}"{stroke}>'
+                   f'<title>{_esc(tip)}</title></rect>')
+        label = f"{j.get('partition', '')} {j.get('step', '')}" + (" ✗" if failed else "")
+        if w > 7 * len(label):
+            out.append(f'<text x="{x + 4:.1f}" y="{y + row_h / 2 + 1}" fill="#fff" font-weight="bold">'
+                       f'{_esc(label)}</text>')
+    if cached:
+        y = top + (len(rows) - 1) * row_h + 4
+        x = float(label_w)
+        for j in cached:
+            w = max(float(j.get("build_seconds") or 0.0) * sx, 3.0)
+            tip = f"{j.get('id')}: reused from the cache (its build took {_fmt_s(j.get('build_seconds'))})"
+            out.append(f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{row_h - 8}" fill="url(#hatch)" '
+                       f'stroke="{_step_color(j.get("step", "?"), colors)}" stroke-width="1.5">'
+                       f'<title>{_esc(tip)}</title></rect>')
+            x += w
+    # legend
+    ly = top + row_h * len(rows) + 22
+    lx = label_w
+    for step, col in colors.items():
+        out.append(f'<rect x="{lx}" y="{ly - 10}" width="12" height="12" fill="{col}"/>'
+                   f'<text x="{lx + 16}" y="{ly}" fill="#333">{_esc(step)}</text>')
+        lx += 28 + 7 * len(step)
+    if cached:
+        out.append(f'<rect x="{lx}" y="{ly - 10}" width="12" height="12" fill="url(#hatch)" stroke="#0277bd"/>'
+                   f'<text x="{lx + 16}" y="{ly}" fill="#333">reused (width = build time saved: '
+                   f'{_esc(_fmt_s(saved))})</text>')
+        lx += 300
+    if any(j.get("state") == "failed" for j in ran):
+        out.append(f'<rect x="{lx}" y="{ly - 10}" width="12" height="12" fill="#fff" stroke="#c62828" '
+                   f'stroke-width="2.5"/><text x="{lx + 16}" y="{ly}" fill="#333">failed</text>')
+    out.append(f'<text x="{label_w}" y="{height - 6}" fill="#777">time since the first job started '
+               f'(wall clock of the workers)</text>')
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def resources_svg(partitions: list[dict], kinds: tuple[str, ...] = ("LUT", "FF", "DSP"),
+                  width: int = 1000) -> str:
+    """One horizontal bar panel per resource kind (own scale each), one bar per partition."""
+    parts = [p for p in partitions if isinstance(p.get("resources"), dict)]
+    if not parts:
+        return '<p class="muted">No resource estimates in this report (they come from synthesis / the RTL flow).</p>'
+    kinds = tuple(k for k in kinds if any(p["resources"].get(k) is not None for p in parts)) or kinds
+    pal = {"LUT": "#4C78A8", "FF": "#F58518", "DSP": "#54A24B", "CARRY": "#B279A2", "BRAM": "#E45756"}
+    gap = 24
+    panel_w = (width - gap * (len(kinds) - 1)) / len(kinds)
+    label_w, bar_h, top = 80, 18, 30
+    height = top + len(parts) * (bar_h + 6) + 30
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11" role="img" '
+           f'aria-label="Resources per partition">']
+    for k, kind in enumerate(kinds):
+        ox = k * (panel_w + gap)
+        vals = [float(p["resources"].get(kind) or 0) for p in parts]
+        vmax = max(vals) or 1.0
+        ticks = _nice_ticks(vmax, 4)
+        vmax = max(vmax, ticks[-1])
+        plot_w = panel_w - label_w - 44
+        out.append(f'<text x="{ox + label_w}" y="14" font-weight="bold" font-size="13" fill="#333">'
+                   f'{_esc(kind)}</text>')
+        for t in ticks:
+            x = ox + label_w + t / vmax * plot_w
+            out.append(f'<line x1="{x:.1f}" y1="{top - 6}" x2="{x:.1f}" y2="{height - 24}" stroke="#e8e8e8"/>'
+                       f'<text x="{x:.1f}" y="{height - 10}" text-anchor="middle" fill="#777">{_esc(_fmt_n(t))}</text>')
+        for i, (p, v) in enumerate(zip(parts, vals)):
+            y = top + i * (bar_h + 6)
+            w = v / vmax * plot_w
+            out.append(f'<text x="{ox + label_w - 6}" y="{y + bar_h - 5}" text-anchor="end" fill="#333">'
+                       f'{_esc(p.get("name"))}</text>')
+            out.append(f'<rect x="{ox + label_w}" y="{y}" width="{max(w, 0.5):.1f}" height="{bar_h}" '
+                       f'fill="{pal.get(kind, "#888")}"><title>{_esc(p.get("name"))} {kind}: {_fmt_n(v)}'
+                       f'</title></rect>')
+            out.append(f'<text x="{ox + label_w + w + 4:.1f}" y="{y + bar_h - 5}" fill="#333">{_esc(_fmt_n(v))}</text>')
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- HTML
+
+_CSS = """
+body{font-family:-apple-system,Segoe UI,Roboto,Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1100px}
+h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd;padding-bottom:4px}
+.muted{color:#777} .cards{display:flex;flex-wrap:wrap;gap:10px;margin:12px 0}
+.card{border:1px solid #ddd;border-radius:6px;padding:8px 12px;min-width:110px;background:#fcfcfc}
+.card .v{font-size:19px;font-weight:600} .card .k{font-size:11px;color:#666;text-transform:uppercase}
+table{border-collapse:collapse;font-size:12px;margin:6px 0} th,td{border:1px solid #ddd;padding:4px 7px;vertical-align:top}
+th{background:#f3f3f3;text-align:left} td.n{text-align:right;font-variant-numeric:tabular-nums}
+.badge{display:inline-block;border-radius:3px;padding:1px 5px;margin:1px 2px 1px 0;color:#fff;font-size:11px;white-space:nowrap}
+.ports{font-family:monospace;font-size:11px;white-space:nowrap}
+pre{background:#f6f6f6;border:1px solid #e3e3e3;padding:8px;font-size:11px;overflow:auto;max-height:300px}
+.fail{color:#c62828;font-weight:600}
+"""
+
+
+def render_html(report: dict) -> str:
+    jobs = _jobs(report)
+    parts = report.get("partitions") or []
+    c = _counts(jobs)
+    pw = _predicted(report)
+    title = f"fxsplit report: {report.get('model', 'model')} ({report.get('flow', '?')} flow)"
+    h = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+         f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>",
+         f"<h1>{_esc(title)}</h1>",
+         f'<div class="muted">output: {_esc(report.get("output_dir", "-"))} &middot; generated '
+         f'{_esc(time.strftime("%Y-%m-%d %H:%M:%S"))}</div>']
+    cards = [("partitions", len(parts)), ("total wall", _fmt_s(report.get("wall_seconds"))),
+             ("jobs built", c["built"]), ("jobs reused", c["cached"])]
+    if c["failed"] or c["skipped"]:
+        cards += [("failed", c["failed"]), ("skipped", c["skipped"])]
+    for w in ("1", "2", "4", "8"):
+        if w in pw:
+            cards.append((f"predicted, {w} worker{'s' if w != '1' else ''}", _fmt_s(pw[w])))
+    h.append('<div class="cards">' + "".join(
+        f'<div class="card"><div class="k">{_esc(k)}</div><div class="v">{_esc(v)}</div></div>' for k, v in cards)
+        + "</div>")
+    if pw:
+        h.append('<div class="muted">Predicted wall: the measured build time of every job (also of reused '
+                 'ones), list-scheduled on W workers respecting dependencies.</div>')
+    ver = report.get("verification")
+    if isinstance(ver, dict) and ver:
+        h.append("<h2>Verification</h2><table>" + "".join(
+            f"<tr><th>{_esc(k)}</th><td>{_esc(json.dumps(v) if isinstance(v, (dict, list)) else v)}</td></tr>"
+            for k, v in ver.items()) + "</table>")
+
+    # partition table
+    colors: dict[str, str] = {}
+    h.append("<h2>Partitions</h2><table><tr><th>partition</th><th>layers</th><th>params</th><th>ops</th>"
+             "<th>inputs</th><th>outputs</th><th>latency (cycles)</th><th>LUT</th><th>FF</th><th>CARRY</th>"
+             "<th>DSP</th><th>steps</th></tr>")
+    jobs_by_part: dict[str, list[dict]] = {}
+    for j in jobs:
+        jobs_by_part.setdefault(j.get("partition"), []).append(j)
+    for p in parts:
+        res = p.get("resources") or {}
+        pj = p.get("jobs") or jobs_by_part.get(p.get("name"), [])
+        steps = []
+        for j in pj:
+            st = j.get("state", "?")
+            secs = j.get("build_seconds") if st == "cached" else j.get("seconds")
+            col = _step_color(j.get("step", "?"), colors)
+            mark = {"cached": "reused", "built": "built", "failed": "FAILED", "skipped": "skipped"}.get(st, st)
+            style = f"background:{col}" + (";opacity:.6" if st == "cached" else "") + (
+                ";outline:2px solid #c62828" if st == "failed" else "") + (";opacity:.35" if st == "skipped" else "")
+            steps.append(f'<span class="badge" style="{style}" title="{_esc(j.get("id"))}">'
+                         f'{_esc(j.get("step"))} {_esc(_fmt_s(secs))} {_esc(mark)}</span>')
+        h.append("<tr>" + f"<td><b>{_esc(p.get('name'))}</b></td>"
+                 + "".join(f'<td class="n">{_esc(_fmt_n(p.get(k)))}</td>' for k in ("layers", "params", "ops"))
+                 + f'<td class="ports">{"<br>".join(_esc(s) for s in _ports(p.get("inputs")))}</td>'
+                 + f'<td class="ports">{"<br>".join(_esc(s) for s in _ports(p.get("outputs")))}</td>'
+                 + f'<td class="n">{_esc(_fmt_n(p.get("latency")))}</td>'
+                 + "".join(f'<td class="n">{_esc(_fmt_n(res.get(k)))}</td>' for k in ("LUT", "FF", "CARRY", "DSP"))
+                 + f"<td>{''.join(steps)}</td></tr>")
+    h.append("</table>")
+
+    # other jobs (monolithic reference, stitched design...)
+    names = {p.get("name") for p in parts}
+    other = [j for j in jobs if j.get("partition") not in names]
+    if other:
+        h.append("<h3>Other jobs</h3><table><tr><th>job</th><th>state</th><th>time</th><th>worker</th></tr>")
+        for j in other:
+            st = j.get("state")
+            h.append(f'<tr><td>{_esc(j.get("id"))}</td><td style="color:{STATE_COLORS.get(st, "#333")}">'
+                     f'{_esc(st)}</td><td class="n">{_esc(_fmt_s(j.get("build_seconds") if st == "cached" else j.get("seconds")))}'
+                     f'</td><td>{_esc(j.get("worker"))}</td></tr>')
+        h.append("</table>")
+
+    h.append("<h2>Build timeline</h2>" + gantt_svg(jobs))
+    h.append("<h2>Resources per partition</h2>" + resources_svg(parts))
+
+    failed = [j for j in jobs if j.get("state") == "failed"]
+    if failed:
+        h.append("<h2>Failures</h2>")
+        for j in failed:
+            h.append(f'<p class="fail">{_esc(j.get("id"))}: {_esc(j.get("error"))}</p>'
+                     f'<div class="muted">log: {_esc(j.get("log_path"))}</div>'
+                     f'<pre>{_esc(j.get("error_tail") or "")}</pre>')
+    h.append("</body></html>")
+    return "\n".join(h)
+
+
+def write_report(report: dict, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``report.json`` and ``report.html`` into ``out_dir``; return their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    jp, hp = out / "report.json", out / "report.html"
+    for path, text in ((jp, json.dumps(report, indent=2, default=str)), (hp, render_html(report))):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    return jp, hp
+
+
+# ----------------------------------------------------------------------------- terminal
+
+def format_text(report: dict, width: int = 120) -> str:
+    """The report for a terminal: summary line(s) and a per-partition table (plain text)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    jobs = _jobs(report)
+    parts = report.get("partitions") or []
+    c = _counts(jobs)
+    pw = _predicted(report)
+    buf = io.StringIO()
+    con = Console(file=buf, width=width, color_system=None, force_terminal=False, highlight=False)
+    con.print(f"fxsplit: {report.get('model', 'model')} ({report.get('flow', '?')} flow), "
+              f"{len(parts)} partition(s), wall {_fmt_s(report.get('wall_seconds'))}; "
+              f"jobs: {c['built']} built, {c['cached']} reused"
+              + (f", {c['failed']} FAILED" if c["failed"] else "")
+              + (f", {c['skipped']} skipped" if c["skipped"] else ""), markup=False)
+    if pw:
+        con.print("predicted wall on " + ", ".join(f"{w}: {_fmt_s(v)}" for w, v in pw.items())
+                  + " worker(s)", markup=False)
+    num = ("layers", "params", "ops", "latency", "LUT", "FF", "CARRY", "DSP")
+    t = Table(show_lines=False, pad_edge=False, box=None, header_style="bold")
+    for col in ("partition", *num, "steps"):
+        if col == "steps":
+            t.add_column(col, overflow="fold")
+        else:
+            t.add_column(col, justify="right" if col in num else "left", no_wrap=True, min_width=max(len(col), 5))
+    for p in parts:
+        res = p.get("resources") or {}
+        pj = p.get("jobs") or [j for j in jobs if j.get("partition") == p.get("name")]
+        steps = "  ".join(
+            f"{j.get('step')}:{'reused' if j.get('state') == 'cached' else j.get('state')}"
+            + (f" {_fmt_s(j.get('build_seconds') if j.get('state') == 'cached' else j.get('seconds'))}"
+               if j.get("state") in ("built", "cached", "failed") else "") for j in pj)
+        t.add_row(str(p.get("name")), *(_fmt_n(p.get(k)) for k in ("layers", "params", "ops", "latency")),
+                  *(_fmt_n(res.get(k)) for k in ("LUT", "FF", "CARRY", "DSP")), steps or "-")
+    if parts:
+        con.print(t)
+        con.print("ports:", markup=False)
+        for p in parts:
+            con.print(f"  {p.get('name')}: " + ", ".join(_ports(p.get("inputs"))) + " -> "
+                      + ", ".join(_ports(p.get("outputs"))), markup=False, soft_wrap=True)
+    for j in jobs:
+        if j.get("state") == "failed":
+            con.print(f"FAILED {j.get('id')}: {j.get('error')}  (log: {j.get('log_path')})", markup=False)
+    return buf.getvalue().rstrip() + "\n"
