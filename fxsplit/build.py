@@ -25,7 +25,7 @@ The cache key is ``sha256(engine format, step, fn's qualified name, key_data, (d
 ``key_data`` must cover everything that defines the result (graph, weights, config, flow, tool
 versions) -- ``params`` are *not* hashed.
 
-Semantics (see README of the report in the lead's docs):
+Semantics:
 
 - A failing job never stops the others; its dependents are ``"skipped"``.
 - ``fn`` raising is a *job failure* and is not retried.  A worker dying under a job
