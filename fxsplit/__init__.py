@@ -1,13 +1,31 @@
 """fxsplit: cut a PyTorch network into hls4ml / RTL partitions, build them in parallel, stitch them bit-exactly.
 
 Public API: ``Cut``, ``cut``, ``partition``, ``compile``, ``Design``, ``FxsplitError``.
+Names are imported lazily, so that build workers importing ``fxsplit.build`` do not load torch.
 """
 
-from .compiler import compile
-from .design import Design, VerifyResult
+from __future__ import annotations
+
+import importlib
+
 from .errors import FxsplitError
-from .markers import Cut, cut
-from .partition import partition
 
 __all__ = ["Cut", "cut", "partition", "compile", "Design", "VerifyResult", "FxsplitError"]
 __version__ = "0.1.0"
+
+_LAZY = {
+    "Cut": ".markers", "cut": ".markers", "partition": ".partition", "compile": ".compiler",
+    "Design": ".design", "VerifyResult": ".design",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'fxsplit' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__ + ["__version__"])

@@ -1102,3 +1102,23 @@ def output_dir_lock(path: str | Path, timeout: float | None = None, *, poll: flo
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+# ----------------------------------------------------------------------------- output directory
+
+def copy_artifacts(src: Path, dest: Path, key: str) -> Path:
+    """Atomically copy a cache entry to ``dest`` (skipped when ``dest`` already holds that key)."""
+    stamp = dest / ".fxsplit-key"
+    if stamp.exists() and stamp.read_text() == key:
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    shutil.copytree(src, tmp / "x", symlinks=True)
+    (tmp / "x" / ".fxsplit-key").write_text(key)
+    old = dest.parent / f".{dest.name}-old-{os.getpid()}"
+    if dest.exists():
+        os.rename(dest, old)
+    os.rename(tmp / "x", dest)
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+    return dest

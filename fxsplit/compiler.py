@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,24 +26,6 @@ def _resolve_output_dir(output_dir, model: nn.Module) -> Path:
     return out
 
 
-def _materialize(art_dir: Path, name: str, key: str, out: Path) -> Path:
-    """Copy a cached project into ``out/<name>`` (atomically; skipped when already current)."""
-    dest = out / name
-    stamp = dest / ".fxsplit-key"
-    if stamp.exists() and stamp.read_text() == key:
-        return dest
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out))
-    shutil.copytree(art_dir / name, tmp / name, symlinks=True)
-    (tmp / name / ".fxsplit-key").write_text(key)
-    old = out / f".{name}-old-{os.getpid()}"
-    if dest.exists():
-        os.rename(dest, old)
-    os.rename(tmp / name, dest)
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(old, ignore_errors=True)
-    return dest
-
-
 def _csim_from(result, out_dir: Path, spec_name: str, n_in: int) -> hflow.CSim:
     meta = result.meta
     lib = Path(result.artifact_dir) / meta["lib"]
@@ -62,7 +41,7 @@ def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", co
     Everything (tracing, cuts, names, config, layer support, types) is validated before
     any build starts; nothing is written before that, and nothing outside ``output_dir``
     (and ``cache_dir``, by default ``output_dir/.cache``)."""
-    from .build import Job, output_dir_lock, run_jobs
+    from .build import Job, copy_artifacts, output_dir_lock, run_jobs
     from .design import Design
 
     t_start = time.time()
@@ -80,7 +59,7 @@ def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", co
     rtl_plan = None
     if flow == "rtl":
         from .flows import rtl as rflow
-        rtl_plan = rflow.plan(pt, graphs, fc)
+        rtl_plan = rflow.plan(pt, specs, graphs, fc)
     t_validated = time.time()
 
     # ---- build
@@ -94,11 +73,12 @@ def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", co
                           log_dir=out / "logs")
         for r in result:
             if r.step == "csim" and r.state in ("built", "cached"):
-                _materialize(Path(r.artifact_dir), r.meta["project"], r.key, out)
+                name = r.meta["project"]
+                copy_artifacts(Path(r.artifact_dir) / name, out / name / "hls4ml", r.key)
         result.raise_for_failures()
         csims = {name: _csim_from(result[f"{name}/csim"], out, name, len(pt[name].inputs)) for name in specs}
         mono = _csim_from(result[f"{mono_spec.name}/csim"], out, mono_spec.name, len(pt.inputs))
-        rtl = rtl_plan.finish(result, out) if rtl_plan is not None else None
+        rtl = rtl_plan.finish(result, out, pt) if rtl_plan is not None else None
         design = Design(pt, flow, str(out), csims, mono, build=result, rtl=rtl)
         design.report = build_report(design, model_name=type(model).__name__,
                                      timings={"validate": t_validated - t_start, "total": time.time() - t_start})

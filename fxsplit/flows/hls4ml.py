@@ -35,7 +35,7 @@ MONOLITHIC = "monolithic"
 MAX_EXACT_BITS = 53  # the csim bridge carries values as double: wider types would round
 
 _CONFIG_KEYS = {"precision", "input_precision", "reuse_factor", "strategy", "io_type", "backend", "part",
-                "clock_period", "partitions", "layers", "latency_cutoff", "csim_opt"}
+                "clock_period", "partitions", "layers", "latency_cutoff", "csim_opt", "synth", "exact_accum"}
 _OVERRIDE_KEYS = {"precision", "reuse_factor", "strategy"}
 
 
@@ -54,6 +54,8 @@ class FlowConfig:
     part: str | None = None
     clock_period: float = 5.0
     latency_cutoff: float | None = None
+    synth: bool = True                # rtl flow: run Yosys on every partition
+    exact_accum: bool = True          # accum_t 'auto' (exact sums) for Dense/Conv unless a layer sets it
     csim_opt: str = "-O3"             # g++ optimisation of the C-simulation library (numerics do not depend on it)
     layers: dict[str, dict[str, Any]] = field(default_factory=dict)   # fx node name -> overrides
 
@@ -145,6 +147,13 @@ def check_layers(part: Partition, uncut: torch.fx.GraphModule) -> None:
         if n.op not in ("call_module", "call_function", "call_method"):
             continue
         op = _op_name(n, part.module)
+        tensor_args = [a for a in n.args if isinstance(a, torch.fx.Node)]
+        if n.op != "call_module" and len(tensor_args) > 1 and len(set(tensor_args)) < len(tensor_args):
+            orig = uncut_nodes.get(n.name, n)
+            raise FxsplitError(f"hls4ml cannot convert operation {n.name!r} ({op}): it uses the same tensor "
+                               f"{tensor_args[0].name!r} twice", module=n.name, partition=part.name,
+                               source=node_source(orig), hint="hls4ml's merge layers need two distinct inputs; "
+                                                              "e.g. write x * 2 instead of x + x")
         if op not in supported:
             orig = uncut_nodes.get(n.name, n)
             what = f"module {orig.target!r}" if n.op == "call_module" else f"operation {n.name!r}"
@@ -187,6 +196,7 @@ class ModelSpec:
     part: str | None
     clock_period: float
     csim_opt: str = "-O3"
+    name_map: dict[str, str] = field(default_factory=dict)   # fx node name -> hls4ml layer name
 
     def key_data(self) -> bytes:
         """Content that determines the generated project (graph, weights, config, tool versions)."""
@@ -230,6 +240,13 @@ def make_spec(name: str, module: torch.fx.GraphModule, input_names: list[str], i
     cfg.pop("InputShape", None)
     cfg["Model"]["Strategy"] = fc.strategy
     layer_cfg = cfg.setdefault("LayerName", {})
+    if fc.exact_accum:
+        # exact accumulation: hls4ml otherwise casts every product into the default precision (wrapping),
+        # which is rarely what a designer wants and defeats da4ml's constant-multiplication optimiser
+        for lc in layer_cfg.values():
+            prec = lc.get("Precision")
+            if isinstance(prec, dict) and "weight" in prec:
+                prec.setdefault("accum", "auto")
     for node, ov in fc.layers.items():
         if node not in nmap:
             continue
@@ -245,7 +262,7 @@ def make_spec(name: str, module: torch.fx.GraphModule, input_names: list[str], i
         lc = layer_cfg.setdefault(nmap[inp], {})
         lc.setdefault("Precision", {})["result"] = input_precisions[inp]
     return ModelSpec(name, module, shapes, [nmap[o] for o in output_names], cfg, fc.io_type, fc.backend,
-                     fc.part, fc.clock_period, fc.csim_opt)
+                     fc.part, fc.clock_period, fc.csim_opt, nmap)
 
 
 def build_modelgraph(spec: ModelSpec, output_dir: str):
@@ -256,8 +273,7 @@ def build_modelgraph(spec: ModelSpec, output_dir: str):
     from hls4ml.model import ModelGraph
     from hls4ml.utils.config import create_config
 
-    # weights compiled into the library: a csim library built on a worker stays valid wherever it is loaded
-    kwargs = {"io_type": spec.io_type, "clock_period": spec.clock_period, "write_weights_txt": False}
+    kwargs = {"io_type": spec.io_type, "clock_period": spec.clock_period}
     if spec.part:
         kwargs["part"] = spec.part
     config = create_config(output_dir=output_dir, project_name=spec.name, backend=spec.backend, **kwargs)
@@ -314,14 +330,29 @@ def lower(pt: Partitioning, fc: FlowConfig, output_dir: str):
     mono_spec = make_spec(MONOLITHIC, uncut, placeholders, [p.torch_shape for p in pt.inputs],
                           [p.name for p in pt.outputs], {n: in_prec for n in placeholders}, fc)
     mono = build_modelgraph(mono_spec, os.path.join(output_dir, MONOLITHIC))
-    _check_boundaries(pt, mono, _name_map(uncut))
+    _check_boundaries(pt, mono, mono_spec.name_map, graphs, specs)
     return specs, graphs, mono_spec, mono
 
 
-def _check_boundaries(pt: Partitioning, mono, nmap: dict[str, str]) -> None:
-    """Each cut tensor must exist in the uncut hls4ml model with the same type."""
+def _check_boundaries(pt: Partitioning, mono, nmap: dict[str, str], graphs: dict, specs: dict) -> None:
+    """hls4ml must keep the same layers on both sides (no fusion across a cut), and each cut
+    tensor must exist in the uncut model with the same type."""
     uncut_nodes = {n.name: n for n in pt.graph.graph.nodes}
     for part in pt.partitions:
+        pmap = specs[part.name].name_map
+        for node_name in part.nodes:
+            in_part = pmap.get(node_name) in graphs[part.name].graph
+            in_mono = nmap.get(node_name) in mono.graph
+            if in_part != in_mono:
+                node = uncut_nodes[node_name]
+                producer = node.all_input_nodes[0].name if node.all_input_nodes else "?"
+                raise FxsplitError(
+                    f"hls4ml fuses {node_name!r} with its neighbour {producer!r} in the uncut model"
+                    if not in_mono else f"hls4ml fuses {node_name!r} inside partition {part.name!r} but not in the "
+                    "uncut model", partition=part.name, module=str(node.target), source=node_source(node),
+                    hint="a cut separates layers hls4ml merges (e.g. a convolution and its BatchNorm); the "
+                         "partitioned design could not equal the uncut one bit for bit: move the cut after the "
+                         "fused group (e.g. after the BatchNorm)")
         for port in part.outputs:
             node = uncut_nodes[port.name]
             width = type_width(port.precision or "")
@@ -354,6 +385,38 @@ def _check_boundaries(pt: Partitioning, mono, nmap: dict[str, str]) -> None:
 
 # ----------------------------------------------------------------------------- build job (worker side)
 
+_WDIR_HEADER = """#pragma once
+// fxsplit: the C simulation reads its weights from the weights/ folder next to the loaded library,
+// so a library built on a worker (or in a cache) stays valid wherever it is loaded.
+#include <dlfcn.h>
+#include <string>
+static inline std::string fxsplit_weights_dir() {
+    Dl_info info;
+    if (dladdr((void *)&fxsplit_weights_dir, &info) && info.dli_fname) {
+        std::string p(info.dli_fname);
+        return p.substr(0, p.find_last_of('/')) + "/weights";
+    }
+    return "firmware/weights";
+}
+"""
+
+
+def _relocatable_build_script(proj: str, opt: str) -> None:
+    """Patch hls4ml's build_lib.sh: our optimisation level, and weights found relative to the library
+    (hls4ml bakes the absolute project path into it, which breaks once the project is moved)."""
+    with open(os.path.join(proj, "firmware", "fxsplit_wdir.h"), "w") as f:
+        f.write(_WDIR_HEADER)
+    script = os.path.join(proj, "build_lib.sh")
+    with open(script) as f:
+        text = f.read()
+    text, n1 = re.subn(r'CFLAGS="-O\d', f'CFLAGS="{opt} -include firmware/fxsplit_wdir.h', text, count=1)
+    text, n2 = re.subn(r'^WEIGHTS_DIR=.*$', "WEIGHTS_DIR='fxsplit_weights_dir()'", text, count=1, flags=re.M)
+    if n1 != 1 or n2 != 1:
+        raise RuntimeError("hls4ml's build_lib.sh has an unexpected form; cannot make the library relocatable")
+    with open(script, "w") as f:
+        f.write(text)
+
+
 def csim_job(workdir: str, inputs: dict[str, str], spec: ModelSpec) -> dict:
     """Write the hls4ml project of ``spec`` into ``workdir/<name>`` and compile its C-simulation library."""
     import time
@@ -363,11 +426,7 @@ def csim_job(workdir: str, inputs: dict[str, str], spec: ModelSpec) -> dict:
     hm.write()
     t1 = time.time()
     print(f"[fxsplit] wrote hls4ml project {spec.name} in {t1 - t0:.1f} s", flush=True)
-    script = os.path.join(proj, "build_lib.sh")
-    with open(script) as f:
-        text = f.read()
-    with open(script, "w") as f:
-        f.write(re.sub(r'CFLAGS="-O\d', f'CFLAGS="{spec.csim_opt}', text, count=1))
+    _relocatable_build_script(proj, spec.csim_opt)
     r = subprocess.run(["bash", "./build_lib.sh"], cwd=proj, stdout=sys.stdout.fileno(), stderr=subprocess.STDOUT)
     if r.returncode != 0:
         raise RuntimeError(f"g++ failed to compile the C simulation of {spec.name} (exit {r.returncode})")

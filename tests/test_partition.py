@@ -1,0 +1,238 @@
+"""Markers, tracing and DAG partitioning (no builds)."""
+
+import pytest
+import torch
+from torch import nn
+
+import fxsplit
+from fxsplit import Cut, FxsplitError, cut
+from models import build
+
+
+class TwoLayer(nn.Module):
+    def __init__(self, marker=True):
+        super().__init__()
+        self.fc1 = nn.Linear(8, 8)
+        self.relu = nn.ReLU()
+        self.mark = Cut("second") if marker else None
+        self.fc2 = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.relu(self.fc1(x))
+        if self.mark is not None:
+            x = self.mark(x)
+        return self.fc2(x)
+
+
+def test_cut_is_identity_in_pytorch():
+    torch.manual_seed(0)
+    with_cut, without = TwoLayer(True), TwoLayer(False)
+    without.load_state_dict(with_cut.state_dict())  # Cut has no state: the state dicts are interchangeable
+    assert set(with_cut.state_dict()) == set(without.state_dict())
+    x = torch.randn(5, 8, requires_grad=True)
+    y1, y2 = with_cut(x), without(x)
+    assert torch.equal(y1, y2)
+    g1, = torch.autograd.grad(y1.sum(), x)
+    g2, = torch.autograd.grad(y2.sum(), x)
+    assert torch.equal(g1, g2)
+    with_cut.eval()
+    assert torch.equal(with_cut(x), without.eval()(x))
+    t = torch.randn(3)
+    assert cut(t, "n") is t
+
+
+def test_partition_names_ports_and_erased_markers():
+    pt = fxsplit.partition(TwoLayer(), (8,))
+    assert [p.name for p in pt.partitions] == ["p0", "second"]
+    p0, p1 = pt.partitions
+    assert [p.name for p in p0.outputs] == ["relu"] and p1.inputs[0] is p0.outputs[0]
+    assert p1.sources == {"relu": "p0"}
+    for p in pt.partitions:  # markers are gone from the partitions
+        assert not any(isinstance(m, Cut) for m in p.module.modules())
+        assert all(n.target is not cut for n in p.module.graph.nodes)
+    assert not any(n.op == "call_module" and "mark" in str(n.target) for n in pt.graph.graph.nodes)
+
+
+def test_splits_combine_with_markers_and_are_ordered():
+    pt = fxsplit.partition(TwoLayer(), (8,), splits=["relu"])
+    assert [p.name for p in pt.partitions] == ["p0", "p1", "second"]
+    assert [len(p.nodes) for p in pt.partitions] == [1, 1, 1]
+
+
+def test_skip_connection_bypasses_partitions():
+    model, shape = build("branchy_cnn")
+    pt = fxsplit.partition(model, shape)
+    assert [p.name for p in pt.partitions] == ["p0", "branches", "mix"]
+    mix = pt["mix"]
+    # 'relu' (the stem output) is produced in p0 and consumed two partitions later
+    assert mix.sources["relu"] == "p0"
+    assert "relu" in [p.name for p in pt["p0"].outputs]
+    assert pt["branches"].sources == {"relu": "p0", "relu_a": "p0"}  # program order: branch a precedes the cut
+    # ports are channels-last
+    assert mix.inputs[[p.name for p in mix.inputs].index("relu")].shape == (8, 8, 4)
+
+
+def test_marker_inside_residual_block():
+    model, shape = build("residual_cnn")
+    pt = fxsplit.partition(model, shape)
+    tail = pt["block_tail"]
+    # the skip tensor (relu0) and the branch tensor (relu1) both cross the cut
+    assert sorted(tail.sources) == ["relu0", "relu1"]
+    assert set(tail.sources.values()) == {"p0"}
+
+
+def test_partition_graph_computes_same_as_model():
+    model, shape = build("residual_cnn")
+    pt = fxsplit.partition(model, shape)
+    x = torch.randn(4, *shape)
+    env = {pt.inputs[0].name: x}
+    with torch.no_grad():
+        for p in pt.partitions:
+            ys = p.module(*[env[i.name] for i in p.inputs])
+            for port, y in zip(p.outputs, ys):
+                env[port.name] = y
+        assert torch.allclose(env[pt.outputs[0].name], model(x), atol=1e-6)
+
+
+def test_partition_does_not_change_training_mode():
+    model, shape = build("residual_cnn")
+    model.train()
+    fxsplit.partition(model, shape)
+    assert model.training
+
+
+# ------------------------------------------------------------------------- bad input, caught early
+
+class DataDependent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        if x.sum() > 0:          # data-dependent control flow
+            return self.fc(x)
+        return x
+
+
+def test_untraceable_control_flow_names_module_and_line():
+    with pytest.raises(FxsplitError) as e:
+        fxsplit.partition(nn.Sequential(nn.Linear(4, 4), DataDependent()), (4,))
+    msg = str(e.value)
+    assert "control flow" in msg and "module: 1" in msg
+    assert "test_partition.py" in msg and "if x.sum() > 0" in msg
+
+
+def test_unknown_split_name_suggests_close_names():
+    model, shape = build("jet_tagger")
+    with pytest.raises(FxsplitError) as e:
+        fxsplit.partition(model, shape, splits=["fc33"])
+    assert "'fc33'" in str(e.value) and "did you mean" in str(e.value) and "'fc3'" in str(e.value)
+
+
+@pytest.mark.parametrize("where", ["start", "end", "twice"])
+def test_cut_leaving_a_partition_empty(where):
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+            self.c1, self.c2 = Cut("one"), Cut("two")
+
+        def forward(self, x):
+            if where == "start":
+                return self.b(self.a(self.c1(x)))
+            if where == "end":
+                return self.c1(self.b(self.a(x)))
+            return self.b(self.c2(self.c1(self.a(x))))
+
+    with pytest.raises(FxsplitError) as e:
+        fxsplit.partition(M(), (4,))
+    assert "empty" in str(e.value) and "test_partition.py" in str(e.value)
+
+
+@pytest.mark.parametrize("bad", ["../escape", "a/b", "stitched", "", "9lives", "_hidden"])
+def test_partition_names_cannot_escape_output_dir(bad, tmp_path):
+    model = nn.Sequential(nn.Linear(4, 4), Cut(bad), nn.Linear(4, 2))
+    out = tmp_path / "out"
+    with pytest.raises(FxsplitError) as e:
+        fxsplit.compile(model, (4,), output_dir=out)
+    assert "usable partition name" in str(e.value)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_duplicate_partition_names():
+    model = nn.Sequential(nn.Linear(4, 4), Cut("x1"), nn.Linear(4, 4), Cut("x1"), nn.Linear(4, 2))
+    with pytest.raises(FxsplitError, match="several partitions would be named 'x1'"):
+        fxsplit.partition(model, (4,))
+
+
+def test_unsupported_layer_named_with_partition_before_build(tmp_path):
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1 = nn.Linear(4, 8)
+            self.cut = Cut("tail")
+            self.act = nn.GELU()
+            self.fc2 = nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.fc2(self.act(self.cut(self.fc1(x))))
+
+    out = tmp_path / "out"
+    with pytest.raises(FxsplitError) as e:
+        fxsplit.compile(M(), (4,), output_dir=out)
+    msg = str(e.value)
+    assert "GELU" in msg and "module: act" in msg and "partition: tail" in msg and "test_partition.py" in msg
+    assert not out.exists()
+
+
+def test_bad_config_is_rejected_before_build(tmp_path):
+    model, shape = build("jet_tagger")
+    out = tmp_path / "out"
+    with pytest.raises(FxsplitError, match="did you mean 'hidden'"):
+        fxsplit.compile(model, shape, output_dir=out, config={"partitions": {"hiden": {"reuse_factor": 2}}})
+    with pytest.raises(FxsplitError, match="unknown config key 'precison'"):
+        fxsplit.compile(model, shape, output_dir=out, config={"precison": "fixed<8,3>"})
+    with pytest.raises(FxsplitError, match="not in the model"):
+        fxsplit.compile(model, shape, output_dir=out, config={"layers": {"fc9": {"precision": "fixed<8,3>"}}})
+    assert not out.exists()
+
+
+def test_cut_between_conv_and_batchnorm_is_refused(tmp_path):
+    model = nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), Cut("bn"), nn.BatchNorm2d(2), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(2 * 4 * 4, 2)).eval()
+    with pytest.raises(FxsplitError) as e:
+        fxsplit.compile(model, (2, 4, 4), output_dir=tmp_path / "o")
+    assert "fuses" in str(e.value) and "partition: bn" in str(e.value) and "module: 2" in str(e.value)
+    assert not (tmp_path / "o").exists()
+
+
+def test_wrong_input_shape():
+    model, _ = build("jet_tagger")
+    with pytest.raises(FxsplitError, match="input_shape"):
+        fxsplit.partition(model, (17,))
+    with pytest.raises(FxsplitError, match="tuple of ints"):
+        fxsplit.partition(model, "16")
+
+
+def test_port_wider_than_the_csim_bridge_is_refused(tmp_path):
+    """hls4ml's exact ('auto') Dense sums grow by ~20 bits a layer; a double carries 53 exactly."""
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8), Cut("tail"), nn.Linear(8, 2))
+    with pytest.raises(FxsplitError) as e:
+        fxsplit.compile(model, (8,), output_dir=tmp_path / "o")
+    assert "53 bits" in str(e.value) and "partition: p0" in str(e.value) and "'precision'" in str(e.value)
+    assert not (tmp_path / "o").exists()
+
+
+def test_same_tensor_twice_in_a_merge_is_refused(tmp_path):
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.out = nn.Linear(4, 2)
+
+        def forward(self, x):
+            y = self.fc(x)
+            return self.out(y + y)
+
+    with pytest.raises(FxsplitError, match="same tensor 'fc' twice"):
+        fxsplit.compile(M(), (4,), output_dir=tmp_path / "o")

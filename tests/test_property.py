@@ -1,0 +1,97 @@
+"""Property: for random small DAG models and random cut sets, partitioned == uncut, bit for bit."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import fxsplit
+from conftest import FAST
+
+WIDTH = 6
+
+
+class RandomDAG(nn.Module):
+    """A straight-line program over a growing list of tensors: each op reads earlier tensors
+    (so skip connections appear naturally) and Cut markers sit between ops."""
+
+    def __init__(self, program, cuts):
+        super().__init__()
+        self.program = program
+        self.layers = nn.ModuleList()
+        self.cuts = nn.ModuleDict({f"c{i}": fxsplit.Cut(f"cut{i}") for i in cuts})
+        for op, _args in program:
+            if op == "linear":
+                self.layers.append(nn.Linear(WIDTH, WIDTH))
+            elif op == "cat_linear":
+                self.layers.append(nn.Linear(2 * WIDTH, WIDTH))
+            elif op == "relu":
+                self.layers.append(nn.ReLU())
+            else:
+                self.layers.append(nn.LeakyReLU(0.125) if op == "leaky" else nn.ReLU())
+        # no dead values: every tensor nobody reads is added into the output
+        used = {a for _op, args in program for a in args}
+        self.unused = [i for i in range(1, len(program)) if i not in used]
+        self.head = nn.Linear(WIDTH, 3)
+
+    def forward(self, x):
+        ts = [x]
+        for i, ((op, args), layer) in enumerate(zip(self.program, self.layers)):
+            if f"c{i}" in self.cuts:
+                ts[-1] = self.cuts[f"c{i}"](ts[-1])
+            if op == "add":
+                y = ts[args[0]] + ts[args[1]]
+            elif op == "cat_linear":
+                y = layer(torch.cat([ts[args[0]], ts[args[1]]], dim=1))
+            else:
+                y = layer(ts[args[0]])
+            ts.append(y)
+        y = ts[-1]
+        for i in self.unused:
+            y = y + ts[i]
+        return self.head(y)
+
+
+@st.composite
+def dag_and_cuts(draw):
+    n = draw(st.integers(3, 7))
+    program = [("linear", (0,))]
+    for i in range(1, n):
+        k = i + 1  # tensors available: 0..i
+        op = draw(st.sampled_from(["linear", "relu", "leaky", "add", "cat_linear"]))
+        if op in ("add", "cat_linear"):
+            a = draw(st.integers(1, k - 1))
+            b = draw(st.integers(0, k - 1).filter(lambda v: v != a))   # x + x: refused (hls4ml limitation)
+            program.append((op, (a, b)))
+        else:
+            program.append((op, (draw(st.integers(max(1, k - 3), k - 1)),)))
+    cuts = draw(st.sets(st.integers(1, len(program) - 1), min_size=1, max_size=3))
+    return program, sorted(cuts)
+
+
+# every example compiles real hls4ml C simulations (several g++ runs): few examples, and no shrinking
+# (a failing example is printed in full; shrinking would recompile for many minutes)
+@settings(max_examples=5, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate],
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=dag_and_cuts(), seed=st.integers(0, 2 ** 16))
+def test_random_dag_partitioned_equals_uncut(case, seed, tmp_path_factory):
+    program, cuts = case
+    torch.manual_seed(seed)
+    model = RandomDAG(program, cuts).eval()
+    out = tmp_path_factory.mktemp("dag")
+    try:
+        # as a user would: bound the Dense result types (hls4ml's 'auto' keeps every bit and grows without end)
+        layers = {f"layers.{i}": {"precision": {"result": "fixed<20,8>"}}
+                  for i, (op, _a) in enumerate(program) if op in ("linear", "cat_linear")}
+        design = fxsplit.compile(model, (WIDTH,), config={**FAST, "precision": "fixed<14,5>", "layers": layers},
+                                 output_dir=out, progress=False,
+                                 cache_dir=tmp_path_factory.getbasetemp() / "shared-cache")
+    except fxsplit.FxsplitError as e:
+        # every op is supported and no value is dead, so no partition can be empty: any refusal is a bug
+        raise AssertionError(f"compile refused a valid model: {e}") from e
+    assert len(design.partitions) == len(cuts) + 1
+    x = np.random.default_rng(seed).uniform(-8, 8, size=(200, WIDTH))
+    res = design.verify(x)
+    assert res.bit_exact, (program, cuts, res.details[:3])
