@@ -35,12 +35,13 @@ def _csim_from(result, out_dir: Path, spec_name: str, n_in: int) -> hflow.CSim:
 
 def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", config: dict | None = None,
             output_dir=None, jobs: int | None = None, executor=None, progress: bool | None = None,
-            cache_dir=None):
+            cache_dir=None, reference: bool = True):
     """Partition ``model``, build every partition (in parallel, cached) and return a :class:`Design`.
 
     Everything (tracing, cuts, names, config, layer support, types) is validated before
     any build starts; nothing is written before that, and nothing outside ``output_dir``
-    (and ``cache_dir``, by default ``output_dir/.cache``)."""
+    (and ``cache_dir``, by default ``output_dir/.cache``). ``reference=False`` skips building the
+    uncut C simulation (then ``predict_monolithic``/``verify`` are unavailable)."""
     from .build import Job, copy_artifacts, output_dir_lock, run_jobs
     from .design import Design
 
@@ -64,7 +65,8 @@ def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", co
 
     # ---- build
     job_list = [Job(id=f"{name}/csim", partition=name, step="csim", fn=hflow.csim_job, params={"spec": spec},
-                    key_data=spec.key_data()) for name, spec in [*specs.items(), (mono_spec.name, mono_spec)]]
+                    key_data=spec.key_data())
+                for name, spec in [*specs.items(), *([(mono_spec.name, mono_spec)] if reference else [])]]
     if rtl_plan is not None:
         job_list += rtl_plan.jobs()
     out.mkdir(parents=True, exist_ok=True)
@@ -77,7 +79,7 @@ def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", co
                 copy_artifacts(Path(r.artifact_dir) / name, out / name / "hls4ml", r.key)
         result.raise_for_failures()
         csims = {name: _csim_from(result[f"{name}/csim"], out, name, len(pt[name].inputs)) for name in specs}
-        mono = _csim_from(result[f"{mono_spec.name}/csim"], out, mono_spec.name, len(pt.inputs))
+        mono = _csim_from(result[f"{mono_spec.name}/csim"], out, mono_spec.name, len(pt.inputs)) if reference else None
         rtl = rtl_plan.finish(result, out, pt) if rtl_plan is not None else None
         design = Design(pt, flow, str(out), csims, mono, build=result, rtl=rtl)
         design.report = build_report(design, model_name=type(model).__name__,

@@ -102,6 +102,9 @@ class Design:
 
     def predict_monolithic(self, x):
         """The same model uncut, with the same numerics: the reference for equivalence."""
+        if self._mono is None:
+            raise FxsplitError("this design was compiled with reference=False: no uncut C simulation",
+                               hint="compile again with reference=True (the default)")
         xs = self._inputs(x)
         n = xs[0].shape[0]
         ys = self._mono(xs)

@@ -148,6 +148,8 @@ class RTLDesign:
         from ..design import Mismatch, compare, torch_err
         from ..testbench import simulate
         pt = design.partitioning
+        if design._mono is None:
+            raise FxsplitError("verify(level='rtl') compares against the uncut model: compile with reference=True")
         xs = design._inputs(x)
         n = xs[0].shape[0]
         raw_in = [rl.quantize_raw(a.reshape(n, -1), p.precision) for a, p in zip(xs, pt.inputs)]
