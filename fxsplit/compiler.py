@@ -77,6 +77,8 @@ def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", co
             if r.step == "csim" and r.state in ("built", "cached"):
                 name = r.meta["project"]
                 copy_artifacts(Path(r.artifact_dir) / name, out / name / "hls4ml", r.key)
+        if not result.ok:
+            _write_failure_report(result, out, type(model).__name__, flow, time.time() - t_start)
         result.raise_for_failures()
         csims = {name: _csim_from(result[f"{name}/csim"], out, name, len(pt[name].inputs)) for name in specs}
         mono = _csim_from(result[f"{mono_spec.name}/csim"], out, mono_spec.name, len(pt.inputs)) if reference else None
@@ -84,4 +86,20 @@ def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", co
         design = Design(pt, flow, str(out), csims, mono, build=result, rtl=rtl)
         design.report = build_report(design, model_name=type(model).__name__,
                                      timings={"validate": t_validated - t_start, "total": time.time() - t_start})
+        design.write_report()
     return design
+
+
+def _write_failure_report(result, out: Path, model_name: str, flow: str, wall: float) -> None:
+    """A failed build still leaves report.json/html behind (jobs, failures, logs), best effort."""
+    from .report import write_report
+    b = result.to_dict()
+    names = list(dict.fromkeys(r.partition for r in result))
+    report = {"model": model_name, "flow": flow, "output_dir": str(out), "wall_seconds": wall,
+              "partitions": [{"name": n, "jobs": [j for j in b["jobs"] if j["partition"] == n]} for n in names],
+              "jobs": b["jobs"], "build": {k: v for k, v in b.items() if k != "jobs"},
+              "predicted_wall": b.get("predicted_wall"), "verification": None, "failed": True}
+    try:
+        write_report(report, out)
+    except OSError:
+        pass

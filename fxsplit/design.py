@@ -36,6 +36,13 @@ class VerifyResult:
     def __bool__(self) -> bool:
         return self.bit_exact
 
+    def to_dict(self) -> dict:
+        """JSON-able, for the report (at most the first 10 mismatches)."""
+        return {"level": self.level, "n_samples": self.n_samples, "bit_exact": self.bit_exact,
+                "mismatches": self.mismatches, "max_abs_error_vs_torch": self.max_abs_error_vs_torch,
+                "summary": self.summary(), "first_mismatches": [m.__dict__ for m in self.details[:10]],
+                **({"extra": self.extra} if self.extra else {})}
+
     def summary(self) -> str:
         state = "bit-exact" if self.bit_exact else f"{self.mismatches} mismatching elements"
         return (f"{self.level}: {self.n_samples} samples, {state}; max |design - torch float| = "
@@ -120,20 +127,36 @@ class Design:
         ys = [t.numpy().astype(np.float64) for t in ys]
         return ys[0] if len(ys) == 1 else ys
 
-    def verify(self, x, level: str = "csim") -> VerifyResult:
+    def verify(self, x, level: str = "csim", simulator: str | None = None) -> VerifyResult:
         """Partitioned == uncut, bit for bit. level='csim' (stitched vs monolithic C simulation)
-        or 'rtl' (stitched RTL simulation vs stitched C simulation vs monolithic)."""
+        or 'rtl' (stitched RTL simulation vs stitched C simulation vs monolithic; ``simulator``
+        'verilator' (default) or 'icarus'). The result is recorded in ``report["verification"]``
+        and the report files in ``output_dir`` are rewritten."""
         if level == "rtl":
             if self.rtl is None:
                 raise FxsplitError("verify(level='rtl') needs a design compiled with flow='rtl'",
                                    hint="fxsplit.compile(..., flow='rtl')")
-            return self.rtl.verify(self, x)
-        if level != "csim":
+            res = self.rtl.verify(self, x, **({"simulator": simulator} if simulator else {}))
+            if self.report:
+                from .summary import stitched_update
+                stitched_update(self.report, self.rtl)
+        elif level != "csim":
             raise FxsplitError(f"unknown verification level {level!r}", hint="use 'csim' or 'rtl'")
-        got = _as_list(self.predict(x))
-        ref = _as_list(self.predict_monolithic(x))
-        return compare(level, got, ref, [p.name for p in self.partitioning.outputs],
-                       torch_err(got, _as_list(self.predict_torch(x))))
+        else:
+            got = _as_list(self.predict(x))
+            ref = _as_list(self.predict_monolithic(x))
+            res = compare(level, got, ref, [p.name for p in self.partitioning.outputs],
+                          torch_err(got, _as_list(self.predict_torch(x))))
+        self.report["verification"] = res.to_dict()
+        self.write_report()
+        return res
+
+    def write_report(self):
+        """(Re)write ``output_dir/report.json`` and ``report.html``; returns their paths."""
+        from .report import write_report
+        if not self.report:
+            return None
+        return write_report(self.report, self.output_dir)
 
     def __repr__(self) -> str:
         return f"Design(flow={self.flow!r}, partitions={[p.name for p in self.partitions]}, output_dir={self.output_dir!r})"

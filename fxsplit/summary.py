@@ -71,3 +71,8 @@ def build_report(design, model_name: str, timings: dict) -> dict:
     if rtl is not None:
         report["stitched"] = rtl.stitched_report()
     return report
+
+
+def stitched_update(report: dict, rtl) -> None:
+    """Refresh the stitched section after an RTL simulation (it records the last simulation)."""
+    report["stitched"] = rtl.stitched_report()
