@@ -344,6 +344,10 @@ def render_html(report: dict) -> str:
                      f'</td><td>{_esc(j.get("worker"))}</td></tr>')
         h.append("</table>")
 
+    st = report.get("stitched")
+    if isinstance(st, dict) and st:
+        h.append("<h2>Stitched design</h2>" + _stitched_html(st))
+
     h.append("<h2>Build timeline</h2>" + gantt_svg(jobs))
     h.append("<h2>Resources per partition</h2>" + resources_svg(parts))
 
@@ -356,6 +360,24 @@ def render_html(report: dict) -> str:
                      f'<pre>{_esc(j.get("error_tail") or "")}</pre>')
     h.append("</body></html>")
     return "\n".join(h)
+
+
+def _stitched_html(st: dict) -> str:
+    tot = st.get("resources_total") or {}
+    rows = [("top module", st.get("top")), ("Verilog", st.get("file")),
+            ("latency (cycles)", _fmt_n(st.get("latency")))]
+    if tot:
+        rows.append(("resources (sum of partitions)", ", ".join(f"{k} {_fmt_n(v)}" for k, v in tot.items())))
+    sim = st.get("simulation")
+    if isinstance(sim, dict) and sim:
+        ok = sim.get("failed") == 0 and sim.get("passed") == sim.get("samples")
+        rows.append(("last RTL simulation", f"{sim.get('simulator')}: {sim.get('passed')}/{sim.get('samples')} "
+                     f"samples passed, {sim.get('failed')} failed, {_fmt_s(sim.get('seconds'))}"
+                     + ("" if ok else "  (FAILED)")))
+    out = "<table>" + "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in rows) + "</table>"
+    if isinstance(sim, dict) and sim.get("log"):
+        out += f'<details><summary>simulation log</summary><pre>{_esc(sim.get("log"))}</pre></details>'
+    return out
 
 
 def write_report(report: dict, out_dir: str | Path) -> tuple[Path, Path]:
@@ -413,6 +435,14 @@ def format_text(report: dict, width: int = 120) -> str:
         for p in parts:
             con.print(f"  {p.get('name')}: " + ", ".join(_ports(p.get("inputs"))) + " -> "
                       + ", ".join(_ports(p.get("outputs"))), markup=False, soft_wrap=True)
+    st = report.get("stitched")
+    if isinstance(st, dict) and st:
+        tot = st.get("resources_total") or {}
+        sim = st.get("simulation") or {}
+        con.print(f"stitched: {st.get('top')} ({st.get('file')}), latency {_fmt_n(st.get('latency'))} cycles"
+                  + (", " + ", ".join(f"{k} {_fmt_n(v)}" for k, v in tot.items()) if tot else "")
+                  + (f"; last simulation ({sim.get('simulator')}): {sim.get('passed')}/{sim.get('samples')} passed"
+                     if sim else ""), markup=False, soft_wrap=True)
     for j in jobs:
         if j.get("state") == "failed":
             con.print(f"FAILED {j.get('id')}: {j.get('error')}  (log: {j.get('log_path')})", markup=False)
