@@ -1,0 +1,8 @@
+"""``python -m fxsplit``: the command line (see fxsplit.cli)."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,359 @@
+"""The ``fxsplit`` command line: ``compile``, ``report``, ``verify``.
+
+Exit codes: 0 ok; 1 build or verification failed, or any fxsplit error (message on stderr,
+no traceback unless ``--debug`` or ``FXSPLIT_DEBUG=1``); 2 usage error; 130 interrupted (Ctrl-C).
+
+``fxsplit compile`` stores how it was invoked in ``DIR/fxsplit.json``, so that ``fxsplit verify
+DIR`` can rebuild the design (every job comes from the cache) and verify it again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from .errors import FxsplitError
+
+STATE_FILE = "fxsplit.json"
+STATE_FORMAT = 1
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class _Usage(Exception):
+    """A usage error found after argparse (bad MODULE:ATTR, bad shape...): exit 2."""
+
+
+# ----------------------------------------------------------------------------- argument parsing
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(d) for d in text.split(","))
+    except ValueError:
+        dims = ()
+    if not dims or any(d <= 0 for d in dims):
+        raise argparse.ArgumentTypeError(f"invalid shape {text!r}: use positive integers like 16 or 3,8,8")
+    return dims
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def _opt(text: str) -> str:
+    t = text if text.startswith("-") else "-" + text
+    if t not in ("-O0", "-O1", "-O2", "-O3"):
+        raise argparse.ArgumentTypeError(f"expected O0..O3, got {text!r}")
+    return t
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fxsplit", description="Cut a PyTorch model at fxsplit.Cut markers, build every partition "
+        "(hls4ml C simulation, optionally RTL) in parallel with a cache, and stitch them bit-exactly.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of fxsplit errors (or FXSPLIT_DEBUG=1)")
+    p.add_argument("--version", action="version", version=f"fxsplit {_version()}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    c = sub.add_parser("compile", help="partition, build and stitch a model",
+                       description="Partition, build and stitch a model. MODEL is MODULE:ATTR (or FILE.py:ATTR), "
+                       "where ATTR is an nn.Module instance, a class or a zero-argument factory; zoo models "
+                       "are named models:<name> (e.g. models:jet_tagger).")
+    c.add_argument("model", metavar="MODEL", help="MODULE:ATTR, FILE.py:ATTR or models:<zoo name>")
+    c.add_argument("--input-shape", type=_shape, action="append", metavar="SHAPE",
+                   help="per-sample input shape, PyTorch layout (16 or 3,8,8); once per input "
+                        "(optional for zoo models)")
+    c.add_argument("--splits", nargs="+", default=None, metavar="NAME",
+                   help="also split before these modules / nodes (in addition to the Cut markers)")
+    c.add_argument("--flow", choices=("hls4ml", "rtl"), default="hls4ml")
+    c.add_argument("-j", "--jobs", type=_positive, default=None, help="local build workers (default: CPU count)")
+    c.add_argument("-o", "--output-dir", default=None, metavar="DIR", help="default: fxsplit_out/<ModelClass>")
+    c.add_argument("--config", default=None, metavar="FILE", help="config as JSON or YAML")
+    c.add_argument("--precision", default=None, help="default precision, e.g. 'fixed<12,4>' (overrides --config)")
+    c.add_argument("--reuse-factor", type=_positive, default=None, help="default reuse factor (overrides --config)")
+    c.add_argument("--csim-opt", type=_opt, default=None, metavar="O0..O3",
+                   help="g++ optimisation of the C simulations (overrides --config)")
+    c.add_argument("--no-synth", action="store_true", help="rtl flow: skip Yosys synthesis")
+    c.add_argument("--cache-dir", default=None, metavar="DIR", help="build cache (default: DIR/.cache)")
+    c.add_argument("--verify", type=int, default=0, metavar="N",
+                   help="verify on N random inputs (at the RTL level for the rtl flow)")
+    c.add_argument("--simulator", choices=("verilator", "icarus"), default="verilator",
+                   help="RTL simulator for --verify with the rtl flow")
+    c.add_argument("--seed", type=int, default=0, help="seed of the model zoo weights and the random inputs")
+    c.add_argument("--no-progress", action="store_true", help="no live progress display")
+    c.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    r = sub.add_parser("report", help="print the report of a built output directory")
+    r.add_argument("dir", metavar="DIR")
+    r.add_argument("--json", action="store_true", help="print report.json instead of the text report")
+    r.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    v = sub.add_parser("verify", help="re-verify a design built by 'fxsplit compile' (rebuilds from the cache)")
+    v.add_argument("dir", metavar="DIR")
+    v.add_argument("-n", "--samples", type=_positive, default=100, metavar="N")
+    v.add_argument("--level", choices=("csim", "rtl"), default=None, help="default: rtl for the rtl flow")
+    v.add_argument("--simulator", choices=("verilator", "icarus"), default=None)
+    v.add_argument("--seed", type=int, default=None, help="seed of the random inputs (default: the compile's)")
+    v.add_argument("--no-progress", action="store_true")
+    v.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    return p
+
+
+def _version() -> str:
+    from . import __version__
+    return __version__
+
+
+# ----------------------------------------------------------------------------- model and config
+
+def _load_object(spec: str, cwd: str | None = None):
+    if ":" not in spec:
+        raise _Usage(f"MODEL must be MODULE:ATTR or FILE.py:ATTR, got {spec!r} (e.g. models:jet_tagger)")
+    mod_name, attr = spec.rsplit(":", 1)
+    if not mod_name or not attr:
+        raise _Usage(f"MODEL must be MODULE:ATTR or FILE.py:ATTR, got {spec!r}")
+    base = cwd or os.getcwd()
+    if base not in sys.path:
+        sys.path.insert(0, base)
+    if mod_name.endswith(".py"):
+        path = Path(base, mod_name)
+        if not path.is_file():
+            raise FxsplitError(f"model file {str(path)!r} does not exist")
+        ispec = importlib.util.spec_from_file_location(f"fxsplit_user_{path.stem}", path)
+        module = importlib.util.module_from_spec(ispec)
+        sys.modules[ispec.name] = module
+        ispec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(mod_name)
+        except ModuleNotFoundError as e:
+            if e.name and mod_name.startswith(e.name):
+                raise FxsplitError(f"cannot import module {mod_name!r} (from {base})",
+                                   hint="run from the directory that holds it, or set PYTHONPATH") from e
+            raise
+    if mod_name == "models" and attr in getattr(module, "ZOO", {}):
+        return ("zoo", module, attr)
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            known = sorted(n for n in dir(module) if not n.startswith("_"))
+            zoo = sorted(getattr(module, "ZOO", {}))
+            raise FxsplitError(f"module {mod_name!r} has no attribute {attr!r}",
+                               hint=f"zoo models: {', '.join(zoo)}" if zoo else f"it has: {', '.join(known[:15])}")
+        obj = getattr(obj, part)
+    return ("obj", obj, attr)
+
+
+def load_model(spec: str, seed: int = 0, cwd: str | None = None):
+    """Return (model in eval mode, default input shape or None) for MODULE:ATTR."""
+    from torch import nn
+    kind, obj, attr = _load_object(spec, cwd)
+    if kind == "zoo":
+        model, shape = obj.build(attr, seed=seed)
+        return model, shape
+    shape = None
+    if isinstance(obj, nn.Module):
+        model = obj
+    elif callable(obj):
+        import torch
+        torch.manual_seed(seed)
+        try:
+            model = obj()
+        except TypeError as e:
+            raise FxsplitError(f"{spec}: calling {attr}() failed: {e}",
+                               hint="ATTR must be an nn.Module instance, a class or a zero-argument factory") from e
+        if isinstance(model, tuple) and len(model) == 2 and isinstance(model[0], nn.Module):
+            model, shape = model
+    else:
+        model = obj
+    if not isinstance(model, nn.Module):
+        raise FxsplitError(f"{spec} is not a torch.nn.Module (got {type(model).__name__})",
+                           hint="ATTR must be an nn.Module instance, a class or a zero-argument factory")
+    return model.eval(), shape
+
+
+def load_config(path: str | None) -> dict:
+    if not path:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise FxsplitError(f"config file {path!r} does not exist")
+    text = p.read_text()
+    try:
+        if p.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+            cfg = yaml.safe_load(text)
+        else:
+            cfg = json.loads(text)
+    except Exception as e:  # noqa: BLE001 - any parse error is the user's file
+        raise FxsplitError(f"cannot parse config file {path!r}: {e}") from e
+    if cfg is None:
+        cfg = {}
+    if not isinstance(cfg, dict):
+        raise FxsplitError(f"config file {path!r} must hold a mapping, got {type(cfg).__name__}")
+    return cfg
+
+
+def random_inputs(shapes, n: int, seed: int):
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    xs = [rng.uniform(-4.0, 4.0, size=(n, *s)) for s in shapes]
+    return xs[0] if len(xs) == 1 else xs
+
+
+# ----------------------------------------------------------------------------- commands
+
+def _compile(state: dict, progress: bool | None):
+    import fxsplit
+    model, zoo_shape = load_model(state["model"], state["seed"], state.get("cwd"))
+    shapes = [tuple(s) for s in state["input_shape"]] if state.get("input_shape") else None
+    if shapes is None:
+        if zoo_shape is None:
+            raise _Usage(f"--input-shape is required for {state['model']} (e.g. --input-shape 16)")
+        shapes = [tuple(zoo_shape)]
+    state["input_shape"] = [list(s) for s in shapes]
+    shape_arg = shapes[0] if len(shapes) == 1 else shapes
+    design = fxsplit.compile(model, shape_arg, splits=state.get("splits"), flow=state["flow"],
+                             config=state["config"], output_dir=state["output_dir"], jobs=state.get("jobs"),
+                             progress=progress, cache_dir=state.get("cache_dir"))
+    return design, shapes
+
+
+def _verify(design, shapes, n: int, seed: int, level: str, simulator: str | None) -> bool:
+    x = random_inputs(shapes, n, seed)
+    res = design.verify(x, level=level, simulator=simulator if level == "rtl" else None)
+    print(f"verification: {res.summary()}")
+    if not res.bit_exact:
+        for m in res.details[:10]:
+            print(f"  sample {m.sample} {m.output}[{m.index}]: got {m.got!r}, expected {m.expected!r}")
+        print("VERIFICATION FAILED: the partitioned design is not bit-exact", file=sys.stderr)
+    return res.bit_exact
+
+
+def cmd_compile(args) -> int:
+    from .report import format_text
+    config = load_config(args.config)
+    if args.precision:
+        config["precision"] = args.precision
+    if args.reuse_factor:
+        config["reuse_factor"] = args.reuse_factor
+    if args.csim_opt:
+        config["csim_opt"] = args.csim_opt
+    if args.no_synth:
+        config["synth"] = False
+    if args.verify < 0:
+        raise _Usage("--verify N needs N >= 0")
+    state = {
+        "format": STATE_FORMAT, "argv": sys.argv[1:], "cwd": os.getcwd(), "model": args.model,
+        "input_shape": [list(s) for s in args.input_shape] if args.input_shape else None,
+        "splits": args.splits, "flow": args.flow, "config": config, "jobs": args.jobs,
+        "output_dir": str(Path(args.output_dir).resolve()) if args.output_dir else None,
+        "cache_dir": str(Path(args.cache_dir).resolve()) if args.cache_dir else None,
+        "seed": args.seed, "simulator": args.simulator,
+    }
+    design, shapes = _compile(state, None if not args.no_progress else False)
+    state["output_dir"] = design.output_dir
+    _write_state(Path(design.output_dir), state)
+    ok = True
+    if args.verify:
+        level = "rtl" if args.flow == "rtl" else "csim"
+        ok = _verify(design, shapes, args.verify, args.seed, level, args.simulator)
+    print(format_text(design.report), end="")
+    print(f"report: {Path(design.output_dir) / 'report.html'}")
+    return EXIT_OK if ok else EXIT_FAIL
+
+
+def _write_state(out: Path, state: dict) -> None:
+    path = out / STATE_FILE
+    tmp = path.with_name(f".{STATE_FILE}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(state, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path, what: str) -> dict:
+    if not path.parent.is_dir():
+        raise FxsplitError(f"{str(path.parent)!r} is not a directory")
+    if not path.is_file():
+        raise FxsplitError(f"{str(path.parent)!r} has no {path.name}: not built by {what}",
+                           hint="build it first: fxsplit compile MODULE:ATTR -o DIR")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise FxsplitError(f"{str(path)!r} is not valid JSON: {e}") from e
+
+
+def cmd_report(args) -> int:
+    from .report import format_text
+    d = Path(args.dir).resolve()
+    report = _read_json(d / "report.json", "fxsplit (no report.json)")
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return EXIT_OK
+    print(format_text(report), end="")
+    ver = report.get("verification")
+    if isinstance(ver, dict) and ver.get("summary"):
+        print(f"verification: {ver['summary']}")
+    print(f"report: {d / 'report.html'}")
+    failed = report.get("failed") or (isinstance(ver, dict) and ver.get("bit_exact") is False)
+    return EXIT_FAIL if failed else EXIT_OK
+
+
+def cmd_verify(args) -> int:
+    d = Path(args.dir).resolve()
+    state = _read_json(d / STATE_FILE, "'fxsplit compile'")
+    if state.get("format") != STATE_FORMAT:
+        raise FxsplitError(f"{d / STATE_FILE} has an unknown format {state.get('format')!r}")
+    state["output_dir"] = str(d)          # the directory may have been moved
+    design, shapes = _compile(state, None if not args.no_progress else False)
+    built = [r.id for r in design.build.built]
+    if built:
+        print(f"rebuilt: {', '.join(built)} (not in the cache any more)")
+    level = args.level or ("rtl" if state["flow"] == "rtl" else "csim")
+    seed = state.get("seed", 0) if args.seed is None else args.seed
+    ok = _verify(design, shapes, args.samples, seed, level, args.simulator or state.get("simulator"))
+    print(f"report: {d / 'report.html'}")
+    return EXIT_OK if ok else EXIT_FAIL
+
+
+COMMANDS = {"compile": cmd_compile, "report": cmd_report, "verify": cmd_verify}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)          # usage errors: argparse exits with 2
+    debug = getattr(args, "debug", False) or os.environ.get("FXSPLIT_DEBUG", "") not in ("", "0")
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("\nfxsplit: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except _Usage as e:
+        if debug:
+            traceback.print_exc()
+        parser.print_usage(sys.stderr)
+        print(f"fxsplit: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except FxsplitError as e:
+        if debug:
+            traceback.print_exc()
+        print(f"fxsplit: error: {e}", file=sys.stderr)
+        return EXIT_FAIL
+    except BrokenPipeError:
+        # output piped into e.g. `head`: not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAIL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

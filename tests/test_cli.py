@@ -1,0 +1,100 @@
+"""The fxsplit command line, run as real subprocesses (python -m fxsplit): real builds, no mocks.
+
+The builds share one cache with tests/test_compile_engine.py (same model, same config -> same keys).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+def shared_cache(tmp_path_factory):
+    return str(tmp_path_factory.getbasetemp() / "fxsplit-jet-O0-cache")
+
+
+def fxsplit(*args, cwd=None, timeout=600, env=None):
+    e = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    e.pop("FXSPLIT_DEBUG", None)
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "fxsplit", *args], cwd=cwd or ROOT, env=e, timeout=timeout,
+                          capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "jet"
+    r = fxsplit("compile", "models:jet_tagger", "--input-shape", "16", "-o", str(out), "--verify", "50",
+                "--csim-opt=-O0", "--cache-dir", shared_cache(tmp_path_factory), "--no-progress")
+    return out, r
+
+
+def test_compile_verify_and_report_files(built):
+    out, r = built
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "verification: csim: 50 samples, bit-exact" in r.stdout
+    assert "fxsplit: JetTagger (hls4ml flow), 3 partition(s)" in r.stdout
+    for name in ("p0", "hidden", "head"):
+        assert f"\n{name} " in r.stdout
+    assert f"report: {out / 'report.html'}" in r.stdout
+    rep = json.loads((out / "report.json").read_text())
+    assert [p["name"] for p in rep["partitions"]] == ["p0", "hidden", "head"]
+    assert rep["verification"]["bit_exact"] is True and rep["verification"]["n_samples"] == 50
+    html = (out / "report.html").read_text()
+    assert "<svg" in html and "Verification" in html and "fixed&lt;16,6&gt;" in html
+    state = json.loads((out / "fxsplit.json").read_text())
+    assert state["model"] == "models:jet_tagger" and state["config"] == {"csim_opt": "-O0"}
+    assert (out / "head" / "hls4ml").is_dir() and (out / "logs").is_dir()
+
+
+def test_report_command(built):
+    out, _ = built
+    r = fxsplit("report", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "3 partition(s)" in r.stdout and "verification: csim: 50 samples, bit-exact" in r.stdout
+    assert str(out / "report.html") in r.stdout
+    r = fxsplit("report", str(out), "--json")
+    assert json.loads(r.stdout)["model"] == "JetTagger"
+
+
+def test_verify_command_rebuilds_from_cache(built):
+    out, _ = built
+    r = fxsplit("verify", str(out), "-n", "30", "--seed", "7", "--no-progress")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "rebuilt:" not in r.stdout              # every job came from the cache
+    assert "verification: csim: 30 samples, bit-exact" in r.stdout
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["verification"]["n_samples"] == 30
+    assert all(j["state"] == "cached" for j in rep["jobs"])
+
+
+def test_usage_errors_exit_2(tmp_path):
+    r = fxsplit("compile")                                        # MODEL missing
+    assert r.returncode == 2 and "required" in r.stderr
+    r = fxsplit("compile", "models:jet_tagger", "--input-shape", "3,x")
+    assert r.returncode == 2 and "invalid shape" in r.stderr
+    r = fxsplit("frobnicate")
+    assert r.returncode == 2
+    r = fxsplit("compile", "no_colon_here", "-o", str(tmp_path / "o"))
+    assert r.returncode == 2 and "MODULE:ATTR" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_fxsplit_errors_exit_1_without_traceback(tmp_path):
+    out = tmp_path / "o"
+    r = fxsplit("compile", "models:jet_tagger", "--input-shape", "16", "--splits", "fc_nope", "-o", str(out))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "fxsplit: error: splits names 'fc_nope'" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not out.exists()                                      # validated before anything is written
+    r = fxsplit("compile", "models:jet_tagger", "--splits", "fc_nope", "-o", str(out), env={"FXSPLIT_DEBUG": "1"})
+    assert r.returncode == 1 and "Traceback" in r.stderr
+    r = fxsplit("report", str(tmp_path))
+    assert r.returncode == 1 and "no report.json" in r.stderr and "Traceback" not in r.stderr
+    r = fxsplit("verify", str(tmp_path))
+    assert r.returncode == 1 and "fxsplit.json" in r.stderr
+    r = fxsplit("compile", "models:not_a_model", "-o", str(out))
+    assert r.returncode == 1 and "jet_tagger" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,135 @@
+"""fxsplit.compile on top of the build engine: incremental rebuilds, Dask, fault isolation, the
+output-dir lock. Real g++ builds, real worker processes, a real Dask cluster; jet_tagger at -O0."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import fxsplit
+import models
+from conftest import FAST, ROOT, random_inputs
+from fxsplit.flows import hls4ml as hflow
+
+JOBS = {"p0/csim", "hidden/csim", "head/csim", "monolithic/csim"}
+
+
+def shared_cache(tmp_path_factory):
+    # the same cache as tests/test_cli.py: same model + config -> same keys
+    return str(tmp_path_factory.getbasetemp() / "fxsplit-jet-O0-cache")
+
+
+def states(design):
+    return {r.id: r.state for r in design.build}
+
+
+@pytest.fixture(scope="module")
+def jet():
+    return models.build("jet_tagger")
+
+
+def test_incremental_rebuild_only_the_changed_partition(jet, tmp_path_factory, tmp_path):
+    model, shape = jet
+    cache = shared_cache(tmp_path_factory)
+    d1 = fxsplit.compile(model, shape, config=dict(FAST), output_dir=tmp_path / "a", cache_dir=cache, progress=False)
+    assert set(states(d1)) == JOBS and d1.build.ok
+    assert (tmp_path / "a" / "report.json").is_file() and (tmp_path / "a" / "report.html").is_file()
+
+    cfg = dict(FAST, partitions={"head": {"reuse_factor": 2}})
+    d2 = fxsplit.compile(model, shape, config=cfg, output_dir=tmp_path / "a", cache_dir=cache, progress=False)
+    # head changed: its csim rebuilds, and so does the uncut reference (configured exactly like the partitions)
+    assert states(d2) == {"p0/csim": "cached", "hidden/csim": "cached", "head/csim": "built",
+                          "monolithic/csim": "built"}
+
+    d3 = fxsplit.compile(model, shape, config=cfg, output_dir=tmp_path / "a", cache_dir=cache, progress=False)
+    assert set(states(d3).values()) == {"cached"}
+    x = random_inputs(__import__("numpy").random.default_rng(0), shape, n=100)
+    res = d3.verify(x)
+    assert res.bit_exact, res.summary()
+    rep = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert rep["verification"]["bit_exact"] is True and rep["verification"]["n_samples"] == 100
+    assert {j["id"]: j["state"] for j in rep["jobs"]} == states(d3)
+
+
+def test_dask_executor_artifacts_come_back(jet, tmp_path):
+    distributed = pytest.importorskip("dask.distributed")
+    model, shape = jet
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                       dashboard_address=None, local_directory=str(tmp_path / "dask"))
+    client = distributed.Client(cluster)
+    try:
+        d = fxsplit.compile(model, shape, config=dict(FAST), output_dir=tmp_path / "out",
+                            cache_dir=tmp_path / "cache", executor=client.get_executor(), progress=False)
+    finally:
+        client.close()
+        cluster.close()
+    assert set(states(d).values()) == {"built"}
+    assert all(str(r.worker).startswith("tcp://127.0.0.1") for r in d.build)
+    for name in ("p0", "hidden", "head"):
+        assert (tmp_path / "out" / name / "hls4ml" / "firmware").is_dir()
+    x = random_inputs(__import__("numpy").random.default_rng(1), shape, n=100)
+    assert d.verify(x).bit_exact
+
+
+# -- fault isolation. No real config makes g++ fail for one partition only (ap_types accept widths of
+# 0 and > 1024 at compile time; ac_* types are converted for Vivado), so the fault is injected with a
+# job function that wraps the real one and fails when a flag file sits next to the cache.
+
+def faulty_csim_job(workdir, inputs, spec):
+    cache_dir = Path(workdir).parents[2]          # cache_dir/.tmp/<entry>/work
+    if (cache_dir / f"FAIL-{spec.name}").exists():
+        print(f"injected fault: refusing to build {spec.name}", flush=True)
+        raise RuntimeError(f"injected fault in {spec.name}")
+    return hflow.csim_job(workdir, inputs, spec)
+
+
+def test_failing_partition_is_isolated_and_the_rest_cached(jet, tmp_path, monkeypatch):
+    model, shape = jet
+    monkeypatch.setattr(hflow, "csim_job", faulty_csim_job)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "FAIL-head").touch()
+    out = tmp_path / "out"
+    with pytest.raises(fxsplit.FxsplitError) as ei:
+        fxsplit.compile(model, shape, config=dict(FAST), output_dir=out, cache_dir=cache, progress=False,
+                        reference=False)
+    msg = str(ei.value)
+    log = out / "logs" / "head_csim.log"
+    assert "partition head, step csim (head/csim)" in msg and "injected fault in head" in msg
+    assert "log: " in msg and "head" in msg.split("log: ", 1)[1].splitlines()[0]
+    assert ei.value.partition == "head"
+    logs = list((out / "logs").glob("head*"))
+    assert logs and "injected fault" in logs[0].read_text(), (log, list((out / "logs").iterdir()))
+    rep = json.loads((out / "report.json").read_text())        # a failed build still leaves a report
+    assert {j["id"]: j["state"] for j in rep["jobs"]} == {"p0/csim": "built", "hidden/csim": "built",
+                                                           "head/csim": "failed"}
+    assert "Failures" in (out / "report.html").read_text()
+
+    (cache / "FAIL-head").unlink()                               # the fault fixed
+    d = fxsplit.compile(model, shape, config=dict(FAST), output_dir=out, cache_dir=cache, progress=False,
+                        reference=False)
+    assert states(d) == {"p0/csim": "cached", "hidden/csim": "cached", "head/csim": "built"}
+
+
+def test_two_concurrent_compiles_on_one_output_dir(tmp_path):
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "fxsplit", "compile", "models:jet_tagger", "-o", str(out), "--csim-opt=-O0",
+           "--cache-dir", str(tmp_path / "cache"), "--no-progress", "-j", "2"]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (so, se) in zip(procs, outs):
+        assert p.returncode == 0, so + se
+    # one built everything, the other waited for the lock and then reused every job
+    summaries = sorted(next(ln for ln in so.splitlines() if ln.startswith("fxsplit: JetTagger")) for so, _ in outs)
+    assert any("4 built, 0 reused" in s for s in summaries), summaries
+    assert any("0 built, 4 reused" in s for s in summaries), summaries
+    assert any("waiting for another fxsplit run" in se for _, se in outs)
+    r = subprocess.run([sys.executable, "-m", "fxsplit", "verify", str(out), "-n", "50", "--no-progress"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "bit-exact" in r.stdout and "rebuilt:" not in r.stdout
