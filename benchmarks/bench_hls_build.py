@@ -1,0 +1,291 @@
+"""C-simulation build time: ResNet20 uncut vs cut into 4 partitions (fxsplit) vs hls4ml's MultiModelGraph.
+
+    python benchmarks/bench_hls_build.py [--quick] [--csim-opt -O3] [--jobs 2] [--model resnet20]
+
+Three builds of the same model with the same hls4ml configuration (io_stream, fixed<16,6>),
+all from cold (fresh output and cache directories), one after the other on this machine:
+
+(a) monolithic: the uncut model as ONE hls4ml project. Timed: fxsplit's build job for it
+    (``fxsplit.flows.hls4ml.csim_job`` on the monolithic spec returned by ``lower``: write the
+    hls4ml project + compile its C-simulation library with g++), run alone through the build
+    engine on one worker. This is exactly the job ``compile(reference=True)`` adds.
+(b) fxsplit: ``fxsplit.compile(model, ..., jobs=N, reference=False)`` -- the 4 partition jobs
+    in parallel; wall = the whole compile() call (trace, convert, build, copy, report) and
+    ``design.build.wall_seconds`` (the build engine alone); plus the sum of the partition jobs.
+(c) hls4ml MultiModelGraph: ``to_multi_model_graph(<uncut ModelGraph>, split_before_layers=...)``
+    split before the first layer of every fxsplit partition, then ``compile()`` (= write every
+    subgraph + the stitched bridge, then its build_lib.sh, which compiles all subgraphs at once
+    in the background with ``&`` and links one library). Only csim; no Vivado.
+
+Then the stitched fxsplit prediction is checked bit for bit against the monolithic library
+(and the MultiModelGraph library against both) on a few random inputs.
+--quick: csim at -O0 and 3 samples (everything else identical).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import dataclasses
+import math
+import os
+import re
+import time
+import traceback
+
+import numpy as np
+
+import _common as C
+
+import fxsplit  # noqa: E402
+from fxsplit.build import Job, run_jobs  # noqa: E402
+from fxsplit.flows import hls4ml as hflow  # noqa: E402
+from fxsplit.partition import partition  # noqa: E402
+from models import build as build_model  # noqa: E402
+
+
+def monolithic_build(model, shape, config, run_dir):
+    """(a) the uncut model's C-simulation job alone, through the build engine on one worker."""
+    t0 = time.time()
+    pt = partition(model, shape)
+    fc = hflow.normalize_config(config, pt)
+    _specs, _graphs, mono_spec, _mono = hflow.lower(pt, fc, str(run_dir / "mono_lower"))
+    t_lower = time.time() - t0
+    job = Job(id=f"{mono_spec.name}/csim", partition=mono_spec.name, step="csim", fn=hflow.csim_job,
+              params={"spec": mono_spec}, key_data=mono_spec.key_data())
+    res = run_jobs([job], run_dir / "mono_cache", max_workers=1, progress=False, log_dir=run_dir / "mono_logs")
+    res.raise_for_failures()
+    r = res[job.id]
+    meta = r.meta
+    csim = hflow.CSim(os.path.join(r.artifact_dir, meta["lib"]), meta["project"],
+                      [math.prod(s) for s in meta["inputs"]], [math.prod(s) for s in meta["outputs"]])
+    return {"lower_seconds": t_lower, "job_seconds": r.seconds, "engine_wall": res.wall_seconds,
+            "write_seconds": meta["write_seconds"], "compile_seconds": meta["compile_seconds"],
+            "state": r.state}, csim, mono_spec
+
+
+def mmg_build_any(mono_spec, pt, run_dir, csim_opt):
+    """(c) with the configured backend (Vivado); hls4ml 1.3's MultiModelGraph.write() only works with a
+    VitisWriter (it calls ``super(type(writer), writer).write_hls(..., is_multigraph=True)``, which for a
+    VivadoWriter lands on the base Writer), so on failure retry with backend='Vitis'."""
+    attempts = []
+    for backend in dict.fromkeys([mono_spec.backend, "Vitis"]):
+        spec = dataclasses.replace(mono_spec, backend=backend)
+        info, mmg = mmg_build(spec, pt, run_dir / f"mmg_{backend}", csim_opt)
+        info["backend"] = backend
+        attempts.append(info)
+        if info["ok"]:
+            break
+    final = dict(attempts[-1])
+    final["attempts"] = [{k: a.get(k) for k in ("backend", "ok", "error", "traceback")} for a in attempts]
+    return final, mmg
+
+
+def mmg_build(mono_spec, pt, run_dir, csim_opt):
+    """(c) hls4ml's own MultiModelGraph split at the same places, compile() (csim only)."""
+    from hls4ml.model.graph import to_multi_model_graph
+    out = {"ok": False}
+    t0 = time.time()
+    hm = hflow.build_modelgraph(mono_spec, str(run_dir / "hls4ml_prj"))
+    nmap = mono_spec.name_map
+    split_before = []
+    for part in pt.partitions[1:]:
+        # the first layer of the partition in the uncut ModelGraph: the consumer(s) of the cut tensor(s)
+        cons = []
+        for port in part.inputs:
+            src = hm.graph[nmap.get(port.name, port.name)]
+            cons += [n for n, layer in hm.graph.items() if set(src.outputs) & set(layer.inputs)]
+        order = list(hm.graph)
+        cons = sorted(set(cons), key=order.index)
+        if len(cons) != 1 or len(part.inputs) != 1:
+            # not a single-edge cut: give hls4ml the earliest layer anyway and record what it does
+            out.setdefault("notes", []).append(
+                f"partition {part.name!r} has {len(part.inputs)} input tensor(s) whose consumers are {cons}: "
+                "not a single-edge cut; trying MultiModelGraph with the earliest one")
+        split_before.append(cons[0])
+    out["split_before_layers"] = split_before
+    out["convert_seconds"] = time.time() - t0
+    try:
+        t1 = time.time()
+        mmg = to_multi_model_graph(hm, split_before)
+        out["split_seconds"] = time.time() - t1
+        out["n_graphs"] = len(mmg.graphs)
+        t2 = time.time()
+        mmg.write()
+        out["write_seconds"] = time.time() - t2
+        script = os.path.join(mmg.config.get_output_dir(), "build_lib.sh")
+        if csim_opt != "-O3":   # hls4ml hard-codes -O3; use the same level as the fxsplit builds
+            with open(script) as f:
+                text = f.read()
+            with open(script, "w") as f:
+                f.write(re.sub(r'CFLAGS="-O3', f'CFLAGS="{csim_opt}', text))
+        t3 = time.time()
+        buf = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(buf):   # hls4ml prints g++'s output when build_lib.sh fails
+                mmg._compile()
+        finally:
+            errs = [ln.strip() for ln in buf.getvalue().splitlines() if "error:" in ln]
+            if errs:
+                out["compiler_errors"] = errs[:10]
+        out["compile_seconds"] = time.time() - t3
+        out["total_seconds"] = time.time() - t1   # split + write + compile (= MultiModelGraph.compile())
+        out["ok"] = True
+        return out, mmg
+    except Exception as e:  # a finding, not a crash of the benchmark
+        out["error"] = f"{type(e).__name__}: {e}"
+        out["traceback"] = traceback.format_exc(limit=6)
+        return out, None
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="csim -O0, 3 samples")
+    ap.add_argument("--model", default="resnet20")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--csim-opt", default=None, help="g++ level for every build (default -O3, --quick: -O0)")
+    ap.add_argument("--samples", type=int, default=None)
+    ap.add_argument("--precision", default="fixed<16,6>")
+    ap.add_argument("--out-root", default=None, help="where the run directory is created (default: $TMPDIR)")
+    args = ap.parse_args()
+    csim_opt = args.csim_opt or ("-O0" if args.quick else "-O3")
+    n_samples = args.samples or (3 if args.quick else 8)
+    config = {"io_type": "io_stream", "precision": args.precision, "csim_opt": csim_opt}
+
+    run_dir = C.fresh_run_dir("bench_hls_build", args.out_root)
+    info = C.machine()
+    print(f"run dir: {run_dir}\nmodel={args.model} config={config} jobs={args.jobs} "
+          f"cpus={info['cpus']} loadavg={info['loadavg_at_start']}", flush=True)
+    payload = {"benchmark": "bench_hls_build", "model": args.model, "config": config, "jobs": args.jobs,
+               "quick": args.quick, "machine": info, "run_dir": str(run_dir)}
+
+    # (a) monolithic
+    model, shape = build_model(args.model)
+    print("(a) monolithic C-simulation build (one job, one worker) ...", flush=True)
+    la = C.loadavg()
+    mono, mono_csim, mono_spec = monolithic_build(model, shape, config, run_dir)
+    mono["loadavg_before"] = la
+    print(f"    {mono['job_seconds']:.1f} s (write {mono['write_seconds']:.1f} + g++ {mono['compile_seconds']:.1f})",
+          flush=True)
+    payload["monolithic"] = mono
+
+    # (b) fxsplit partitioned
+    print(f"(b) fxsplit.compile(jobs={args.jobs}, reference=False) ...", flush=True)
+    model, shape = build_model(args.model)
+    la = C.loadavg()
+    t0 = time.time()
+    design = fxsplit.compile(model, shape, config=config, output_dir=run_dir / "fxsplit",
+                             cache_dir=run_dir / "fxsplit_cache", jobs=args.jobs, progress=False, reference=False)
+    compile_wall = time.time() - t0
+    b = design.build
+    parts = [r for r in b if r.step == "csim"]
+    part_sum = sum(r.seconds for r in parts)
+    payload["fxsplit"] = {"compile_wall": compile_wall, "engine_wall": b.wall_seconds, "sum_partition_jobs": part_sum,
+                          "max_partition_job": max(r.seconds for r in parts), "loadavg_before": la,
+                          "states": {r.id: r.state for r in b}, "jobs": C.job_rows(b),
+                          "predicted_wall": {w: fxsplit.build.predict_wall_time(b, w) for w in (1, 2, 4, 8)}}
+    print(f"    compile() {compile_wall:.1f} s, build engine {b.wall_seconds:.1f} s", flush=True)
+
+    # (c) hls4ml MultiModelGraph
+    print("(c) hls4ml MultiModelGraph compile() ...", flush=True)
+    la = C.loadavg()
+    mmg_info, mmg = mmg_build_any(mono_spec, design.partitioning, run_dir, csim_opt)
+    mmg_info["loadavg_before"] = la
+    payload["multimodelgraph"] = {k: v for k, v in mmg_info.items()}
+    if mmg_info["ok"]:
+        for a in mmg_info["attempts"][:-1]:
+            print(f"    backend={a['backend']}: FAILED: {a['error']}", flush=True)
+        print(f"    backend={mmg_info['backend']}: {mmg_info['total_seconds']:.1f} s (write {mmg_info['write_seconds']:.1f} + "
+              f"build_lib.sh {mmg_info['compile_seconds']:.1f})", flush=True)
+    else:
+        for a in mmg_info["attempts"]:
+            print(f"    backend={a['backend']}: FAILED: {a['error']}", flush=True)
+        for e in mmg_info.get("compiler_errors", []):
+            print(f"      g++: {e[-200:]}", flush=True)
+
+    # bit-exactness
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-2, 2, size=(n_samples, *shape))
+    design._mono = mono_csim            # the monolithic library from (a) as the reference
+    t0 = time.time()
+    res = design.verify(x)
+    verify_seconds = time.time() - t0
+    exact = {"n_samples": n_samples, "fxsplit_vs_monolithic_bit_exact": res.bit_exact,
+             "mismatching_elements": res.mismatches, "max_abs_error_vs_torch": res.max_abs_error_vs_torch,
+             "seconds": verify_seconds}
+    if mmg is not None:
+        xs = design._inputs(x)
+        try:
+            y_mmg = np.asarray(mmg.predict(np.ascontiguousarray(xs[0].reshape(n_samples, -1)))).reshape(n_samples, -1)
+            y_mono = mono_csim(xs)[0].reshape(n_samples, -1)
+            exact["multimodelgraph_vs_monolithic_bit_exact"] = bool(np.array_equal(y_mmg, y_mono))
+            exact["multimodelgraph_vs_monolithic_max_abs_diff"] = float(np.max(np.abs(y_mmg - y_mono)))
+        except Exception as e:
+            exact["multimodelgraph_predict_error"] = f"{type(e).__name__}: {e}"
+    payload["bit_exact"] = exact
+
+    # ---- report
+    rows = [["(a) monolithic, 1 project", "1", mono["job_seconds"], mono["write_seconds"], mono["compile_seconds"]]]
+    for r in parts:
+        rows.append([f"    partition {r.partition}", "1", r.seconds, r.meta.get("write_seconds"),
+                     r.meta.get("compile_seconds")])
+    rows.append([f"(b) fxsplit sum of partition jobs", str(len(parts)), part_sum, None, None])
+    rows.append([f"(b) fxsplit build engine wall, jobs={args.jobs}", str(args.jobs), b.wall_seconds, None, None])
+    rows.append([f"(b) fxsplit compile() wall, jobs={args.jobs}", str(args.jobs), compile_wall, None, None])
+    if mmg_info["ok"]:
+        rows.append([f"(c) MultiModelGraph compile() [{mmg_info['backend']}]", "bash &", mmg_info["total_seconds"], mmg_info["write_seconds"],
+                     mmg_info["compile_seconds"]])
+    else:
+        rows.append(["(c) MultiModelGraph compile()", "-", "FAILED", None, None])
+    print()
+    print(C.table(rows, ["build", "parallel", "seconds", "write", "g++"],
+                  f"C-simulation build, {args.model}, {len(parts)} partitions, io_stream, {csim_opt}, cold"))
+    ratios = {
+        "monolithic / fxsplit compile() wall": C.ratio(mono["job_seconds"], compile_wall),
+        "monolithic / fxsplit build-engine wall": C.ratio(mono["job_seconds"], b.wall_seconds),
+        "monolithic / fxsplit sum of partition jobs": C.ratio(mono["job_seconds"], part_sum),
+        "monolithic / slowest partition job": C.ratio(mono["job_seconds"], payload["fxsplit"]["max_partition_job"]),
+        "MultiModelGraph / fxsplit compile() wall": C.ratio(mmg_info.get("total_seconds"), compile_wall)
+        if mmg_info["ok"] else None,
+        "MultiModelGraph / fxsplit build-engine wall": C.ratio(mmg_info.get("total_seconds"), b.wall_seconds)
+        if mmg_info["ok"] else None,
+        "monolithic / MultiModelGraph": C.ratio(mono["job_seconds"], mmg_info.get("total_seconds"))
+        if mmg_info["ok"] else None,
+    }
+    payload["ratios"] = ratios
+    print()
+    print(C.table([[k, v] for k, v in ratios.items()], ["ratio", "x"], "Ratios (same run)"))
+    pw = payload["fxsplit"]["predicted_wall"]
+    print(f"\nfxsplit predicted build wall from the measured jobs: "
+          + ", ".join(f"{w} workers {pw[w]:.1f} s" for w in (1, 2, 4, 8)))
+    if not mmg_info["ok"]:
+        print(f"\nMultiModelGraph failed (split_before_layers={mmg_info.get('split_before_layers')}):")
+        for a in mmg_info["attempts"]:
+            print(f"  backend={a['backend']}: {a['error']}")
+        for e in mmg_info.get("compiler_errors", []):
+            print(f"    g++: {e[-200:]}")
+        for n in mmg_info.get("notes", []):
+            print(f"  note: {n}")
+    else:
+        print(f"\nMultiModelGraph (backend={mmg_info['backend']}) split_before_layers="
+              f"{mmg_info['split_before_layers']}")
+        for a in mmg_info["attempts"][:-1]:
+            print(f"  backend={a['backend']} failed first: {a['error']}")
+    print(f"\nbit-exactness on {n_samples} random inputs: fxsplit stitched vs monolithic: "
+          f"{'BIT-EXACT' if res.bit_exact else 'MISMATCH (%d elements)' % res.mismatches}"
+          f" (max |design - torch float| = {res.max_abs_error_vs_torch:.4g})")
+    if "multimodelgraph_vs_monolithic_bit_exact" in exact:
+        print(f"  MultiModelGraph vs monolithic: "
+              f"{'BIT-EXACT' if exact['multimodelgraph_vs_monolithic_bit_exact'] else 'MISMATCH'} "
+              f"(max |diff| = {exact['multimodelgraph_vs_monolithic_max_abs_diff']:.4g})")
+    elif "multimodelgraph_predict_error" in exact:
+        print(f"  MultiModelGraph predict failed: {exact['multimodelgraph_predict_error']}")
+    payload["loadavg_at_end"] = C.loadavg()
+    print(f"\nloadavg start {info['loadavg_at_start']} end {payload['loadavg_at_end']} (other work on this "
+          f"machine inflates times)")
+    print(f"figures: {C.write_json(run_dir, payload)}")
+
+
+if __name__ == "__main__":
+    main()
