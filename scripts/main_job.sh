@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The main job: a zoo model through the open RTL flow, end to end (partition, hls4ml numerics,
+# da4ml Verilog, parallel Yosys synthesis, stitched top, self-checking Verilator testbench), with a report.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+OUT=${1:-out/jet_tagger}
+exec ${PYTHON:-python3} -m fxsplit compile models:jet_tagger --flow rtl --precision 'fixed<8,3>' \
+  -o "$OUT" --verify 500 --simulator verilator
