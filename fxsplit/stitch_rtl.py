@@ -14,7 +14,7 @@ import os
 from typing import Any, Mapping, Sequence
 
 from fxsplit.errors import FxsplitError
-from fxsplit.flows.rtl_lower import parse_precision, verilog_name
+from fxsplit.flows.rtl_lower import parse_precision, valid_shift_register, verilog_name
 from fxsplit.ir import MODEL_INPUT
 
 
@@ -105,11 +105,7 @@ def generate_stitched(top: str, partitions: Sequence, inputs: Sequence, outputs:
     L.append(');')
     # valid delay line
     if latency > 0:
-        L.append(f'    reg [{latency - 1}:0] fxs_vsr = {latency}\'d0;')
-        if latency == 1:
-            L.append('    always @(posedge clk) fxs_vsr <= in_valid;')
-        else:
-            L.append(f'    always @(posedge clk) fxs_vsr <= {{fxs_vsr[{latency - 2}:0], in_valid}};')
+        L += valid_shift_register('fxs_vsr', latency)
 
     def valid_at(c: int) -> str:
         return 'in_valid' if c == 0 else f'fxs_vsr[{c - 1}]'

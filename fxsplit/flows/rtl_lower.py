@@ -208,6 +208,16 @@ _VERILOG_KEYWORDS = set(
 )
 
 
+def valid_shift_register(reg: str, latency: int) -> list[str]:
+    """Verilog lines of a ``latency``-bit shift register ``reg`` fed by ``in_valid`` (bit k = valid k+1 cycles ago)."""
+    lines = [f"    reg [{latency - 1}:0] {reg} = {latency}'d0;"]
+    if latency == 1:
+        lines.append(f'    always @(posedge clk) {reg} <= in_valid;')
+    else:
+        lines.append(f'    always @(posedge clk) {reg} <= {{{reg}[{latency - 2}:0], in_valid}};')
+    return lines
+
+
 def verilog_name(port: str) -> str:
     """The Verilog identifier used for a tensor port (identity for ordinary fx names)."""
     name = re.sub(r'[^A-Za-z0-9_]', '_', port)
@@ -872,16 +882,10 @@ def _wrapper_verilog(module_name: str, core_name: str, program: dict, inp_fields
             if s > 0:
                 parts.append(f"{s}'d0")
             lines.append(f'    assign {name}[{hi}:{lo}] = {{{", ".join(parts)}}};')
-    if out_bits == 0:
-        pass
     clk = '.clk(clk), ' if pipelined else ''
     lines.append(f'    {core_name} fxs_core ({clk}.model_inp(fxs_core_inp), .model_out(fxs_core_out));')
     if latency > 0:
-        lines.append(f'    reg [{latency - 1}:0] fxs_valid_sr = {latency}\'d0;')
-        if latency == 1:
-            lines.append('    always @(posedge clk) fxs_valid_sr <= in_valid;')
-        else:
-            lines.append(f'    always @(posedge clk) fxs_valid_sr <= {{fxs_valid_sr[{latency - 2}:0], in_valid}};')
+        lines += valid_shift_register('fxs_valid_sr', latency)
         lines.append(f'    assign out_valid = fxs_valid_sr[{latency - 1}];')
     else:
         lines.append('    assign out_valid = in_valid;')
