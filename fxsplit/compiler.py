@@ -26,7 +26,7 @@ def _resolve_output_dir(output_dir, model: nn.Module) -> Path:
     return out
 
 
-def _csim_from(result, out_dir: Path, spec_name: str, n_in: int) -> hflow.CSim:
+def _csim_from(result) -> hflow.CSim:
     meta = result.meta
     lib = Path(result.artifact_dir) / meta["lib"]
     return hflow.CSim(str(lib), meta["project"], [math.prod(s) for s in meta["inputs"]],
@@ -80,8 +80,8 @@ def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", co
         if not result.ok:
             _write_failure_report(result, out, type(model).__name__, flow, time.time() - t_start)
         result.raise_for_failures()
-        csims = {name: _csim_from(result[f"{name}/csim"], out, name, len(pt[name].inputs)) for name in specs}
-        mono = _csim_from(result[f"{mono_spec.name}/csim"], out, mono_spec.name, len(pt.inputs)) if reference else None
+        csims = {name: _csim_from(result[f"{name}/csim"]) for name in specs}
+        mono = _csim_from(result[f"{mono_spec.name}/csim"]) if reference else None
         rtl = rtl_plan.finish(result, out, pt) if rtl_plan is not None else None
         design = Design(pt, flow, str(out), csims, mono, build=result, rtl=rtl)
         design.report = build_report(design, model_name=type(model).__name__,

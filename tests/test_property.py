@@ -1,7 +1,6 @@
 """Property: for random small DAG models and random cut sets, partitioned == uncut, bit for bit."""
 
 import numpy as np
-import pytest
 import torch
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st

@@ -15,7 +15,6 @@ import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 from ..build import copy_artifacts
 from ..errors import FxsplitError

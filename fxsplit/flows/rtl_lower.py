@@ -638,7 +638,6 @@ def _trunc_div_const(v, n: int, hwconf):
 
 def _pool(arr, ent, in_t, hwconf):
     """arr: object array (H, W, C) of FixedVariables.  hls4ml pooling{1,2}d_cl semantics."""
-    from da4ml.trace import FixedVariable
 
     H, Wd = ent['in_hw']
     ph, pw = ent['pool']
