@@ -41,7 +41,7 @@ import _common as C
 import fxsplit  # noqa: E402
 from fxsplit.build import Job, run_jobs  # noqa: E402
 from fxsplit.flows import hls4ml as hflow  # noqa: E402
-from fxsplit.partition import partition  # noqa: E402
+from fxsplit import partition  # noqa: E402
 from models import build as build_model  # noqa: E402
 
 

@@ -36,7 +36,7 @@ from fxsplit.build import predict_wall_time  # noqa: E402
 from fxsplit.flows import hls4ml as hflow  # noqa: E402
 from fxsplit.flows import rtl as rflow  # noqa: E402
 from fxsplit.flows import rtl_lower as rl  # noqa: E402
-from fxsplit.partition import partition  # noqa: E402
+from fxsplit import partition  # noqa: E402
 from models import build as build_model  # noqa: E402
 
 RES = ("lut", "ff", "carry", "dsp")

@@ -14,7 +14,7 @@ __all__ = ["Cut", "cut", "partition", "compile", "Design", "VerifyResult", "Fxsp
 __version__ = "0.1.0"
 
 _LAZY = {
-    "Cut": ".markers", "cut": ".markers", "partition": ".partition", "compile": ".compiler",
+    "Cut": ".markers", "cut": ".markers", "partition": ".partitioner", "compile": ".compiler",
     "Design": ".design", "VerifyResult": ".design",
 }
 

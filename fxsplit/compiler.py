@@ -11,7 +11,7 @@ from torch import nn
 from .errors import FxsplitError
 from .flows import hls4ml as hflow
 from .ir import Partitioning
-from .partition import partition as make_partitioning
+from .partitioner import partition as make_partitioning
 from .summary import build_report
 
 FLOWS = ("hls4ml", "rtl")

@@ -2,7 +2,7 @@
 
 ``Cut`` is an identity ``nn.Module``; ``cut(x)`` is its functional twin. Both are
 identities in PyTorch (forward, backward, state_dict, eval) and survive torch.fx
-tracing as nodes that :mod:`fxsplit.partition` turns into partition boundaries and
+tracing as nodes that :mod:`fxsplit.partitioner` turns into partition boundaries and
 then erases.
 """
 

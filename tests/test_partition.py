@@ -236,3 +236,14 @@ def test_same_tensor_twice_in_a_merge_is_refused(tmp_path):
 
     with pytest.raises(FxsplitError, match="same tensor 'fc' twice"):
         fxsplit.compile(M(), (4,), output_dir=tmp_path / "o")
+
+
+def test_public_names_survive_submodule_imports():
+    """A submodule named like a public function would shadow it once imported (fxsplit.partition did)."""
+    import importlib
+    import pkgutil
+    for mod in pkgutil.walk_packages(fxsplit.__path__, "fxsplit."):
+        if mod.name != "fxsplit.__main__":
+            importlib.import_module(mod.name)
+    from fxsplit.partitioner import partition as impl
+    assert fxsplit.partition is impl and callable(fxsplit.compile) and isinstance(fxsplit.Cut, type)

@@ -20,7 +20,7 @@ class SkipMLP(nn.Module):
 
 
 def test_stitched_skip_mlp(tmp_path):
-    from fxsplit.partition import partition
+    from fxsplit import partition
     from fxsplit.flows.hls4ml import lower, normalize_config
     torch.manual_seed(0)
     model = SkipMLP().eval()
