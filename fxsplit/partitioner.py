@@ -74,6 +74,28 @@ def _resolve_split(gm: torch.fx.GraphModule, nodes: list[torch.fx.Node], name: s
                        hint=hint)
 
 
+def _merge_coinciding(boundaries: list[_Boundary], nodes: list[torch.fx.Node], gm) -> list[_Boundary]:
+    """A ``splits`` entry that falls where another cut already is (no operation between them) adds
+    nothing: drop it, keeping the marker (and its name). Two markers at one place stay an error."""
+    def first_op_at_or_after(pos: int) -> int:
+        for i in range(pos, len(nodes)):
+            if nodes[i].op in _COMPUTE_OPS and not is_cut_node(nodes[i], gm):
+                return i
+        return len(nodes)
+
+    kept: list[_Boundary] = []
+    for bd in boundaries:
+        if kept and first_op_at_or_after(kept[-1].position) == first_op_at_or_after(bd.position):
+            is_split = bd.what.startswith("split")
+            if is_split:
+                continue
+            if kept[-1].what.startswith("split"):
+                kept[-1] = bd
+                continue
+        kept.append(bd)
+    return kept
+
+
 def partition(model: nn.Module, input_shape, splits: Sequence[str] | None = None) -> Partitioning:
     """Trace ``model`` and slice it at its Cut markers and before every module in ``splits``."""
     if not isinstance(model, nn.Module):
@@ -102,6 +124,7 @@ def partition_graph(gm: torch.fx.GraphModule, splits: Sequence[str]) -> Partitio
         i = _resolve_split(gm, nodes, s)
         boundaries.append(_Boundary(i, None, f"split before {s!r}", node_source(nodes[i])))
     boundaries.sort(key=lambda b: b.position)
+    boundaries = _merge_coinciding(boundaries, nodes, gm)
 
     # partition id of every node: number of boundaries at or before it
     part_of: dict[str, int] = {}

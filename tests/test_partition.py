@@ -59,6 +59,11 @@ def test_splits_combine_with_markers_and_are_ordered():
     assert [len(p.nodes) for p in pt.partitions] == [1, 1, 1]
 
 
+def test_split_at_a_marker_merges_with_it():
+    pt = fxsplit.partition(TwoLayer(), (8,), splits=["fc2", "fc2"])
+    assert [p.name for p in pt.partitions] == ["p0", "second"]
+
+
 def test_skip_connection_bypasses_partitions():
     model, shape = build("branchy_cnn")
     pt = fxsplit.partition(model, shape)

@@ -10,12 +10,13 @@ from models import build
 CASES = [
     # (zoo model, extra splits, config)
     ("jet_tagger", None, {}),
+    # the split before fc2 coincides with the Cut marker there (merged); relu3 adds a partition
     ("jet_tagger", ["fc2", "relu3"], {"precision": "fixed<12,4>", "partitions": {"head": {"reuse_factor": 2}}}),
     ("wide_mlp", None, {}),
     ("residual_cnn", None, {}),
     ("residual_cnn", None, {"io_type": "io_stream"}),
     ("branchy_cnn", None, {}),
-    ("branchy_cnn", ["branch_b"], {"layers": {"mix": {"precision": {"result": "fixed<18,8>"}}}}),
+    ("branchy_cnn", ["relu_b"], {"layers": {"mix": {"precision": {"result": "fixed<18,8>"}}}}),
 ]
 
 
