@@ -58,15 +58,14 @@ def test_wide_mlp_rtl(tmp_path, rng):
     _check_three_way(design, design.verify(random_inputs(rng, shape, n=n), level="rtl", simulator="icarus"), n)
 
 
-@needs_iverilog
 @pytest.mark.parametrize("name", ["residual_cnn", "branchy_cnn"])
 def test_small_cnn_rtl(name, tmp_path, rng):
     """8x8 CNNs: conv, (fused) BatchNorm, pooling, add, concat; skip tensors crossing and bypassing cuts
-    get delay lines in the stitched top."""
+    get delay lines in the stitched top. Verilator: Icarus takes >15 min to elaborate these netlists."""
     design, shape = _compile(name, tmp_path, synth=False)
     n = 200
     _check_three_way(design, design.verify(random_inputs(rng, shape, n=n, scale=2.0), level="rtl",
-                                           simulator="icarus"), n)
+                                           simulator="verilator"), n)
     if name == "branchy_cnn":
         # 'relu' goes from p0 straight to 'mix', bypassing 'branches': it must be delayed in the top
         text = open(design.report["stitched"]["file"]).read()
