@@ -36,6 +36,7 @@ class _Boundary:
     name: str | None         # partition name requested for the partition starting here
     what: str                # human description for errors
     source: str | None
+    from_splits: bool = False  # came from splits=[...] (not a marker in the model source)
 
 
 def check_name(name: str, what: str) -> None:
@@ -86,10 +87,9 @@ def _merge_coinciding(boundaries: list[_Boundary], nodes: list[torch.fx.Node], g
     kept: list[_Boundary] = []
     for bd in boundaries:
         if kept and first_op_at_or_after(kept[-1].position) == first_op_at_or_after(bd.position):
-            is_split = bd.what.startswith("split")
-            if is_split:
+            if bd.from_splits:
                 continue
-            if kept[-1].what.startswith("split"):
+            if kept[-1].from_splits:
                 kept[-1] = bd
                 continue
         kept.append(bd)
@@ -122,7 +122,7 @@ def partition_graph(gm: torch.fx.GraphModule, splits: Sequence[str]) -> Partitio
             boundaries.append(_Boundary(i, nm, what, node_source(n)))
     for s in splits:
         i = _resolve_split(gm, nodes, s)
-        boundaries.append(_Boundary(i, None, f"split before {s!r}", node_source(nodes[i])))
+        boundaries.append(_Boundary(i, None, f"split before {s!r}", node_source(nodes[i]), from_splits=True))
     boundaries.sort(key=lambda b: b.position)
     boundaries = _merge_coinciding(boundaries, nodes, gm)
 
