@@ -144,7 +144,7 @@ class RTLDesign:
 
     def verify(self, design, x, simulator: str = "verilator"):
         """Three ways: stitched RTL simulation == stitched C simulation == uncut C simulation."""
-        from ..design import Mismatch, compare, torch_err
+        from ..design import Mismatch, _as_list, compare, torch_err
         from ..testbench import simulate
         pt = design.partitioning
         if design._mono is None:
@@ -180,6 +180,3 @@ class RTLDesign:
                       "sim_seconds": sim.seconds}
         return base
 
-
-def _as_list(y):
-    return list(y) if isinstance(y, list) else [y]

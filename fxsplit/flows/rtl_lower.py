@@ -208,6 +208,21 @@ _VERILOG_KEYWORDS = set(
 )
 
 
+def _n_elements(shape) -> int:
+    return int(np.prod(shape)) if len(shape) else 1
+
+
+def _port_elements(entries, fields):
+    """(verilog name, type width, frac bits, element index, da4ml field) for every element of every port."""
+    n = 0
+    for e in entries:
+        W, F = e['type'][1], type_frac(e['type'])
+        name = verilog_name(e['port'])
+        for el in range(_n_elements(e['shape'])):
+            yield name, W, F, el, fields[n]
+            n += 1
+
+
 def valid_shift_register(reg: str, latency: int) -> list[str]:
     """Verilog lines of a ``latency``-bit shift register ``reg`` fed by ``in_valid`` (bit k = valid k+1 cycles ago)."""
     lines = [f"    reg [{latency - 1}:0] {reg} = {latency}'d0;"]
@@ -489,7 +504,7 @@ def port_layout(program: dict) -> dict:
     (tensor), verilog (identifier), shape, precision, width (bits per element), size, bits."""
     def one(e):
         t = e['type']
-        size = int(np.prod(e['shape'])) if len(e['shape']) else 1
+        size = _n_elements(e['shape'])
         return {'name': e['port'], 'verilog': verilog_name(e['port']), 'shape': list(e['shape']),
                 'precision': type_str(t), 'width': t[1], 'size': size, 'bits': size * t[1]}
     return {'inputs': [one(e) for e in program['inputs']], 'outputs': [one(e) for e in program['outputs']]}
@@ -820,10 +835,10 @@ def _wrapper_verilog(module_name: str, core_name: str, program: dict, inp_fields
              '    output out_valid,']
     decls = []
     for e in program['inputs']:
-        w = e['type'][1] * int(np.prod(e['shape']) if len(e['shape']) else 1)
+        w = e['type'][1] * _n_elements(e['shape'])
         decls.append(f'    input [{w - 1}:0] {verilog_name(e["port"])}')
     for e in program['outputs']:
-        w = e['type'][1] * int(np.prod(e['shape']) if len(e['shape']) else 1)
+        w = e['type'][1] * _n_elements(e['shape'])
         decls.append(f'    output [{w - 1}:0] {verilog_name(e["port"])}')
     lines.append(',\n'.join(decls))
     lines.append(');')
@@ -832,55 +847,39 @@ def _wrapper_verilog(module_name: str, core_name: str, program: dict, inp_fields
     lines.append(f'    wire [{max(inp_bits, 1) - 1}:0] fxs_core_inp;')
     lines.append(f'    wire [{max(out_bits, 1) - 1}:0] fxs_core_out;')
     # inputs: hls raw -> da4ml packed field (drop bits below da4ml's lsb; same type => plain copy)
-    n = 0
-    for e in program['inputs']:
-        t = e['type']
-        W, F = t[1], type_frac(t)
-        name = verilog_name(e['port'])
-        size = int(np.prod(e['shape']) if len(e['shape']) else 1)
-        for el in range(size):
-            off, w, k, f = inp_fields[n]
-            n += 1
-            if w == 0:
-                continue
-            lsb = el * W + (F - f)
-            if F - f < 0 or (F - f) + w > W:
-                raise AssertionError('input field does not fit the hls4ml type')
-            lines.append(f'    assign fxs_core_inp[{off + w - 1}:{off}] = {name}[{lsb + w - 1}:{lsb}];')
+    for name, W, F, el, (off, w, k, f) in _port_elements(program['inputs'], inp_fields):
+        if w == 0:
+            continue
+        lsb = el * W + (F - f)
+        if F - f < 0 or (F - f) + w > W:
+            raise AssertionError('input field does not fit the hls4ml type')
+        lines.append(f'    assign fxs_core_inp[{off + w - 1}:{off}] = {name}[{lsb + w - 1}:{lsb}];')
     if inp_bits == 0:
         lines.append("    assign fxs_core_inp = 1'b0;")
     # outputs: da4ml packed field -> hls raw (shift to the type's lsb, sign/zero-extend)
-    n = 0
-    for e in program['outputs']:
-        t = e['type']
-        W, F = t[1], type_frac(t)
-        name = verilog_name(e['port'])
-        size = int(np.prod(e['shape']) if len(e['shape']) else 1)
-        for el in range(size):
-            off, w, k, f = out_fields[n]
-            n += 1
-            hi, lo = el * W + W - 1, el * W
-            if w == 0:
-                lines.append(f"    assign {name}[{hi}:{lo}] = {W}'d0;")
-                continue
-            s = F - f
-            if s < 0:
-                raise AssertionError(f'output element {el} of {name} is finer than its hls4ml type')
-            field = f'fxs_core_out[{off + w - 1}:{off}]'
-            parts = []
-            ext = W - w - s
-            if ext < 0:
-                # keep the low W - s bits of the field (value fits the type by construction)
-                field = f'fxs_core_out[{off + (W - s) - 1}:{off}]' if W - s > 0 else None
-                ext = 0
-            if ext > 0:
-                msb = f'fxs_core_out[{off + w - 1}]' if k else "1'b0"
-                parts.append(f'{{{ext}{{{msb}}}}}')
-            if field:
-                parts.append(field)
-            if s > 0:
-                parts.append(f"{s}'d0")
-            lines.append(f'    assign {name}[{hi}:{lo}] = {{{", ".join(parts)}}};')
+    for name, W, F, el, (off, w, k, f) in _port_elements(program['outputs'], out_fields):
+        hi, lo = el * W + W - 1, el * W
+        if w == 0:
+            lines.append(f"    assign {name}[{hi}:{lo}] = {W}'d0;")
+            continue
+        s = F - f
+        if s < 0:
+            raise AssertionError(f'output element {el} of {name} is finer than its hls4ml type')
+        field = f'fxs_core_out[{off + w - 1}:{off}]'
+        parts = []
+        ext = W - w - s
+        if ext < 0:
+            # keep the low W - s bits of the field (value fits the type by construction)
+            field = f'fxs_core_out[{off + (W - s) - 1}:{off}]' if W - s > 0 else None
+            ext = 0
+        if ext > 0:
+            msb = f'fxs_core_out[{off + w - 1}]' if k else "1'b0"
+            parts.append(f'{{{ext}{{{msb}}}}}')
+        if field:
+            parts.append(field)
+        if s > 0:
+            parts.append(f"{s}'d0")
+        lines.append(f'    assign {name}[{hi}:{lo}] = {{{", ".join(parts)}}};')
     clk = '.clk(clk), ' if pipelined else ''
     lines.append(f'    {core_name} fxs_core ({clk}.model_inp(fxs_core_inp), .model_out(fxs_core_out));')
     if latency > 0:
