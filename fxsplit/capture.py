@@ -19,7 +19,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from .errors import FxsplitError
-from .markers import Cut, cut
+from .markers import Cut, count_marker_calls, is_cut_node
 
 _LEAF_PREFIXES = ("torch.nn", "torch.ao.nn", "brevitas.nn")
 _FXSPLIT_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -30,7 +30,7 @@ class LeafTracer(torch.fx.Tracer):
     """torch.fx tracer with hls4ml's notion of a leaf, recording source lines."""
 
     def __init__(self):
-        super().__init__(autowrap_functions=(cut,))
+        super().__init__()
         self.record_stack_traces = True
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
@@ -93,8 +93,9 @@ def trace(model: nn.Module, input_shape) -> torch.fx.GraphModule:
         raise FxsplitError(f"the model's forward takes {n_placeholders} tensor input(s) but input_shape gives "
                            f"{len(shapes)} shape(s)", hint="pass one shape per forward argument")
     examples = [torch.rand((2, *s)) for s in shapes]
+    _check_unused_markers(model, gm)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), count_marker_calls() as ran:
             ShapeProp(gm).propagate(*examples)
     except Exception as e:
         fr = _user_frame(e.__traceback__)
@@ -102,7 +103,27 @@ def trace(model: nn.Module, input_shape) -> torch.fx.GraphModule:
             f"running the traced model on a random input of shape {[tuple(x.shape) for x in examples]} failed: "
             f"{type(e).__name__}: {e}", source=f"{fr.filename}:{fr.lineno}: {fr.line}" if fr else None,
             hint="check input_shape (it excludes the batch dimension)") from e
+    in_graph = sum(1 for n in gm.graph.nodes if is_cut_node(n, gm))
+    if ran[0] != in_graph:
+        raise FxsplitError(
+            f"{ran[0]} cut marker(s) ran on the example input but the traced graph holds {in_graph}: a Cut or cut() "
+            "inside a module that torch.fx keeps as a leaf (torch.nn / brevitas.nn subclasses) is invisible to the "
+            "trace and would be lost", module=type(model).__name__,
+            hint="place markers in the forward of your own modules (not inside a torch.nn or brevitas layer "
+                 "subclass), or use splits=['<module name>'] to cut before that layer")
     return gm
+
+
+def _check_unused_markers(model: nn.Module, gm: torch.fx.GraphModule) -> None:
+    """A Cut module the model holds but the traced forward never calls is a marker that would be lost."""
+    called = {str(n.target) for n in gm.graph.nodes if n.op == "call_module"}
+    for qual, m in model.named_modules():
+        if isinstance(m, Cut) and qual not in called:
+            raise FxsplitError(
+                f"the Cut marker {qual!r} ({m.name or 'unnamed'}) is part of the model but its forward never calls "
+                "it, so it cuts nothing", module=qual,
+                hint="call it in forward (x = self.<cut>(x)); if it is called only under a condition, trace-time "
+                     "conditions must be static; remove it if it is not meant to cut")
 
 
 _FRAME_RE = re.compile(r'File "([^"]+)", line (\d+), in \S+\n\s*(.*)')

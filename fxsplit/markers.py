@@ -4,13 +4,52 @@
 identities in PyTorch (forward, backward, state_dict, eval) and survive torch.fx
 tracing as nodes that :mod:`fxsplit.partitioner` turns into partition boundaries and
 then erases.
+
+``cut`` records itself in the traced graph *by looking at its argument*: when it receives
+a ``torch.fx.Proxy`` it creates its own ``call_function`` node. So every spelling reaches
+the graph: ``fxsplit.cut``, ``from fxsplit import cut``, aliases, imports inside
+``forward``, helpers in other modules, before and after eager forwards and training steps.
+(Name-based wrapping, ``torch.fx.wrap``, only sees the global names it patched, and lost
+markers reached any other way.) A ``cut`` called during tracing with anything but a traced
+tensor raises instead of silently vanishing, and :func:`fxsplit.capture.trace` counts the
+markers that run on real tensors to catch markers hidden inside leaf modules.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import torch
 import torch.fx
 from torch import nn
+
+from .errors import FxsplitError
+
+_COUNT = threading.local()
+
+
+@contextlib.contextmanager
+def count_marker_calls():
+    """Count ``Cut``/``cut`` executions on real tensors in this thread (yields a one-element list)."""
+    saved = getattr(_COUNT, "box", None)
+    box = [0]
+    _COUNT.box = box
+    try:
+        yield box
+    finally:
+        _COUNT.box = saved
+
+
+def _counted() -> None:
+    box = getattr(_COUNT, "box", None)
+    if box is not None:
+        box[0] += 1
+
+
+def _symbolic_tracing() -> bool:
+    from torch.fx._symbolic_trace import is_fx_symbolic_tracing
+    return is_fx_symbolic_tracing()
 
 
 class Cut(nn.Module):
@@ -25,6 +64,7 @@ class Cut(nn.Module):
         self.name = name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _counted()
         return x
 
     def extra_repr(self) -> str:
@@ -33,12 +73,17 @@ class Cut(nn.Module):
 
 def cut(x: torch.Tensor, name: str | None = None) -> torch.Tensor:
     """Functional form of :class:`Cut`: returns ``x`` unchanged; a partition starts here."""
+    if isinstance(x, torch.fx.Proxy):
+        kwargs = {} if name is None else {"name": name}
+        return x.tracer.create_proxy("call_function", cut, (x,), kwargs)
+    if _symbolic_tracing():
+        raise FxsplitError(
+            f"fxsplit.cut() was called while tracing with a {type(x).__name__}, not a traced tensor: "
+            "the marker cannot be placed",
+            hint="call cut() on one tensor that flows through the model (e.g. x = cut(x, 'name')), not on a "
+                 "constant, a tuple or a shape")
+    _counted()
     return x
-
-
-# Keep cut() as one call_function node when traced from this module's namespace;
-# fxsplit's tracer also autowraps it wherever a model's forward imported it.
-torch.fx.wrap("cut")
 
 
 def is_cut_node(node: torch.fx.Node, root: nn.Module) -> bool:
