@@ -140,7 +140,9 @@ def test_cut_leaving_a_partition_empty(where):
         def __init__(self):
             super().__init__()
             self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
-            self.c1, self.c2 = Cut("one"), Cut("two")
+            self.c1 = Cut("one")
+            if where == "twice":      # a Cut the forward never calls is refused on its own (test_markers)
+                self.c2 = Cut("two")
 
         def forward(self, x):
             if where == "start":
