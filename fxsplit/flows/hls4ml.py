@@ -292,9 +292,17 @@ def output_precisions(hm) -> list[str]:
     return [str(v.type.precision) for v in hm.get_output_variables()]
 
 
-def type_width(precision: str) -> int:
-    m = re.match(r"u?(?:fixed|int)<\s*(\d+)", precision.replace("ap_", ""))
-    return int(m.group(1)) if m else 0
+_WIDTH_RE = re.compile(r"^\s*(?:ap_)?u?(?:fixed|int)<\s*(\d+)\s*(?:,[^<>]*)?>\s*$")
+
+
+def type_width(precision: str | None, what: str = "a port") -> int:
+    """Bit width of an hls4ml fixed-point or integer type; anything else is an error (never 0)."""
+    m = _WIDTH_RE.match(str(precision)) if precision is not None else None
+    if m is None or int(m.group(1)) <= 0:
+        raise FxsplitError(f"{what} has type {precision!r}, which fxsplit cannot read as a fixed-point or integer "
+                           "type: its width (and so whether the C-simulation bridge carries it exactly) is unknown",
+                           hint="give this tensor an explicit fixed-point result precision, e.g. 'fixed<16,6>'")
+    return int(m.group(1))
 
 
 def lower(pt: Partitioning, fc: FlowConfig, output_dir: str):
@@ -355,7 +363,7 @@ def _check_boundaries(pt: Partitioning, mono, nmap: dict[str, str], graphs: dict
                          "fused group (e.g. after the BatchNorm)")
         for port in part.outputs:
             node = uncut_nodes[port.name]
-            width = type_width(port.precision or "")
+            width = type_width(port.precision, f"the tensor {port.name!r} leaving partition {part.name!r}")
             if width > MAX_EXACT_BITS:
                 raise FxsplitError(
                     f"the tensor {port.name!r} leaving partition {part.name!r} has type {port.precision} "
@@ -378,7 +386,7 @@ def _check_boundaries(pt: Partitioning, mono, nmap: dict[str, str], graphs: dict
                     "model", partition=part.name, module=str(node.target), source=node_source(node),
                     hint="set an explicit result precision for this layer in config['layers']")
     for port in pt.outputs:
-        if type_width(port.precision or "") > MAX_EXACT_BITS:
+        if type_width(port.precision, f"model output {port.name!r}") > MAX_EXACT_BITS:
             raise FxsplitError(f"model output {port.name!r} has type {port.precision}, wider than {MAX_EXACT_BITS} "
                                "bits", hint="set a narrower result precision for the last layer")
 

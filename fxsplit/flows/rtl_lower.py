@@ -617,20 +617,27 @@ def _matvec(xs: list, W: np.ndarray, bias_acc: np.ndarray, x_t: tuple, acc_t: tu
     return out
 
 
+def reciprocal_constant(n: int, hi: int, s: int | None = None) -> tuple[int, int]:
+    """(m, s) with floor(x*m / 2^s) == floor(x / n) for every integer 0 <= x <= hi.
+
+    Exact when the error e = m*n - 2^s (0 <= e < n) satisfies e*hi < 2^s (Granlund-Montgomery);
+    checked, never assumed: a constant that would not be exact raises."""
+    if s is None:
+        s = max(1, hi.bit_length()) + math.ceil(math.log2(n))
+    m = -(-(1 << s) // n)
+    if (m * n - (1 << s)) * hi >= (1 << s):
+        raise FxsplitError(f'internal: no exact reciprocal constant for division by {n} over [0, {hi}] '
+                           f'(m={m}, s={s})', hint='please report this model; the RTL would not match hls4ml')
+    return m, s
+
+
 def _floor_div_const(v, n: int, hwconf):
     """floor(v / n) for a non-negative integer-valued FixedVariable ``v`` (exact)."""
     if n == 1:
         return v
     if n & (n - 1) == 0:
         return (v * (1.0 / n)).quantize(0, 64, 0, 'WRAP', 'TRN')
-    hi = int(v.high)
-    nbits = max(1, hi.bit_length())
-    s = nbits + math.ceil(math.log2(n))
-    m = -(-(1 << s) // n)
-    # verify exactness over the whole range when cheap, else rely on Granlund-Montgomery
-    if hi < (1 << 22):
-        a = np.arange(hi + 1, dtype=object)
-        assert all((int(x) * m) >> s == int(x) // n for x in a[:: max(1, len(a) // 4096)]), 'division constant'
+    m, s = reciprocal_constant(n, int(v.high))
     return (_cmul(v, float(m)) * math.ldexp(1.0, -s)).quantize(0, 64, 0, 'WRAP', 'TRN')
 
 
