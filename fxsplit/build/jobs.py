@@ -1,0 +1,162 @@
+"""The engine's data types (:class:`Job`, :class:`JobResult`, :class:`BuildResult`) and cache keys."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from ..errors import FxsplitError
+
+ENGINE_FORMAT = 1             # bump when the key recipe or the cache layout changes
+
+
+@dataclass
+class Job:
+    """One step of one partition. See the package docstring for ``fn``'s contract."""
+    id: str
+    partition: str
+    step: str
+    fn: Callable[..., dict]
+    params: dict = field(default_factory=dict)
+    key_data: bytes | str = b""
+    deps: tuple[str, ...] = ()
+
+
+@dataclass
+class JobResult:
+    id: str
+    partition: str
+    step: str
+    key: str
+    state: str = "pending"          # "built" | "cached" | "failed" | "skipped"
+    artifact_dir: Path | None = None
+    meta: dict | None = None
+    seconds: float = 0.0            # time this job took in this run (0 when cached)
+    build_seconds: float = 0.0      # time the build that produced the artifacts took (cached: from the manifest)
+    start: float | None = None      # wall clock (time.time()) on the worker, this run; None when cached
+    end: float | None = None
+    worker: str | None = None       # "host/pid" or the Dask worker address; "cache" when reused
+    attempts: int = 0               # how many times it was submitted to a worker in this run
+    log_path: Path | None = None
+    error: str | None = None
+    error_tail: str | None = None
+    deps: tuple[str, ...] = ()
+    debug_dir: Path | None = None   # failed jobs: the workdir of the failed attempt (cache_dir/_failed/...)
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.id, "partition": self.partition, "step": self.step, "key": self.key,
+            "state": self.state,
+            "artifact_dir": str(self.artifact_dir) if self.artifact_dir else None,
+            "meta": self.meta, "seconds": round(self.seconds, 4),
+            "build_seconds": round(self.build_seconds, 4),
+            "start": self.start, "end": self.end, "worker": self.worker, "attempts": self.attempts,
+            "log_path": str(self.log_path) if self.log_path else None,
+            "error": self.error, "error_tail": self.error_tail, "deps": list(self.deps),
+            "debug_dir": str(self.debug_dir) if self.debug_dir else None,
+        }
+
+
+@dataclass
+class BuildResult:
+    results: dict[str, JobResult]
+    cache_dir: Path
+    wall_seconds: float = 0.0
+    workers: int | None = None
+    start: float | None = None
+
+    def __getitem__(self, job_id: str) -> JobResult:
+        return self.results[job_id]
+
+    def __iter__(self) -> Iterator[JobResult]:
+        return iter(self.results.values())
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.state in ("built", "cached") for r in self.results.values())
+
+    @property
+    def failed(self) -> list[JobResult]:
+        return [r for r in self.results.values() if r.state == "failed"]
+
+    @property
+    def skipped(self) -> list[JobResult]:
+        return [r for r in self.results.values() if r.state == "skipped"]
+
+    @property
+    def built(self) -> list[JobResult]:
+        return [r for r in self.results.values() if r.state == "built"]
+
+    @property
+    def cached(self) -> list[JobResult]:
+        return [r for r in self.results.values() if r.state == "cached"]
+
+    def raise_for_failures(self) -> None:
+        failed = self.failed
+        if not failed:
+            return
+        lines = [f"build failed: {len(failed)} of {len(self.results)} job(s) failed"
+                 + (f", {len(self.skipped)} skipped because a dependency failed" if self.skipped else "")]
+        for r in failed:
+            lines.append(f"- partition {r.partition}, step {r.step} ({r.id}): {r.error}")
+            if r.log_path:
+                lines.append(f"  log: {r.log_path}")
+            if r.debug_dir:
+                lines.append(f"  workdir of the failed attempt: {r.debug_dir}")
+            if r.error_tail:
+                lines.append("  last lines of its output:")
+                lines.extend("    | " + ln for ln in r.error_tail.splitlines())
+        parts = sorted({r.partition for r in failed})
+        raise FxsplitError(
+            "\n".join(lines), partition=", ".join(parts),
+            hint="read the log(s) above and fix the cause; jobs that succeeded are cached and "
+                 "will not run again")
+
+    def rows(self) -> list[dict]:
+        return [r.to_dict() for r in self.results.values()]
+
+    def to_dict(self) -> dict:
+        from .scheduler import predict_wall_time
+        return {
+            "cache_dir": str(self.cache_dir), "wall_seconds": round(self.wall_seconds, 4),
+            "workers": self.workers, "start": self.start, "ok": self.ok,
+            "built": len(self.built), "cached": len(self.cached),
+            "failed": len(self.failed), "skipped": len(self.skipped),
+            "predicted_wall": {str(w): round(predict_wall_time(self, w), 3) for w in (1, 2, 4, 8)},
+            "jobs": self.rows(),
+        }
+
+
+# ----------------------------------------------------------------------------- keys
+
+def _as_bytes(x: bytes | str) -> bytes:
+    return x if isinstance(x, (bytes, bytearray)) else str(x).encode()
+
+
+def fn_name(fn: Callable) -> str:
+    """``module.qualname`` of a job function (part of its key)."""
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def job_key(step: str, key_data: bytes | str, dep_keys: Iterable[tuple[str, str]] = (),
+            fn_name: str = "") -> str:
+    """The cache key of a job: sha256 over the engine format, step, fn, key_data and deps' keys."""
+    h = hashlib.sha256()
+    for part in (f"fxsplit-build-v{ENGINE_FORMAT}".encode(), step.encode(), fn_name.encode()):
+        h.update(len(part).to_bytes(8, "little") + part)
+    kd = _as_bytes(key_data)
+    h.update(len(kd).to_bytes(8, "little") + kd)
+    for dep_id, dep_key in sorted(dep_keys):
+        part = f"{dep_id}={dep_key}".encode()
+        h.update(len(part).to_bytes(8, "little") + part)
+    return h.hexdigest()
+
+
+def safe_name(job_id: str) -> str:
+    """A job id as a file name (``p0/hls`` -> ``p0_hls``)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in job_id)

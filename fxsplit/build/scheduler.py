@@ -1,0 +1,381 @@
+"""Scheduling: order the DAG, run the engine loop (lookups, submissions, retries, pool breaks),
+and :func:`predict_wall_time` (list scheduling of measured durations)."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import graphlib
+import heapq
+import shutil
+import signal
+import sys
+import time
+import uuid
+from collections import deque
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any
+
+from ..errors import FxsplitError
+from .cache import LOG, WORK, Cache, tail
+from .executors import Pool, _ByValue
+from .jobs import BuildResult, Job, JobResult, fn_name, job_key
+
+_FREE_RESUBMITS = 3          # a bystander of a pool break is resubmitted this often before being charged
+
+
+def _toposort(jobs: list[Job]) -> list[Job]:
+    """Dependencies first; otherwise the order of ``jobs`` (an already sorted list is unchanged)."""
+    by_id: dict[str, Job] = {}
+    for j in jobs:
+        if j.id in by_id:
+            raise FxsplitError(f"two build jobs have the same id {j.id!r}", partition=j.partition,
+                               hint="job ids must be unique, e.g. '<partition>/<step>'")
+        by_id[j.id] = j
+    for j in jobs:
+        for d in j.deps:
+            if d not in by_id:
+                raise FxsplitError(f"build job {j.id!r} depends on {d!r}, which is not in the job list",
+                                   partition=j.partition)
+    index = {j.id: i for i, j in enumerate(jobs)}
+    sorter = graphlib.TopologicalSorter({j.id: j.deps for j in jobs})
+    try:
+        sorter.prepare()
+    except graphlib.CycleError as e:
+        cycle = e.args[1][:-1][::-1]      # graphlib lists predecessors first: reverse to "depends on"
+        first = min(range(len(cycle)), key=lambda i: index[cycle[i]])
+        cycle = cycle[first:] + cycle[:first]
+        raise FxsplitError("build jobs form a cycle: " + " -> ".join(cycle + [cycle[0]]),
+                           partition=by_id[cycle[0]].partition) from None
+    order: list[Job] = []
+    ready: list[int] = []
+    while sorter.is_active():
+        for jid in sorter.get_ready():
+            heapq.heappush(ready, index[jid])
+        j = jobs[heapq.heappop(ready)]
+        order.append(j)
+        sorter.done(j.id)
+    return order
+
+
+def predict_wall_time(results: Any, workers: int) -> float:
+    """List-schedule the measured job durations on ``workers`` workers, respecting deps.
+
+    ``results``: a BuildResult, JobResults or their ``to_dict()`` rows. A job's duration is
+    the time its build took (``build_seconds``; for a reused job the duration recorded when it
+    was built). Jobs are started as soon as a worker is free and their deps are done; among
+    ready jobs the one with the longest remaining critical path goes first.
+    """
+    if isinstance(results, BuildResult):
+        results = list(results)
+    elif isinstance(results, dict) and "jobs" in results:
+        results = results["jobs"]
+    rows = [r.to_dict() if isinstance(r, JobResult) else r for r in results]
+    if not rows:
+        return 0.0
+    workers = max(1, int(workers))
+    dur = {r["id"]: float(r.get("build_seconds") or r.get("seconds") or 0.0) for r in rows}
+    deps = {r["id"]: [d for d in (r.get("deps") or []) if d in dur] for r in rows}
+    children: dict[str, list[str]] = {k: [] for k in dur}
+    for k, ds in deps.items():
+        for d in ds:
+            children[d].append(k)
+    prio: dict[str, float] = {}
+
+    def crit(k: str) -> float:
+        if k not in prio:
+            prio[k] = dur[k] + max((crit(c) for c in children[k]), default=0.0)
+        return prio[k]
+
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10 * len(dur) + 100))
+    for k in dur:
+        crit(k)
+    missing = {k: len(ds) for k, ds in deps.items()}
+    ready = [(-prio[k], k) for k, n in missing.items() if n == 0]
+    heapq.heapify(ready)
+    running: list[tuple[float, str]] = []
+    t = 0.0
+    free = workers
+    done = 0
+    while done < len(dur):
+        while ready and free:
+            _, k = heapq.heappop(ready)
+            heapq.heappush(running, (t + dur[k], k))
+            free -= 1
+        if not running:     # cycle or bad data: nothing can start
+            break
+        t, k = heapq.heappop(running)
+        free += 1
+        done += 1
+        for c in children[k]:
+            missing[c] -= 1
+            if missing[c] == 0:
+                heapq.heappush(ready, (-prio[c], c))
+    return t
+
+
+# ----------------------------------------------------------------------------- the engine
+
+class _Inflight:
+    __slots__ = ("job_id", "root", "pool")
+
+    def __init__(self, job_id: str, root: Path | None, pool: Any):
+        self.job_id = job_id
+        self.root = root              # the build directory (paths mode: known at submission)
+        self.pool = pool              # the executor it went to
+
+
+class _Engine:
+    """One run: the ready queue, what is in flight, and each job's fate."""
+
+    def __init__(self, jobs, cache_dir, executor, max_workers, progress, retries, log_dir,
+                 transfer, mp_context):
+        from ..progress import make_progress
+
+        self.order = _toposort(list(jobs))
+        self.jobs = {j.id: j for j in self.order}
+        self.cache = Cache(cache_dir, log_dir)
+        self.pool = Pool(executor, max_workers, mp_context)
+        if transfer == "auto":
+            transfer = "paths" if self.pool.local else "bytes"
+        if transfer not in ("paths", "bytes"):
+            raise ValueError(f"transfer must be 'auto', 'paths' or 'bytes', not {transfer!r}")
+        self.transfer = transfer
+        self.retries = max(0, int(retries))
+        self.results: dict[str, JobResult] = {}
+        for j in self.order:
+            key = job_key(j.step, j.key_data, [(d, self.results[d].key) for d in j.deps], fn_name(j.fn))
+            self.results[j.id] = JobResult(j.id, j.partition, j.step, key, deps=tuple(j.deps))
+        self.dependents: dict[str, list[str]] = {j.id: [] for j in self.order}
+        for j in self.order:
+            for d in j.deps:
+                self.dependents[d].append(j.id)
+        self.missing = {j.id: len(set(j.deps)) for j in self.order}
+        self.inflight: dict[cf.Future, _Inflight] = {}
+        self.free_resubmits: dict[str, int] = {}
+        self.startup_breaks = 0
+        self.progress = make_progress(progress)
+
+    # -- job lifecycle
+    def _release(self, jid: str, ready: deque) -> None:
+        for c in self.dependents[jid]:
+            self.missing[c] -= 1
+            if self.missing[c] == 0:
+                ready.append(c)
+
+    def _skip_dependents(self, jid: str) -> None:
+        stack = list(self.dependents[jid])
+        while stack:
+            c = stack.pop()
+            r = self.results[c]
+            if r.state != "pending":
+                continue
+            r.state = "skipped"
+            r.error = f"not run: dependency {jid} failed"
+            self.progress.update(r, "skipped")
+            stack.extend(self.dependents[c])
+
+    def _lookup(self, jid: str) -> bool:
+        r = self.results[jid]
+        m = self.cache.lookup(r.key)
+        if m is None:
+            return False
+        entry = self.cache.dir / r.key
+        r.state = "cached"
+        r.artifact_dir = entry / WORK
+        r.meta = m.get("meta")
+        r.build_seconds = float(m.get("seconds") or 0.0)
+        r.worker = "cache"
+        r.log_path = self.cache.log_copy(jid, entry / LOG)
+        self.progress.update(r, "cached")
+        return True
+
+    def _submit(self, jid: str) -> None:
+        job = self.jobs[jid]
+        r = self.results[jid]
+        paths = self.transfer == "paths"
+        inputs = {d: ("path", str(self.results[d].artifact_dir)) if paths
+                  else ("tar", self.cache.tar_of(self.results[d].key))   # unpacks as <dst>/work
+                  for d in job.deps}
+        root = self.cache.new_root(r.key) if paths else None
+        spec = {"id": jid, "fn": job.fn, "params": job.params, "inputs": inputs,
+                "root": str(root) if root else None, "nonce": uuid.uuid4().hex}
+        if getattr(job.fn, "__module__", None) == "__main__" and paths:
+            spec["fn"] = _ByValue(job.fn)
+        fut, pool = self.pool.submit(spec)
+        r.attempts += 1
+        self.inflight[fut] = _Inflight(jid, root, pool)
+        self.progress.update(r, "running")
+
+    def _finish(self, fut: cf.Future, ready: deque) -> None:
+        info = self.inflight.pop(fut)
+        r = self.results[info.job_id]
+        try:
+            exc = fut.exception()
+        except cf.CancelledError as e:
+            exc = e
+        if exc is None:
+            self._finish_ran(r, info, fut.result(), ready)
+        elif isinstance(exc, BrokenProcessPool) and isinstance(info.pool, cf.ProcessPoolExecutor):
+            self._pool_broken(fut, info, exc, ready)
+        else:
+            self._infra_failure(r, info, exc, ready, charged=True)
+
+    def _finish_ran(self, r: JobResult, info: _Inflight, res: dict, ready: deque) -> None:
+        """The worker returned: commit the entry, or keep the failed attempt."""
+        r.start, r.end, r.worker = res["start"], res["end"], res["worker"]
+        r.seconds = r.build_seconds = float(res["seconds"])
+        if info.root is None:
+            info.root = self.cache.unpack(r.key, res["tar"])
+        root = Path(res.get("root") or info.root)
+        if not res["ok"]:
+            self._fail(r, res["error"], root)
+            return
+        r.meta = res["meta"]
+        entry = self.cache.commit(r.key, root, {
+            "id": r.id, "partition": r.partition, "step": r.step, "meta": res["meta"],
+            "seconds": res["seconds"], "start": res["start"], "end": res["end"], "worker": res["worker"]})
+        r.artifact_dir = entry / WORK
+        r.log_path = self.cache.log_copy(r.id, entry / LOG)
+        r.state = "built"
+        self.progress.update(r, "built")
+        self._release(r.id, ready)
+
+    def _fail(self, r: JobResult, error: str, root: Path | None, fallback_tail: str | None = None) -> None:
+        """Mark a job failed (its dependents skipped), keeping its attempt under _failed/."""
+        r.error = error
+        dst = self.cache.keep_failed(r.id, root)
+        if dst is None:
+            r.log_path = None
+        else:
+            r.debug_dir = dst / WORK
+            r.error_tail = tail(dst / LOG)
+            r.log_path = self.cache.log_copy(r.id, dst / LOG)
+        if r.error_tail is None:
+            r.error_tail = fallback_tail
+        r.state = "failed"
+        self.progress.update(r, "failed")
+        self._skip_dependents(r.id)
+
+    def _infra_failure(self, r: JobResult, info: _Inflight, exc: BaseException, ready: deque,
+                       charged: bool) -> None:
+        """The worker under a job died / the task was lost. Retry or fail; never commit."""
+        what = f"{type(exc).__name__}: {exc}".strip()
+        if not charged:
+            self.free_resubmits[r.id] = self.free_resubmits.get(r.id, 0) + 1
+            if self.free_resubmits[r.id] > _FREE_RESUBMITS:
+                charged = True
+        retries_used = r.attempts - 1 - min(self.free_resubmits.get(r.id, 0), _FREE_RESUBMITS)
+        if not charged or retries_used < self.retries:
+            if info.root is not None:
+                shutil.rmtree(info.root, ignore_errors=True)
+            self.progress.update(r, "retry", note=what)
+            ready.appendleft(r.id)
+            return
+        self._fail(r, f"the worker running this job died ({what}) on attempt {r.attempts}; "
+                      f"gave up after {self.retries} retr{'y' if self.retries == 1 else 'ies'}",
+                   info.root, fallback_tail=what)
+
+    def _pool_broken(self, fut: cf.Future, info: _Inflight, exc: BaseException, ready: deque) -> None:
+        """A local worker died: every job in flight on that pool is lost. The one whose worker
+        died is charged an attempt; bystanders (never started, or terminated by the pool
+        because of the other's death: exit code -SIGTERM) are resubmitted free."""
+        same = [f for f, i in self.inflight.items() if i.pool is info.pool]
+        exitcodes = self.pool.broken(info.pool, same)
+        victims = [(fut, info)] + [(f, self.inflight.pop(f)) for f in same]
+        self._check_startup_death(victims, exitcodes)
+        for f, i in victims:
+            if f is not fut and f.done() and f.exception() is None:
+                self.inflight[f] = i      # finished before the break: handle normally
+                self._finish(f, ready)
+                continue
+            pid = None
+            if i.root is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    pid = int((i.root / "worker.pid").read_text())
+            culprit = i.root is None or (pid is not None and exitcodes.get(pid) != -signal.SIGTERM)
+            self._infra_failure(self.results[i.job_id], i, exc, ready, charged=culprit)
+
+    def _check_startup_death(self, victims: list, exitcodes: dict) -> None:
+        """Two pool breaks in a row before any job started: the workers cannot start at all."""
+        started = [i for _, i in victims if i.root is not None and (i.root / "worker.pid").exists()]
+        if started or any(i.root is None for _, i in victims):
+            self.startup_breaks = 0
+            return
+        self.startup_breaks += 1
+        if self.startup_breaks < 2:
+            return
+        for _, i in victims:
+            if i.root is not None:
+                shutil.rmtree(i.root, ignore_errors=True)
+        codes = sorted({c for c in exitcodes.values() if c not in (None, -signal.SIGTERM)})
+        raise FxsplitError(
+            "the build's worker processes die while starting (before running any job)"
+            + (f"; exit code(s) {codes}" if codes else ""),
+            hint="run a job in-process to see why (the workers import fxsplit and the job "
+                 "functions' modules: check they import without error in a fresh python), "
+                 "or pass executor=concurrent.futures.ThreadPoolExecutor(1) to debug")
+
+    def _abort(self) -> None:
+        for f in self.inflight:
+            f.cancel()
+        self.pool.abort()
+        for i in self.inflight.values():
+            if i.root is not None:
+                shutil.rmtree(i.root, ignore_errors=True)
+        self.inflight.clear()
+
+    def run(self) -> BuildResult:
+        t0 = time.time()
+        self.cache.sweep_tmp()
+        self.progress.start(list(self.results.values()))
+        ready: deque[str] = deque(j.id for j in self.order if self.missing[j.id] == 0)
+        try:
+            while ready or self.inflight:
+                while ready and (self.pool.limit is None or len(self.inflight) < self.pool.limit):
+                    jid = ready.popleft()
+                    if self.results[jid].state != "pending":
+                        continue
+                    if self._lookup(jid):
+                        self._release(jid, ready)
+                    else:
+                        self._submit(jid)
+                if not self.inflight:
+                    continue
+                done, _ = cf.wait(list(self.inflight), timeout=0.5, return_when=cf.FIRST_COMPLETED)
+                for f in done:
+                    if f in self.inflight:
+                        self._finish(f, ready)
+        except BaseException as e:
+            self._abort()
+            self.progress.stop(interrupted=isinstance(e, KeyboardInterrupt))
+            raise
+        finally:
+            self.pool.shutdown()
+        res = BuildResult(self.results, self.cache.dir, time.time() - t0, self.pool.max_workers, t0)
+        self.progress.stop(result=res)
+        return res
+
+
+def run_jobs(jobs: list[Job], cache_dir: str | Path, *, executor: cf.Executor | None = None,
+             max_workers: int | None = None, progress: bool | None = None, retries: int = 1,
+             log_dir: str | Path | None = None, transfer: str = "auto",
+             mp_context: Any = None) -> BuildResult:
+    """Run ``jobs`` (a DAG through ``Job.deps``) with a content-addressed cache in ``cache_dir``.
+
+    executor: any ``concurrent.futures.Executor``; default: a process pool of ``max_workers``
+      (default ``os.cpu_count()``) workers started with 'forkserver' (no torch in the workers),
+      created only if something has to be built. Dask: ``Client(...).get_executor()``; give
+      Dask workers one thread each (output capture redirects the worker process' fds).
+    progress: None = live display on a TTY (plain lines otherwise / when CI is set);
+      True = always show; False = silent.
+    retries: resubmissions of a job whose worker died (fn raising is not retried).
+    log_dir: if given, every job's log is copied to ``log_dir/<job id>.log``.
+    transfer: "auto" (paths for local pools, tar bytes for any other executor), "paths", "bytes".
+
+    Never raises for a failing job (see ``BuildResult.raise_for_failures``); raises
+    FxsplitError for an invalid job graph and re-raises KeyboardInterrupt after cleaning up.
+    """
+    return _Engine(jobs, cache_dir, executor, max_workers, progress, retries, log_dir, transfer,
+                   mp_context).run()
