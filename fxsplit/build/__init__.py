@@ -21,9 +21,16 @@ It runs in a worker process, writes only into ``workdir`` and reads its dependen
 artifacts from ``inputs[dep_job_id]`` (a private copy: it may be modified, it is thrown away).
 Everything it prints, and everything its subprocesses print, goes to the job's log.
 
-The cache key is ``sha256(engine format, step, fn's qualified name, key_data, (dep id, dep key)...)``:
-``key_data`` must cover everything that defines the result (graph, weights, config, flow, tool
-versions) -- ``params`` are *not* hashed.
+The cache key is ``sha256(engine format, step, fn's qualified name, key_data, (dep id, dep key)...,
+fxsplit's source digest, (tool, version) for each of Job.tools)``: ``key_data`` must cover
+everything else that defines the result (graph, weights, config, flow) -- ``params`` are *not*
+hashed. The source digest (:func:`source_digest`: every file of the installed fxsplit package)
+and the tool versions (:func:`tool_versions`: ``yosys -V``, ``g++ --version``, installed
+hls4ml...) are measured where the jobs run: in this process for a local pool, by one probe task
+on the executor otherwise (Dask). The worker building a job measures them again; if they differ
+from what the key was computed for (a heterogeneous cluster), the job fails and nothing is
+committed. The manifest records both (``fxsplit``, ``tools``), as do ``JobResult.fxsplit`` /
+``JobResult.tools``; an entry whose manifest disagrees with its key is rebuilt.
 
 Semantics:
 
@@ -49,6 +56,7 @@ The parts, by module:
 - :mod:`.scheduler`: job order, the engine loop (lookups, submissions, retries, pool
   breaks), ``run_jobs``, ``predict_wall_time``
 - :mod:`.lock`: ``output_dir_lock``
+- :mod:`.tools`: ``source_digest``, ``tool_versions`` (what a key covers besides its inputs)
 
 This package must stay light: it never imports torch or hls4ml (workers import it).
 """
@@ -59,8 +67,9 @@ from .cache import copy_artifacts, verify_entry
 from .jobs import ENGINE_FORMAT, BuildResult, Job, JobResult, job_key
 from .lock import output_dir_lock
 from .scheduler import predict_wall_time, run_jobs
+from .tools import TOOLS, source_digest, tool_versions
 
 __all__ = [
     "ENGINE_FORMAT", "Job", "JobResult", "BuildResult", "run_jobs", "job_key", "verify_entry",
-    "predict_wall_time", "output_dir_lock", "copy_artifacts",
+    "predict_wall_time", "output_dir_lock", "copy_artifacts", "source_digest", "tool_versions", "TOOLS",
 ]

@@ -6,6 +6,10 @@ Layout (see the package docstring)::
     cache_dir/.tmp/                                    entries being built or unpacked
     cache_dir/_failed/<job id>/                        the last failed attempt of a job
 
+manifest.json: ``format``, ``key``, ``id``, ``partition``, ``step``, ``fxsplit`` (source digest)
+and ``tools`` (name -> version) the key was computed for, ``meta``, ``seconds``, ``start``,
+``end``, ``worker``, ``created``, ``files`` (relative path -> [size, sha256] or ["L", target]).
+
 Also the tar helpers that carry artifacts to and from remote workers, and
 :func:`copy_artifacts` (an entry -> the user's output directory).
 """
@@ -113,6 +117,12 @@ def verify_entry(entry: str | Path, key: str | None = None) -> dict | None:
     return m
 
 
+def manifest_matches(manifest: dict, env: dict) -> bool:
+    """Does an entry's manifest record the fxsplit digest and tool versions of ``env``?"""
+    return (manifest.get("fxsplit") == env.get("fxsplit")
+            and (manifest.get("tools") or {}) == (env.get("tools") or {}))
+
+
 def discard(path: Path, cache_dir: Path) -> None:
     """Remove a directory, first renaming it into .tmp so a half-removed tree is never looked up."""
     if not path.exists():
@@ -190,19 +200,29 @@ class Cache:
             self._tars[key] = tar_dir(self.dir / key, [WORK])
         return self._tars[key]
 
-    def lookup(self, key: str) -> dict | None:
-        """The manifest of the sound entry ``key``; a corrupted entry is discarded (-> rebuilt)."""
+    def lookup(self, key: str, env: dict | None = None) -> dict | None:
+        """The manifest of the sound entry ``key``, else None.
+
+        An entry that does not verify, or whose manifest records another fxsplit digest or
+        other tool versions than ``env`` (``{"fxsplit": ..., "tools": {...}}``, what the key
+        was computed for), is discarded: the job is rebuilt.
+        """
         entry = self.dir / key
         if not entry.exists():
             return None
         m = verify_entry(entry, key)
+        if m is not None and env is not None and not manifest_matches(m, env):
+            m = None
         if m is None:
             discard(entry, self.dir)
         return m
 
     def commit(self, key: str, root: Path, record: dict) -> Path:
         """Write the manifest (``record`` + the files' digests) into ``root``, rename it to
-        ``cache_dir/<key>``; returns the entry. If a sound entry appeared meanwhile, keep it."""
+        ``cache_dir/<key>``; returns the entry. If a sound entry appeared meanwhile, keep it.
+
+        ``record`` holds ``fxsplit`` and ``tools`` (what the key was computed for), the job's
+        identity, ``meta`` and timings."""
         manifest = {"format": ENGINE_FORMAT, "key": key, **record, "created": time.time(),
                     "files": scan(root / WORK)}
         with open(root / MANIFEST, "w") as f:
@@ -214,7 +234,8 @@ class Cache:
             if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                 raise
             # somebody else committed the same key meanwhile; keep theirs if it is sound
-            if verify_entry(dest, key) is None:
+            theirs = verify_entry(dest, key)
+            if theirs is None or not manifest_matches(theirs, record):
                 discard(dest, self.dir)
                 os.rename(root, dest)
             else:

@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 from .cache import LOG, WORK, tar_dir, untar
 from .jobs import fn_name, safe_name
+from .tools import environment_mismatch, source_digest, tool_versions
 
 _FD_LOCK = threading.Lock()
 
@@ -155,6 +156,16 @@ def _loads_by_value(data: bytes) -> Callable:
     return cloudpickle.loads(data)
 
 
+def _measure(tools) -> dict:
+    """fxsplit's source digest and the versions of ``tools``, measured in this process."""
+    return {"fxsplit": source_digest(), "tools": tool_versions(tools)}
+
+
+def probe_environment(tools) -> dict:
+    """A task for a remote executor: what a job key computed on its workers must cover."""
+    return {**_measure(tools), "worker": _worker_id()}
+
+
 def _execute(spec: dict) -> dict:
     """The task submitted to the executor (top level, so it pickles by reference).
 
@@ -162,6 +173,10 @@ def _execute(spec: dict) -> dict:
     (a directory in ``cache_dir/.tmp`` chosen by the submitter) and inputs are paths.
     ``spec["root"]`` None: remote-safe mode; own temp dir, inputs arrive as tar bytes, the
     workdir and log go back as tar bytes.
+
+    First the worker measures fxsplit's source digest and the job's tools (``spec["tools"]``)
+    and returns them as ``env``; if they differ from ``spec["expect"]`` (what the key was
+    computed for) the job function is not run.
     """
     t0 = time.time()
     remote = spec["root"] is None
@@ -174,21 +189,28 @@ def _execute(spec: dict) -> dict:
     try:
         work = root / WORK
         work.mkdir()
-        inputs: dict[str, str] = {}
-        for dep_id, (kind, payload) in spec["inputs"].items():
-            dst = root / "inputs" / safe_name(dep_id)
-            if kind == "tar":             # a tar of the dependency's entry holding work/
-                untar(payload, dst)
-                dst = dst / WORK
-                dst.mkdir(exist_ok=True)
-            else:
-                shutil.copytree(payload, dst, symlinks=True)
-            inputs[dep_id] = str(dst)
-        ok, meta, error = _run_captured(spec["fn"], str(work), inputs, spec["params"], root / LOG)
+        env = _measure(spec.get("tools", ()))
+        mismatch = environment_mismatch(spec["expect"], env, _worker_id()) if "expect" in spec else None
+        if mismatch:
+            with open(root / LOG, "a") as f:
+                f.write(f"[fxsplit] not run: {mismatch}\n")
+            ok, meta, error = False, None, mismatch
+        else:
+            inputs: dict[str, str] = {}
+            for dep_id, (kind, payload) in spec["inputs"].items():
+                dst = root / "inputs" / safe_name(dep_id)
+                if kind == "tar":             # a tar of the dependency's entry holding work/
+                    untar(payload, dst)
+                    dst = dst / WORK
+                    dst.mkdir(exist_ok=True)
+                else:
+                    shutil.copytree(payload, dst, symlinks=True)
+                inputs[dep_id] = str(dst)
+            ok, meta, error = _run_captured(spec["fn"], str(work), inputs, spec["params"], root / LOG)
         t1 = time.time()
         shutil.rmtree(root / "inputs", ignore_errors=True)
         res = {"ok": ok, "meta": meta, "error": error, "start": t0, "end": t1, "seconds": t1 - t0,
-               "worker": _worker_id()}
+               "worker": _worker_id(), "env": env}
         if remote:
             res["tar"] = tar_dir(root, [WORK, LOG])
         else:
@@ -283,6 +305,22 @@ class Pool:
         else:
             fut = pool.submit(_execute, spec)
         return fut, pool
+
+    def measure(self, tools: list[str]) -> dict:
+        """fxsplit's source digest and the versions of ``tools`` where the jobs will run, and
+        where they were measured: here for a local pool (same machine, same environment), by
+        one probe task on the executor otherwise."""
+        if self.local:
+            return {**_measure(tools), "where": f"in the submitting process {_worker_id()}"}
+        from ..errors import FxsplitError
+        try:
+            probe = self.executor.submit(probe_environment, tools).result()
+        except Exception as e:
+            raise FxsplitError(
+                f"could not measure fxsplit's source and the tool versions on the executor's workers "
+                f"({type(e).__name__}: {e})",
+                hint="the workers must be able to import fxsplit (the same version as here)") from e
+        return {"fxsplit": probe["fxsplit"], "tools": probe["tools"], "where": f"on worker {probe['worker']}"}
 
     def broken(self, pool: cf.Executor, futures: list[cf.Future]) -> dict[int, int | None]:
         """A process pool broke (a worker died): wait for its in-flight ``futures`` to settle,

@@ -5,16 +5,21 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Mapping
 
 from ..errors import FxsplitError
 
-ENGINE_FORMAT = 1             # bump when the key recipe or the cache layout changes
+ENGINE_FORMAT = 2             # bump when the key recipe or the cache layout changes
 
 
 @dataclass
 class Job:
-    """One step of one partition. See the package docstring for ``fn``'s contract."""
+    """One step of one partition. See the package docstring for ``fn``'s contract.
+
+    ``tools``: names of the tools the step runs (``"yosys"``, ``"g++"``, ``"hls4ml"``...; see
+    :data:`fxsplit.build.tools.TOOLS`). Their versions, measured where the job is built, are
+    part of the job's key.
+    """
     id: str
     partition: str
     step: str
@@ -22,6 +27,7 @@ class Job:
     params: dict = field(default_factory=dict)
     key_data: bytes | str = b""
     deps: tuple[str, ...] = ()
+    tools: tuple[str, ...] = ()
 
 
 @dataclass
@@ -44,6 +50,8 @@ class JobResult:
     error_tail: str | None = None
     deps: tuple[str, ...] = ()
     debug_dir: Path | None = None   # failed jobs: the workdir of the failed attempt (cache_dir/_failed/...)
+    fxsplit: str | None = None      # source digest of fxsplit the key was computed for
+    tools: dict[str, str] = field(default_factory=dict)   # tool -> version the key was computed for
 
     def to_dict(self) -> dict:
         return {
@@ -56,6 +64,7 @@ class JobResult:
             "log_path": str(self.log_path) if self.log_path else None,
             "error": self.error, "error_tail": self.error_tail, "deps": list(self.deps),
             "debug_dir": str(self.debug_dir) if self.debug_dir else None,
+            "fxsplit": self.fxsplit, "tools": dict(self.tools),
         }
 
 
@@ -144,16 +153,36 @@ def fn_name(fn: Callable) -> str:
 
 
 def job_key(step: str, key_data: bytes | str, dep_keys: Iterable[tuple[str, str]] = (),
-            fn_name: str = "") -> str:
-    """The cache key of a job: sha256 over the engine format, step, fn, key_data and deps' keys."""
+            fn_name: str = "", *, source: str | None = None,
+            tools: Mapping[str, str] | None = None) -> str:
+    """The cache key of a job.
+
+    sha256 over the engine format, step, fn's name, key_data, the deps' (id, key) pairs,
+    fxsplit's source digest (``source``; default: :func:`~fxsplit.build.tools.source_digest`
+    of this process) and the versions of the job's tools (``tools``: name -> version).
+    Every part is length-prefixed, the variable-length lists counted, so no two different
+    inputs hash alike.
+    """
+    if source is None:
+        from .tools import source_digest
+        source = source_digest()
     h = hashlib.sha256()
-    for part in (f"fxsplit-build-v{ENGINE_FORMAT}".encode(), step.encode(), fn_name.encode()):
+
+    def put(part: bytes) -> None:
         h.update(len(part).to_bytes(8, "little") + part)
-    kd = _as_bytes(key_data)
-    h.update(len(kd).to_bytes(8, "little") + kd)
-    for dep_id, dep_key in sorted(dep_keys):
-        part = f"{dep_id}={dep_key}".encode()
-        h.update(len(part).to_bytes(8, "little") + part)
+
+    for part in (f"fxsplit-build-v{ENGINE_FORMAT}".encode(), step.encode(), fn_name.encode(),
+                 _as_bytes(key_data)):
+        put(part)
+    deps = sorted(dep_keys)
+    put(b"deps:%d" % len(deps))
+    for dep_id, dep_key in deps:
+        put(f"{dep_id}={dep_key}".encode())
+    put(f"fxsplit-source={source}".encode())
+    versions = sorted((tools or {}).items())
+    put(b"tools:%d" % len(versions))
+    for name, version in versions:
+        put(f"{name}={version}".encode())
     return h.hexdigest()
 
 

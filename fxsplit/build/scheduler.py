@@ -21,6 +21,7 @@ from ..errors import FxsplitError
 from .cache import LOG, WORK, Cache, tail
 from .executors import Pool, _ByValue
 from .jobs import BuildResult, Job, JobResult, fn_name, job_key
+from .tools import check_tool_names, environment_mismatch
 
 _FREE_RESUBMITS = 3          # a bystander of a pool break is resubmitted this often before being charged
 
@@ -143,10 +144,16 @@ class _Engine:
             raise ValueError(f"transfer must be 'auto', 'paths' or 'bytes', not {transfer!r}")
         self.transfer = transfer
         self.retries = max(0, int(retries))
+        self.tools = {j.id: tuple(self._tool_names(j)) for j in self.order}
+        # what the keys cover: fxsplit's source and the tools' versions where the jobs will run
+        self.env = self.pool.measure(sorted({t for ts in self.tools.values() for t in ts}))
         self.results: dict[str, JobResult] = {}
         for j in self.order:
-            key = job_key(j.step, j.key_data, [(d, self.results[d].key) for d in j.deps], fn_name(j.fn))
-            self.results[j.id] = JobResult(j.id, j.partition, j.step, key, deps=tuple(j.deps))
+            versions = {t: self.env["tools"][t] for t in sorted(self.tools[j.id])}
+            key = job_key(j.step, j.key_data, [(d, self.results[d].key) for d in j.deps], fn_name(j.fn),
+                          source=self.env["fxsplit"], tools=versions)
+            self.results[j.id] = JobResult(j.id, j.partition, j.step, key, deps=tuple(j.deps),
+                                           fxsplit=self.env["fxsplit"], tools=versions)
         self.dependents: dict[str, list[str]] = {j.id: [] for j in self.order}
         for j in self.order:
             for d in j.deps:
@@ -156,6 +163,17 @@ class _Engine:
         self.free_resubmits: dict[str, int] = {}
         self.startup_breaks = 0
         self.progress = make_progress(progress)
+
+    @staticmethod
+    def _tool_names(job: Job) -> list[str]:
+        try:
+            return check_tool_names(job.tools)
+        except ValueError as e:
+            raise ValueError(f"build job {job.id!r}: {e}") from None
+
+    def _expected(self, r: JobResult) -> dict:
+        """What ``r``'s key was computed for (its worker must measure the same)."""
+        return {"fxsplit": r.fxsplit, "tools": r.tools, "where": self.env.get("where")}
 
     # -- job lifecycle
     def _release(self, jid: str, ready: deque) -> None:
@@ -178,7 +196,7 @@ class _Engine:
 
     def _lookup(self, jid: str) -> bool:
         r = self.results[jid]
-        m = self.cache.lookup(r.key)
+        m = self.cache.lookup(r.key, self._expected(r))
         if m is None:
             return False
         entry = self.cache.dir / r.key
@@ -200,7 +218,8 @@ class _Engine:
                   for d in job.deps}
         root = self.cache.new_root(r.key) if paths else None
         spec = {"id": jid, "fn": job.fn, "params": job.params, "inputs": inputs,
-                "root": str(root) if root else None, "nonce": uuid.uuid4().hex}
+                "root": str(root) if root else None, "nonce": uuid.uuid4().hex,
+                "tools": list(self.tools[jid]), "expect": self._expected(r)}
         if getattr(job.fn, "__module__", None) == "__main__" and paths:
             spec["fn"] = _ByValue(job.fn)
         fut, pool = self.pool.submit(spec)
@@ -229,13 +248,16 @@ class _Engine:
         if info.root is None:
             info.root = self.cache.unpack(r.key, res["tar"])
         root = Path(res.get("root") or info.root)
-        if not res["ok"]:
-            self._fail(r, res["error"], root)
+        # built with another fxsplit / other tools than the key says: never commit it
+        mismatch = environment_mismatch(self._expected(r), res.get("env") or {}, res["worker"])
+        if mismatch or not res["ok"]:
+            self._fail(r, mismatch or res["error"], root)
             return
         r.meta = res["meta"]
         entry = self.cache.commit(r.key, root, {
-            "id": r.id, "partition": r.partition, "step": r.step, "meta": res["meta"],
-            "seconds": res["seconds"], "start": res["start"], "end": res["end"], "worker": res["worker"]})
+            "id": r.id, "partition": r.partition, "step": r.step, "fxsplit": r.fxsplit, "tools": r.tools,
+            "meta": res["meta"], "seconds": res["seconds"], "start": res["start"], "end": res["end"],
+            "worker": res["worker"]})
         r.artifact_dir = entry / WORK
         r.log_path = self.cache.log_copy(r.id, entry / LOG)
         r.state = "built"

