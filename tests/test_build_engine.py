@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import json
+import multiprocessing
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +14,8 @@ import textwrap
 import time
 from pathlib import Path
 
+import dask  # noqa: F401  (a hard dependency: no importorskip)
+import distributed
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -19,7 +24,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from fxsplit.build import (BuildResult, Job, JobResult, output_dir_lock, predict_wall_time,  # noqa: E402
-                           run_jobs, verify_entry)
+                           run_jobs, source_digest, tool_versions, verify_entry)
 from fxsplit.errors import FxsplitError  # noqa: E402
 
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(Path(__file__).parent),
@@ -210,19 +215,21 @@ def test_workers_stay_light(tmp_path):
     assert r.ok and r["p0/csim"].meta == {"torch": False, "hls4ml": False, "main": None}
 
 
-def test_no_change_rebuild_of_20_jobs_is_fast(tmp_path):
-    cache = tmp_path / "cache"
-    jobs = [Job(f"p{i}/hls", f"p{i}", "hls", write_file, {"name": f"{i}.txt", "size": 250_000}, str(i))
-            for i in range(10)]
-    jobs += [Job(f"p{i}/synth", f"p{i}", "synth", concat, {}, b"k", deps=(f"p{i}/hls",)) for i in range(10)]
+def test_no_change_rebuild_of_20_jobs_runs_nothing(tmp_path):
+    counter, cache = tmp_path / "count", tmp_path / "cache"
+    c = str(counter)
+    jobs = [Job(f"p{i}/hls", f"p{i}", "hls", write_file, {"name": f"{i}.txt", "size": 250_000, "counter": c},
+                str(i)) for i in range(10)]
+    jobs += [Job(f"p{i}/synth", f"p{i}", "synth", concat, {"counter": c}, b"k", deps=(f"p{i}/hls",))
+             for i in range(10)]
     r1 = run_jobs(jobs, cache, max_workers=2, progress=False)
-    assert r1.ok
+    assert r1.ok and len(counts(counter)) == 20
     t0 = time.perf_counter()
     r2 = run_jobs(jobs, cache, max_workers=2, progress=False)
     dt = time.perf_counter() - t0
-    assert all(j.state == "cached" for j in r2)
+    assert all(j.state == "cached" and j.worker == "cache" for j in r2)
+    assert len(counts(counter)) == 20, "a cached job ran"
     print(f"no-change rebuild of {len(jobs)} cached jobs (2.5 MB): {dt * 1000:.0f} ms")
-    assert dt < 1.0
 
 
 # ----------------------------------------------------------------------------- scheduling
@@ -255,6 +262,10 @@ def test_invalid_graphs_are_user_errors(tmp_path):
         run_jobs([j("x", ("y",))], tmp_path, progress=False)
     with pytest.raises(FxsplitError, match="cycle: x -> y -> x"):
         run_jobs([j("x", ("y",)), j("y", ("x",))], tmp_path, progress=False)
+    with pytest.raises(FxsplitError, match="cycle: b -> c -> d -> b"):
+        run_jobs([j("a"), j("b", ("c",)), j("c", ("d",)), j("d", ("b", "a"))], tmp_path, progress=False)
+    with pytest.raises(ValueError, match="'p0/x': unknown tool name.*'gcc'"):
+        run_jobs([Job("p0/x", "p0", "csim", write_file, {}, b"", tools=("gcc",))], tmp_path, progress=False)
 
 
 # ----------------------------------------------------------------------------- faults
@@ -401,36 +412,265 @@ def test_unguarded_user_script_with_its_own_job_function(tmp_path):
 
 
 def test_output_dir_lock_between_processes(tmp_path):
-    out = tmp_path / "out"
+    out, events = tmp_path / "out", tmp_path / "events"
+
+    def event(what: str) -> None:
+        with open(events, "a") as f:
+            f.write(what + "\n")
+
     holder = _run_script(f"""
-        import sys, time
+        import sys
         from fxsplit.build import output_dir_lock
         with output_dir_lock({str(out)!r}):
             print("locked", flush=True)
-            time.sleep(2.0)
-    """)
+            sys.stdin.readline()                        # hold the lock until told to let go
+            with open({str(events)!r}, "a") as f:
+                f.write("holder releases\\n")
+    """, stdin=subprocess.PIPE)
     assert holder.stdout.readline().strip() == "locked"
-    t0 = time.monotonic()
-    with pytest.raises(FxsplitError, match="in use by another fxsplit run .pid"):
+    with pytest.raises(FxsplitError, match="in use by another fxsplit run .pid") as ei:
         with output_dir_lock(out, timeout=0.3):
             pass
-    assert time.monotonic() - t0 < 1.5
+    assert "FXSPLIT_LOCK_TIMEOUT" in ei.value.hint
     msgs = []
-    with output_dir_lock(out, timeout=20, message=msgs.append):
-        waited = time.monotonic() - t0
-        with output_dir_lock(out, timeout=0):       # re-entrant within a process
+
+    def waiting(msg: str) -> None:                      # printed once, then the holder lets go
+        msgs.append(msg)
+        event("waiter waits")
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+
+    with output_dir_lock(out, timeout=120, message=waiting):
+        event("waiter holds")
+        with output_dir_lock(out, timeout=0):           # re-entrant within a thread
             pass
-    assert waited > 1.0 and len(msgs) == 1 and "waiting for another fxsplit run" in msgs[0]
-    holder.wait(timeout=10)
-    with output_dir_lock(out, timeout=0):           # released
+    assert events.read_text().splitlines() == ["waiter waits", "holder releases", "waiter holds"]
+    assert len(msgs) == 1 and "waiting for another fxsplit run" in msgs[0] and "(pid " in msgs[0]
+    holder.wait(timeout=30)
+    assert holder.returncode == 0, holder.stderr.read()
+    with output_dir_lock(out, timeout=0):               # released
         pass
+    assert not (out / ".fxsplit.lock.owner").exists()
+
+
+def test_output_dir_lock_excludes_other_threads(tmp_path, monkeypatch):
+    import threading
+    out, seen = tmp_path / "out", []
+
+    def other(timeout=None):
+        try:
+            with output_dir_lock(out, timeout=timeout, message=lambda m: None):
+                seen.append("other holds")
+        except FxsplitError as e:
+            seen.append(str(e).splitlines()[0])
+
+    monkeypatch.setenv("FXSPLIT_LOCK_TIMEOUT", "0")     # the default timeout comes from the environment
+    with output_dir_lock(out):
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+        with output_dir_lock(out):                      # this thread re-enters
+            pass
+    assert len(seen) == 1 and "in use by another fxsplit run" in seen[0] and "gave up after 0 s" in seen[0]
+    t = threading.Thread(target=other, kwargs={"timeout": 0})
+    t.start()
+    t.join()
+    assert seen[1:] == ["other holds"]
+
+
+# ----------------------------------------------------------------------------- keys: fxsplit's code, tool versions
+
+def prepend_path(d: str) -> None:
+    """ProcessPoolExecutor initializer: this worker finds the tools in ``d`` first."""
+    os.environ["PATH"] = d + os.pathsep + os.environ.get("PATH", "")
+
+
+def fake_tool(bindir: Path, name: str, version_line: str) -> Path:
+    """An executable ``name`` in ``bindir`` that prints ``version_line`` (whatever it is asked)."""
+    bindir.mkdir(parents=True, exist_ok=True)
+    exe = bindir / name
+    exe.write_text(f"#!/bin/sh\necho '{version_line}'\n")
+    exe.chmod(0o755)
+    return exe
+
+
+# a job module and a runner for builds in a fresh interpreter (own PATH / PYTHONPATH)
+_JOB_MODULE = """
+import os
+from pathlib import Path
+
+
+def write(workdir, inputs, name, content):
+    Path(workdir, name).write_text(content)
+    return {"pid": os.getpid()}
+
+
+def where(workdir, inputs):
+    import fxsplit.build
+    Path(workdir, "where.txt").write_text(fxsplit.build.__file__)
+    return {"fxsplit.build": fxsplit.build.__file__}
+"""
+
+_RUNNER = """
+import json, sys
+import fxsplit.build
+from fxsplit.build import Job, run_jobs
+import fxjobs
+
+cache, tools = sys.argv[1], tuple(t for t in sys.argv[2].split(",") if t)
+jobs = [Job("p0/a", "p0", "a", fxjobs.write, {"name": "a.txt", "content": "A"}, b"1"),
+        Job("p1/a", "p1", "a", fxjobs.write, {"name": "b.txt", "content": "B"}, b"2", tools=tools),
+        Job("p0/where", "p0", "where", fxjobs.where, {}, b"1", deps=("p0/a",))]
+r = run_jobs(jobs, cache, max_workers=2, progress=False)
+print(json.dumps({"engine": fxsplit.build.__file__, "digest": fxsplit.build.source_digest(),
+                  "jobs": {j.id: j.to_dict() for j in r}}))
+"""
+
+
+def _run_build(tmp_path: Path, cache: Path, pythonpath: list[Path], tools: str = "",
+               path_prefix: Path | None = None) -> dict:
+    """run_jobs in a fresh interpreter (its workers inherit its environment); -> its report."""
+    helpers = tmp_path / "helpers"
+    helpers.mkdir(exist_ok=True)
+    (helpers / "fxjobs.py").write_text(_JOB_MODULE)
+    (helpers / "runner.py").write_text(_RUNNER)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, [*pythonpath, helpers]))}
+    if path_prefix is not None:
+        env["PATH"] = f"{path_prefix}{os.pathsep}{env.get('PATH', '')}"
+    p = subprocess.run([sys.executable, str(helpers / "runner.py"), str(cache), tools], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout.splitlines()[-1])
+
+
+def test_editing_fxsplit_makes_every_job_a_miss(tmp_path):
+    """A copy of the fxsplit package (first on PYTHONPATH): a comment edited in its Verilog
+    emitter, which no job here imports, rebuilds every job."""
+    copy = tmp_path / "site"
+    shutil.copytree(ROOT / "fxsplit", copy / "fxsplit", ignore=shutil.ignore_patterns("__pycache__"))
+    cache = tmp_path / "cache"
+    r1 = _run_build(tmp_path, cache, [copy])
+    assert r1["engine"].startswith(str(copy)), r1["engine"]
+    assert r1["jobs"]["p0/where"]["meta"]["fxsplit.build"].startswith(str(copy)), "the workers use the copy"
+    assert {j["state"] for j in r1["jobs"].values()} == {"built"}
+    assert {j["fxsplit"] for j in r1["jobs"].values()} == {r1["digest"]}
+    r2 = _run_build(tmp_path, cache, [copy])
+    assert {j["state"] for j in r2["jobs"].values()} == {"cached"} and r2["digest"] == r1["digest"]
+
+    emitter = sorted(p for p in (copy / "fxsplit").rglob("*.py")
+                     if "build" not in p.relative_to(copy).parts and "endmodule" in p.read_text())[0]
+    with open(emitter, "a") as f:
+        f.write("\n# an edited comment\n")
+    r3 = _run_build(tmp_path, cache, [copy])
+    assert r3["digest"] != r1["digest"]
+    assert {j["state"] for j in r3["jobs"].values()} == {"built"}, (emitter, r3["jobs"])
+    assert all(r3["jobs"][k]["key"] != r1["jobs"][k]["key"] for k in r1["jobs"])
+    manifest = json.loads((cache / r3["jobs"]["p0/a"]["key"] / "manifest.json").read_text())
+    assert manifest["fxsplit"] == r3["digest"]
+
+
+def test_a_tool_version_change_makes_its_jobs_a_miss(tmp_path):
+    """Another yosys earlier on PATH (measured in the submitting process and in the workers)."""
+    cache = tmp_path / "cache"
+    real = tool_versions(["yosys"])["yosys"]
+    r1 = _run_build(tmp_path, cache, [ROOT], tools="yosys")
+    assert r1["jobs"]["p1/a"]["state"] == "built" and r1["jobs"]["p1/a"]["tools"] == {"yosys": real}
+    r2 = _run_build(tmp_path, cache, [ROOT], tools="yosys")
+    assert {j["state"] for j in r2["jobs"].values()} == {"cached"}
+    fake = tmp_path / "fakebin"
+    fake_tool(fake, "yosys", "Yosys 0.99+1 (git sha1 fake)")
+    r3 = _run_build(tmp_path, cache, [ROOT], tools="yosys", path_prefix=fake)
+    states = {k: j["state"] for k, j in r3["jobs"].items()}
+    assert states == {"p0/a": "cached", "p1/a": "built", "p0/where": "cached"}, r3["jobs"]
+    assert r3["jobs"]["p1/a"]["tools"] == {"yosys": "Yosys 0.99+1 (git sha1 fake)"}
+    manifest = json.loads((cache / r3["jobs"]["p1/a"]["key"] / "manifest.json").read_text())
+    assert manifest["tools"] == {"yosys": "Yosys 0.99+1 (git sha1 fake)"}
+    r4 = _run_build(tmp_path, cache, [ROOT], tools="yosys")      # the real one again: its entry is still there
+    assert r4["jobs"]["p1/a"]["state"] == "cached" and r4["jobs"]["p1/a"]["key"] == r1["jobs"]["p1/a"]["key"]
+
+
+def test_a_worker_with_other_tool_versions_fails_the_job(tmp_path):
+    """The key is computed for the g++ measured here; the pool's workers find another g++ first."""
+    counter, cache, fake = tmp_path / "count", tmp_path / "cache", tmp_path / "fakebin"
+    fake_tool(fake, "g++", "g++ (Fake) 9.9.9")
+    real = tool_versions(["g++"])["g++"]
+    assert real.startswith("g++") and "Fake" not in real
+    jobs = [Job("p0/csim", "p0", "csim", compile_c, {"counter": str(counter)}, b"1", tools=("g++",)),
+            Job("p0/hls", "p0", "hls", concat, {"counter": str(counter)}, b"1", deps=("p0/csim",)),
+            Job("p1/csim", "p1", "csim", write_file, {"counter": str(counter)}, b"1")]
+    pool = cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver"),
+                                  initializer=prepend_path, initargs=(str(fake),))
+    with pool:
+        r = run_jobs(jobs, cache, executor=pool, transfer="paths", progress=False)
+    f = r["p0/csim"]
+    assert f.state == "failed" and r["p0/hls"].state == "skipped" and r["p1/csim"].state == "built"
+    assert f.tools == {"g++": real}
+    assert f.error.startswith("worker ") and "/" in f.error.split()[1]       # worker host/pid
+    assert f"has g++ 'g++ (Fake) 9.9.9' but the key was computed for '{real}'" in f.error
+    assert "heterogeneous cluster" in f.error and "in the submitting process" in f.error
+    assert counts(counter) == ["write_file out.txt"], "the job function ran on the mismatched worker"
+    assert not (cache / f.key).exists() and not (cache / r["p0/hls"].key).exists()
+    assert "has g++ 'g++ (Fake) 9.9.9'" in f.log_path.read_text()
+    assert_no_partial(cache)
+    # the same jobs on a matching pool: built
+    r2 = run_jobs(jobs, cache, max_workers=1, progress=False)
+    assert r2.ok and r2["p0/csim"].state == "built" and r2["p0/csim"].key == f.key
+
+
+def test_tool_versions_measures_the_tools(tmp_path, monkeypatch):
+    v = tool_versions(["yosys", "g++", "python", "numpy"])
+    assert list(v) == ["yosys", "g++", "python", "numpy"]
+    assert "Yosys" in v["yosys"] and v["g++"].startswith("g++") and v["python"] == sys.version
+    import numpy
+    assert v["numpy"] == numpy.__version__
+    with pytest.raises(ValueError, match="unknown tool name.*'gcc'"):
+        tool_versions(["g++", "gcc"])
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    monkeypatch.setenv("PATH", str(bindir))                  # nothing there
+    assert tool_versions(["g++", "yosys", "vivado", "iverilog"]) == {
+        "g++": "missing", "yosys": "missing", "vivado": "missing", "iverilog": "missing"}
+    # a reinstalled tool (same path, new mtime) is measured again
+    exe = fake_tool(bindir, "iverilog", "Icarus Verilog version 10.0 (fake)")
+    assert tool_versions(["iverilog"]) == {"iverilog": "Icarus Verilog version 10.0 (fake)"}
+    fake_tool(bindir, "iverilog", "Icarus Verilog version 13.0 (fake)")
+    st_ = exe.stat()
+    os.utime(exe, ns=(st_.st_atime_ns, st_.st_mtime_ns + 2_000_000_000))
+    assert tool_versions(["iverilog"]) == {"iverilog": "Icarus Verilog version 13.0 (fake)"}
+
+
+def test_manifest_records_source_and_tools_and_a_disagreeing_one_is_rebuilt(tmp_path):
+    counter, cache = tmp_path / "count", tmp_path / "cache"
+    jobs = [Job("p0/csim", "p0", "csim", write_file, {"counter": str(counter)}, b"1", tools=("g++", "python"))]
+    r = run_jobs(jobs, cache, max_workers=1, progress=False)
+    j = r["p0/csim"]
+    want = tool_versions(["g++", "python"])
+    assert j.state == "built" and j.fxsplit == source_digest() and j.tools == want
+    row = r.to_dict()["jobs"][0]
+    assert row["fxsplit"] == source_digest() and row["tools"] == want
+    mpath = cache / j.key / "manifest.json"
+    m = json.loads(mpath.read_text())
+    assert m["fxsplit"] == source_digest() and m["tools"] == want
+    assert run_jobs(jobs, cache, max_workers=1, progress=False)["p0/csim"].state == "cached"
+    for field, value in (("tools", {**want, "g++": "g++ (other) 1.0"}), ("fxsplit", "0" * 64)):
+        json.dump({**m, field: value}, open(mpath, "w"))
+        r2 = run_jobs(jobs, cache, max_workers=1, progress=False)
+        assert r2["p0/csim"].state == "built" and r2["p0/csim"].key == j.key, field
+        assert json.loads(mpath.read_text())[field] == m[field]
+    assert len(counts(counter)) == 3
+
+
+def test_importing_the_engine_stays_light():
+    p = subprocess.run([sys.executable, "-c", "import sys, fxsplit.build; "
+                        "print(sorted(m for m in ('torch', 'hls4ml', 'numpy') if m in sys.modules))"],
+                       env=ENV, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and p.stdout.strip() == "[]", (p.stdout, p.stderr)
 
 
 # ----------------------------------------------------------------------------- dask
 
 @pytest.fixture(scope="module")
 def dask_client(tmp_path_factory):
-    distributed = pytest.importorskip("distributed")
     wdir = tmp_path_factory.mktemp("dask-workers")
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                                        dashboard_address=None, local_directory=str(wdir))
@@ -474,6 +714,35 @@ def test_dask_executor_ships_artifacts_to_the_submitter(tmp_path, dask_client):
     assert r4.ok
     print(f"dask: {n} trivial jobs on 2 workers in {dt:.2f} s = {dt / n * 1000:.0f} ms/job wall, "
           f"{2 * dt / n * 1000:.0f} ms/job worker-time")
+
+
+def _set_path(path: str) -> None:
+    os.environ["PATH"] = path
+
+
+def test_dask_keys_use_the_versions_measured_on_the_workers(tmp_path, dask_client):
+    """On Dask the versions come from a probe task on the cluster, not from this process."""
+    client, _ = dask_client
+    fake = tmp_path / "fakebin"
+    fake_tool(fake, "g++", "g++ (Cluster) 7.7.7")
+    local = tool_versions(["g++"])["g++"]
+    saved = client.run(lambda: os.environ["PATH"])
+    client.run(prepend_path, str(fake))
+    try:
+        jobs = [Job("p0/csim", "p0", "csim", write_file, {}, b"1", tools=("g++",))]
+        r = run_jobs(jobs, tmp_path / "cache", executor=client.get_executor(), progress=False)
+        assert r.ok, r.to_dict()
+        j = r["p0/csim"]
+        assert j.tools == {"g++": "g++ (Cluster) 7.7.7"} != {"g++": local}
+        assert j.fxsplit == source_digest()              # same machine, same fxsplit
+        m = json.loads((tmp_path / "cache" / j.key / "manifest.json").read_text())
+        assert m["tools"] == {"g++": "g++ (Cluster) 7.7.7"} and j.worker.startswith("tcp://")
+        # the same job through a local pool (the real g++ here) is another key
+        r2 = run_jobs(jobs, tmp_path / "cache", max_workers=1, progress=False)
+        assert r2["p0/csim"].state == "built" and r2["p0/csim"].key != j.key
+    finally:
+        for addr, path in saved.items():
+            client.run(_set_path, path, workers=[addr])
 
 
 def test_bytes_transfer_on_a_local_pool(tmp_path):
