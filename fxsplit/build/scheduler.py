@@ -118,6 +118,13 @@ def predict_wall_time(results: Any, workers: int) -> float:
 
 # ----------------------------------------------------------------------------- the engine
 
+def _tool_names(job: Job) -> list[str]:
+    try:
+        return check_tool_names(job.tools)
+    except ValueError as e:
+        raise ValueError(f"build job {job.id!r}: {e}") from None
+
+
 class _Inflight:
     __slots__ = ("job_id", "root", "pool")
 
@@ -144,12 +151,11 @@ class _Engine:
             raise ValueError(f"transfer must be 'auto', 'paths' or 'bytes', not {transfer!r}")
         self.transfer = transfer
         self.retries = max(0, int(retries))
-        self.tools = {j.id: tuple(self._tool_names(j)) for j in self.order}
-        # what the keys cover: fxsplit's source and the tools' versions where the jobs will run
-        self.env = self.pool.measure(sorted({t for ts in self.tools.values() for t in ts}))
+        # what the keys cover besides the jobs: fxsplit's source and the tools' versions where they run
+        self.env = self.pool.measure(sorted({t for j in self.order for t in _tool_names(j)}))
         self.results: dict[str, JobResult] = {}
         for j in self.order:
-            versions = {t: self.env["tools"][t] for t in sorted(self.tools[j.id])}
+            versions = {t: self.env["tools"][t] for t in sorted(_tool_names(j))}
             key = job_key(j.step, j.key_data, [(d, self.results[d].key) for d in j.deps], fn_name(j.fn),
                           source=self.env["fxsplit"], tools=versions)
             self.results[j.id] = JobResult(j.id, j.partition, j.step, key, deps=tuple(j.deps),
@@ -163,13 +169,6 @@ class _Engine:
         self.free_resubmits: dict[str, int] = {}
         self.startup_breaks = 0
         self.progress = make_progress(progress)
-
-    @staticmethod
-    def _tool_names(job: Job) -> list[str]:
-        try:
-            return check_tool_names(job.tools)
-        except ValueError as e:
-            raise ValueError(f"build job {job.id!r}: {e}") from None
 
     def _expected(self, r: JobResult) -> dict:
         """What ``r``'s key was computed for (its worker must measure the same)."""
@@ -219,7 +218,7 @@ class _Engine:
         root = self.cache.new_root(r.key) if paths else None
         spec = {"id": jid, "fn": job.fn, "params": job.params, "inputs": inputs,
                 "root": str(root) if root else None, "nonce": uuid.uuid4().hex,
-                "tools": list(self.tools[jid]), "expect": self._expected(r)}
+                "tools": list(r.tools), "expect": self._expected(r)}
         if getattr(job.fn, "__module__", None) == "__main__" and paths:
             spec["fn"] = _ByValue(job.fn)
         fut, pool = self.pool.submit(spec)
