@@ -40,7 +40,8 @@ import _common as C
 
 import fxsplit  # noqa: E402
 from fxsplit.build import Job, run_jobs  # noqa: E402
-from fxsplit.flows import hls4ml as hflow  # noqa: E402
+from fxsplit import lower as hflow  # noqa: E402
+from fxsplit.flows.hls4ml import csim as csim_mod  # noqa: E402
 from fxsplit import partition  # noqa: E402
 from models import build as build_model  # noqa: E402
 
@@ -50,15 +51,15 @@ def monolithic_build(model, shape, config, run_dir):
     t0 = time.time()
     pt = partition(model, shape)
     fc = hflow.normalize_config(config, pt)
-    _specs, _graphs, mono_spec, _mono = hflow.lower(pt, fc, str(run_dir / "mono_lower"))
+    mono_spec = hflow.lower(pt, fc, str(run_dir / "mono_lower")).mono_spec
     t_lower = time.time() - t0
-    job = Job(id=f"{mono_spec.name}/csim", partition=mono_spec.name, step="csim", fn=hflow.csim_job,
+    job = Job(id=f"{mono_spec.name}/csim", partition=mono_spec.name, step="csim", fn=csim_mod.csim_job, tools=("g++", "hls4ml", "torch", "numpy"),
               params={"spec": mono_spec}, key_data=mono_spec.key_data())
     res = run_jobs([job], run_dir / "mono_cache", max_workers=1, progress=False, log_dir=run_dir / "mono_logs")
     res.raise_for_failures()
     r = res[job.id]
     meta = r.meta
-    csim = hflow.CSim(os.path.join(r.artifact_dir, meta["lib"]), meta["project"],
+    csim = csim_mod.CSim(os.path.join(r.artifact_dir, meta["lib"]), meta["project"],
                       [math.prod(s) for s in meta["inputs"]], [math.prod(s) for s in meta["outputs"]])
     return {"lower_seconds": t_lower, "job_seconds": r.seconds, "engine_wall": res.wall_seconds,
             "write_seconds": meta["write_seconds"], "compile_seconds": meta["compile_seconds"],

@@ -33,9 +33,9 @@ import _common as C
 
 import fxsplit  # noqa: E402
 from fxsplit.build import predict_wall_time  # noqa: E402
-from fxsplit.flows import hls4ml as hflow  # noqa: E402
+from fxsplit import lower as hflow  # noqa: E402
 from fxsplit.flows import rtl as rflow  # noqa: E402
-from fxsplit.flows import rtl_lower as rl  # noqa: E402
+from fxsplit.flows.rtl import lower as rl  # noqa: E402
 from fxsplit import partition  # noqa: E402
 from models import build as build_model  # noqa: E402
 
@@ -58,7 +58,8 @@ def uncut_synth(model, shape, config, run_dir):
     t0 = time.time()
     pt = partition(model, shape)
     fc = hflow.normalize_config(config, pt)
-    _specs, _graphs, mono_spec, mono = hflow.lower(pt, fc, str(run_dir / "uncut_lower"))
+    lw = hflow.lower(pt, fc, str(run_dir / "uncut_lower"))
+    mono_spec, mono = lw.mono_spec, lw.mono
     rl.check_rtl_supported(mono, "monolithic")
     inv = {v: k for k, v in mono_spec.name_map.items()}
     prog = rl.extract_program(mono, "monolithic", input_names=[inv.get(v, v) for v in mono.inputs],
@@ -73,8 +74,8 @@ def uncut_synth(model, shape, config, run_dir):
     syn = rflow.synth_job(str(syn_dir), {"monolithic/rtl": str(rtl_dir)}, "monolithic/rtl")
     t_synth = time.time() - t2
     return {"lower_seconds": t_lower, "emit_seconds": t_emit, "synth_seconds": t_synth,
-            "yosys_seconds": syn["seconds"], "yosys_cpu": yosys_cpu(syn["log"]), "latency": meta["latency"], "cells": syn["cells"],
-            **{k: syn[k] for k in RES}, "log": syn["log"]}
+            "yosys_seconds": syn["seconds"], "yosys_cpu": yosys_cpu(syn_dir / syn["log"]), "latency": meta["latency"], "cells": syn["cells"],
+            **{k: syn[k] for k in RES}, "log": str(syn_dir / syn["log"])}
 
 
 def main():
@@ -132,7 +133,8 @@ def main():
     parts = {r.partition: {"synth_seconds": r.seconds, "yosys_seconds": r.meta.get("seconds"),
                            "yosys_cpu": yosys_cpu(Path(r.artifact_dir) / "yosys.log"),
                            "cells": r.meta.get("cells"), **{k: r.meta.get(k) for k in RES},
-                           "latency": design.rtl.partitions[r.partition].get("latency")} for r in synth_jobs}
+                           "latency": design.rtl.partitions.get(r.partition, {}).get("latency")}   # "stitched": the top
+             for r in synth_jobs}
     totals = {k: sum(int(p[k] or 0) for p in parts.values()) for k in RES + ("cells",)}
     pred_synth = {w: predict_wall_time(synth_jobs, w) for w in (1, 2, 4, 8)}
     pred_flow = {w: predict_wall_time(b, w) for w in (1, 2, 4, 8)}   # csim+rtl durations from when they were built

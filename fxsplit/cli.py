@@ -58,6 +58,9 @@ def _opt(text: str) -> str:
     return t
 
 
+DEFAULT_VERIFY = 20      # compile verifies by default: a small random sample, bit-exact or exit 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fxsplit", description="Cut a PyTorch model at fxsplit.Cut markers, build every partition "
@@ -82,12 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--config", default=None, metavar="FILE", help="config as JSON or YAML")
     c.add_argument("--precision", default=None, help="default precision, e.g. 'fixed<12,4>' (overrides --config)")
     c.add_argument("--reuse-factor", type=_positive, default=None, help="default reuse factor (overrides --config)")
+    c.add_argument("--io-type", choices=("io_parallel", "io_stream"), default=None,
+                   help="hls4ml io type (overrides --config); ResNet-sized CNNs need io_stream for C simulation")
     c.add_argument("--csim-opt", type=_opt, default=None, metavar="O0..O3",
                    help="g++ optimisation of the C simulations (overrides --config)")
     c.add_argument("--no-synth", action="store_true", help="rtl flow: skip Yosys synthesis")
     c.add_argument("--cache-dir", default=None, metavar="DIR", help="build cache (default: DIR/.cache)")
-    c.add_argument("--verify", type=int, default=0, metavar="N",
-                   help="verify on N random inputs (at the RTL level for the rtl flow)")
+    c.add_argument("--verify", type=int, default=DEFAULT_VERIFY, metavar="N",
+                   help=f"verify on N random inputs, bit-exact or a non-zero exit (at the RTL level for the rtl "
+                        f"flow); default {DEFAULT_VERIFY}, 0 turns it off")
     c.add_argument("--simulator", choices=("verilator", "icarus"), default="verilator",
                    help="RTL simulator for --verify with the rtl flow")
     c.add_argument("--seed", type=int, default=0, help="seed of the model zoo weights and the random inputs")
@@ -250,6 +256,8 @@ def cmd_compile(args) -> int:
         config["reuse_factor"] = args.reuse_factor
     if args.csim_opt:
         config["csim_opt"] = args.csim_opt
+    if args.io_type:
+        config["io_type"] = args.io_type
     if args.no_synth:
         config["synth"] = False
     if args.verify < 0:

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
 from torch import nn
 
 from .errors import FxsplitError
-from .flows import hls4ml as hflow
+from .flows import FLOWS, get_flow
 from .ir import Partitioning
+from .lower import lower, normalize_config
 from .partitioner import partition as make_partitioning
 from .summary import build_report
-
-FLOWS = ("hls4ml", "rtl")
 
 
 def _resolve_output_dir(output_dir, model: nn.Module) -> Path:
@@ -26,13 +24,6 @@ def _resolve_output_dir(output_dir, model: nn.Module) -> Path:
     return out
 
 
-def _csim_from(result) -> hflow.CSim:
-    meta = result.meta
-    lib = Path(result.artifact_dir) / meta["lib"]
-    return hflow.CSim(str(lib), meta["project"], [math.prod(s) for s in meta["inputs"]],
-                      [math.prod(s) for s in meta["outputs"]])
-
-
 def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", config: dict | None = None,
             output_dir=None, jobs: int | None = None, executor=None, progress: bool | None = None,
             cache_dir=None, reference: bool = True):
@@ -42,12 +33,12 @@ def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", co
     any build starts; nothing is written before that, and nothing outside ``output_dir``
     (and ``cache_dir``, by default ``output_dir/.cache``). ``reference=False`` skips building the
     uncut C simulation (then ``predict_monolithic``/``verify`` are unavailable)."""
-    from .build import Job, copy_artifacts, output_dir_lock, run_jobs
+    from .build import output_dir_lock, run_jobs
     from .design import Design
 
     t_start = time.time()
     if flow not in FLOWS:
-        raise FxsplitError(f"unknown flow {flow!r}", hint=f"use one of {FLOWS}")
+        raise FxsplitError(f"unknown flow {flow!r}", hint=f"use one of {tuple(FLOWS)}")
     if jobs is not None and (not isinstance(jobs, int) or jobs < 1):
         raise FxsplitError(f"jobs must be a positive integer, got {jobs!r}")
     out = _resolve_output_dir(output_dir, model)
@@ -55,35 +46,25 @@ def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", co
 
     # ---- validate (no file written yet)
     pt: Partitioning = make_partitioning(model, input_shape, splits)
-    fc = hflow.normalize_config(config, pt)
-    specs, graphs, mono_spec, _mono = hflow.lower(pt, fc, str(out))
-    rtl_plan = None
-    if flow == "rtl":
-        from .flows import rtl as rflow
-        rtl_plan = rflow.plan(pt, specs, graphs, fc)
+    fc = normalize_config(config, pt)
+    lowered = lower(pt, fc, str(out))
+    fl = get_flow(flow)(pt, lowered, fc, out, reference=reference)
+    fl.validate()
+    job_list = fl.jobs()
     t_validated = time.time()
 
     # ---- build
-    job_list = [Job(id=f"{name}/csim", partition=name, step="csim", fn=hflow.csim_job, params={"spec": spec},
-                    key_data=spec.key_data())
-                for name, spec in [*specs.items(), *([(mono_spec.name, mono_spec)] if reference else [])]]
-    if rtl_plan is not None:
-        job_list += rtl_plan.jobs()
     out.mkdir(parents=True, exist_ok=True)
     with output_dir_lock(out):
+        lowered.write_logs(out / "logs")
         result = run_jobs(job_list, cache, executor=executor, max_workers=jobs, progress=progress,
                           log_dir=out / "logs")
-        for r in result:
-            if r.step == "csim" and r.state in ("built", "cached"):
-                name = r.meta["project"]
-                copy_artifacts(Path(r.artifact_dir) / name, out / name / "hls4ml", r.key)
+        fl.export(result)
         if not result.ok:
             _write_failure_report(result, out, type(model).__name__, flow, time.time() - t_start)
         result.raise_for_failures()
-        csims = {name: _csim_from(result[f"{name}/csim"]) for name in specs}
-        mono = _csim_from(result[f"{mono_spec.name}/csim"]) if reference else None
-        rtl = rtl_plan.finish(result, out, pt) if rtl_plan is not None else None
-        design = Design(pt, flow, str(out), csims, mono, build=result, rtl=rtl)
+        built = fl.finish(result)
+        design = Design(pt, flow, str(out), built.csims, built.monolithic, build=result, rtl=built.rtl)
         design.report = build_report(design, model_name=type(model).__name__,
                                      timings={"validate": t_validated - t_start, "total": time.time() - t_start})
         design.write_report()

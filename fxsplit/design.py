@@ -2,51 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
 import numpy as np
 import torch
 
 from .capture import to_channels_first, to_channels_last
 from .errors import FxsplitError
-from .flows.hls4ml import CSim
+from .flows.hls4ml.csim import CSim
 from .ir import Partitioning
-
-
-@dataclass
-class Mismatch:
-    sample: int
-    output: str          # output port name
-    index: int           # flat element index (channels-last)
-    got: float
-    expected: float
-
-
-@dataclass
-class VerifyResult:
-    level: str
-    n_samples: int
-    bit_exact: bool
-    mismatches: int                      # number of differing output elements
-    max_abs_error_vs_torch: float        # stitched design vs PyTorch float, reported not hidden
-    details: list[Mismatch] = field(default_factory=list)   # first mismatches (at most 100)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __bool__(self) -> bool:
-        return self.bit_exact
-
-    def to_dict(self) -> dict:
-        """JSON-able, for the report (at most the first 10 mismatches)."""
-        return {"level": self.level, "n_samples": self.n_samples, "bit_exact": self.bit_exact,
-                "mismatches": self.mismatches, "max_abs_error_vs_torch": self.max_abs_error_vs_torch,
-                "summary": self.summary(), "first_mismatches": [m.__dict__ for m in self.details[:10]],
-                **({"extra": self.extra} if self.extra else {})}
-
-    def summary(self) -> str:
-        state = "bit-exact" if self.bit_exact else f"{self.mismatches} mismatching elements"
-        return (f"{self.level}: {self.n_samples} samples, {state}; max |design - torch float| = "
-                f"{self.max_abs_error_vs_torch:.4g}")
+from .verify import VerifyResult, as_list, compare, torch_err  # noqa: F401  (VerifyResult: re-exported)
 
 
 class Design:
@@ -107,14 +70,17 @@ class Design:
         xs = self._inputs(x)
         return self._outputs(self.port_values(x), xs[0].shape[0])
 
-    def predict_monolithic(self, x):
-        """The same model uncut, with the same numerics: the reference for equivalence."""
+    def _monolithic(self, xs: list[np.ndarray]) -> list[np.ndarray]:
         if self._mono is None:
             raise FxsplitError("this design was compiled with reference=False: no uncut C simulation",
                                hint="compile again with reference=True (the default)")
+        return self._mono(xs)
+
+    def predict_monolithic(self, x):
+        """The same model uncut, with the same numerics: the reference for equivalence."""
         xs = self._inputs(x)
         n = xs[0].shape[0]
-        ys = self._mono(xs)
+        ys = self._monolithic(xs)
         env = {p.name: y for p, y in zip(self.partitioning.outputs, ys)}
         return self._outputs(env, n)
 
@@ -132,21 +98,27 @@ class Design:
         or 'rtl' (stitched RTL simulation vs stitched C simulation vs monolithic; ``simulator``
         'verilator' (default) or 'icarus'). The result is recorded in ``report["verification"]``
         and the report files in ``output_dir`` are rewritten."""
+        if level not in ("csim", "rtl"):
+            raise FxsplitError(f"unknown verification level {level!r}", hint="use 'csim' or 'rtl'")
+        if level == "rtl" and self.rtl is None:
+            raise FxsplitError("verify(level='rtl') needs a design compiled with flow='rtl'",
+                               hint="fxsplit.compile(..., flow='rtl')")
+        xs = self._inputs(x)
+        n = xs[0].shape[0]
+        env = self.port_values(x)
+        got = [env[p.name].reshape(n, -1) for p in self.partitioning.outputs]
+        ref = [y.reshape(n, -1) for y in self._monolithic(xs)]
+        torch_out = [to_channels_last(t, len(p.torch_shape)).reshape(n, -1)
+                     for t, p in zip(as_list(self.predict_torch(x)), self.partitioning.outputs)]
+        err = torch_err(got, torch_out)
         if level == "rtl":
-            if self.rtl is None:
-                raise FxsplitError("verify(level='rtl') needs a design compiled with flow='rtl'",
-                                   hint="fxsplit.compile(..., flow='rtl')")
-            res = self.rtl.verify(self, x, **({"simulator": simulator} if simulator else {}))
+            res = self.rtl.verify(xs, self.partitioning.inputs, self.partitioning.outputs, got, ref, err,
+                                  **({"simulator": simulator} if simulator else {}))
             if self.report:
                 from .summary import stitched_update
                 stitched_update(self.report, self.rtl)
-        elif level != "csim":
-            raise FxsplitError(f"unknown verification level {level!r}", hint="use 'csim' or 'rtl'")
         else:
-            got = _as_list(self.predict(x))
-            ref = _as_list(self.predict_monolithic(x))
-            res = compare(level, got, ref, [p.name for p in self.partitioning.outputs],
-                          torch_err(got, _as_list(self.predict_torch(x))))
+            res = compare(level, got, ref, [p.name for p in self.partitioning.outputs], err)
         self.report["verification"] = res.to_dict()
         self.write_report()
         return res
@@ -161,23 +133,3 @@ class Design:
     def __repr__(self) -> str:
         return f"Design(flow={self.flow!r}, partitions={[p.name for p in self.partitions]}, output_dir={self.output_dir!r})"
 
-
-def _as_list(y):
-    return list(y) if isinstance(y, list) else [y]
-
-
-def torch_err(got: list[np.ndarray], ref: list[np.ndarray]) -> float:
-    return float(max(np.max(np.abs(g - r)) if g.size else 0.0 for g, r in zip(got, ref)))
-
-
-def compare(level: str, got: list[np.ndarray], ref: list[np.ndarray], names: list[str], err_torch: float,
-            extra: dict | None = None) -> VerifyResult:
-    n = got[0].shape[0]
-    details, total = [], 0
-    for name, g, r in zip(names, got, ref):
-        g2, r2 = g.reshape(n, -1), r.reshape(n, -1)
-        diff = np.argwhere(g2 != r2)
-        total += len(diff)
-        for s, i in diff[: max(0, 100 - len(details))]:
-            details.append(Mismatch(int(s), name, int(i), float(g2[s, i]), float(r2[s, i])))
-    return VerifyResult(level, n, total == 0, total, err_torch, details, extra or {})

@@ -79,6 +79,18 @@ class Partitioning:
     def __iter__(self):
         return iter(self.partitions)
 
+    def dag(self) -> dict[str, Any]:
+        """The partition DAG as plain JSON-able data: the one description every stitcher reads.
+
+        ``{"inputs": [port], "outputs": [port], "output_sources": {output port: partition},
+        "partitions": [{"name", "inputs": [port], "outputs": [port], "sources": {input port: producer}}]}``
+        with ``port = Port.to_dict()`` (channels-last shape and hls4ml precision)."""
+        return {"inputs": [p.to_dict() for p in self.inputs], "outputs": [p.to_dict() for p in self.outputs],
+                "output_sources": dict(self.output_sources),
+                "partitions": [{"name": part.name, "inputs": [p.to_dict() for p in part.inputs],
+                                "outputs": [p.to_dict() for p in part.outputs], "sources": dict(part.sources)}
+                               for part in self.partitions]}
+
     def ports(self) -> dict[str, Port]:
         """Every port in the design by name."""
         out: dict[str, Port] = {p.name: p for p in self.inputs}

@@ -298,9 +298,7 @@ def render_html(report: dict) -> str:
                  'ones), list-scheduled on W workers respecting dependencies.</div>')
     ver = report.get("verification")
     if isinstance(ver, dict) and ver:
-        h.append("<h2>Verification</h2><table>" + "".join(
-            f"<tr><th>{_esc(k)}</th><td>{_esc(json.dumps(v) if isinstance(v, (dict, list)) else v)}</td></tr>"
-            for k, v in ver.items()) + "</table>")
+        h.append("<h2>Verification</h2>" + _verification_html(ver))
 
     # partition table
     colors: dict[str, str] = {}
@@ -362,12 +360,54 @@ def render_html(report: dict) -> str:
     return "\n".join(h)
 
 
+_LEVELS = {"csim": "stitched C simulation vs the uncut C simulation",
+           "rtl": "stitched RTL simulation vs stitched C simulation vs the uncut C simulation"}
+
+
+def _verification_html(ver: dict) -> str:
+    """The verification result as sentences and a mismatch table (never a raw JSON dump)."""
+    ok = bool(ver.get("bit_exact"))
+    extra = ver.get("extra") or {}
+    rows = [("result", "BIT-EXACT" if ok else f"MISMATCH: {_fmt_n(ver.get('mismatches'))} differing elements"),
+            ("compared", _LEVELS.get(ver.get("level"), str(ver.get("level")))),
+            ("random samples", _fmt_n(ver.get("n_samples"))),
+            ("max |design - PyTorch float|", f"{ver.get('max_abs_error_vs_torch', float('nan')):.4g} "
+                                             "(quantization error, reported, not a failure)")]
+    rtl = extra.get("rtl_vs_csim")
+    if isinstance(rtl, dict):
+        rows.append(("RTL vs C simulation", f"{rtl.get('passed')} samples passed, {rtl.get('failed')} failed "
+                     f"({extra.get('simulator')}, {_fmt_n(extra.get('latency_cycles'))} cycles latency, "
+                     f"{_fmt_s(extra.get('sim_seconds'))})"))
+        rows.append(("stitched vs uncut C simulation",
+                     f"{_fmt_n(extra.get('csim_vs_monolithic_mismatches'))} differing elements"))
+    if extra.get("testbench_dir"):
+        rows.append(("testbench", extra["testbench_dir"]))
+    color = "#2e7d32" if ok else "#c62828"
+    out = (f'<table><tr><th>result</th><td style="color:{color};font-weight:bold">{_esc(rows[0][1])}</td></tr>'
+           + "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in rows[1:]) + "</table>")
+    mm = ver.get("first_mismatches") or []
+    if mm:
+        out += ("<h3>First mismatches</h3><table><tr><th>sample</th><th>output</th><th>element</th>"
+                "<th>got</th><th>expected</th></tr>" + "".join(
+                    f"<tr><td class=\"n\">{_esc(m.get('sample'))}</td><td>{_esc(m.get('output'))}</td>"
+                    f"<td class=\"n\">{_esc(m.get('index'))}</td><td class=\"n\">{_esc(m.get('got'))}</td>"
+                    f"<td class=\"n\">{_esc(m.get('expected'))}</td></tr>" for m in mm) + "</table>")
+    return out
+
+
+def _resources(res: dict) -> str:
+    return ", ".join(f"{k} {_fmt_n(v)}" for k, v in res.items())
+
+
 def _stitched_html(st: dict) -> str:
     tot = st.get("resources_total") or {}
+    top = st.get("resources_top") or {}
     rows = [("top module", st.get("top")), ("Verilog", st.get("file")),
             ("latency (cycles)", _fmt_n(st.get("latency")))]
     if tot:
-        rows.append(("resources (sum of partitions)", ", ".join(f"{k} {_fmt_n(v)}" for k, v in tot.items())))
+        rows.append(("resources (partitions + top)", _resources(tot)))
+        rows.append(("of which the top (delay and valid lines)", _resources(top)))
+        rows.append(("top synthesis log", st.get("top_synth_log")))
     sim = st.get("simulation")
     if isinstance(sim, dict) and sim:
         ok = sim.get("failed") == 0 and sim.get("passed") == sim.get("samples")
@@ -440,7 +480,8 @@ def format_text(report: dict, width: int = 120) -> str:
         tot = st.get("resources_total") or {}
         sim = st.get("simulation") or {}
         con.print(f"stitched: {st.get('top')} ({st.get('file')}), latency {_fmt_n(st.get('latency'))} cycles"
-                  + (", " + ", ".join(f"{k} {_fmt_n(v)}" for k, v in tot.items()) if tot else "")
+                  + (f", partitions + top: {_resources(tot)} (top alone: {_resources(st.get('resources_top') or {})})"
+                     if tot else "")
                   + (f"; last simulation ({sim.get('simulator')}): {sim.get('passed')}/{sim.get('samples')} passed"
                      if sim else ""), markup=False, soft_wrap=True)
     for j in jobs:

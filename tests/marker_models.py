@@ -4,7 +4,6 @@ Module-level ``import fxsplit`` as in a user's model file; the helper ``cut_here
 another module (marker_helpers) and calls the marker itself.
 """
 
-import torch
 from torch import nn
 
 import fxsplit

@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from fxsplit import FxsplitError
-from fxsplit.flows.hls4ml import MAX_EXACT_BITS, type_width
-from fxsplit.flows.rtl_lower import reciprocal_constant
+from fxsplit.lower import MAX_EXACT_BITS, type_width
+from fxsplit.flows.rtl.lower import reciprocal_constant
 
 
 @pytest.mark.parametrize("t,w", [("fixed<16,6>", 16), ("ap_fixed<18,8,AP_RND,AP_SAT>", 18), ("uint<8>", 8),
@@ -46,7 +46,7 @@ def test_reciprocal_constant_refuses_an_inexact_shift():
 
 def test_checks_survive_python_O():
     """The checks are real code, not asserts: they still raise under python -O."""
-    code = ("from fxsplit.flows.rtl_lower import reciprocal_constant\n"
+    code = ("from fxsplit.flows.rtl.lower import reciprocal_constant\n"
             "from fxsplit.errors import FxsplitError\n"
             "try:\n    reciprocal_constant(3, 255, s=4)\nexcept FxsplitError:\n    print('raised')\n")
     r = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True, timeout=300)

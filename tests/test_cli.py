@@ -98,3 +98,30 @@ def test_fxsplit_errors_exit_1_without_traceback(tmp_path):
     assert r.returncode == 1 and "fxsplit.json" in r.stderr
     r = fxsplit("compile", "models:not_a_model", "-o", str(out))
     assert r.returncode == 1 and "jet_tagger" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_verification_is_on_by_default_and_0_turns_it_off(tmp_path_factory):
+    base = tmp_path_factory.mktemp("cli_default")
+    common = ["--input-shape", "16", "--csim-opt=-O0", "--cache-dir", shared_cache(tmp_path_factory), "--no-progress"]
+    r = fxsplit("compile", "models:jet_tagger", "-o", str(base / "on"), *common)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "verification: csim: 20 samples, bit-exact" in r.stdout
+    r = fxsplit("compile", "models:jet_tagger", "-o", str(base / "off"), "--verify", "0", *common)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "verification:" not in r.stdout
+    assert json.loads((base / "off" / "report.json").read_text())["verification"] is None
+
+
+def test_readme_resnet20_command_runs_as_written(tmp_path):
+    """The README's ResNet20 example, word for word (only the output directory moved into tmp)."""
+    import re
+    import shlex
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    cmd = re.search(r"`(fxsplit compile models:resnet20 [^`]*)`", readme).group(1)
+    argv = shlex.split(cmd)[1:]
+    argv[argv.index("-o") + 1] = str(tmp_path / "r20")
+    r = fxsplit(*argv, "--no-progress", timeout=1800)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rep = json.loads((tmp_path / "r20" / "report.json").read_text())
+    assert [p["name"] for p in rep["partitions"]] == ["p0", "stage2", "stage3", "head"]
+    assert rep["verification"]["bit_exact"] is True and rep["verification"]["n_samples"] >= 1

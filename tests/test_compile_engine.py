@@ -12,7 +12,7 @@ import pytest
 import fxsplit
 import models
 from conftest import FAST, ROOT, random_inputs
-from fxsplit.flows import hls4ml as hflow
+from fxsplit.flows.hls4ml import csim as hflow
 
 JOBS = {"p0/csim", "hidden/csim", "head/csim", "monolithic/csim"}
 
@@ -55,7 +55,7 @@ def test_incremental_rebuild_only_the_changed_partition(jet, tmp_path_factory, t
 
 
 def test_dask_executor_artifacts_come_back(jet, tmp_path):
-    distributed = pytest.importorskip("dask.distributed")
+    import distributed
     model, shape = jet
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                                        dashboard_address=None, local_directory=str(tmp_path / "dask"))

@@ -176,6 +176,6 @@ def test_render_never_crashes(jobs, parts):
             j["end"] = j["start"] + (j["seconds"] or 0.0)
     rep = {"partitions": parts, "jobs": jobs}
     html = render_html(rep)
-    for svg in _svgs(html):
-        assert svg is not None        # well-formed XML
+    svgs = _svgs(html)                # ET.fromstring: raises on malformed XML
+    assert len(svgs) == html.count("<svg ") and all(s.tag == "{http://www.w3.org/2000/svg}svg" for s in svgs)
     format_text(rep)

@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 
 from fxsplit.errors import FxsplitError
-from fxsplit.flows import rtl_lower as rl
-from fxsplit import testbench as tbm
+from fxsplit.flows.rtl import lower as rl
+from fxsplit.flows.rtl import testbench as tbm
 
 
 def _hls(model, shape, name, tmp_path, over=None, precision='fixed<16,6>'):
@@ -230,11 +230,11 @@ def test_xsim_missing_is_reported():
 
 @pytest.mark.slow
 def test_yosys_synth_tiny(tmp_path):
-    from fxsplit.synth import synthesize
+    from fxsplit.flows.rtl.synth import synthesize
     torch.manual_seed(9)
     hm = _hls(nn.Sequential(nn.Linear(4, 4), nn.ReLU()), (4,), 'syn', tmp_path, precision='fixed<8,3>')
     prog = rl.extract_program(hm, 'p0')
     meta = rl.emit_verilog(prog, str(tmp_path / 'rtl'), 'syn0')
     r = synthesize(str(tmp_path / 'rtl'), meta['files'], 'syn0')
     assert r['lut'] > 0 and r['ff'] > 0
-    assert os.path.exists(r['log'])
+    assert os.path.exists(tmp_path / "rtl" / r["log"]) and os.path.exists(tmp_path / "rtl" / r["netlist"])

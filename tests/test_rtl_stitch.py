@@ -3,9 +3,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from fxsplit.flows import rtl_lower as rl
-from fxsplit import testbench as tbm
-from fxsplit.stitch_rtl import stitch
+import re
+
+from fxsplit.flows.rtl import _stitched_files, lower as rl, testbench as tbm
+from fxsplit.flows.rtl.stitch import generate_stitched
+from fxsplit.flows.rtl.synth import synthesize
 
 
 class SkipMLP(nn.Module):
@@ -21,13 +23,14 @@ class SkipMLP(nn.Module):
 
 def test_stitched_skip_mlp(tmp_path):
     from fxsplit import partition
-    from fxsplit.flows.hls4ml import lower, normalize_config
+    from fxsplit.lower import lower, normalize_config
     torch.manual_seed(0)
     model = SkipMLP().eval()
     pt = partition(model, (8,), splits=['l2', 'l3'])
     assert len(pt) == 3
     fc = normalize_config({'csim_opt': '-O0', 'layers': {n: {'precision': {'result': 'fixed<24,12>'}} for n in ('l1', 'l2', 'l3', 'add')}}, pt)
-    specs, graphs, mono_spec, mono = lower(pt, fc, str(tmp_path / 'hls'))
+    lw = lower(pt, fc, str(tmp_path / 'hls'))
+    specs, graphs, mono = lw.specs, lw.graphs, lw.mono
     rtl = {}
     for part in pt.partitions:
         hm = graphs[part.name]
@@ -38,8 +41,26 @@ def test_stitched_skip_mlp(tmp_path):
         meta = rl.emit_verilog(prog, wd, f'fxs_{part.name}', latency_cutoff=5.0)
         meta['workdir'] = wd
         rtl[part.name] = meta
-    st = stitch(str(tmp_path), 'top', pt.partitions, pt.inputs, pt.outputs, pt.output_sources, rtl)
+    text, latency, sched = generate_stitched('top', pt.dag(), rtl)
+    top_v = tmp_path / 'top.v'
+    top_v.write_text(text)
+    st = {'latency': latency, 'files': _stitched_files(pt.partitions, rtl) + [str(top_v)]}
     assert st['latency'] == sum(rtl[p.name]['latency'] for p in pt.partitions)
+    # the model input x bypasses p0: one delay line as deep as p0's latency, as wide as x
+    x = pt.inputs[0]
+    x_bits = 8 * rl.parse_precision(x.precision)[1]
+    assert sched['delays'][x.name] == rtl['p0']['latency'] > 0
+    regs = {(m.group(2), int(m.group(3))): int(m.group(1)) + 1
+            for m in re.finditer(r'reg \[(\d+):0\] fxs_t_(\w+)_d(\d+);', text)}
+    depth = rtl['p0']['latency']
+    x_regs = {d: w for (name, d), w in regs.items() if name == rl.verilog_name(x.name)}
+    assert x_regs == {d: x_bits for d in range(1, depth + 1)}
+    # the top's own logic is synthesized (partitions as black boxes): at least one register per delayed bit
+    boxes = [str(tmp_path / 'rtl' / p.name / rtl[p.name]['wrapper']) for p in pt.partitions]
+    syn = synthesize(str(tmp_path / 'top_synth'), [str(top_v)], 'top', blackboxes=boxes)
+    assert syn['blackbox_cells'] == {'fxs_p0': 1, 'fxs_p1': 1, 'fxs_p2': 1}
+    assert syn['ff'] + syn['srl'] >= x_bits + 1        # x's delay line and the valid line (FFs or SRLs)
+    assert (tmp_path / 'top_synth' / syn['netlist']).exists()
     n = 200
     inp, out = pt.inputs[0], pt.outputs[0]
     rng = np.random.default_rng(0)

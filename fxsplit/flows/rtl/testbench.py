@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from fxsplit.errors import FxsplitError
-from fxsplit.flows.rtl_lower import parse_precision, raw_to_unsigned, unsigned_to_raw, verilog_name
+from .lower import parse_precision, raw_to_unsigned, unsigned_to_raw, verilog_name
 
 # ------------------------------------------------------------------------------------------------
 # Testbench generation

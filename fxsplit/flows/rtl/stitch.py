@@ -1,4 +1,4 @@
-"""Stitch per-partition RTL (from :func:`fxsplit.flows.rtl_lower.emit_verilog`) into one top.
+"""Stitch per-partition RTL (from :func:`fxsplit.flows.rtl.lower.emit_verilog`) into one top.
 
 Every partition is a free-running pipeline with a fixed latency (II=1), so stitching is pure
 wiring plus delay lines: a partition starts when its latest input is ready; every earlier
@@ -6,16 +6,30 @@ input (skip connections, model inputs consumed later) goes through a shift regis
 inputs of a partition line up in the same cycle.  One valid bit travels along a delay line and
 feeds each partition's ``in_valid`` at its start cycle; model outputs are delayed to one common
 latency, which is returned.  Output is plain Verilog-2001.
+
+The input is the partition DAG description (:meth:`fxsplit.ir.Partitioning.dag`), plain data, so
+the stitch runs as a build job and every stitcher reads the same description.
 """
 
 from __future__ import annotations
 
-import os
+from types import SimpleNamespace
 from typing import Any, Mapping, Sequence
 
-from fxsplit.errors import FxsplitError
-from fxsplit.flows.rtl_lower import parse_precision, valid_shift_register, verilog_name
-from fxsplit.ir import MODEL_INPUT
+from ...errors import FxsplitError
+from ...ir import MODEL_INPUT
+from .lower import parse_precision, valid_shift_register, verilog_name
+
+
+def _ports(ports: Sequence[Mapping]) -> list[SimpleNamespace]:
+    return [SimpleNamespace(name=p["name"], shape=tuple(p["shape"]), precision=p["precision"]) for p in ports]
+
+
+def dag_objects(dag: Mapping[str, Any]):
+    """(partitions, inputs, outputs, output_sources) of a DAG description, with attribute access."""
+    parts = [SimpleNamespace(name=p["name"], inputs=_ports(p["inputs"]), outputs=_ports(p["outputs"]),
+                             sources=dict(p["sources"])) for p in dag["partitions"]]
+    return parts, _ports(dag["inputs"]), _ports(dag["outputs"]), dict(dag["output_sources"])
 
 
 def _bits(port) -> int:
@@ -63,9 +77,11 @@ def schedule(partitions: Sequence, rtl: Mapping[str, Mapping[str, Any]]) -> tupl
     return start, ready
 
 
-def generate_stitched(top: str, partitions: Sequence, inputs: Sequence, outputs: Sequence,
-                      output_sources: Mapping[str, str], rtl: Mapping[str, Mapping[str, Any]]) -> tuple[str, int, dict]:
-    """Verilog text of the stitched top, its latency, and the schedule."""
+def generate_stitched(top: str, dag: Mapping[str, Any],
+                      rtl: Mapping[str, Mapping[str, Any]]) -> tuple[str, int, dict]:
+    """Verilog text of the stitched top, its latency, and the schedule (``start``/``ready`` cycles
+    and the ``delays``: every delay-line depth per tensor)."""
+    partitions, inputs, outputs, output_sources = dag_objects(dag)
     start, ready = schedule(partitions, rtl)
     for i in inputs:
         ready[i.name] = 0
@@ -138,37 +154,5 @@ def generate_stitched(top: str, partitions: Sequence, inputs: Sequence, outputs:
         d = latency - ready[o.name]
         L.append(f'    assign {vn[o.name]} = fxs_t_{vn[o.name]}_d{d};')
     L.append('endmodule')
-    return '\n'.join(L) + '\n', latency, {'start': start, 'ready': ready}
-
-
-def stitch(outdir: str, top: str, partitions: Sequence, inputs: Sequence, outputs: Sequence,
-           output_sources: Mapping[str, str], rtl: Mapping[str, Mapping[str, Any]]) -> dict:
-    """Write ``<outdir>/stitched/<top>.v`` and return metadata.
-
-    ``rtl[partition_name]`` is the dict returned by ``emit_verilog`` plus ``workdir`` (the directory
-    its ``files`` are relative to).  Returns ``{'top', 'file', 'files' (absolute, dependencies first,
-    shared da4ml primitives once), 'latency', 'schedule'}``.
-    """
-    text, latency, sched = generate_stitched(top, partitions, inputs, outputs, output_sources, rtl)
-    d = os.path.join(outdir, 'stitched')
-    os.makedirs(d, exist_ok=True)
-    path = os.path.join(d, f'{top}.v')
-    with open(path, 'w') as fh:
-        fh.write(text)
-    files: list[str] = []
-    static_seen: set[str] = set()
-    for part in partitions:
-        meta = rtl[part.name]
-        wd = meta.get('workdir', '')
-        static = set(meta.get('static_files', []))
-        for f in meta['files']:
-            if f in static:
-                base = os.path.basename(f)
-                if base in static_seen:
-                    continue
-                static_seen.add(base)
-            files.append(os.path.abspath(os.path.join(wd, f)))
-    files.append(os.path.abspath(path))
-    # the static files first
-    files.sort(key=lambda f: 0 if os.path.basename(os.path.dirname(f)) == 'static' else 1)
-    return {'top': top, 'file': path, 'files': files, 'latency': latency, 'schedule': sched}
+    delays = {name: max(ds) for name, ds in taps.items() if max(ds) > 0}
+    return '\n'.join(L) + '\n', latency, {'start': start, 'ready': ready, 'delays': delays}

@@ -15,7 +15,7 @@ The work is split in three so that the slow part can run in another process:
 - :func:`emit_verilog` (slow, worker process) traces the program with da4ml and writes
   Verilog into a work directory.
 
-Port encoding (contract with :mod:`fxsplit.stitch_rtl` and :mod:`fxsplit.testbench`)
+Port encoding (contract with :mod:`fxsplit.flows.rtl.stitch` and :mod:`fxsplit.flows.rtl.testbench`)
 -------------------------------------------------------------------------------
 The wrapper module has ``clk``, ``in_valid``, ``out_valid`` and one Verilog port per
 tensor, named after the tensor (see :func:`verilog_name`).  Each element is the raw
@@ -974,6 +974,7 @@ def emit_verilog(program: dict, workdir: str, module_name: str, latency_cutoff: 
     meta = {
         'top': module_name,
         'files': static + files + [wfn],
+        'wrapper': wfn,                 # the file holding module ``top`` alone (its interface, for black boxes)
         'static_files': static,
         'latency': latency,
         'pipeline_stages': n_stages if pipelined else 0,

@@ -1,128 +1,35 @@
-"""hls4ml flow: one hls4ml ModelGraph (the single numerics source) per partition.
+"""Lowering: one hls4ml ModelGraph (the single numerics source) per partition, shared by every flow.
 
 Main process (fast, before any build): convert every partition through hls4ml's
 PyTorch converter with explicit outputs and with each input layer pinned to the
 type its producer emits, so the type on both sides of a cut is identical; convert
 the uncut model the same way and check that every port exists there with the same
-type. Worker processes (slow, parallel, cached): rebuild the same ModelGraph from a
-picklable spec, write the project and compile its C-simulation library.
+type. Worker processes rebuild the same ModelGraph from the picklable ``ModelSpec``.
 """
 
 from __future__ import annotations
 
 import copy
-import ctypes
 import hashlib
 import io
 import json
 import os
 import re
-import subprocess
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 import torch.fx
 
 from ..capture import node_source
 from ..errors import FxsplitError
 from ..ir import Partition, Partitioning
+from .config import FlowConfig
 
-DEFAULT_PRECISION = "fixed<16,6>"
 MONOLITHIC = "monolithic"
 MAX_EXACT_BITS = 53  # the csim bridge carries values as double: wider types would round
 
-_CONFIG_KEYS = {"precision", "input_precision", "reuse_factor", "strategy", "io_type", "backend", "part",
-                "clock_period", "partitions", "layers", "latency_cutoff", "csim_opt", "synth", "exact_accum"}
-_OVERRIDE_KEYS = {"precision", "reuse_factor", "strategy"}
-
-
-# ----------------------------------------------------------------------------- config
-
-@dataclass
-class FlowConfig:
-    """Normalised user config. Per-partition settings are expanded into per-layer ones,
-    so that the uncut reference model is configured exactly like the partitions."""
-    precision: str = DEFAULT_PRECISION
-    input_precision: str | None = None
-    reuse_factor: int = 1
-    strategy: str = "Latency"
-    io_type: str = "io_parallel"
-    backend: str = "Vivado"
-    part: str | None = None
-    clock_period: float = 5.0
-    latency_cutoff: float | None = None
-    synth: bool = True                # rtl flow: run Yosys on every partition
-    exact_accum: bool = True          # accum_t 'auto' (exact sums) for Dense/Conv unless a layer sets it
-    csim_opt: str = "-O3"             # g++ optimisation of the C-simulation library (numerics do not depend on it)
-    layers: dict[str, dict[str, Any]] = field(default_factory=dict)   # fx node name -> overrides
-
-    def to_json(self) -> str:
-        return json.dumps(self.__dict__, sort_keys=True, default=str)
-
-
-def _close(name, known):
-    import difflib
-    c = difflib.get_close_matches(name, known, n=4, cutoff=0.5)
-    return f"did you mean {', '.join(map(repr, c))}?" if c else f"known: {', '.join(sorted(known)[:12])}"
-
-
-def _check_keys(d: dict, allowed: set[str], where: str):
-    for k in d:
-        if k not in allowed:
-            raise FxsplitError(f"unknown config key {k!r} in {where}", hint=_close(k, allowed))
-
-
-def _check_override(ov: dict, where: str) -> dict:
-    if not isinstance(ov, dict):
-        raise FxsplitError(f"{where} must be a dict like {{'precision': 'fixed<12,4>', 'reuse_factor': 2}}")
-    _check_keys(ov, _OVERRIDE_KEYS, where)
-    prec = ov.get("precision")
-    if prec is not None and not isinstance(prec, (str, dict)):
-        raise FxsplitError(f"{where}: precision must be a string such as 'fixed<12,4>' or a dict "
-                           "{'result': ..., 'weight': ..., 'bias': ...}")
-    return dict(ov)
-
-
-def normalize_config(config: dict | None, pt: Partitioning) -> FlowConfig:
-    config = dict(config or {})
-    _check_keys(config, _CONFIG_KEYS, "config")
-    fc = FlowConfig(**{k: v for k, v in config.items() if k not in ("partitions", "layers")})
-    if fc.csim_opt not in ("-O0", "-O1", "-O2", "-O3"):
-        raise FxsplitError(f"config csim_opt must be one of -O0..-O3, got {fc.csim_opt!r}")
-    if fc.io_type not in ("io_parallel", "io_stream"):
-        raise FxsplitError(f"config io_type must be 'io_parallel' or 'io_stream', got {fc.io_type!r}")
-    # qualified module name (layer2.0.conv1) or node name (layer2_0_conv1) -> node name
-    alias: dict[str, str] = {}
-    part_of: dict[str, str] = {}
-    for p in pt.partitions:
-        for n in p.module.graph.nodes:
-            if n.op in ("call_module", "call_function", "call_method"):
-                alias[n.name] = n.name
-                part_of[n.name] = p.name
-    for n in pt.graph.graph.nodes:
-        if n.op == "call_module":
-            alias[str(n.target)] = n.name
-    names = [p.name for p in pt.partitions]
-    layers: dict[str, dict] = {}
-    for pname, ov in (config.get("partitions") or {}).items():
-        if pname not in names:
-            raise FxsplitError(f"config names partition {pname!r}, which does not exist", hint=_close(pname, names))
-        ov = _check_override(ov, f"config['partitions'][{pname!r}]")
-        for node, owner in part_of.items():
-            if owner == pname:
-                layers.setdefault(node, {}).update(ov)
-    for lname, ov in (config.get("layers") or {}).items():
-        if lname not in alias:
-            raise FxsplitError(f"config names layer {lname!r}, which is not in the model", hint=_close(lname, alias))
-        layers.setdefault(alias[lname], {}).update(_check_override(ov, f"config['layers'][{lname!r}]"))
-    fc.layers = layers
-    return fc
-
-
-# ----------------------------------------------------------------------------- conversion
 
 def _supported_ops() -> set[str]:
     from hls4ml.converters.pytorch_to_hls import get_supported_pytorch_layers
@@ -199,8 +106,8 @@ class ModelSpec:
     name_map: dict[str, str] = field(default_factory=dict)   # fx node name -> hls4ml layer name
 
     def key_data(self) -> bytes:
-        """Content that determines the generated project (graph, weights, config, tool versions)."""
-        import hls4ml
+        """Content that determines the generated project (graph, weights, config). The versions of the
+        tools that build it (hls4ml, g++, torch) are measured by the engine (``Job.tools``)."""
         h = hashlib.sha256()
         h.update(self.module.code.encode())
         for mname, m in sorted(self.module.named_modules()):
@@ -210,22 +117,9 @@ class ModelSpec:
             h.update(v.detach().cpu().contiguous().numpy().tobytes())
         meta = {"name": self.name, "shapes": self.input_shapes, "outputs": self.output_layers,
                 "hls": self.hls_config, "io": self.io_type, "backend": self.backend, "part": self.part,
-                "clock": self.clock_period, "opt": self.csim_opt, "hls4ml": hls4ml.__version__, "cxx": _cxx_version()}
+                "clock": self.clock_period, "opt": self.csim_opt}
         h.update(json.dumps(meta, sort_keys=True, default=str).encode())
         return h.hexdigest().encode()
-
-
-_CXX = None
-
-
-def _cxx_version() -> str:
-    global _CXX
-    if _CXX is None:
-        try:
-            _CXX = subprocess.run(["g++", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
-        except (OSError, IndexError):
-            _CXX = "g++ not found"
-    return _CXX
 
 
 def make_spec(name: str, module: torch.fx.GraphModule, input_names: list[str], input_shapes: list[tuple[int, ...]],
@@ -265,9 +159,13 @@ def make_spec(name: str, module: torch.fx.GraphModule, input_names: list[str], i
                      fc.part, fc.clock_period, fc.csim_opt, nmap)
 
 
-def build_modelgraph(spec: ModelSpec, output_dir: str):
-    """hls4ml's PyTorch converter, with explicit outputs (its parser marks only sink layers)."""
+def build_modelgraph(spec: ModelSpec, output_dir: str, log=None):
+    """hls4ml's PyTorch converter, with explicit outputs (its parser marks only sink layers).
+
+    What hls4ml prints (and warns) goes to ``log`` (a text stream) when given, else to stdout: in a
+    build worker that is the job's log."""
     import contextlib
+    import warnings
     from hls4ml.converters import _check_hls_config, _check_model_config
     from hls4ml.converters.pytorch_to_hls import parse_pytorch_model
     from hls4ml.model import ModelGraph
@@ -282,9 +180,13 @@ def build_modelgraph(spec: ModelSpec, output_dir: str):
     hls_config = copy.deepcopy(spec.hls_config)
     config["HLSConfig"] = {"Model": _check_model_config(hls_config.get("Model"))}
     _check_hls_config(config, hls_config)
-    with contextlib.redirect_stdout(io.StringIO()):
+    stream = log if log is not None else sys.stdout
+    with contextlib.redirect_stdout(stream), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         layer_list, inputs, _sinks = parse_pytorch_model(config, verbose=False)
         hm = ModelGraph.from_layer_list(config, layer_list, inputs=inputs, outputs=list(spec.output_layers))
+    for w in caught:
+        print(f"warning: {w.category.__name__}: {w.message} ({w.filename}:{w.lineno})", file=stream)
     return hm
 
 
@@ -305,20 +207,35 @@ def type_width(precision: str | None, what: str = "a port") -> int:
     return int(m.group(1))
 
 
-def lower(pt: Partitioning, fc: FlowConfig, output_dir: str):
-    """Convert every partition and the uncut model; fill in port precisions.
+class Lowered(NamedTuple):
+    """What lowering hands every flow."""
+    specs: dict[str, "ModelSpec"]     # by partition name, in partition order
+    graphs: dict[str, Any]            # hls4ml ModelGraphs by partition name
+    mono_spec: "ModelSpec"            # the uncut reference
+    mono: Any                         # its ModelGraph
+    logs: dict[str, str] = {}         # what hls4ml printed and warned while converting, by project name
 
-    Returns (specs by partition name, ModelGraphs by name, monolithic spec, monolithic ModelGraph)."""
+    def write_logs(self, log_dir) -> None:
+        """``<log_dir>/<name>_lower.log``: hls4ml's conversion messages (written after validation)."""
+        os.makedirs(log_dir, exist_ok=True)
+        for name, text in self.logs.items():
+            with open(os.path.join(log_dir, f"{name}_lower.log"), "w") as f:
+                f.write(text)
+
+
+def lower(pt: Partitioning, fc: FlowConfig, output_dir: str) -> Lowered:
+    """Convert every partition and the uncut model; fill in port precisions."""
     uncut = pt.graph
     in_prec = fc.input_precision or fc.precision
     precisions: dict[str, str] = {p.name: in_prec for p in pt.inputs}
     specs, graphs = {}, {}
+    logs: dict[str, io.StringIO] = {}
     for part in pt.partitions:
         check_layers(part, uncut)
         spec = make_spec(part.name, part.module, [p.name for p in part.inputs], [p.torch_shape for p in part.inputs],
                          [p.name for p in part.outputs], {p.name: precisions[p.name] for p in part.inputs}, fc)
         try:
-            hm = build_modelgraph(spec, os.path.join(output_dir, part.name))
+            hm = build_modelgraph(spec, os.path.join(output_dir, part.name), log=logs.setdefault(part.name, io.StringIO()))
         except FxsplitError:
             raise
         except Exception as e:
@@ -337,9 +254,9 @@ def lower(pt: Partitioning, fc: FlowConfig, output_dir: str):
     placeholders = [n.name for n in uncut.graph.nodes if n.op == "placeholder"]
     mono_spec = make_spec(MONOLITHIC, uncut, placeholders, [p.torch_shape for p in pt.inputs],
                           [p.name for p in pt.outputs], {n: in_prec for n in placeholders}, fc)
-    mono = build_modelgraph(mono_spec, os.path.join(output_dir, MONOLITHIC))
+    mono = build_modelgraph(mono_spec, os.path.join(output_dir, MONOLITHIC), log=logs.setdefault(MONOLITHIC, io.StringIO()))
     _check_boundaries(pt, mono, mono_spec.name_map, graphs, specs)
-    return specs, graphs, mono_spec, mono
+    return Lowered(specs, graphs, mono_spec, mono, {k: v.getvalue() for k, v in logs.items()})
 
 
 def _check_boundaries(pt: Partitioning, mono, nmap: dict[str, str], graphs: dict, specs: dict) -> None:
@@ -389,90 +306,3 @@ def _check_boundaries(pt: Partitioning, mono, nmap: dict[str, str], graphs: dict
         if type_width(port.precision, f"model output {port.name!r}") > MAX_EXACT_BITS:
             raise FxsplitError(f"model output {port.name!r} has type {port.precision}, wider than {MAX_EXACT_BITS} "
                                "bits", hint="set a narrower result precision for the last layer")
-
-
-# ----------------------------------------------------------------------------- build job (worker side)
-
-_WDIR_HEADER = """#pragma once
-// fxsplit: the C simulation reads its weights from the weights/ folder next to the loaded library,
-// so a library built on a worker (or in a cache) stays valid wherever it is loaded.
-#include <dlfcn.h>
-#include <string>
-static inline std::string fxsplit_weights_dir() {
-    Dl_info info;
-    if (dladdr((void *)&fxsplit_weights_dir, &info) && info.dli_fname) {
-        std::string p(info.dli_fname);
-        return p.substr(0, p.find_last_of('/')) + "/weights";
-    }
-    return "firmware/weights";
-}
-"""
-
-
-def _relocatable_build_script(proj: str, opt: str) -> None:
-    """Patch hls4ml's build_lib.sh: our optimisation level, and weights found relative to the library
-    (hls4ml bakes the absolute project path into it, which breaks once the project is moved)."""
-    with open(os.path.join(proj, "firmware", "fxsplit_wdir.h"), "w") as f:
-        f.write(_WDIR_HEADER)
-    script = os.path.join(proj, "build_lib.sh")
-    with open(script) as f:
-        text = f.read()
-    text, n1 = re.subn(r'CFLAGS="-O\d', f'CFLAGS="{opt} -include firmware/fxsplit_wdir.h', text, count=1)
-    text, n2 = re.subn(r'^WEIGHTS_DIR=.*$', "WEIGHTS_DIR='fxsplit_weights_dir()'", text, count=1, flags=re.M)
-    if n1 != 1 or n2 != 1:
-        raise RuntimeError("hls4ml's build_lib.sh has an unexpected form; cannot make the library relocatable")
-    with open(script, "w") as f:
-        f.write(text)
-
-
-def csim_job(workdir: str, inputs: dict[str, str], spec: ModelSpec) -> dict:
-    """Write the hls4ml project of ``spec`` into ``workdir/<name>`` and compile its C-simulation library."""
-    import time
-    proj = os.path.join(workdir, spec.name)
-    t0 = time.time()
-    hm = build_modelgraph(spec, proj)
-    hm.write()
-    t1 = time.time()
-    print(f"[fxsplit] wrote hls4ml project {spec.name} in {t1 - t0:.1f} s", flush=True)
-    _relocatable_build_script(proj, spec.csim_opt)
-    r = subprocess.run(["bash", "./build_lib.sh"], cwd=proj, stdout=sys.stdout.fileno(), stderr=subprocess.STDOUT)
-    if r.returncode != 0:
-        raise RuntimeError(f"g++ failed to compile the C simulation of {spec.name} (exit {r.returncode})")
-    import glob
-    libs = glob.glob(os.path.join(proj, "firmware", f"{spec.name}-*.so"))
-    if len(libs) != 1:
-        raise RuntimeError(f"build_lib.sh produced {len(libs)} libraries in {proj}/firmware, expected one")
-    lib = os.path.relpath(libs[0], workdir)
-    return {"lib": lib, "project": spec.name, "write_seconds": t1 - t0, "compile_seconds": time.time() - t1,
-            "inputs": [list(v.shape) for v in hm.get_input_variables()],
-            "outputs": [list(v.shape) for v in hm.get_output_variables()]}
-
-
-# ----------------------------------------------------------------------------- C simulation (main side)
-
-class CSim:
-    """A compiled hls4ml C-simulation library, called through its ``<project>_double`` bridge."""
-
-    def __init__(self, lib_path: str, project: str, in_sizes: list[int], out_sizes: list[int]):
-        self.lib_path = lib_path
-        self._lib = ctypes.cdll.LoadLibrary(lib_path)
-        self._fn = getattr(self._lib, f"{project}_double")
-        self._fn.restype = None
-        ptr = np.ctypeslib.ndpointer(ctypes.c_double, flags="C_CONTIGUOUS")
-        self._fn.argtypes = [ptr] * (len(in_sizes) + len(out_sizes))
-        self.in_sizes, self.out_sizes = in_sizes, out_sizes
-
-    def __call__(self, xs: list[np.ndarray]) -> list[np.ndarray]:
-        """xs: one (N, ...) float64 array per input, channels-last; returns one (N, size) array per output."""
-        n = xs[0].shape[0]
-        flat = [np.ascontiguousarray(x.reshape(n, -1), dtype=np.float64) for x in xs]
-        for f, size in zip(flat, self.in_sizes):
-            if f.shape[1] != size:
-                raise FxsplitError(f"input of size {f.shape[1]} given where the C simulation expects {size}")
-        outs = [np.zeros((n, s), dtype=np.float64) for s in self.out_sizes]
-        for i in range(n):
-            row_out = [np.zeros(s, dtype=np.float64) for s in self.out_sizes]
-            self._fn(*[f[i] for f in flat], *row_out)
-            for o, r in zip(outs, row_out):
-                o[i] = r
-        return outs

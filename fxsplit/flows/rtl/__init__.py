@@ -1,0 +1,252 @@
+"""Open RTL flow: per-partition Verilog from the hls4ml ModelGraph via da4ml, parallel Yosys
+synthesis, a stitched top with latency-balanced bypass paths, and a self-checking testbench.
+
+Stages (each its own module of this package):
+
+- ``lower``: refuse what cannot be matched bit for bit (main process, before any build) and
+  extract a plain, picklable program per partition; emit Verilog through da4ml (worker).
+- ``synth``: Yosys ``synth_xilinx`` of every partition (worker), and of the stitched top with the
+  partitions as black boxes, so the top's delay lines and valid line are counted too.
+- ``stitch``: the stitched top from the partition DAG description (``Partitioning.dag()``), as a job.
+- ``testbench``: the self-checking testbench and simulator runners (Verilator, Icarus, xsim).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import FxsplitError
+from ...verify import Mismatch, VerifyResult, compare
+from ..base import Built, Flow
+from . import lower as rl
+
+DEFAULT_LATENCY_CUTOFF = 5.0
+STITCHED_TOP = "fxsplit_top"
+STITCHED = "stitched"
+
+
+def module_name(partition: str) -> str:
+    return f"fxs_{partition}"
+
+
+# ----------------------------------------------------------------------------- jobs (worker side)
+
+def rtl_job(workdir: str, inputs: dict, program: dict, module: str, latency_cutoff: float | None) -> dict:
+    meta = rl.emit_verilog(program, workdir, module, latency_cutoff=latency_cutoff)
+    with open(os.path.join(workdir, "rtl_meta.json"), "w") as f:
+        json.dump(meta, f, default=str)
+    return meta
+
+
+def _rtl_meta(src: str) -> dict:
+    with open(os.path.join(src, "rtl_meta.json")) as f:
+        return json.load(f)
+
+
+def synth_job(workdir: str, inputs: dict, rtl_job_id: str) -> dict:
+    """Yosys on one partition: counts, log, stat.json and netlist stay in the job's artifacts."""
+    from .synth import synthesize
+    src = inputs[rtl_job_id]
+    meta = _rtl_meta(src)
+    return synthesize(workdir, [os.path.join(src, p) for p in meta["files"]], meta["top"])
+
+
+def stitch_job(workdir: str, inputs: dict, dag: dict, top: str) -> dict:
+    """The stitched top, from the DAG description and every partition's RTL metadata."""
+    from .stitch import generate_stitched
+    rtl = {p["name"]: _rtl_meta(inputs[f"{p['name']}/rtl"]) for p in dag["partitions"]}
+    text, latency, schedule = generate_stitched(top, dag, rtl)
+    with open(os.path.join(workdir, f"{top}.v"), "w") as f:
+        f.write(text)
+    return {"top": top, "file": f"{top}.v", "latency": latency, "schedule": schedule}
+
+
+def top_synth_job(workdir: str, inputs: dict, top: str, partitions: list[str]) -> dict:
+    """Yosys on the stitched top alone: partitions are black boxes (counted by their own jobs)."""
+    from .synth import synthesize
+    st = inputs[f"{STITCHED}/rtl"]
+    boxes = [os.path.join(inputs[f"{name}/rtl"], _rtl_meta(inputs[f"{name}/rtl"])["wrapper"]) for name in partitions]
+    return synthesize(workdir, [os.path.join(st, f"{top}.v")], top, blackboxes=boxes)
+
+
+def _digest(obj) -> bytes:
+    return hashlib.sha256(pickle.dumps(obj, protocol=4)).hexdigest().encode()
+
+
+# ----------------------------------------------------------------------------- the flow (main process)
+
+class RTLFlow(Flow):
+    name = "rtl"
+
+    def validate(self) -> None:
+        """Refuse unsupported layers/types (before any build) and extract one program per partition."""
+        if self.fc.io_type != "io_parallel":
+            raise FxsplitError("flow='rtl' lowers fully parallel hls4ml models",
+                               hint="use config io_type='io_parallel'")
+        self.programs = {}
+        specs, graphs = self.lowered.specs, self.lowered.graphs
+        for part in self.pt.partitions:
+            hm = graphs[part.name]
+            rl.check_rtl_supported(hm, part.name)
+            inv = {v: k for k, v in specs[part.name].name_map.items()}
+            self.programs[part.name] = rl.extract_program(
+                hm, part.name, input_names=[inv.get(v, v) for v in hm.inputs],
+                output_names=[p.name for p in part.outputs])
+        self.cutoff = DEFAULT_LATENCY_CUTOFF if self.fc.latency_cutoff is None else self.fc.latency_cutoff
+        self.dag = self.pt.dag()
+
+    def jobs(self) -> list:
+        from ...build import Job
+        out = super().jobs()
+        names = [p.name for p in self.pt.partitions]
+        for name in names:
+            prog = self.programs[name]
+            rid = f"{name}/rtl"
+            out.append(Job(id=rid, partition=name, step="rtl", fn=rtl_job,
+                           params={"program": prog, "module": module_name(name), "latency_cutoff": self.cutoff},
+                           key_data=b"%s|%s|%r" % (_digest(prog), module_name(name).encode(), self.cutoff),
+                           tools=("da4ml",)))
+            if self.fc.synth:
+                out.append(Job(id=f"{name}/synth", partition=name, step="synth", fn=synth_job,
+                               params={"rtl_job_id": rid}, key_data="synth_xilinx -family xcup -flatten",
+                               deps=(rid,), tools=("yosys",)))
+        rtl_ids = tuple(f"{n}/rtl" for n in names)
+        out.append(Job(id=f"{STITCHED}/rtl", partition=STITCHED, step="rtl", fn=stitch_job,
+                       params={"dag": self.dag, "top": STITCHED_TOP},
+                       key_data=json.dumps([self.dag, STITCHED_TOP], sort_keys=True), deps=rtl_ids))
+        if self.fc.synth:
+            out.append(Job(id=f"{STITCHED}/synth", partition=STITCHED, step="synth", fn=top_synth_job,
+                           params={"top": STITCHED_TOP, "partitions": names},
+                           key_data=f"synth_xilinx -family xcup -flatten|{STITCHED_TOP}",
+                           deps=(f"{STITCHED}/rtl", *rtl_ids), tools=("yosys",)))
+        return out
+
+    def finish(self, result) -> Built:
+        from ...build import copy_artifacts
+        built = super().finish(result)
+        rtl, synth = {}, {}
+        for part in self.pt.partitions:
+            name = part.name
+            r = result[f"{name}/rtl"]
+            dest = copy_artifacts(Path(r.artifact_dir), self.out / name / "rtl", r.key)
+            rtl[name] = dict(r.meta, workdir=str(dest))
+            if self.fc.synth:
+                synth[name] = _copy_synth(result[f"{name}/synth"], dest / "synth")
+        st = result[f"{STITCHED}/rtl"]
+        st_dir = copy_artifacts(Path(st.artifact_dir), self.out / STITCHED / "rtl", st.key)
+        top_synth = _copy_synth(result[f"{STITCHED}/synth"], st_dir / "synth") if self.fc.synth else None
+        files = _stitched_files(self.pt.partitions, rtl) + [str(st_dir / st.meta["file"])]
+        built.rtl = RTLDesign(top=st.meta["top"], file=str(st_dir / st.meta["file"]), files=files,
+                              latency=int(st.meta["latency"]), schedule=st.meta["schedule"], partitions=rtl,
+                              synth=synth, top_synth=top_synth, stitched_dir=str(self.out / STITCHED))
+        return built
+
+
+def _copy_synth(r, dest: Path) -> dict:
+    """A synthesis job's log, stat.json and netlist, copied next to the RTL they describe."""
+    from ...build import copy_artifacts
+    copy_artifacts(Path(r.artifact_dir), dest, r.key)
+    meta = dict(r.meta)
+    for k in ("log", "stat", "netlist"):
+        if meta.get(k):
+            meta[k] = str(dest / meta[k])
+    return meta
+
+
+def _stitched_files(partitions, rtl: dict) -> list[str]:
+    """Every partition's Verilog (da4ml's shared primitives once, first)."""
+    files: list[str] = []
+    static_seen: set[str] = set()
+    for part in partitions:
+        meta = rtl[part.name]
+        static = set(meta.get("static_files", []))
+        for f in meta["files"]:
+            if f in static:
+                if os.path.basename(f) in static_seen:
+                    continue
+                static_seen.add(os.path.basename(f))
+            files.append(os.path.abspath(os.path.join(meta["workdir"], f)))
+    files.sort(key=lambda f: 0 if os.path.basename(os.path.dirname(f)) == "static" else 1)
+    return files
+
+
+RESOURCES = {"LUT": "lut", "FF": "ff", "CARRY": "carry", "DSP": "dsp", "SRL": "srl", "BRAM": "bram"}
+
+
+@dataclass
+class RTLDesign:
+    top: str
+    file: str
+    files: list[str]
+    latency: int
+    schedule: dict | None
+    partitions: dict[str, dict]            # emit_verilog metadata (+ workdir) per partition
+    synth: dict[str, dict]                 # Yosys results per partition (empty if synthesis was off)
+    stitched_dir: str
+    top_synth: dict | None = None          # Yosys on the stitched top alone (partitions as black boxes)
+    last_sim: dict = field(default_factory=dict)
+
+    def partition_report(self, name: str) -> dict:
+        meta = self.partitions[name]
+        entry = {"latency": meta.get("latency"), "verilog": [os.path.join(meta["workdir"], f) for f in meta["files"]],
+                 "rtl_module": meta.get("top")}
+        s = self.synth.get(name)
+        if s:
+            entry["resources"] = {k: s.get(v) for k, v in RESOURCES.items()}
+            entry["synth_seconds"] = s.get("seconds")
+            entry["synth_log"], entry["netlist"] = s.get("log"), s.get("netlist")
+        return entry
+
+    def stitched_report(self) -> dict:
+        """Resources: every partition plus the top's own logic (delay lines, valid line)."""
+        totals = top = None
+        if self.synth and self.top_synth:
+            top = {k: int(self.top_synth.get(v) or 0) for k, v in RESOURCES.items()}
+            totals = {k: top[k] + sum(int(s.get(v) or 0) for s in self.synth.values()) for k, v in RESOURCES.items()}
+        return {"top": self.top, "file": self.file, "latency": self.latency, "resources_total": totals,
+                "resources_top": top, "top_synth_log": (self.top_synth or {}).get("log"),
+                "simulation": self.last_sim or None}
+
+    def verify(self, xs: list[np.ndarray], inputs: list, outputs: list, csim: list[np.ndarray],
+               mono: list[np.ndarray], torch_err: float, simulator: str = "verilator") -> VerifyResult:
+        """Three ways: stitched RTL simulation == stitched C simulation == uncut C simulation.
+
+        ``xs``: model inputs (channels-last); ``inputs``/``outputs``: the model's ports;
+        ``csim``/``mono``: stitched and uncut C-simulation outputs, one (N, size) array per output."""
+        from .testbench import simulate
+        n = xs[0].shape[0]
+        raw_in = [rl.quantize_raw(a.reshape(n, -1), p.precision) for a, p in zip(xs, inputs)]
+        expected = [rl.to_raw(y, p.precision) for y, p in zip(csim, outputs)]
+        ports_in = [{"name": p.name, "precision": p.precision, "shape": list(p.shape)} for p in inputs]
+        ports_out = [{"name": p.name, "precision": p.precision, "shape": list(p.shape)} for p in outputs]
+        workdir = os.path.join(self.stitched_dir, f"tb_{simulator}")
+        sim = simulate(simulator, self.files, self.top, ports_in, ports_out, raw_in, expected, self.latency, workdir)
+        base = compare("rtl", csim, mono, [p.name for p in outputs], torch_err)
+        prec = {p.name: p.precision for p in outputs}
+        vname = {rl.verilog_name(p.name): p.name for p in outputs}
+        rtl_details = [Mismatch(m.sample, vname.get(m.port, m.port), m.element,
+                                float(rl.from_raw(m.got, prec[vname.get(m.port, m.port)])),
+                                float(rl.from_raw(m.expected, prec[vname.get(m.port, m.port)])))
+                       for m in sim.mismatches]
+        self.last_sim = {"simulator": simulator, "samples": n, "passed": sim.passed, "failed": sim.failed,
+                         "seconds": round(sim.seconds, 2), "log": sim.log if len(sim.log) < 4000 else sim.log[-4000:]}
+        csim_vs_mono = base.mismatches
+        base.details = (rtl_details + base.details)[:100]
+        base.mismatches += len(sim.mismatches) if sim.mismatches else sim.failed
+        base.bit_exact = base.bit_exact and sim.ok and sim.passed == n
+        base.extra = {"rtl_vs_csim": {"passed": sim.passed, "failed": sim.failed},
+                      "csim_vs_monolithic_mismatches": csim_vs_mono,
+                      "simulator": simulator, "latency_cycles": self.latency, "testbench_dir": workdir,
+                      "sim_seconds": sim.seconds}
+        return base
+
+
+__all__ = ["RTLFlow", "RTLDesign", "module_name", "rtl_job", "synth_job", "stitch_job", "top_synth_job",
+           "DEFAULT_LATENCY_CUTOFF", "STITCHED_TOP"]

@@ -1,0 +1,70 @@
+"""Comparison, shared by every flow and level: exact element-wise equality and its report.
+
+Flows return :class:`VerifyResult` built with :func:`compare`; they never call back into ``Design``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Mismatch:
+    sample: int
+    output: str          # output port name
+    index: int           # flat element index (channels-last)
+    got: float
+    expected: float
+
+
+@dataclass
+class VerifyResult:
+    level: str
+    n_samples: int
+    bit_exact: bool
+    mismatches: int                      # number of differing output elements
+    max_abs_error_vs_torch: float        # stitched design vs PyTorch float, reported not hidden
+    details: list[Mismatch] = field(default_factory=list)   # first mismatches (at most 100)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return self.bit_exact
+
+    def to_dict(self) -> dict:
+        """JSON-able, for the report (at most the first 10 mismatches)."""
+        return {"level": self.level, "n_samples": self.n_samples, "bit_exact": self.bit_exact,
+                "mismatches": self.mismatches, "max_abs_error_vs_torch": self.max_abs_error_vs_torch,
+                "summary": self.summary(), "first_mismatches": [m.__dict__ for m in self.details[:10]],
+                **({"extra": self.extra} if self.extra else {})}
+
+    def summary(self) -> str:
+        state = "bit-exact" if self.bit_exact else f"{self.mismatches} mismatching elements"
+        return (f"{self.level}: {self.n_samples} samples, {state}; max |design - torch float| = "
+                f"{self.max_abs_error_vs_torch:.4g}")
+
+
+def as_list(y) -> list:
+    return list(y) if isinstance(y, list) else [y]
+
+
+def torch_err(got: list[np.ndarray], ref: list[np.ndarray]) -> float:
+    return float(max(np.max(np.abs(g - r)) if g.size else 0.0 for g, r in zip(got, ref)))
+
+
+def compare(level: str, got: list[np.ndarray], ref: list[np.ndarray], names: list[str], err_torch: float,
+            extra: dict | None = None) -> VerifyResult:
+    """Exact comparison of ``got`` against ``ref`` (one (N, ...) array per output port)."""
+    n = got[0].shape[0]
+    details, total = [], 0
+    for name, g, r in zip(names, got, ref):
+        g2, r2 = g.reshape(n, -1), r.reshape(n, -1)
+        if g2.shape != r2.shape:
+            raise ValueError(f"output {name!r}: shapes {g.shape} and {r.shape} differ")
+        diff = np.argwhere(g2 != r2)
+        total += len(diff)
+        for s, i in diff[: max(0, 100 - len(details))]:
+            details.append(Mismatch(int(s), name, int(i), float(g2[s, i]), float(r2[s, i])))
+    return VerifyResult(level, n, total == 0, total, err_torch, details, extra or {})
