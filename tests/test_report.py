@@ -179,3 +179,23 @@ def test_render_never_crashes(jobs, parts):
     svgs = _svgs(html)                # ET.fromstring: raises on malformed XML
     assert len(svgs) == html.count("<svg ") and all(s.tag == "{http://www.w3.org/2000/svg}svg" for s in svgs)
     format_text(rep)
+
+
+def test_verification_section_is_sentences_not_json():
+    rep = sample_report()
+    rep["verification"] = {
+        "level": "rtl", "n_samples": 300, "bit_exact": False, "mismatches": 2, "max_abs_error_vs_torch": 0.0123,
+        "summary": "rtl: 300 samples, 2 mismatching elements",
+        "first_mismatches": [{"sample": 4, "output": "fc4", "index": 1, "got": 0.5, "expected": 0.25}],
+        "extra": {"rtl_vs_csim": {"passed": 299, "failed": 1}, "csim_vs_monolithic_mismatches": 0,
+                  "simulator": "verilator", "latency_cycles": 10, "testbench_dir": "/x/tb", "sim_seconds": 1.5}}
+    html = render_html(rep)
+    sec = html[html.index("<h2>Verification</h2>"):html.index("<h2>Partitions</h2>")]
+    assert "{" not in sec and "&quot;" not in sec                  # no JSON dumped into the page
+    for text in ("MISMATCH: 2 differing elements", "stitched RTL simulation vs stitched C simulation",
+                 "299 samples passed, 1 failed (verilator, 10 cycles latency", "0.0123",
+                 "<td>fc4</td>", "First mismatches"):
+        assert text in sec, text
+    rep["verification"].update(bit_exact=True, mismatches=0, first_mismatches=[])
+    sec = render_html(rep).split("<h2>Verification</h2>")[1]
+    assert "BIT-EXACT" in sec and "First mismatches" not in sec.split("<h2>")[0]
