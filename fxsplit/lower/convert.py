@@ -216,9 +216,12 @@ class Lowered(NamedTuple):
     logs: dict[str, str] = {}         # what hls4ml printed and warned while converting, by project name
 
     def write_logs(self, log_dir) -> None:
-        """``<log_dir>/<name>_lower.log``: hls4ml's conversion messages (written after validation)."""
+        """``<log_dir>/<name>_lower.log``: hls4ml's conversion messages, where it printed or warned any
+        (written after validation)."""
         os.makedirs(log_dir, exist_ok=True)
         for name, text in self.logs.items():
+            if not text:
+                continue
             with open(os.path.join(log_dir, f"{name}_lower.log"), "w") as f:
                 f.write(text)
 
