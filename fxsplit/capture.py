@@ -19,7 +19,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from .errors import FxsplitError
-from .markers import Cut, count_marker_calls, is_cut_node
+from .markers import Cut, count_marker_calls, fxsplit_tracing, is_cut_node
 
 _LEAF_PREFIXES = ("torch.nn", "torch.ao.nn", "brevitas.nn")
 _FXSPLIT_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -27,11 +27,17 @@ _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
 
 
 class LeafTracer(torch.fx.Tracer):
-    """torch.fx tracer with hls4ml's notion of a leaf, recording source lines."""
+    """torch.fx tracer with hls4ml's notion of a leaf, recording source lines and fxsplit markers."""
+
+    fxsplit_markers = True
 
     def __init__(self):
         super().__init__()
         self.record_stack_traces = True
+
+    def trace(self, root, concrete_args=None):
+        with fxsplit_tracing():
+            return super().trace(root, concrete_args)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if isinstance(m, Cut):

@@ -9,6 +9,8 @@ then erases.
 a ``torch.fx.Proxy`` it creates its own ``call_function`` node. So every spelling reaches
 the graph: ``fxsplit.cut``, ``from fxsplit import cut``, aliases, imports inside
 ``forward``, helpers in other modules, before and after eager forwards and training steps.
+Only fxsplit's tracer records markers; under any other tracer (hls4ml's own, for instance) ``cut``
+is an identity, so the user's model still converts in plain hls4ml.
 (Name-based wrapping, ``torch.fx.wrap``, only sees the global names it patched, and lost
 markers reached any other way.) A ``cut`` called during tracing with anything but a traced
 tensor raises instead of silently vanishing, and :func:`fxsplit.capture.trace` counts the
@@ -47,9 +49,15 @@ def _counted() -> None:
         box[0] += 1
 
 
-def _symbolic_tracing() -> bool:
-    from torch.fx._symbolic_trace import is_fx_symbolic_tracing
-    return is_fx_symbolic_tracing()
+@contextlib.contextmanager
+def fxsplit_tracing():
+    """Mark this thread as tracing with fxsplit's tracer (markers become nodes only then)."""
+    saved = getattr(_COUNT, "tracing", False)
+    _COUNT.tracing = True
+    try:
+        yield
+    finally:
+        _COUNT.tracing = saved
 
 
 class Cut(nn.Module):
@@ -74,9 +82,11 @@ class Cut(nn.Module):
 def cut(x: torch.Tensor, name: str | None = None) -> torch.Tensor:
     """Functional form of :class:`Cut`: returns ``x`` unchanged; a partition starts here."""
     if isinstance(x, torch.fx.Proxy):
+        if not getattr(x.tracer, "fxsplit_markers", False):
+            return x       # another tracer (e.g. hls4ml's own): the marker is an identity there
         kwargs = {} if name is None else {"name": name}
         return x.tracer.create_proxy("call_function", cut, (x,), kwargs)
-    if _symbolic_tracing():
+    if getattr(_COUNT, "tracing", False):
         raise FxsplitError(
             f"fxsplit.cut() was called while tracing with a {type(x).__name__}, not a traced tensor: "
             "the marker cannot be placed",

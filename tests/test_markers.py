@@ -79,3 +79,13 @@ def test_cut_is_identity_outside_tracing():
     x = torch.randn(3)
     assert fxsplit.cut(x, "n") is x
     assert mm.cut(x) is x
+
+
+def test_markers_are_identities_under_other_tracers():
+    """hls4ml traces the user's model with its own tracer: cut() must vanish there, not become an
+    operation hls4ml cannot convert."""
+    from hls4ml.utils.torch import CustomFXTracer
+    for cls in mm.ALL:
+        graph = CustomFXTracer().trace(cls().eval())
+        ops = [n.target for n in graph.nodes if n.op == "call_function"]
+        assert fxsplit.cut not in ops and not any("cut" in str(n.target) for n in graph.nodes), cls.__name__
