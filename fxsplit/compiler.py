@@ -10,7 +10,7 @@ from torch import nn
 from .errors import FxsplitError
 from .flows import FLOWS, get_flow
 from .ir import Partitioning
-from .lower import lower, normalize_config
+from .lower import hls4ml_layer_names, lower, normalize_config
 from .partitioner import partition as make_partitioning
 from .summary import build_report
 
@@ -26,13 +26,18 @@ def _resolve_output_dir(output_dir, model: nn.Module) -> Path:
 
 def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", config: dict | None = None,
             output_dir=None, jobs: int | None = None, executor=None, progress: bool | None = None,
-            cache_dir=None, reference: bool = True):
+            cache_dir=None, reference: bool = True, hls_config: dict | None = None):
     """Partition ``model``, build every partition (in parallel, cached) and return a :class:`Design`.
 
     Everything (tracing, cuts, names, config, layer support, types) is validated before
     any build starts; nothing is written before that, and nothing outside ``output_dir``
     (and ``cache_dir``, by default ``output_dir/.cache``). ``reference=False`` skips building the
-    uncut C simulation (then ``predict_monolithic``/``verify`` are unavailable)."""
+    uncut C simulation (then ``predict_monolithic``/``verify`` are unavailable).
+
+    ``hls_config``: an hls4ml config dict of the uncut model, as hls4ml users keep it (e.g. from
+    ``hls4ml.utils.config_from_pytorch_model(model, input_shape, granularity='name')``, any granularity);
+    fxsplit splits it per partition and the stitched design gives the bits plain hls4ml gives with it.
+    ``config`` then holds only fxsplit's own keys (io_type, backend, part, clock_period, csim_opt, ...)."""
     from .build import output_dir_lock, run_jobs
     from .design import Design
 
@@ -46,7 +51,9 @@ def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", co
 
     # ---- validate (no file written yet)
     pt: Partitioning = make_partitioning(model, input_shape, splits)
-    fc = normalize_config(config, pt)
+    names = hls4ml_layer_names(model) if hls_config is not None else None
+    fc = normalize_config(config, pt, hls_config=hls_config, hls_names=names,
+                          exact_accum_default=(flow == "rtl"))
     lowered = lower(pt, fc, str(out))
     fl = get_flow(flow)(pt, lowered, fc, out, reference=reference)
     fl.validate()
@@ -67,6 +74,9 @@ def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", co
         design = Design(pt, flow, str(out), built.csims, built.monolithic, build=result, rtl=built.rtl)
         design.report = build_report(design, model_name=type(model).__name__,
                                      timings={"validate": t_validated - t_start, "total": time.time() - t_start})
+        design.report["numerics"] = {
+            "config": "hls_config (the user's hls4ml config)" if fc.from_hls_config else "fxsplit config",
+            "default_precision": fc.precision, "io_type": fc.io_type, "exact_accum": bool(fc.exact_accum)}
         design.write_report()
     return design
 

@@ -296,6 +296,9 @@ def render_html(report: dict) -> str:
     if pw:
         h.append('<div class="muted">Predicted wall: the measured build time of every job (also of reused '
                  'ones), list-scheduled on W workers respecting dependencies.</div>')
+    num = report.get("numerics")
+    if isinstance(num, dict) and num:
+        h.append(f'<div class="muted">numerics: {_esc(_numerics(num))}</div>')
     ver = report.get("verification")
     if isinstance(ver, dict) and ver:
         h.append("<h2>Verification</h2>" + _verification_html(ver))
@@ -395,6 +398,11 @@ def _verification_html(ver: dict) -> str:
     return out
 
 
+def _numerics(num: dict) -> str:
+    return (f"{num.get('config')}, default precision {num.get('default_precision')}, {num.get('io_type')}, "
+            f"exact accumulators {'on' if num.get('exact_accum') else 'off (as hls4ml)'}")
+
+
 def _resources(res: dict) -> str:
     return ", ".join(f"{k} {_fmt_n(v)}" for k, v in res.items())
 
@@ -450,6 +458,8 @@ def format_text(report: dict, width: int = 120) -> str:
               f"jobs: {c['built']} built, {c['cached']} reused"
               + (f", {c['failed']} FAILED" if c["failed"] else "")
               + (f", {c['skipped']} skipped" if c["skipped"] else ""), markup=False)
+    if isinstance(report.get("numerics"), dict):
+        con.print("numerics: " + _numerics(report["numerics"]), markup=False)
     if pw:
         con.print("predicted wall on " + ", ".join(f"{w}: {_fmt_s(v)}" for w, v in pw.items())
                   + " worker(s)", markup=False)

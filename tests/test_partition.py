@@ -204,13 +204,30 @@ def test_bad_config_is_rejected_before_build(tmp_path):
     assert not out.exists()
 
 
+def _name_granularity(model, shape):
+    """hls4ml's per-layer config with 'auto' types (config_from_pytorch_model(..., granularity='name'))."""
+    from hls4ml.utils.config import config_from_pytorch_model
+    cfg = config_from_pytorch_model(model, shape, granularity="name")
+    cfg.pop("PytorchModel")
+    return cfg
+
+
 def test_cut_between_conv_and_batchnorm_is_refused(tmp_path):
-    model = nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), Cut("bn"), nn.BatchNorm2d(2), nn.ReLU(),
-                          nn.Flatten(), nn.Linear(2 * 4 * 4, 2)).eval()
+    """With 'auto' types hls4ml fuses the BatchNorm into the convolution: a cut between them is refused.
+    With fixed types (hls4ml's model granularity, fxsplit's default) hls4ml keeps them apart: no refusal."""
+    def model():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), Cut("bn"), nn.BatchNorm2d(2), nn.ReLU(),
+                             nn.Flatten(), nn.Linear(2 * 4 * 4, 2)).eval()
     with pytest.raises(FxsplitError) as e:
-        fxsplit.compile(model, (2, 4, 4), output_dir=tmp_path / "o")
+        fxsplit.compile(model(), (2, 4, 4), hls_config=_name_granularity(model(), (2, 4, 4)),
+                        output_dir=tmp_path / "o")
     assert "fuses" in str(e.value) and "partition: bn" in str(e.value) and "module: 2" in str(e.value)
     assert not (tmp_path / "o").exists()
+    from fxsplit.lower import lower, normalize_config
+    pt = fxsplit.partition(model(), (2, 4, 4))
+    lw = lower(pt, normalize_config({}, pt), str(tmp_path / "scratch"))
+    assert "_2" in [layer.name for layer in lw.graphs["bn"].get_layers()]     # the BatchNorm, kept
 
 
 def test_wrong_input_shape():
@@ -225,8 +242,8 @@ def test_port_wider_than_the_csim_bridge_is_refused(tmp_path):
     """hls4ml's exact ('auto') Dense sums grow by ~20 bits a layer; a double carries 53 exactly."""
     model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8), Cut("tail"), nn.Linear(8, 2))
     with pytest.raises(FxsplitError) as e:
-        fxsplit.compile(model, (8,), output_dir=tmp_path / "o")
-    assert "53 bits" in str(e.value) and "partition: p0" in str(e.value) and "'precision'" in str(e.value)
+        fxsplit.compile(model, (8,), hls_config=_name_granularity(model, (8,)), output_dir=tmp_path / "o")
+    assert "53 bits" in str(e.value) and "partition: p0" in str(e.value) and "precision" in str(e.value)
     assert not (tmp_path / "o").exists()
 
 

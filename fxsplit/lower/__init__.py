@@ -1,8 +1,8 @@
 """Lowering, shared by every flow: config validation and one hls4ml ModelGraph per partition
 (plus the uncut reference), with boundary types pinned and checked."""
 
-from .config import DEFAULT_PRECISION, FlowConfig, normalize_config
+from .config import DEFAULT_PRECISION, FlowConfig, hls4ml_layer_names, normalize_config
 from .convert import MAX_EXACT_BITS, MONOLITHIC, Lowered, ModelSpec, build_modelgraph, lower, type_width
 
-__all__ = ["DEFAULT_PRECISION", "FlowConfig", "normalize_config", "MAX_EXACT_BITS", "MONOLITHIC", "Lowered",
+__all__ = ["DEFAULT_PRECISION", "FlowConfig", "hls4ml_layer_names", "normalize_config", "MAX_EXACT_BITS", "MONOLITHIC", "Lowered",
            "ModelSpec", "build_modelgraph", "lower", "type_width"]

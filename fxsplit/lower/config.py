@@ -14,7 +14,12 @@ DEFAULT_PRECISION = "fixed<16,6>"
 
 _CONFIG_KEYS = {"precision", "input_precision", "reuse_factor", "strategy", "io_type", "backend", "part",
                 "clock_period", "partitions", "layers", "latency_cutoff", "csim_opt", "synth", "exact_accum"}
+# keys that describe numerics: with hls_config= they live in the user's hls4ml config instead
+_NUMERIC_KEYS = {"precision", "input_precision", "reuse_factor", "strategy", "partitions", "layers"}
 _OVERRIDE_KEYS = {"precision", "reuse_factor", "strategy"}
+_HLS_SECTIONS = {"Model", "LayerType", "LayerName", "PytorchModel", "InputShape", "Backend", "OutputDir",
+                 "ProjectName", "Part", "ClockPeriod", "IOType"}
+_ACCUM_MODULES = ("Linear", "Conv1d", "Conv2d")
 
 
 
@@ -26,13 +31,20 @@ class FlowConfig:
     input_precision: str | None = None
     reuse_factor: int = 1
     strategy: str = "Latency"
+    # the hls4ml config of the uncut model (hls4ml's own format), with LayerName keyed by fx node name:
+    # the user's hls_config translated, or fxsplit's config keys expressed in it
+    model: dict[str, Any] = field(default_factory=dict)
+    layer_type: dict[str, Any] = field(default_factory=dict)
+    layer_name: dict[str, dict[str, Any]] = field(default_factory=dict)
+    from_hls_config: bool = False
     io_type: str = "io_parallel"
     backend: str = "Vivado"
     part: str | None = None
     clock_period: float = 5.0
     latency_cutoff: float | None = None
     synth: bool = True                # rtl flow: run Yosys on every partition
-    exact_accum: bool = True          # accum_t 'auto' (exact sums) for Dense/Conv unless a layer sets it
+    exact_accum: bool | None = None   # accum_t 'auto' (exact sums) for Dense/Conv unless a layer sets it;
+                                      # None: the flow decides (rtl: on; hls4ml: off, as hls4ml)
     csim_opt: str = "-O3"             # g++ optimisation of the C-simulation library (numerics do not depend on it)
     layers: dict[str, dict[str, Any]] = field(default_factory=dict)   # fx node name -> overrides
 
@@ -63,9 +75,21 @@ def _check_override(ov: dict, where: str) -> dict:
     return dict(ov)
 
 
-def normalize_config(config: dict | None, pt: Partitioning) -> FlowConfig:
+def normalize_config(config: dict | None, pt: Partitioning, hls_config: dict | None = None,
+                     hls_names: dict[str, str] | None = None, exact_accum_default: bool = False) -> FlowConfig:
+    """Validate ``config`` (fxsplit's keys) and ``hls_config`` (an hls4ml config dict of the uncut model,
+    any granularity); express both as one hls4ml config whose LayerName is keyed by fx node name.
+
+    ``hls_names`` maps the layer names hls4ml gives the user's model to fx node names
+    (:func:`hls4ml_layer_names`); it is needed only with ``hls_config``."""
     config = dict(config or {})
     _check_keys(config, _CONFIG_KEYS, "config")
+    if hls_config is not None:
+        clash = sorted(set(config) & _NUMERIC_KEYS)
+        if clash:
+            raise FxsplitError(f"config sets {clash} and hls_config is given: the hls4ml config holds the numerics",
+                               hint="set precisions, reuse factors and strategies in hls_config (Model, LayerType, "
+                                    "LayerName), and keep config for fxsplit's own keys (io_type, csim_opt, ...)")
     fc = FlowConfig(**{k: v for k, v in config.items() if k not in ("partitions", "layers")})
     if fc.csim_opt not in ("-O0", "-O1", "-O2", "-O3"):
         raise FxsplitError(f"config csim_opt must be one of -O0..-O3, got {fc.csim_opt!r}")
@@ -82,6 +106,28 @@ def normalize_config(config: dict | None, pt: Partitioning) -> FlowConfig:
     for n in pt.graph.graph.nodes:
         if n.op == "call_module":
             alias[str(n.target)] = n.name
+    if hls_config is not None:
+        _from_hls_config(fc, hls_config, hls_names or {}, pt)
+    else:
+        _from_fxsplit_config(fc, config, pt, alias, part_of)
+    if fc.exact_accum is None:
+        fc.exact_accum = exact_accum_default
+    if fc.exact_accum:
+        # exact accumulation: hls4ml otherwise casts every product into the accumulator type (the default
+        # precision, wrapping); an explicit accum setting of a layer wins
+        for n in pt.graph.graph.nodes:
+            if n.op == "call_module" and type(pt.graph.get_submodule(n.target)).__name__ in _ACCUM_MODULES:
+                prec = fc.layer_name.setdefault(n.name, {}).setdefault("Precision", {})
+                if isinstance(prec, dict):
+                    prec.setdefault("accum", "auto")
+    return fc
+
+
+def _from_fxsplit_config(fc: FlowConfig, config: dict, pt: Partitioning, alias: dict, part_of: dict) -> None:
+    """fxsplit's keys as an hls4ml config: hls4ml's model granularity (what config_from_pytorch_model gives
+    by default) plus per-layer entries for the overrides."""
+    fc.model = {"Precision": {"default": fc.precision}, "ReuseFactor": fc.reuse_factor, "Strategy": fc.strategy,
+                "BramFactor": 1_000_000_000, "TraceOutput": False}
     names = [p.name for p in pt.partitions]
     layers: dict[str, dict] = {}
     for pname, ov in (config.get("partitions") or {}).items():
@@ -96,4 +142,69 @@ def normalize_config(config: dict | None, pt: Partitioning) -> FlowConfig:
             raise FxsplitError(f"config names layer {lname!r}, which is not in the model", hint=_close(lname, alias))
         layers.setdefault(alias[lname], {}).update(_check_override(ov, f"config['layers'][{lname!r}]"))
     fc.layers = layers
-    return fc
+    for node, ov in layers.items():
+        lc = fc.layer_name.setdefault(node, {})
+        prec = ov.get("precision")
+        if prec is not None:
+            lc["Precision"] = {"result": prec, "weight": prec, "bias": prec} if isinstance(prec, str) else dict(prec)
+        if "reuse_factor" in ov:
+            lc["ReuseFactor"] = ov["reuse_factor"]
+        if "strategy" in ov:
+            lc["Strategy"] = ov["strategy"]
+    if fc.input_precision:
+        for n in pt.graph.graph.nodes:
+            if n.op == "placeholder":
+                fc.layer_name.setdefault(n.name, {}).setdefault("Precision", {})["result"] = fc.input_precision
+
+
+def _from_hls_config(fc: FlowConfig, hls_config: dict, hls_names: dict[str, str], pt: Partitioning) -> None:
+    import copy
+    if not isinstance(hls_config, dict) or not isinstance(hls_config.get("Model"), dict):
+        raise FxsplitError("hls_config must be an hls4ml config dict with a 'Model' section",
+                           hint="e.g. hls4ml.utils.config_from_pytorch_model(model, input_shape, granularity='name')")
+    for k in hls_config:
+        if k not in _HLS_SECTIONS:
+            raise FxsplitError(f"unknown hls_config section {k!r}", hint=_close(k, _HLS_SECTIONS))
+    model = copy.deepcopy(hls_config["Model"])
+    conv = model.get("ChannelsLastConversion", "full")
+    if conv not in ("full", "internal"):
+        raise FxsplitError(f"hls_config Model ChannelsLastConversion={conv!r} is not supported by fxsplit yet",
+                           hint="use 'full' (hls4ml's default) or 'internal'; both give the same numbers")
+    fc.model = model
+    fc.from_hls_config = True
+    prec = model.get("Precision")
+    fc.precision = str(prec.get("default") if isinstance(prec, dict) else prec or DEFAULT_PRECISION)
+    fc.layer_type = copy.deepcopy(hls_config.get("LayerType") or {})
+    known = sorted(hls_names)
+    for lname, lc in (hls_config.get("LayerName") or {}).items():
+        if lname not in hls_names:
+            raise FxsplitError(f"hls_config LayerName names {lname!r}, which hls4ml does not see in the model",
+                               hint=_close(lname, known))
+        if not isinstance(lc, dict):
+            raise FxsplitError(f"hls_config LayerName[{lname!r}] must be a dict, got {type(lc).__name__}")
+        fc.layer_name[hls_names[lname]] = copy.deepcopy(lc)
+
+
+def hls4ml_layer_names(model) -> dict[str, str]:
+    """The layer names hls4ml gives ``model`` (its own tracer) -> fxsplit's fx node names.
+
+    The two traces are aligned node by node (fxsplit's markers, invisible to hls4ml, skipped); any
+    disagreement raises instead of guessing."""
+    from hls4ml.utils.torch import CustomFXTracer
+
+    from ..capture import LeafTracer
+    from ..markers import is_cut_node
+
+    was_training = model.training
+    model.eval()
+    try:
+        ours_gm = LeafTracer().trace(model)
+        theirs = [n for n in CustomFXTracer().trace(model).nodes if n.op != "output"]
+    finally:
+        model.train(was_training)
+    ours = [n for n in ours_gm.nodes if n.op != "output" and not is_cut_node(n, model)]
+    if len(ours) != len(theirs) or any(a.op != b.op or str(a.target) != str(b.target) for a, b in zip(ours, theirs)):
+        raise FxsplitError("hls4ml's trace of the model differs from fxsplit's, so hls_config's layer names cannot be "
+                           "matched to the model's layers", module=type(model).__name__,
+                           hint="please report this model; meanwhile pass fxsplit's own config instead of hls_config")
+    return {b.name: a.name for a, b in zip(ours, theirs)}

@@ -81,15 +81,6 @@ def _name_map(module: torch.fx.GraphModule) -> dict[str, str]:
     return {a.name: b.name for a, b in zip(ours, theirs)}
 
 
-def _layer_precision(override: dict) -> dict[str, str]:
-    prec = override.get("precision")
-    if prec is None:
-        return {}
-    if isinstance(prec, str):
-        return {"result": prec, "weight": prec, "bias": prec}
-    return dict(prec)
-
-
 @dataclass
 class ModelSpec:
     """Everything needed to rebuild one ModelGraph, picklable (for worker processes)."""
@@ -124,37 +115,24 @@ class ModelSpec:
 
 def make_spec(name: str, module: torch.fx.GraphModule, input_names: list[str], input_shapes: list[tuple[int, ...]],
               output_names: list[str], input_precisions: dict[str, str], fc: FlowConfig) -> ModelSpec:
-    from hls4ml.utils.config import config_from_pytorch_model
+    """The hls4ml config of one partition: the uncut model's config (``fc``) restricted to this partition's
+    layers, renamed to the names hls4ml gives them here, with every input that crosses a cut pinned to the
+    type its producer emits (``input_precisions``; model inputs keep the user's setting)."""
     nmap = _name_map(module)
     shapes = [tuple(s) for s in input_shapes]
-    cfg = config_from_pytorch_model(module, shapes if len(shapes) > 1 else shapes[0], granularity="name",
-                                    default_precision=fc.precision, default_reuse_factor=fc.reuse_factor,
-                                    channels_last_conversion="internal", transpose_outputs=False)
-    cfg.pop("PytorchModel", None)
-    cfg.pop("InputShape", None)
-    cfg["Model"]["Strategy"] = fc.strategy
-    layer_cfg = cfg.setdefault("LayerName", {})
-    if fc.exact_accum:
-        # exact accumulation: hls4ml otherwise casts every product into the default precision (wrapping),
-        # which is rarely what a designer wants and defeats da4ml's constant-multiplication optimiser
-        for lc in layer_cfg.values():
-            prec = lc.get("Precision")
-            if isinstance(prec, dict) and "weight" in prec:
-                prec.setdefault("accum", "auto")
-    for node, ov in fc.layers.items():
-        if node not in nmap:
-            continue
-        lc = layer_cfg.setdefault(nmap[node], {})
-        prec = _layer_precision(ov)
-        if prec:
-            lc.setdefault("Precision", {}).update(prec)
-        if "reuse_factor" in ov:
-            lc["ReuseFactor"] = ov["reuse_factor"]
-        if "strategy" in ov:
-            lc["Strategy"] = ov["strategy"]
+    model_cfg = copy.deepcopy(fc.model)
+    # layout only: ports stay channels-last, fxsplit transposes at the model's inputs and outputs
+    model_cfg["ChannelsLastConversion"] = "internal"
+    model_cfg["TransposeOutputs"] = False
+    layer_cfg = {nmap[node]: copy.deepcopy(lc) for node, lc in fc.layer_name.items() if node in nmap}
     for inp in input_names:
-        lc = layer_cfg.setdefault(nmap[inp], {})
-        lc.setdefault("Precision", {})["result"] = input_precisions[inp]
+        if inp in input_precisions:
+            lc = layer_cfg.setdefault(nmap[inp], {})
+            prec = lc.get("Precision")
+            lc["Precision"] = {**(prec if isinstance(prec, dict) else {}), "result": input_precisions[inp]}
+    cfg = {"Model": model_cfg, "LayerName": layer_cfg}
+    if fc.layer_type:
+        cfg["LayerType"] = copy.deepcopy(fc.layer_type)
     return ModelSpec(name, module, shapes, [nmap[o] for o in output_names], cfg, fc.io_type, fc.backend,
                      fc.part, fc.clock_period, fc.csim_opt, nmap)
 
@@ -227,39 +205,63 @@ class Lowered(NamedTuple):
 
 
 def lower(pt: Partitioning, fc: FlowConfig, output_dir: str) -> Lowered:
-    """Convert every partition and the uncut model; fill in port precisions."""
+    """Convert every partition and the uncut model; fill in port precisions.
+
+    A tensor that crosses a cut gets the type its producer emits, pinned on the consumer's input layer.
+    A model input gets the type hls4ml gives it from the user's config (read back from the graphs, and
+    checked equal in every partition that reads it and in the uncut model)."""
     uncut = pt.graph
-    in_prec = fc.input_precision or fc.precision
-    precisions: dict[str, str] = {p.name: in_prec for p in pt.inputs}
+    precisions: dict[str, str] = {}
+    model_inputs = {p.name for p in pt.inputs}
     specs, graphs = {}, {}
     logs: dict[str, io.StringIO] = {}
     for part in pt.partitions:
         check_layers(part, uncut)
         spec = make_spec(part.name, part.module, [p.name for p in part.inputs], [p.torch_shape for p in part.inputs],
-                         [p.name for p in part.outputs], {p.name: precisions[p.name] for p in part.inputs}, fc)
-        try:
-            hm = build_modelgraph(spec, os.path.join(output_dir, part.name), log=logs.setdefault(part.name, io.StringIO()))
-        except FxsplitError:
-            raise
-        except Exception as e:
-            raise FxsplitError(f"hls4ml could not convert partition {part.name!r}: {type(e).__name__}: {e}",
-                               partition=part.name, hint="check the layers of this partition against hls4ml's "
-                                                         "supported PyTorch layers") from e
+                         [p.name for p in part.outputs],
+                         {p.name: precisions[p.name] for p in part.inputs if p.name not in model_inputs}, fc)
+        hm = _convert(spec, os.path.join(output_dir, part.name), logs, part.name)
+        for port in part.inputs:
+            if port.name in model_inputs:
+                got = _layer_type(hm, spec.name_map[port.name])
+                if precisions.setdefault(port.name, got) != got:
+                    raise FxsplitError(f"model input {port.name!r} has type {got} in partition {part.name!r} but "
+                                       f"{precisions[port.name]} in an earlier partition", partition=part.name,
+                                       hint="give this input one explicit result precision in the config")
         for port, prec in zip(part.outputs, output_precisions(hm)):
             precisions[port.name] = prec
-            port.precision = prec
-        for port in part.inputs:
+        for port in (*part.inputs, *part.outputs):
             port.precision = precisions[port.name]
         specs[part.name], graphs[part.name] = spec, hm
-    for p in pt.inputs:
-        p.precision = in_prec
 
     placeholders = [n.name for n in uncut.graph.nodes if n.op == "placeholder"]
     mono_spec = make_spec(MONOLITHIC, uncut, placeholders, [p.torch_shape for p in pt.inputs],
-                          [p.name for p in pt.outputs], {n: in_prec for n in placeholders}, fc)
-    mono = build_modelgraph(mono_spec, os.path.join(output_dir, MONOLITHIC), log=logs.setdefault(MONOLITHIC, io.StringIO()))
+                          [p.name for p in pt.outputs], {}, fc)
+    mono = _convert(mono_spec, os.path.join(output_dir, MONOLITHIC), logs, None)
+    for p in pt.inputs:
+        got = _layer_type(mono, mono_spec.name_map[p.name])
+        if p.name in precisions and precisions[p.name] != got:
+            raise FxsplitError(f"model input {p.name!r} has type {precisions[p.name]} in the partitions but {got} in "
+                               "the uncut model", hint="give this input an explicit result precision in the config")
+        p.precision = precisions.setdefault(p.name, got)
     _check_boundaries(pt, mono, mono_spec.name_map, graphs, specs)
     return Lowered(specs, graphs, mono_spec, mono, {k: v.getvalue() for k, v in logs.items()})
+
+
+def _layer_type(hm, layer: str) -> str:
+    return str(hm.graph[layer].get_output_variable().type.precision)
+
+
+def _convert(spec: ModelSpec, output_dir: str, logs: dict, partition: str | None):
+    what = f"partition {partition!r}" if partition else "the uncut model"
+    try:
+        return build_modelgraph(spec, output_dir, log=logs.setdefault(spec.name, io.StringIO()))
+    except FxsplitError:
+        raise
+    except Exception as e:
+        raise FxsplitError(f"hls4ml could not convert {what}: {type(e).__name__}: {e}", partition=partition,
+                           hint="check its layers and config against hls4ml's supported PyTorch layers; if plain "
+                                "hls4ml converts the uncut model, please report this") from e
 
 
 def _check_boundaries(pt: Partitioning, mono, nmap: dict[str, str], graphs: dict, specs: dict) -> None:

@@ -1,0 +1,119 @@
+"""fxsplit is a drop-in for hls4ml users: with the hls4ml config they already have, the stitched design
+gives plain hls4ml's bits (``convert_from_pytorch_model(model, hls_config=cfg)``), bit for bit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import fxsplit
+from conftest import FAST
+
+
+class MLP3(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.relu1 = nn.Linear(12, 24), nn.ReLU()
+        self.fc2, self.relu2 = nn.Linear(24, 16), nn.ReLU()
+        self.fc3 = nn.Linear(16, 5)
+
+    def forward(self, x):
+        return self.fc3(self.relu2(self.fc2(self.relu1(self.fc1(x)))))
+
+
+class ResidualMLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.relu1 = nn.Linear(10, 16), nn.ReLU()
+        self.fc2, self.relu2 = nn.Linear(16, 16), nn.ReLU()
+        self.fc3 = nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = self.relu1(self.fc1(x))
+        return self.fc3(self.relu2(self.fc2(h)) + h)        # h bypasses fc2
+
+
+class Conv1dNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.relu1 = nn.Conv1d(3, 6, 3), nn.ReLU()
+        self.conv2, self.relu2 = nn.Conv1d(6, 4, 3), nn.ReLU()
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(4 * 12, 5)
+
+    def forward(self, x):
+        return self.fc(self.flatten(self.relu2(self.conv2(self.relu1(self.conv1(x))))))
+
+
+def _plain_hls4ml(model, shape, cfg, io_type, out_dir):
+    import hls4ml
+    hm = hls4ml.converters.convert_from_pytorch_model(model, hls_config=cfg, output_dir=str(out_dir),
+                                                      backend="Vivado", io_type=io_type)
+    hm.compile()
+    return hm
+
+
+def _config(model, shape, granularity, conversion="full"):
+    from hls4ml.utils.config import config_from_pytorch_model
+    cfg = config_from_pytorch_model(model, shape, granularity=granularity, default_precision="fixed<12,5>",
+                                    channels_last_conversion=conversion)
+    if granularity == "name":     # a user's per-layer tuning, in hls4ml's own names
+        first = next(k for k in cfg["LayerName"] if k.startswith(("fc", "conv")))
+        cfg["LayerName"][first]["Precision"] = {"weight": "fixed<8,3>", "bias": "fixed<8,3>",
+                                                "result": "fixed<14,6,RND,SAT>", "accum": "fixed<18,8>"}
+        cfg["LayerName"][first]["ReuseFactor"] = 2
+    if granularity == "type":
+        cfg["LayerType"]["Dense"]["Precision"]["weight"] = "fixed<9,3>"
+    return cfg
+
+
+CASES = [
+    # model, input shape, splits, granularity, io_type
+    (MLP3, (12,), ["fc2", "fc3"], "model", "io_parallel"),
+    (MLP3, (12,), ["relu1", "fc3"], "name", "io_parallel"),
+    (ResidualMLP, (10,), ["fc2", "fc3"], "name", "io_parallel"),      # h crosses both cuts
+    (ResidualMLP, (10,), ["fc2"], "type", "io_parallel"),
+    (Conv1dNet, (3, 16), ["conv2", "flatten"], "name", "io_parallel"),
+    (Conv1dNet, (3, 16), ["conv2", "flatten"], "model", "io_stream"),
+    (MLP3, (12,), ["fc2"], "name", "io_stream"),
+]
+
+
+@pytest.mark.parametrize("cls,shape,splits,granularity,io_type", CASES,
+                         ids=[f"{c[0].__name__}-{c[3]}-{c[4]}" for c in CASES])
+def test_same_bits_as_plain_hls4ml(cls, shape, splits, granularity, io_type, tmp_path):
+    torch.manual_seed(3)
+    model = cls().eval()
+    conversion = "internal" if io_type == "io_stream" else "full"     # hls4ml: 'full' is io_parallel only
+    cfg = _config(model, shape, granularity, conversion)
+    plain = _plain_hls4ml(model, shape, cfg, io_type, tmp_path / "plain")
+    design = fxsplit.compile(model, shape, splits=splits, hls_config=cfg, config={**FAST, "io_type": io_type},
+                             output_dir=tmp_path / "fx", progress=False)
+    assert len(design.partitions) == len(splits) + 1
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-40, 40, size=(200, *shape))          # far beyond fixed<12,5>: wrap and saturation
+    ours = np.asarray(design.predict(x)).reshape(200, -1)
+    xin = x if conversion == "full" or len(shape) == 1 else np.ascontiguousarray(np.moveaxis(x, 1, -1))
+    theirs = np.asarray(plain.predict(np.ascontiguousarray(xin))).reshape(200, -1)
+    assert np.array_equal(ours, theirs), f"{np.sum(ours != theirs)} of {ours.size} outputs differ from plain hls4ml"
+    res = design.verify(x)
+    assert res.bit_exact, res.details[:5]
+
+
+def test_hls_config_layer_names_are_checked(tmp_path):
+    model = MLP3().eval()
+    cfg = _config(model, (12,), "name")
+    cfg["LayerName"]["fc_2"] = {"Precision": {"result": "fixed<8,3>"}}
+    with pytest.raises(fxsplit.FxsplitError, match="'fc_2'.*does not see") as e:
+        fxsplit.compile(model, (12,), hls_config=cfg, output_dir=tmp_path / "o")
+    assert "fc2" in str(e.value)                         # suggests the real name
+    assert not (tmp_path / "o").exists()
+
+
+def test_hls_config_and_numeric_config_keys_conflict(tmp_path):
+    model = MLP3().eval()
+    with pytest.raises(fxsplit.FxsplitError, match="hls_config is given"):
+        fxsplit.compile(model, (12,), hls_config=_config(model, (12,), "model"), config={"precision": "fixed<8,3>"},
+                        output_dir=tmp_path / "o")
