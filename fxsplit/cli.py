@@ -82,7 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--flow", choices=("hls4ml", "rtl"), default="hls4ml")
     c.add_argument("-j", "--jobs", type=_positive, default=None, help="local build workers (default: CPU count)")
     c.add_argument("-o", "--output-dir", default=None, metavar="DIR", help="default: fxsplit_out/<ModelClass>")
-    c.add_argument("--config", default=None, metavar="FILE", help="config as JSON or YAML")
+    c.add_argument("--config", default=None, metavar="FILE", help="fxsplit config as JSON or YAML")
+    c.add_argument("--hls-config", default=None, metavar="FILE",
+                   help="an hls4ml config dict of the uncut model (JSON or YAML, as hls4ml users keep them: Model, "
+                        "LayerType, LayerName); the stitched design gives plain hls4ml's bits with it")
     c.add_argument("--precision", default=None, help="default precision, e.g. 'fixed<12,4>' (overrides --config)")
     c.add_argument("--reuse-factor", type=_positive, default=None, help="default reuse factor (overrides --config)")
     c.add_argument("--io-type", choices=("io_parallel", "io_stream"), default=None,
@@ -231,7 +234,8 @@ def _compile(state: dict, progress: bool | None):
     state["input_shape"] = [list(s) for s in shapes]
     shape_arg = shapes[0] if len(shapes) == 1 else shapes
     design = fxsplit.compile(model, shape_arg, splits=state.get("splits"), flow=state["flow"],
-                             config=state["config"], output_dir=state["output_dir"], jobs=state.get("jobs"),
+                             config=state["config"], hls_config=state.get("hls_config"),
+                             output_dir=state["output_dir"], jobs=state.get("jobs"),
                              progress=progress, cache_dir=state.get("cache_dir"))
     return design, shapes
 
@@ -266,6 +270,7 @@ def cmd_compile(args) -> int:
         "format": STATE_FORMAT, "argv": sys.argv[1:], "cwd": os.getcwd(), "model": args.model,
         "input_shape": [list(s) for s in args.input_shape] if args.input_shape else None,
         "splits": args.splits, "flow": args.flow, "config": config, "jobs": args.jobs,
+        "hls_config": load_config(args.hls_config) if args.hls_config else None,
         "output_dir": str(Path(args.output_dir).resolve()) if args.output_dir else None,
         "cache_dir": str(Path(args.cache_dir).resolve()) if args.cache_dir else None,
         "seed": args.seed, "simulator": args.simulator,

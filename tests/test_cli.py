@@ -125,3 +125,27 @@ def test_readme_resnet20_command_runs_as_written(tmp_path):
     rep = json.loads((tmp_path / "r20" / "report.json").read_text())
     assert [p["name"] for p in rep["partitions"]] == ["p0", "stage2", "stage3", "head"]
     assert rep["verification"]["bit_exact"] is True and rep["verification"]["n_samples"] >= 1
+
+
+def test_compile_with_a_users_hls4ml_config_file(tmp_path, tmp_path_factory):
+    """--hls-config takes the hls4ml config as users keep it (JSON here), names in hls4ml's own layer names."""
+    import sys as _sys
+    _sys.path.insert(0, ROOT)
+    from hls4ml.utils.config import config_from_pytorch_model
+    from models import build
+    model, shape = build("jet_tagger")
+    cfg = config_from_pytorch_model(model, shape, granularity="name", default_precision="fixed<14,6>")
+    cfg.pop("PytorchModel")
+    cfg["LayerName"]["fc2"]["Precision"] = {"weight": "fixed<8,3>", "bias": "fixed<8,3>", "result": "fixed<12,5>"}
+    path = tmp_path / "hls4ml_config.json"
+    path.write_text(json.dumps(cfg))
+    out = tmp_path / "o"
+    r = fxsplit("compile", "models:jet_tagger", "--hls-config", str(path), "--csim-opt=-O0", "-o", str(out),
+                "--no-progress")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "verification: csim: 20 samples, bit-exact" in r.stdout
+    # the user's per-layer setting reached the partition that holds fc2, and only that one
+    assert "ap_fixed<12,5>" in (out / "hidden" / "hls4ml" / "firmware" / "defines.h").read_text()
+    assert "ap_fixed<12,5>" not in (out / "head" / "hls4ml" / "firmware" / "defines.h").read_text()
+    state = json.loads((out / "fxsplit.json").read_text())
+    assert state["hls_config"]["LayerName"]["fc2"]["Precision"]["result"] == "fixed<12,5>"
