@@ -15,7 +15,7 @@ partition (the stitched emulation behind ``Design.predict``) and of the uncut re
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,6 @@ class Built:
     csims: dict[str, Any]                   # partition name -> CSim
     monolithic: Any | None                  # the uncut CSim (None with reference=False)
     rtl: Any | None = None                  # flow-specific stitched artifacts (flows.rtl.RTLDesign)
-    extra: dict = field(default_factory=dict)
 
 
 class Flow:

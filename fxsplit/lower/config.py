@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,8 +24,9 @@ _ACCUM_MODULES = ("Linear", "Conv1d", "Conv2d")
 
 @dataclass
 class FlowConfig:
-    """Normalised user config. Per-partition settings are expanded into per-layer ones,
-    so that the uncut reference model is configured exactly like the partitions."""
+    """Normalised user config: one hls4ml config of the uncut model (``model``, ``layer_type``,
+    ``layer_name``), from which every partition's config is cut (``lower.convert.make_spec``), so the uncut
+    reference is configured exactly like the partitions; plus fxsplit's own settings."""
     precision: str = DEFAULT_PRECISION
     input_precision: str | None = None
     reuse_factor: int = 1
@@ -46,10 +46,6 @@ class FlowConfig:
     exact_accum: bool | None = None   # accum_t 'auto' (exact sums) for Dense/Conv unless a layer sets it;
                                       # None: the flow decides (rtl: on; hls4ml: off, as hls4ml)
     csim_opt: str = "-O3"             # g++ optimisation of the C-simulation library (numerics do not depend on it)
-    layers: dict[str, dict[str, Any]] = field(default_factory=dict)   # fx node name -> overrides
-
-    def to_json(self) -> str:
-        return json.dumps(self.__dict__, sort_keys=True, default=str)
 
 
 def _close(name, known):
@@ -141,7 +137,6 @@ def _from_fxsplit_config(fc: FlowConfig, config: dict, pt: Partitioning, alias: 
         if lname not in alias:
             raise FxsplitError(f"config names layer {lname!r}, which is not in the model", hint=_close(lname, alias))
         layers.setdefault(alias[lname], {}).update(_check_override(ov, f"config['layers'][{lname!r}]"))
-    fc.layers = layers
     for node, ov in layers.items():
         lc = fc.layer_name.setdefault(node, {})
         prec = ov.get("precision")
