@@ -56,7 +56,9 @@ class Design:
 
     def port_values(self, x) -> dict[str, np.ndarray]:
         """Every port's value (channels-last, (N, *Port.shape)) of the stitched emulation."""
-        xs = self._inputs(x)
+        return self._stitched(self._inputs(x))
+
+    def _stitched(self, xs: list[np.ndarray]) -> dict[str, np.ndarray]:
         n = xs[0].shape[0]
         env = {p.name: a for p, a in zip(self.partitioning.inputs, xs)}
         for part in self.partitioning.partitions:
@@ -68,7 +70,7 @@ class Design:
     def predict(self, x):
         """Stitched, bit-accurate emulation: the compiled partitions chained along the DAG."""
         xs = self._inputs(x)
-        return self._outputs(self.port_values(x), xs[0].shape[0])
+        return self._outputs(self._stitched(xs), xs[0].shape[0])
 
     def _monolithic(self, xs: list[np.ndarray]) -> list[np.ndarray]:
         if self._mono is None:
@@ -85,8 +87,12 @@ class Design:
         return self._outputs(env, n)
 
     def predict_torch(self, x):
+        """The PyTorch float model (markers erased) on the same inputs."""
+        return self._torch(self._inputs(x))
+
+    def _torch(self, xs: list[np.ndarray]):
         xs = [torch.as_tensor(to_channels_first(a, len(p.torch_shape)), dtype=torch.float32)
-              for a, p in zip(self._inputs(x), self.partitioning.inputs)]
+              for a, p in zip(xs, self.partitioning.inputs)]
         with torch.no_grad():
             y = self.partitioning.graph(*xs)
         ys = y if isinstance(y, (tuple, list)) else [y]
@@ -105,11 +111,11 @@ class Design:
                                hint="fxsplit.compile(..., flow='rtl')")
         xs = self._inputs(x)
         n = xs[0].shape[0]
-        env = self.port_values(x)
+        env = self._stitched(xs)
         got = [env[p.name].reshape(n, -1) for p in self.partitioning.outputs]
         ref = [y.reshape(n, -1) for y in self._monolithic(xs)]
         torch_out = [to_channels_last(t, len(p.torch_shape)).reshape(n, -1)
-                     for t, p in zip(as_list(self.predict_torch(x)), self.partitioning.outputs)]
+                     for t, p in zip(as_list(self._torch(xs)), self.partitioning.outputs)]
         err = torch_err(got, torch_out)
         if level == "rtl":
             res = self.rtl.verify(xs, self.partitioning.inputs, self.partitioning.outputs, got, ref, err,
