@@ -117,3 +117,13 @@ def test_hls_config_and_numeric_config_keys_conflict(tmp_path):
     with pytest.raises(fxsplit.FxsplitError, match="hls_config is given"):
         fxsplit.compile(model, (12,), hls_config=_config(model, (12,), "model"), config={"precision": "fixed<8,3>"},
                         output_dir=tmp_path / "o")
+
+
+def test_hls_config_sections_fxsplit_does_not_apply_are_refused(tmp_path):
+    model = MLP3().eval()
+    cfg = _config(model, (12,), "model")
+    with pytest.raises(fxsplit.FxsplitError, match="InputShape"):
+        fxsplit.compile(model, (12,), hls_config={**cfg, "InputShape": (13,)}, output_dir=tmp_path / "o")
+    with pytest.raises(fxsplit.FxsplitError, match="'IOType' is not one fxsplit applies"):
+        fxsplit.compile(model, (12,), hls_config={**cfg, "IOType": "io_stream"}, output_dir=tmp_path / "o")
+    assert not (tmp_path / "o").exists()

@@ -16,8 +16,9 @@ _CONFIG_KEYS = {"precision", "input_precision", "reuse_factor", "strategy", "io_
 # keys that describe numerics: with hls_config= they live in the user's hls4ml config instead
 _NUMERIC_KEYS = {"precision", "input_precision", "reuse_factor", "strategy", "partitions", "layers"}
 _OVERRIDE_KEYS = {"precision", "reuse_factor", "strategy"}
-_HLS_SECTIONS = {"Model", "LayerType", "LayerName", "PytorchModel", "InputShape", "Backend", "OutputDir",
-                 "ProjectName", "Part", "ClockPeriod", "IOType"}
+# what fxsplit applies from an hls4ml config (PytorchModel is ignored: the model is compile's argument;
+# InputShape is checked against compile's input_shape); any other section is refused, never ignored
+_HLS_SECTIONS = {"Model", "LayerType", "LayerName", "PytorchModel", "InputShape"}
 _ACCUM_MODULES = ("Linear", "Conv1d", "Conv2d")
 
 
@@ -159,7 +160,16 @@ def _from_hls_config(fc: FlowConfig, hls_config: dict, hls_names: dict[str, str]
                            hint="e.g. hls4ml.utils.config_from_pytorch_model(model, input_shape, granularity='name')")
     for k in hls_config:
         if k not in _HLS_SECTIONS:
-            raise FxsplitError(f"unknown hls_config section {k!r}", hint=_close(k, _HLS_SECTIONS))
+            raise FxsplitError(f"hls_config section {k!r} is not one fxsplit applies",
+                               hint="keep Model, LayerType and LayerName in hls_config; converter options (io_type, "
+                                    "backend, part, clock_period) go in config")
+    if "InputShape" in hls_config:
+        given = hls_config["InputShape"]
+        given = [tuple(given)] if given and all(isinstance(d, int) for d in given) else [tuple(g) for g in given]
+        if given != [p.torch_shape for p in pt.inputs]:
+            raise FxsplitError(f"hls_config InputShape {hls_config['InputShape']!r} differs from the input shape(s) "
+                               f"{[p.torch_shape for p in pt.inputs]} given to compile",
+                               hint="pass the same input shape to both")
     model = copy.deepcopy(hls_config["Model"])
     conv = model.get("ChannelsLastConversion", "full")
     if conv not in ("full", "internal"):
