@@ -7,6 +7,7 @@ import torch
 
 from .capture import to_channels_first, to_channels_last
 from .errors import FxsplitError
+from .fixed import raw_to_float, words_to_float, words_to_raw
 from .flows.hls4ml.csim import CSim
 from .ir import Partitioning
 from .verify import VerifyResult, as_list, compare, torch_err  # noqa: F401  (VerifyResult: re-exported)
@@ -44,27 +45,66 @@ class Design:
             if arr.shape[1:] != port.torch_shape:
                 raise FxsplitError(f"input {port.name!r} must have shape (N, {', '.join(map(str, port.torch_shape))}) "
                                    f"(PyTorch layout), got {arr.shape}")
-            out.append(to_channels_last(arr, len(port.torch_shape)))
+            out.append(self._to_ports(arr, port))
         return out
 
+    def _to_ports(self, arr: np.ndarray, port) -> np.ndarray:
+        """PyTorch layout -> the port's layout (channels-last unless ChannelsLastConversion='off')."""
+        return to_channels_last(arr, len(port.torch_shape)) if self.partitioning.channels_last else arr
+
+    def _to_torch(self, arr: np.ndarray, port) -> np.ndarray:
+        return to_channels_first(arr, len(port.torch_shape)) if self.partitioning.channels_last else arr
+
     def _outputs(self, env: dict[str, np.ndarray], n: int):
+        """Float outputs in PyTorch layout from the raw words of the output ports."""
         outs = []
         for port in self.partitioning.outputs:
-            y = env[port.name].reshape(n, *port.shape)
-            outs.append(to_channels_first(y, len(port.torch_shape)))
+            y = words_to_float(env[port.name], port.precision).reshape(n, *port.shape)
+            outs.append(self._to_torch(y, port))
         return outs[0] if len(outs) == 1 else outs
 
     def port_values(self, x) -> dict[str, np.ndarray]:
-        """Every port's value (channels-last, (N, *Port.shape)) of the stitched emulation."""
-        return self._stitched(self._inputs(x))
+        """Every port's value (channels-last, (N, *Port.shape)) of the stitched emulation, as floats
+        (exact up to 53 bits; see :meth:`port_raw` for the exact integers at any width)."""
+        xs = self._inputs(x)
+        n = xs[0].shape[0]
+        return {name: words_to_float(w, self._precision(name)).reshape(n, *self._port(name).shape)
+                for name, w in self._stitched(xs).items()}
+
+    def port_raw(self, x) -> dict[str, np.ndarray]:
+        """Every port's raw integers (value = raw * 2**-F of the port's type), (N, size): exact at any width."""
+        return {name: words_to_raw(w, self._precision(name)) for name, w in self._stitched(self._inputs(x)).items()}
+
+    def _port(self, name: str):
+        for p in (*self.partitioning.inputs, *(q for part in self.partitions for q in part.outputs)):
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def _precision(self, name: str) -> str:
+        return self._port(name).precision
+
+    def _quantized_inputs(self) -> dict[str, tuple]:
+        """Model input -> (CSim, input index) of the first partition that reads it: the type converts it."""
+        found = {}
+        for part in self.partitions:
+            for k, p in enumerate(part.inputs):
+                found.setdefault(p.name, (self._csims[part.name], k))
+        return found
 
     def _stitched(self, xs: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """Raw words of every port: model inputs converted once by their type, then the partitions
+        chained along the DAG, each tensor handed on bit for bit."""
         n = xs[0].shape[0]
-        env = {p.name: a for p, a in zip(self.partitioning.inputs, xs)}
+        quant = self._quantized_inputs()
+        env = {}
+        for p, a in zip(self.partitioning.inputs, xs):
+            csim, k = quant[p.name]
+            env[p.name] = csim.quantize(k, a)
         for part in self.partitioning.partitions:
-            ys = self._csims[part.name]([env[p.name] for p in part.inputs])
+            ys = self._csims[part.name].run([env[p.name] for p in part.inputs])
             for port, y in zip(part.outputs, ys):
-                env[port.name] = y.reshape(n, *port.shape)
+                env[port.name] = y
         return env
 
     def predict(self, x):
@@ -73,10 +113,11 @@ class Design:
         return self._outputs(self._stitched(xs), xs[0].shape[0])
 
     def _monolithic(self, xs: list[np.ndarray]) -> list[np.ndarray]:
+        """Raw words of the uncut C simulation's outputs."""
         if self._mono is None:
             raise FxsplitError("this design was compiled with reference=False: no uncut C simulation",
                                hint="compile again with reference=True (the default)")
-        return self._mono(xs)
+        return self._mono.run([self._mono.quantize(k, a) for k, a in enumerate(xs)])
 
     def predict_monolithic(self, x):
         """The same model uncut, with the same numerics: the reference for equivalence."""
@@ -91,7 +132,7 @@ class Design:
         return self._torch(self._inputs(x))
 
     def _torch(self, xs: list[np.ndarray]):
-        xs = [torch.as_tensor(to_channels_first(a, len(p.torch_shape)), dtype=torch.float32)
+        xs = [torch.as_tensor(self._to_torch(a, p), dtype=torch.float32)
               for a, p in zip(xs, self.partitioning.inputs)]
         with torch.no_grad():
             y = self.partitioning.graph(*xs)
@@ -112,19 +153,22 @@ class Design:
         xs = self._inputs(x)
         n = xs[0].shape[0]
         env = self._stitched(xs)
-        got = [env[p.name].reshape(n, -1) for p in self.partitioning.outputs]
-        ref = [y.reshape(n, -1) for y in self._monolithic(xs)]
-        torch_out = [to_channels_last(t, len(p.torch_shape)).reshape(n, -1)
-                     for t, p in zip(as_list(self._torch(xs)), self.partitioning.outputs)]
-        err = torch_err(got, torch_out)
+        outs = self.partitioning.outputs
+        got = [words_to_raw(env[p.name], p.precision) for p in outs]            # exact, any width
+        ref = [words_to_raw(y, p.precision) for y, p in zip(self._monolithic(xs), outs)]
+        decode = [lambda r, p=p: raw_to_float(r, p.precision) for p in outs]
+        torch_out = [self._to_ports(t, p).reshape(n, -1)
+                     for t, p in zip(as_list(self._torch(xs)), outs)]
+        err = torch_err([d(g) for d, g in zip(decode, got)], torch_out)
         if level == "rtl":
-            res = self.rtl.verify(xs, self.partitioning.inputs, self.partitioning.outputs, got, ref, err,
+            raw_in = [words_to_raw(env[p.name], p.precision) for p in self.partitioning.inputs]
+            res = self.rtl.verify(raw_in, self.partitioning.inputs, outs, got, ref, decode, err,
                                   **({"simulator": simulator} if simulator else {}))
             if self.report:
                 from .summary import stitched_update
                 stitched_update(self.report, self.rtl)
         else:
-            res = compare(level, got, ref, [p.name for p in self.partitioning.outputs], err)
+            res = compare(level, got, ref, [p.name for p in outs], err, decode=decode)
         self.report["verification"] = res.to_dict()
         self.write_report()
         return res

@@ -55,8 +55,9 @@ def torch_err(got: list[np.ndarray], ref: list[np.ndarray]) -> float:
 
 
 def compare(level: str, got: list[np.ndarray], ref: list[np.ndarray], names: list[str], err_torch: float,
-            extra: dict | None = None) -> VerifyResult:
-    """Exact comparison of ``got`` against ``ref`` (one (N, ...) array per output port)."""
+            extra: dict | None = None, decode: list | None = None) -> VerifyResult:
+    """Exact comparison of ``got`` against ``ref`` (one (N, ...) array per output port, usually raw
+    integers); ``decode[i]`` turns output ``i``'s values into floats for the mismatch details."""
     n = got[0].shape[0]
     details, total = [], 0
     for name, g, r in zip(names, got, ref):
@@ -65,6 +66,8 @@ def compare(level: str, got: list[np.ndarray], ref: list[np.ndarray], names: lis
             raise ValueError(f"output {name!r}: shapes {g.shape} and {r.shape} differ")
         diff = np.argwhere(g2 != r2)
         total += len(diff)
+        dec = decode[names.index(name)] if decode else (lambda v: v)
         for s, i in diff[: max(0, 100 - len(details))]:
-            details.append(Mismatch(int(s), name, int(i), float(g2[s, i]), float(r2[s, i])))
+            details.append(Mismatch(int(s), name, int(i), float(dec(np.array([g2[s, i]]))[0]),
+                                    float(dec(np.array([r2[s, i]]))[0])))
     return VerifyResult(level, n, total == 0, total, err_torch, details, extra or {})

@@ -127,3 +127,48 @@ def test_hls_config_sections_fxsplit_does_not_apply_are_refused(tmp_path):
     with pytest.raises(fxsplit.FxsplitError, match="'IOType' is not one fxsplit applies"):
         fxsplit.compile(model, (12,), hls_config={**cfg, "IOType": "io_stream"}, output_dir=tmp_path / "o")
     assert not (tmp_path / "o").exists()
+
+
+class _OneLSB:
+    """A partition's C simulation with the lowest bit of one output element flipped."""
+
+    def __init__(self, csim):
+        self.csim = csim
+
+    def quantize(self, k, x):
+        return self.csim.quantize(k, x)
+
+    def run(self, xs):
+        ys = self.csim.run(xs)
+        ys[0][:, 0] ^= np.uint64(1)
+        return ys
+
+
+def test_wide_cut_tensors_cross_exactly(tmp_path):
+    """hls4ml's exact ('auto') Dense sums grow by ~20 bits a layer: the cut tensors here are 56, 76 and 96
+    bits wide (wider than a double's 53 and than one 64-bit word), their values carry more significant bits than a
+    double holds, and they cross the cuts bit for bit."""
+    from hls4ml.utils.config import config_from_pytorch_model
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8), fxsplit.Cut("mid"), nn.Linear(8, 8), fxsplit.Cut("tail"),
+                          nn.Linear(8, 2)).eval()
+    with torch.no_grad():
+        for m in model:
+            if isinstance(m, nn.Linear):
+                m.weight.mul_(16.0)             # values with more significant bits than a double holds
+    cfg = config_from_pytorch_model(model, (8,), granularity="name")
+    for name in ("_0", "_1", "_3", "_5"):
+        cfg["LayerName"][name]["Precision"]["accum"] = "auto"      # exact sums (the default wraps at fixed<16,6>)
+    design = fxsplit.compile(model, (8,), hls_config=cfg, config=FAST, output_dir=tmp_path / "fx", progress=False)
+    widths = [int(p.outputs[0].precision.split("<")[1].split(",")[0]) for p in design.partitions]
+    assert widths[0] > 53 and widths[1] > 64 and widths[2] > 64, widths
+    x = np.random.default_rng(0).uniform(-40, 40, size=(100, 8))
+    plain = _plain_hls4ml(model, (8,), cfg, "io_parallel", tmp_path / "plain")
+    assert np.array_equal(np.asarray(design.predict(x)), plain.predict(x))
+    assert design.verify(x).bit_exact
+    raw = design.port_raw(x)["_3"]                          # 76 bits: Python ints, exact
+    assert raw.dtype == object and max(abs(int(v)) for v in raw.ravel()) > 2 ** 53
+    # one LSB of a 76-bit tensor, invisible through a double, is a mismatch
+    design._csims["mid"] = _OneLSB(design._csims["mid"])
+    res = design.verify(x)
+    assert not res.bit_exact and res.mismatches > 0

@@ -58,12 +58,16 @@ def test_verify_detects_a_difference(tmp_path, rng):
     assert design.verify(x).bit_exact
     orig = design._csims["head"]
 
-    def off_by_one_lsb(xs):
-        xs = [a.copy() for a in xs]
-        xs[0][:, 0] += 2.0 ** -10          # one LSB of fixed<16,6> on one element
-        return orig(xs)
+    class OffByOneLSB:                      # the head's input, one LSB up on one element
+        def quantize(self, k, a):
+            return orig.quantize(k, a)
 
-    design._csims["head"] = off_by_one_lsb
+        def run(self, xs):
+            xs = [a.copy() for a in xs]
+            xs[0][:, 0] += np.uint64(1)
+            return orig.run(xs)
+
+    design._csims["head"] = OffByOneLSB()
     res = design.verify(x)
     assert not res.bit_exact and res.mismatches > 0 and res.details[0].output == "fc4"
 

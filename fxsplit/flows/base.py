@@ -66,11 +66,12 @@ class Flow:
         """After a successful build (and ``export``): load the C simulations."""
         from .hls4ml.csim import CSim
 
-        def load(name: str) -> CSim:
+        def load(name: str, inputs, outputs) -> CSim:
             r = result[f"{name}/csim"]
             return CSim(str(Path(r.artifact_dir) / r.meta["lib"]), r.meta["project"],
+                        [p.precision for p in inputs], [p.precision for p in outputs],
                         [math.prod(s) for s in r.meta["inputs"]], [math.prod(s) for s in r.meta["outputs"]])
 
-        csims = {name: load(name) for name in self.lowered.specs}
-        mono = load(self.lowered.mono_spec.name) if self.reference else None
+        csims = {p.name: load(p.name, p.inputs, p.outputs) for p in self.pt.partitions}
+        mono = load(self.lowered.mono_spec.name, self.pt.inputs, self.pt.outputs) if self.reference else None
         return Built(csims, mono)

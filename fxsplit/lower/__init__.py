@@ -2,7 +2,7 @@
 (plus the uncut reference), with boundary types pinned and checked."""
 
 from .config import DEFAULT_PRECISION, FlowConfig, hls4ml_layer_names, normalize_config
-from .convert import MAX_EXACT_BITS, MONOLITHIC, Lowered, ModelSpec, build_modelgraph, lower, type_width
+from .convert import MONOLITHIC, Lowered, ModelSpec, build_modelgraph, lower, type_width
 
-__all__ = ["DEFAULT_PRECISION", "FlowConfig", "hls4ml_layer_names", "normalize_config", "MAX_EXACT_BITS", "MONOLITHIC", "Lowered",
+__all__ = ["DEFAULT_PRECISION", "FlowConfig", "hls4ml_layer_names", "normalize_config", "MONOLITHIC", "Lowered",
            "ModelSpec", "build_modelgraph", "lower", "type_width"]

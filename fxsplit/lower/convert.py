@@ -14,7 +14,6 @@ import hashlib
 import io
 import json
 import os
-import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -28,7 +27,6 @@ from ..ir import Partition, Partitioning
 from .config import FlowConfig
 
 MONOLITHIC = "monolithic"
-MAX_EXACT_BITS = 53  # the csim bridge carries values as double: wider types would round
 
 
 def _supported_ops() -> set[str]:
@@ -172,17 +170,15 @@ def output_precisions(hm) -> list[str]:
     return [str(v.type.precision) for v in hm.get_output_variables()]
 
 
-_WIDTH_RE = re.compile(r"^\s*(?:ap_)?u?(?:fixed|int)<\s*(\d+)\s*(?:,[^<>]*)?>\s*$")
-
-
 def type_width(precision: str | None, what: str = "a port") -> int:
     """Bit width of an hls4ml fixed-point or integer type; anything else is an error (never 0)."""
-    m = _WIDTH_RE.match(str(precision)) if precision is not None else None
-    if m is None or int(m.group(1)) <= 0:
+    from ..fixed import layout
+    try:
+        return layout(precision).width
+    except ValueError:
         raise FxsplitError(f"{what} has type {precision!r}, which fxsplit cannot read as a fixed-point or integer "
-                           "type: its width (and so whether the C-simulation bridge carries it exactly) is unknown",
-                           hint="give this tensor an explicit fixed-point result precision, e.g. 'fixed<16,6>'")
-    return int(m.group(1))
+                           "type: the C-simulation bridge cannot carry it bit for bit",
+                           hint="give this tensor an explicit fixed-point result precision, e.g. 'fixed<16,6>'") from None
 
 
 class Lowered(NamedTuple):
@@ -285,14 +281,7 @@ def _check_boundaries(pt: Partitioning, mono, nmap: dict[str, str], graphs: dict
                          "fused group (e.g. after the BatchNorm)")
         for port in part.outputs:
             node = uncut_nodes[port.name]
-            width = type_width(port.precision, f"the tensor {port.name!r} leaving partition {part.name!r}")
-            if width > MAX_EXACT_BITS:
-                raise FxsplitError(
-                    f"the tensor {port.name!r} leaving partition {part.name!r} has type {port.precision} "
-                    f"({width} bits); the C-simulation bridge carries at most {MAX_EXACT_BITS} bits exactly",
-                    partition=part.name, module=str(node.target), source=node_source(node),
-                    hint=f"set a narrower result precision for this layer: config={{'layers': "
-                         f"{{{str(node.target)!r}: {{'precision': {{'result': 'fixed<24,12>'}}}}}}}}")
+            type_width(port.precision, f"the tensor {port.name!r} leaving partition {part.name!r}")
             layer = mono.graph.get(nmap.get(port.name, port.name))
             if layer is None:
                 raise FxsplitError(
@@ -308,6 +297,4 @@ def _check_boundaries(pt: Partitioning, mono, nmap: dict[str, str], graphs: dict
                     "model", partition=part.name, module=str(node.target), source=node_source(node),
                     hint="set an explicit result precision for this layer in config['layers']")
     for port in pt.outputs:
-        if type_width(port.precision, f"model output {port.name!r}") > MAX_EXACT_BITS:
-            raise FxsplitError(f"model output {port.name!r} has type {port.precision}, wider than {MAX_EXACT_BITS} "
-                               "bits", hint="set a narrower result precision for the last layer")
+        type_width(port.precision, f"model output {port.name!r}")

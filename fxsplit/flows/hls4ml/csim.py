@@ -1,9 +1,15 @@
 """The hls4ml flow's build step: each partition's hls4ml project and its C-simulation library.
 
 Worker side (``csim_job``): rebuild the partition's ModelGraph from its spec, write the project,
-compile the bit-accurate C simulation. Main side (``CSim``): call the library through its
-``<project>_double`` bridge. Every flow builds these: they are the stitched emulation
+add fxsplit's exact bridge to it, compile the bit-accurate C simulation. Main side (``CSim``): call
+the library through that bridge. Every flow builds these: they are the stitched emulation
 (``Design.predict``) and the uncut reference.
+
+The bridge (``fxsplit_raw_<project>``) carries every element as the raw bits of its hls4ml type
+(:mod:`fxsplit.fixed`), so a tensor crossing a cut reaches the next partition exactly at any width;
+hls4ml's own ``<project>_double`` bridge rounds wider than 53 bits. Model inputs are converted from
+double by the type itself (``fxsplit_quantize_<project>_<k>``: ``ap_fixed``'s rounding and overflow),
+exactly as hls4ml's bridge does.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ import subprocess
 import sys
 
 import numpy as np
+
+from ...fixed import layout, words_to_float
 
 from ...errors import FxsplitError
 from ...lower.convert import ModelSpec, build_modelgraph
@@ -51,6 +59,117 @@ def _relocatable_build_script(proj: str, opt: str) -> None:
         f.write(text)
 
 
+_RAW_HEADER = r"""#pragma once
+// fxsplit: exact C-simulation bridge. Every element travels as the raw bits of its hls4ml type, in
+// ceil(W/64) little-endian 64-bit words (the low W bits used), at any width ap_fixed/ap_int allow.
+#include <stddef.h>
+#include <stdint.h>
+#include "ap_fixed.h"
+#include "ap_int.h"
+#include "hls_stream.h"
+
+namespace fxsplit {
+template <class T> struct nw { static const int value = (T::width + 63) / 64; };
+
+template <class T> inline void put(const T &v, uint64_t *w) {
+    ap_uint<T::width> u = v.range(T::width - 1, 0);
+    for (int k = 0; k < nw<T>::value; k++) {
+        ap_uint<T::width> s = u >> (64 * k);
+        w[k] = (uint64_t)s.to_uint64();
+    }
+}
+template <class T> inline void get(const uint64_t *w, T &v) {
+    ap_uint<T::width> u = 0;
+    for (int k = 0; k < nw<T>::value; k++) u |= ap_uint<T::width>(w[k]) << (64 * k);
+    v.range(T::width - 1, 0) = u;
+}
+// one sample of a port: an array of SIZE elements, or a stream of T packs (nnet::array)
+template <class T, size_t SIZE> void from_raw(const uint64_t *src, T *dst) {
+    for (size_t i = 0; i < SIZE; i++) get(src + i * nw<T>::value, dst[i]);
+}
+template <class T, size_t SIZE> void from_raw(const uint64_t *src, hls::stream<T> &dst) {
+    for (size_t i = 0; i < SIZE / T::size; i++) {
+        T c;
+        for (size_t j = 0; j < T::size; j++) get(src + (i * T::size + j) * nw<typename T::value_type>::value, c[j]);
+        dst.write(c);
+    }
+}
+template <class T, size_t SIZE> void to_raw(T *src, uint64_t *dst) {
+    for (size_t i = 0; i < SIZE; i++) put(src[i], dst + i * nw<T>::value);
+}
+template <class T, size_t SIZE> void to_raw(hls::stream<T> &src, uint64_t *dst) {
+    for (size_t i = 0; i < SIZE / T::size; i++) {
+        T c = src.read();
+        for (size_t j = 0; j < T::size; j++) put(c[j], dst + (i * T::size + j) * nw<typename T::value_type>::value);
+    }
+}
+template <class T, size_t SIZE> inline size_t stride(T *) { return SIZE * nw<T>::value; }
+template <class T, size_t SIZE> inline size_t stride(hls::stream<T> &) {
+    return SIZE * nw<typename T::value_type>::value;
+}
+// a model input: double -> the type (its own rounding and overflow, as hls4ml's bridge) -> raw
+template <class E> void quantize(long n, const double *x, uint64_t *raw) {
+    for (long i = 0; i < n; i++) {
+        E v = E(x[i]);
+        put(v, raw + i * nw<E>::value);
+    }
+}
+} // namespace fxsplit
+"""
+
+_DOUBLE_FN = re.compile(r"void (\w+)_double\(([^)]*)\)\s*\{(.*?)\n\}", re.S)
+_SIZE = r"([\d\s*+()]+)"      # hls4ml writes sizes as products, e.g. 14*6
+_IN_CONV = re.compile(r"nnet::convert_data<double,\s*([\w:]+),\s*" + _SIZE + r">\((\w+),\s*(\w+)\);")
+_OUT_CONV = re.compile(r"nnet::convert_data<([\w:]+),\s*double,\s*" + _SIZE + r">\((\w+),\s*(\w+)\);")
+
+
+def add_raw_bridge(proj: str, project: str) -> None:
+    """Append fxsplit's exact bridge to hls4ml's ``<project>_bridge.cpp``, derived from its ``_double``
+    wrapper (same top function, same declarations, one loop over the samples):
+
+    - ``fxsplit_raw_<project>(n, in..., out...)``: every port as raw words (see :mod:`fxsplit.fixed`);
+    - ``fxsplit_quantize_<project>_<k>(n, x, raw)``: input ``k`` from double, by its type;
+    - ``fxsplit_width_<project>(k)`` / ``fxsplit_words_<project>(k)``: width and words per element of port
+      ``k`` (inputs, then outputs), which the caller checks against the ports it expects."""
+    with open(os.path.join(proj, "firmware", "fxsplit_raw.h"), "w") as f:
+        f.write(_RAW_HEADER)
+    path = os.path.join(proj, f"{project}_bridge.cpp")
+    with open(path) as f:
+        text = f.read()
+    m = _DOUBLE_FN.search(text)
+    if m is None or m.group(1) != project:
+        raise RuntimeError(f"hls4ml's {project}_bridge.cpp has no {project}_double wrapper in the expected form")
+    params = [p.replace("double", "").replace("*", "").strip() for p in m.group(2).split(",") if p.strip()]
+    body = m.group(3)
+    ins = _IN_CONV.findall(body)      # (type, size, param, variable)
+    outs = _OUT_CONV.findall(body)    # (type, size, variable, param)
+    if [i[2] for i in ins] + [o[3] for o in outs] != params:
+        raise RuntimeError(f"hls4ml's {project}_double converts {len(ins)} inputs and {len(outs)} outputs, "
+                           f"which do not match its parameters {params}")
+    body = _IN_CONV.sub(lambda c: f"fxsplit::from_raw<{c[1]}, {c[2]}>({c[3]} + s * fxsplit::stride<{c[1]}, "
+                                  f"{c[2]}>({c[4]}), {c[4]});", body)
+    body = _OUT_CONV.sub(lambda c: f"fxsplit::to_raw<{c[1]}, {c[2]}>({c[3]}, {c[4]} + s * fxsplit::stride<{c[1]}, "
+                                   f"{c[2]}>({c[3]}));", body)
+
+    def scalar(typ: str, var: str) -> str:
+        return f"{typ}::value_type" if re.search(rf"hls::stream<\s*{re.escape(typ)}\s*>\s*{var}\b", body) else typ
+
+    scalars = [scalar(t, v) for t, _, _, v in ins] + [scalar(t, v) for t, _, v, _ in outs]
+    sig = ", ".join(f"uint64_t *{p}" for p in params)
+    lines = ['', '#include "firmware/fxsplit_raw.h"', 'extern "C" {',
+             f"void fxsplit_raw_{project}(long n, {sig}) {{", "    for (long s = 0; s < n; s++) {",
+             body, "    }", "}"]
+    for k, (typ, size, _p, var) in enumerate(ins):
+        lines.append(f"void fxsplit_quantize_{project}_{k}(long n, const double *x, uint64_t *raw) "
+                     f"{{ fxsplit::quantize<{scalars[k]}>(n * ({size}), x, raw); }}")
+    cases = "".join(f" case {k}: return {e}::width;" for k, e in enumerate(scalars))
+    words = "".join(f" case {k}: return fxsplit::nw<{e}>::value;" for k, e in enumerate(scalars))
+    lines += [f"int fxsplit_width_{project}(int k) {{ switch (k) {{{cases} }} return -1; }}",
+              f"int fxsplit_words_{project}(int k) {{ switch (k) {{{words} }} return -1; }}", "}", ""]
+    with open(path, "a") as f:
+        f.write("\n".join(lines))
+
+
 def csim_job(workdir: str, inputs: dict[str, str], spec: ModelSpec) -> dict:
     """Write the hls4ml project of ``spec`` into ``workdir/<name>`` and compile its C-simulation library."""
     import time
@@ -61,11 +180,12 @@ def csim_job(workdir: str, inputs: dict[str, str], spec: ModelSpec) -> dict:
     t1 = time.time()
     print(f"[fxsplit] wrote hls4ml project {spec.name} in {t1 - t0:.1f} s", flush=True)
     _relocatable_build_script(proj, spec.csim_opt)
+    add_raw_bridge(proj, spec.name)
     r = subprocess.run(["bash", "./build_lib.sh"], cwd=proj, stdout=sys.stdout.fileno(), stderr=subprocess.STDOUT)
     if r.returncode != 0:
         raise RuntimeError(f"g++ failed to compile the C simulation of {spec.name} (exit {r.returncode})")
-    import glob
-    libs = glob.glob(os.path.join(proj, "firmware", f"{spec.name}-*.so"))
+    fw = os.path.join(proj, "firmware")     # not glob: the output path may hold [ ] * ?
+    libs = [os.path.join(fw, f) for f in os.listdir(fw) if f.startswith(f"{spec.name}-") and f.endswith(".so")]
     if len(libs) != 1:
         raise RuntimeError(f"build_lib.sh produced {len(libs)} libraries in {proj}/firmware, expected one")
     lib = os.path.relpath(libs[0], workdir)
@@ -78,28 +198,65 @@ def csim_job(workdir: str, inputs: dict[str, str], spec: ModelSpec) -> dict:
 # ----------------------------------------------------------------------------- C simulation (main side)
 
 class CSim:
-    """A compiled hls4ml C-simulation library, called through its ``<project>_double`` bridge."""
+    """A compiled hls4ml C-simulation library, called through fxsplit's exact bridge.
 
-    def __init__(self, lib_path: str, project: str, in_sizes: list[int], out_sizes: list[int]):
-        self.lib_path = lib_path
+    ``run`` takes and returns raw words (:mod:`fxsplit.fixed`): what partitions hand each other.
+    ``quantize`` converts a model input from float by its type; ``__call__`` does both and returns floats."""
+
+    def __init__(self, lib_path: str, project: str, in_precisions: list[str], out_precisions: list[str],
+                 in_sizes: list[int], out_sizes: list[int]):
+        self.lib_path, self.project = lib_path, project
         self._lib = ctypes.cdll.LoadLibrary(lib_path)
-        self._fn = getattr(self._lib, f"{project}_double")
-        self._fn.restype = None
-        ptr = np.ctypeslib.ndpointer(ctypes.c_double, flags="C_CONTIGUOUS")
-        self._fn.argtypes = [ptr] * (len(in_sizes) + len(out_sizes))
-        self.in_sizes, self.out_sizes = in_sizes, out_sizes
+        self.in_precisions, self.out_precisions = list(in_precisions), list(out_precisions)
+        self.in_sizes, self.out_sizes = list(in_sizes), list(out_sizes)
+        precs = self.in_precisions + self.out_precisions
+        width, words = self._sym("width", ctypes.c_int, [ctypes.c_int]), self._sym("words", ctypes.c_int, [ctypes.c_int])
+        self.words = []
+        for k, prec in enumerate(precs):
+            lay = layout(prec)
+            if width(k) != lay.width or words(k) != lay.words:
+                raise FxsplitError(f"internal: port {k} of the C simulation {project!r} is {width(k)} bits wide, "
+                                   f"but fxsplit expects {prec} ({lay.width} bits)")
+            self.words.append(lay.words)
+        u64 = np.ctypeslib.ndpointer(np.uint64, flags="C_CONTIGUOUS")
+        f64 = np.ctypeslib.ndpointer(np.float64, flags="C_CONTIGUOUS")
+        self._raw = self._sym("raw", None, [ctypes.c_long] + [u64] * len(precs))
+        self._quant = [getattr(self._lib, f"fxsplit_quantize_{project}_{k}") for k in range(len(in_sizes))]
+        for q in self._quant:
+            q.restype, q.argtypes = None, [ctypes.c_long, f64, u64]
+
+    def _sym(self, what, restype, argtypes):
+        fn = getattr(self._lib, f"fxsplit_{what}_{self.project}")
+        fn.restype, fn.argtypes = restype, argtypes
+        return fn
+
+    def quantize(self, k: int, x: np.ndarray) -> np.ndarray:
+        """Input ``k`` as floats (N, ...) channels-last -> raw words (N, size * words), by its type."""
+        n = x.shape[0]
+        flat = np.ascontiguousarray(x.reshape(n, -1), dtype=np.float64)
+        if flat.shape[1] != self.in_sizes[k]:
+            raise FxsplitError(f"input of size {flat.shape[1]} given where the C simulation expects {self.in_sizes[k]}")
+        out = np.zeros((n, self.in_sizes[k] * self.words[k]), dtype=np.uint64)
+        self._quant[k](n, flat, out)
+        return out
+
+    def run(self, xs: list[np.ndarray]) -> list[np.ndarray]:
+        """Raw words in (one (N, size * words) array per input), raw words out."""
+        n = xs[0].shape[0]
+        ins = []
+        for k, x in enumerate(xs):
+            a = np.ascontiguousarray(x.reshape(n, -1), dtype=np.uint64)
+            if a.shape[1] != self.in_sizes[k] * self.words[k]:
+                raise FxsplitError(f"input {k} of {self.project!r}: {a.shape[1]} words per sample given, "
+                                   f"{self.in_sizes[k] * self.words[k]} expected")
+            ins.append(a)
+        nin = len(self.in_sizes)
+        outs = [np.zeros((n, s * self.words[nin + k]), dtype=np.uint64) for k, s in enumerate(self.out_sizes)]
+        self._raw(n, *ins, *outs)
+        return outs
 
     def __call__(self, xs: list[np.ndarray]) -> list[np.ndarray]:
-        """xs: one (N, ...) float64 array per input, channels-last; returns one (N, size) array per output."""
-        n = xs[0].shape[0]
-        flat = [np.ascontiguousarray(x.reshape(n, -1), dtype=np.float64) for x in xs]
-        for f, size in zip(flat, self.in_sizes):
-            if f.shape[1] != size:
-                raise FxsplitError(f"input of size {f.shape[1]} given where the C simulation expects {size}")
-        outs = [np.zeros((n, s), dtype=np.float64) for s in self.out_sizes]
-        for i in range(n):
-            row_out = [np.zeros(s, dtype=np.float64) for s in self.out_sizes]
-            self._fn(*[f[i] for f in flat], *row_out)
-            for o, r in zip(outs, row_out):
-                o[i] = r
-        return outs
+        """xs: one (N, ...) float array per input, channels-last; returns one (N, size) float array per output
+        (exact up to 53 bits)."""
+        ys = self.run([self.quantize(k, x) for k, x in enumerate(xs)])
+        return [words_to_float(y, p) for y, p in zip(ys, self.out_precisions)]

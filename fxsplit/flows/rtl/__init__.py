@@ -214,21 +214,20 @@ class RTLDesign:
                 "resources_top": top, "top_synth_log": (self.top_synth or {}).get("log"),
                 "simulation": self.last_sim or None}
 
-    def verify(self, xs: list[np.ndarray], inputs: list, outputs: list, csim: list[np.ndarray],
-               mono: list[np.ndarray], torch_err: float, simulator: str = "verilator") -> VerifyResult:
+    def verify(self, raw_in: list[np.ndarray], inputs: list, outputs: list, csim: list[np.ndarray],
+               mono: list[np.ndarray], decode: list, torch_err: float, simulator: str = "verilator") -> VerifyResult:
         """Three ways: stitched RTL simulation == stitched C simulation == uncut C simulation.
 
-        ``xs``: model inputs (channels-last); ``inputs``/``outputs``: the model's ports;
-        ``csim``/``mono``: stitched and uncut C-simulation outputs, one (N, size) array per output."""
+        ``raw_in``: model inputs as raw integers of their types (N, size), as the C simulation converted
+        them; ``inputs``/``outputs``: the model's ports; ``csim``/``mono``: stitched and uncut C-simulation
+        outputs as raw integers, one (N, size) array per output; ``decode``: raw -> float per output."""
         from .testbench import simulate
-        n = xs[0].shape[0]
-        raw_in = [rl.quantize_raw(a.reshape(n, -1), p.precision) for a, p in zip(xs, inputs)]
-        expected = [rl.to_raw(y, p.precision) for y, p in zip(csim, outputs)]
+        n = raw_in[0].shape[0]
         ports_in = [{"name": p.name, "precision": p.precision, "shape": list(p.shape)} for p in inputs]
         ports_out = [{"name": p.name, "precision": p.precision, "shape": list(p.shape)} for p in outputs]
         workdir = os.path.join(self.stitched_dir, f"tb_{simulator}")
-        sim = simulate(simulator, self.files, self.top, ports_in, ports_out, raw_in, expected, self.latency, workdir)
-        base = compare("rtl", csim, mono, [p.name for p in outputs], torch_err)
+        sim = simulate(simulator, self.files, self.top, ports_in, ports_out, raw_in, csim, self.latency, workdir)
+        base = compare("rtl", csim, mono, [p.name for p in outputs], torch_err, decode=decode)
         prec = {p.name: p.precision for p in outputs}
         vname = {rl.verilog_name(p.name): p.name for p in outputs}
         rtl_details = [Mismatch(m.sample, vname.get(m.port, m.port), m.element,
