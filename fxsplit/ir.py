@@ -6,7 +6,9 @@ Conventions (all flows rely on them):
   unique in the design and identical on both sides of a cut.
 - ``Port.shape`` excludes the batch dimension and is **channels-last** (hls4ml's
   layout): a PyTorch tensor of shape (C, H, W) has port shape (H, W, C); (C, L) -> (L, C).
-  ``Port.torch_shape`` keeps the PyTorch (channels-first) shape.
+  ``Port.torch_shape`` keeps the PyTorch (channels-first) shape. The one exception: an hls4ml
+  config with ``ChannelsLastConversion='off'`` keeps PyTorch's layout everywhere
+  (``Partitioning.channels_last`` is False and ``Port.shape == Port.torch_shape``).
 - ``Port.precision`` is the hls4ml type of the tensor on the wire (e.g. ``fixed<16,6>``),
   filled in by lowering; producer and consumers of a port use exactly this type.
 - ``Partition.sources[port]`` names the producer of each input port: another
@@ -66,6 +68,13 @@ class Partitioning:
     inputs: list[Port]                     # model inputs
     outputs: list[Port]                    # model outputs, in the order the model returns them
     output_sources: dict[str, str] = field(default_factory=dict)  # model output port -> producer partition
+    channels_last: bool = True             # False: hls4ml's ChannelsLastConversion='off', ports in PyTorch layout
+
+    def keep_torch_layout(self) -> None:
+        """ChannelsLastConversion='off': every port keeps PyTorch's layout."""
+        self.channels_last = False
+        for p in self.ports().values():
+            p.shape = tuple(p.torch_shape)
 
     def __getitem__(self, name: str) -> Partition:
         for p in self.partitions:

@@ -47,6 +47,17 @@ class Conv1dNet(nn.Module):
         return self.fc(self.flatten(self.relu2(self.conv2(self.relu1(self.conv1(x))))))
 
 
+class ViewTail(nn.Module):
+    """A reshape as the model's last operation: hls4ml drops it (io_parallel) or keeps it (io_stream)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(3, 4, 3)
+
+    def forward(self, x):
+        return self.conv(x).view(-1, 24)
+
+
 def _plain_hls4ml(model, shape, cfg, io_type, out_dir):
     import hls4ml
     hm = hls4ml.converters.convert_from_pytorch_model(model, hls_config=cfg, output_dir=str(out_dir),
@@ -78,11 +89,14 @@ CASES = [
     (Conv1dNet, (3, 16), ["conv2", "flatten"], "name", "io_parallel"),
     (Conv1dNet, (3, 16), ["conv2", "flatten"], "model", "io_stream"),
     (MLP3, (12,), ["fc2"], "name", "io_stream"),
+    (Conv1dNet, (3, 16), ["fc"], "name", "io_parallel"),        # a partition ending in Flatten (hls4ml drops it)
+    (ViewTail, (3, 8), [], "model", "io_parallel"),
+    (ViewTail, (3, 8), [], "model", "io_stream"),
 ]
 
 
 @pytest.mark.parametrize("cls,shape,splits,granularity,io_type", CASES,
-                         ids=[f"{c[0].__name__}-{c[3]}-{c[4]}" for c in CASES])
+                         ids=[f"{c[0].__name__}-{'+'.join(c[2]) or 'uncut'}-{c[3]}-{c[4]}" for c in CASES])
 def test_same_bits_as_plain_hls4ml(cls, shape, splits, granularity, io_type, tmp_path):
     torch.manual_seed(3)
     model = cls().eval()
@@ -172,3 +186,33 @@ def test_wide_cut_tensors_cross_exactly(tmp_path):
     design._csims["mid"] = _OneLSB(design._csims["mid"])
     res = design.verify(x)
     assert not res.bit_exact and res.mismatches > 0
+
+
+@pytest.mark.parametrize("io_type", ["io_parallel", "io_stream"])
+def test_channels_last_conversion_off(io_type, tmp_path):
+    """ChannelsLastConversion='off' passes through: hls4ml keeps PyTorch's layout, and so do the ports."""
+    torch.manual_seed(5)
+    model = ResidualMLP().eval()
+    cfg = _config(model, (10,), "name", conversion="off")
+    plain = _plain_hls4ml(model, (10,), cfg, io_type, tmp_path / "plain")
+    design = fxsplit.compile(model, (10,), splits=["fc2", "fc3"], hls_config=cfg,
+                             config={**FAST, "io_type": io_type}, output_dir=tmp_path / "fx", progress=False)
+    assert not design.partitioning.channels_last
+    assert all(p.shape == p.torch_shape for p in design.partitioning.ports().values())
+    x = np.random.default_rng(1).uniform(-40, 40, size=(100, 10))
+    assert np.array_equal(np.asarray(design.predict(x)).reshape(100, -1), plain.predict(x).reshape(100, -1))
+    assert design.verify(x).bit_exact
+
+
+def test_channels_last_conversion_off_where_hls4ml_fails(tmp_path):
+    """A convolution with ChannelsLastConversion='off' fails in plain hls4ml 1.3 (io_parallel): fxsplit says so
+    before anything is built."""
+    model = Conv1dNet().eval()
+    cfg = _config(model, (3, 16), "model", conversion="off")
+    with pytest.raises(Exception) as plain:
+        _plain_hls4ml(model, (3, 16), cfg, "io_parallel", tmp_path / "plain")
+    assert not isinstance(plain.value, fxsplit.FxsplitError)
+    with pytest.raises(fxsplit.FxsplitError, match="hls4ml could not convert"):
+        fxsplit.compile(model, (3, 16), splits=["conv2"], hls_config=cfg, config=FAST, output_dir=tmp_path / "fx",
+                        progress=False)
+    assert not (tmp_path / "fx").exists()

@@ -222,8 +222,17 @@ def test_cut_between_conv_and_batchnorm_is_refused(tmp_path):
     with pytest.raises(FxsplitError) as e:
         fxsplit.compile(model(), (2, 4, 4), hls_config=_name_granularity(model(), (2, 4, 4)),
                         output_dir=tmp_path / "o")
-    assert "fuses" in str(e.value) and "partition: bn" in str(e.value) and "module: 2" in str(e.value)
+    msg = str(e.value)
+    assert "merges '_2' into '_0'" in msg and "partition: bn" in msg and "module: 2" in msg
+    # the nearest legal cuts: after the BatchNorm (before the ReLU, module '3') or before the convolution
+    assert "cut after '_2' (splits=['3']) or before '_0' (splits=['0'])" in msg
     assert not (tmp_path / "o").exists()
+    # a true refusal: plain hls4ml, uncut, with the same config, has no BatchNorm layer left (it is fused)
+    import hls4ml
+    plain = hls4ml.converters.convert_from_pytorch_model(model(), hls_config=_name_granularity(model(), (2, 4, 4)),
+                                                         output_dir=str(tmp_path / "plain"), backend="Vivado")
+    kinds = [layer.class_name for layer in plain.get_layers()]
+    assert "BatchNormalization" not in kinds and any(k.startswith("Conv2D") for k in kinds), kinds
     from fxsplit.lower import lower, normalize_config
     pt = fxsplit.partition(model(), (2, 4, 4))
     lw = lower(pt, normalize_config({}, pt), str(tmp_path / "scratch"))
@@ -251,6 +260,13 @@ def test_same_tensor_twice_in_a_merge_is_refused(tmp_path):
 
     with pytest.raises(FxsplitError, match="same tensor 'fc' twice"):
         fxsplit.compile(M(), (4,), output_dir=tmp_path / "o")
+    # a true refusal: plain hls4ml 1.3 fails on this model too
+    import hls4ml
+    from hls4ml.utils.config import config_from_pytorch_model
+    with pytest.raises(Exception) as plain:
+        hls4ml.converters.convert_from_pytorch_model(M(), hls_config=config_from_pytorch_model(M(), (4,)),
+                                                     output_dir=str(tmp_path / "plain"), backend="Vivado")
+    assert not isinstance(plain.value, FxsplitError)
 
 
 def test_public_names_survive_submodule_imports():

@@ -172,9 +172,9 @@ def _from_hls_config(fc: FlowConfig, hls_config: dict, hls_names: dict[str, str]
                                hint="pass the same input shape to both")
     model = copy.deepcopy(hls_config["Model"])
     conv = model.get("ChannelsLastConversion", "full")
-    if conv not in ("full", "internal"):
-        raise FxsplitError(f"hls_config Model ChannelsLastConversion={conv!r} is not supported by fxsplit yet",
-                           hint="use 'full' (hls4ml's default) or 'internal'; both give the same numbers")
+    if conv not in ("full", "internal", "off"):
+        raise FxsplitError(f"hls_config Model ChannelsLastConversion={conv!r} is not one hls4ml knows",
+                           hint="use 'full' (hls4ml's default), 'internal' or 'off'")
     fc.model = model
     fc.from_hls_config = True
     prec = model.get("Precision")

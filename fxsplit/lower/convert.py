@@ -120,7 +120,9 @@ def make_spec(name: str, module: torch.fx.GraphModule, input_names: list[str], i
     shapes = [tuple(s) for s in input_shapes]
     model_cfg = copy.deepcopy(fc.model)
     # layout only: ports stay channels-last, fxsplit transposes at the model's inputs and outputs
-    model_cfg["ChannelsLastConversion"] = "internal"
+    # ('off' keeps PyTorch's layout everywhere, ports included: see Partitioning.keep_torch_layout)
+    if model_cfg.get("ChannelsLastConversion") != "off":
+        model_cfg["ChannelsLastConversion"] = "internal"
     model_cfg["TransposeOutputs"] = False
     layer_cfg = {nmap[node]: copy.deepcopy(lc) for node, lc in fc.layer_name.items() if node in nmap}
     for inp in input_names:
@@ -207,6 +209,8 @@ def lower(pt: Partitioning, fc: FlowConfig, output_dir: str) -> Lowered:
     A model input gets the type hls4ml gives it from the user's config (read back from the graphs, and
     checked equal in every partition that reads it and in the uncut model)."""
     uncut = pt.graph
+    if fc.model.get("ChannelsLastConversion") == "off":
+        pt.keep_torch_layout()
     precisions: dict[str, str] = {}
     model_inputs = {p.name for p in pt.inputs}
     specs, graphs = {}, {}
@@ -240,7 +244,7 @@ def lower(pt: Partitioning, fc: FlowConfig, output_dir: str) -> Lowered:
             raise FxsplitError(f"model input {p.name!r} has type {precisions[p.name]} in the partitions but {got} in "
                                "the uncut model", hint="give this input an explicit result precision in the config")
         p.precision = precisions.setdefault(p.name, got)
-    _check_boundaries(pt, mono, mono_spec.name_map, graphs, specs)
+    _check_boundaries(pt, mono, mono_spec.name_map, graphs, specs, fc.io_type)
     return Lowered(specs, graphs, mono_spec, mono, {k: v.getvalue() for k, v in logs.items()})
 
 
@@ -260,37 +264,75 @@ def _convert(spec: ModelSpec, output_dir: str, logs: dict, partition: str | None
                                 "hls4ml converts the uncut model, please report this") from e
 
 
-def _check_boundaries(pt: Partitioning, mono, nmap: dict[str, str], graphs: dict, specs: dict) -> None:
+def _legal_cuts_near(node: torch.fx.Node, kept) -> str:
+    """Where a cut through the group hls4ml merged ``node`` into is legal: before the group's first layer or
+    after its last one (``kept(name)``: hls4ml keeps that node as a layer of its own in the uncut model)."""
+    start = node
+    while not kept(start.name) and start.all_input_nodes:
+        start = start.all_input_nodes[0]
+    end = node
+    while len(end.users) == 1 and not kept(next(iter(end.users)).name) and next(iter(end.users)).op != "output":
+        end = next(iter(end.users))
+    after = next(iter(end.users)) if len(end.users) == 1 else None
+
+    def split_name(n: torch.fx.Node) -> str:
+        return str(n.target) if n.op == "call_module" else n.name
+
+    alt = [f"cut after {end.name!r}" + (f" (splits=[{split_name(after)!r}])" if after is not None and
+                                         after.op != "output" else "")]
+    if start.op != "placeholder":
+        alt.append(f"before {start.name!r} (splits=[{split_name(start)!r}])")
+    return " or ".join(alt) + " instead, so that no group hls4ml merges is split"
+
+
+def _check_boundaries(pt: Partitioning, mono, nmap: dict[str, str], graphs: dict, specs: dict, io_type: str) -> None:
     """hls4ml must keep the same layers on both sides (no fusion across a cut), and each cut
-    tensor must exist in the uncut model with the same type."""
+    tensor must exist in the uncut model with the same type.
+
+    One difference is not a fusion: with io_parallel hls4ml drops a Reshape that ends a graph (its
+    ``RemoveFinalReshape``: a flat array is the same in any shape), so a reshape at the end of a
+    partition is gone there but kept in the uncut model; the partition's output is then the reshape's
+    input, element for element the same data."""
     uncut_nodes = {n.name: n for n in pt.graph.graph.nodes}
+    model_outputs = [p.name for p in pt.outputs]
+    mono_out_types = [str(v.type.precision) for v in mono.get_output_variables()]
+
+    def kept(name: str) -> bool:
+        return nmap.get(name) in mono.graph
+
     for part in pt.partitions:
         pmap = specs[part.name].name_map
+        outs = {p.name for p in part.outputs}
         for node_name in part.nodes:
             in_part = pmap.get(node_name) in graphs[part.name].graph
-            in_mono = nmap.get(node_name) in mono.graph
-            if in_part != in_mono:
-                node = uncut_nodes[node_name]
-                producer = node.all_input_nodes[0].name if node.all_input_nodes else "?"
-                raise FxsplitError(
-                    f"hls4ml fuses {node_name!r} with its neighbour {producer!r} in the uncut model"
-                    if not in_mono else f"hls4ml fuses {node_name!r} inside partition {part.name!r} but not in the "
-                    "uncut model", partition=part.name, module=str(node.target), source=node_source(node),
-                    hint="a cut separates layers hls4ml merges (e.g. a convolution and its BatchNorm); the "
-                         "partitioned design could not equal the uncut one bit for bit: move the cut after the "
-                         "fused group (e.g. after the BatchNorm)")
+            in_mono = kept(node_name)
+            if in_part == in_mono:
+                continue
+            if (in_mono and node_name in outs and io_type == "io_parallel"
+                    and mono.graph[nmap[node_name]].class_name == "Reshape"):
+                continue                       # a final Reshape hls4ml drops from the partition: same data
+            node = uncut_nodes[node_name]
+            producer = node.all_input_nodes[0].name if node.all_input_nodes else "?"
+            raise FxsplitError(
+                f"hls4ml merges {node_name!r} into {producer!r} in the uncut model, but the cut keeps them apart"
+                if not in_mono else f"hls4ml merges {node_name!r} with a neighbour inside partition {part.name!r} "
+                "but not in the uncut model", partition=part.name, module=str(node.target), source=node_source(node),
+                hint=f"the partitioned design could not equal the uncut one bit for bit; "
+                     f"{_legal_cuts_near(node, kept)}")
         for port in part.outputs:
             node = uncut_nodes[port.name]
             type_width(port.precision, f"the tensor {port.name!r} leaving partition {part.name!r}")
             layer = mono.graph.get(nmap.get(port.name, port.name))
-            if layer is None:
+            if layer is not None:
+                mono_prec = str(layer.get_output_variable().type.precision)
+            elif port.name in model_outputs:   # dropped by hls4ml in the uncut model too (a final Reshape)
+                mono_prec = mono_out_types[model_outputs.index(port.name)]
+            else:
                 raise FxsplitError(
-                    f"the cut after {port.name!r} (end of partition {part.name!r}) separates layers that hls4ml "
-                    "fuses in the uncut model (e.g. a convolution and its BatchNorm, or an activation hls4ml "
-                    "merges); the partitioned design could not equal the uncut one bit for bit",
+                    f"the cut after {port.name!r} (end of partition {part.name!r}) splits a group of layers hls4ml "
+                    "merges in the uncut model; the partitioned design could not equal the uncut one bit for bit",
                     partition=part.name, module=str(node.target), source=node_source(node),
-                    hint="move the cut after the fused group (e.g. after the BatchNorm / activation)")
-            mono_prec = str(layer.get_output_variable().type.precision)
+                    hint=_legal_cuts_near(node, kept))
             if mono_prec != port.precision:
                 raise FxsplitError(
                     f"the tensor {port.name!r} has type {port.precision} at the cut but {mono_prec} in the uncut "
