@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+VENV=${FXSPLIT_VENV:-.venv}
+export VIRTUAL_ENV="$PWD/$VENV" PATH="$PWD/$VENV/bin:$PATH"
 OUT=${1:-out/jet_tagger}
-exec ${PYTHON:-python3} -m fxsplit compile models:jet_tagger --flow rtl --precision 'fixed<8,3>' \
+exec "$VENV/bin/python" -m fxsplit compile models:jet_tagger --flow rtl --precision 'fixed<8,3>' \
   -o "$OUT" --verify 500 --simulator verilator

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# All set-up, then the whole test suite (real hls4ml, g++, da4ml, Verilator, Icarus, Yosys, Dask).
+# All set-up, then the whole test suite (real hls4ml, g++, da4ml, Verilator, Icarus, Yosys, Dask),
+# in the project's virtual environment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec ${PYTHON:-python3} -m pytest -q -ra --durations=15 "$@"
+VENV=${FXSPLIT_VENV:-.venv}
+export VIRTUAL_ENV="$PWD/$VENV" PATH="$PWD/$VENV/bin:$PATH"
+exec "$VENV/bin/python" -m pytest -q -ra --durations=15 "$@"

@@ -1,4 +1,5 @@
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -7,6 +8,11 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+# Icarus Verilog has no PyPI build: without root (apt-get install iverilog) the tests that also run it skip.
+HAVE_ICARUS = shutil.which("iverilog") is not None and shutil.which("vvp") is not None
+needs_icarus = pytest.mark.skipif(not HAVE_ICARUS, reason="Icarus Verilog (iverilog, vvp) is not installed: "
+                                                          "apt-get install iverilog (needs root)")
 
 # Small C-simulation libraries compile twice as fast at -O0; numerics do not depend on it.
 FAST = {"csim_opt": "-O0"}

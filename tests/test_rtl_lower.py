@@ -10,6 +10,7 @@ import torch.nn as nn
 from fxsplit.errors import FxsplitError
 from fxsplit.flows.rtl import lower as rl
 from fxsplit.flows.rtl import testbench as tbm
+from conftest import needs_icarus
 
 
 def _hls(model, shape, name, tmp_path, over=None, precision='fixed<16,6>'):
@@ -119,6 +120,7 @@ class Conv1dPools(nn.Module):
         return torch.flatten(self.mp(self.p(self.c(x))), 1)
 
 
+@needs_icarus
 def test_tiny_mlp_icarus_and_verilator(tmp_path):
     torch.manual_seed(1)
     hm = _hls(TinyMLP(), (8,), 'tiny', tmp_path)
@@ -127,6 +129,7 @@ def test_tiny_mlp_icarus_and_verilator(tmp_path):
     roundtrip(hm, tmp_path / 'i', 'icarus', n=300)
 
 
+@needs_icarus
 def test_tiny_mlp_combinational_and_deeper_pipeline(tmp_path):
     torch.manual_seed(2)
     hm = _hls(TinyMLP(), (8,), 'tinyc', tmp_path)
@@ -136,6 +139,7 @@ def test_tiny_mlp_combinational_and_deeper_pipeline(tmp_path):
     assert m2['latency'] > 1
 
 
+@needs_icarus
 def test_rnd_sat_types(tmp_path):
     """Explicit RND/SAT result types and a wide (exact) accumulator."""
     torch.manual_seed(3)

@@ -8,6 +8,7 @@ import re
 from fxsplit.flows.rtl import _stitched_files, lower as rl, testbench as tbm
 from fxsplit.flows.rtl.stitch import generate_stitched
 from fxsplit.flows.rtl.synth import synthesize
+from conftest import needs_icarus
 
 
 class SkipMLP(nn.Module):
@@ -21,6 +22,7 @@ class SkipMLP(nn.Module):
         return self.l3(self.l2(h) + x)   # x bypasses partition p0
 
 
+@needs_icarus
 def test_stitched_skip_mlp(tmp_path):
     from fxsplit import partition
     from fxsplit.lower import lower, normalize_config
