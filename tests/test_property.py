@@ -28,8 +28,18 @@ class RandomDAG(nn.Module):
                 self.layers.append(nn.Linear(2 * WIDTH, WIDTH))
             elif op == "relu":
                 self.layers.append(nn.ReLU())
+            elif op == "bn":
+                bn = nn.BatchNorm1d(WIDTH)
+                with torch.no_grad():
+                    bn.running_mean.uniform_(-1, 1)
+                    bn.running_var.uniform_(0.5, 2)
+                    bn.weight.uniform_(0.5, 1.5)
+                    bn.bias.uniform_(-0.5, 0.5)
+                self.layers.append(bn)
+            elif op in ("sigmoid", "tanh"):
+                self.layers.append(nn.Sigmoid() if op == "sigmoid" else nn.Tanh())
             else:
-                self.layers.append(nn.LeakyReLU(0.125) if op == "leaky" else nn.ReLU())
+                self.layers.append(nn.LeakyReLU(0.125) if op == "leaky" else nn.Identity())
         # no dead values: every tensor nobody reads is added into the output
         used = {a for _op, args in program for a in args}
         self.unused = [i for i in range(1, len(program)) if i not in used]
@@ -42,6 +52,10 @@ class RandomDAG(nn.Module):
                 ts[-1] = self.cuts[f"c{i}"](ts[-1])
             if op == "add":
                 y = ts[args[0]] + ts[args[1]]
+            elif op == "sub":
+                y = ts[args[0]] - ts[args[1]]
+            elif op == "mul":
+                y = ts[args[0]] * ts[args[1]]
             elif op == "cat_linear":
                 y = layer(torch.cat([ts[args[0]], ts[args[1]]], dim=1))
             else:
