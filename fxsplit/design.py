@@ -56,11 +56,12 @@ class Design:
         return to_channels_first(arr, len(port.torch_shape)) if self.partitioning.channels_last else arr
 
     def _outputs(self, env: dict[str, np.ndarray], n: int):
-        """Float outputs in PyTorch layout from the raw words of the output ports."""
+        """Float outputs from the raw words of the output ports: in PyTorch's layout, or, for a user's
+        hls_config with TransposeOutputs=False (hls4ml's default), channels-last as plain hls4ml returns them."""
         outs = []
         for port in self.partitioning.outputs:
             y = words_to_float(env[port.name], port.precision).reshape(n, *port.shape)
-            outs.append(self._to_torch(y, port))
+            outs.append(self._to_torch(y, port) if self.partitioning.outputs_torch_layout else y)
         return outs[0] if len(outs) == 1 else outs
 
     def port_values(self, x) -> dict[str, np.ndarray]:

@@ -69,6 +69,8 @@ class Partitioning:
     outputs: list[Port]                    # model outputs, in the order the model returns them
     output_sources: dict[str, str] = field(default_factory=dict)  # model output port -> producer partition
     channels_last: bool = True             # False: hls4ml's ChannelsLastConversion='off', ports in PyTorch layout
+    outputs_torch_layout: bool = True      # Design returns outputs in PyTorch's layout; False: as the ports
+                                           # (hls4ml's TransposeOutputs=False, its default for a user's hls_config)
 
     def keep_torch_layout(self) -> None:
         """ChannelsLastConversion='off': every port keeps PyTorch's layout."""

@@ -216,3 +216,33 @@ def test_channels_last_conversion_off_where_hls4ml_fails(tmp_path):
         fxsplit.compile(model, (3, 16), splits=["conv2"], hls_config=cfg, config=FAST, output_dir=tmp_path / "fx",
                         progress=False)
     assert not (tmp_path / "fx").exists()
+
+
+class ConvOut(nn.Module):
+    """A feature map as the model's output: its layout depends on hls4ml's TransposeOutputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.relu1 = nn.Conv1d(3, 5, 3), nn.ReLU()
+        self.conv2 = nn.Conv1d(5, 4, 3)
+
+    def forward(self, x):
+        return self.conv2(self.relu1(self.conv1(x)))
+
+
+@pytest.mark.parametrize("transpose_outputs", [False, True])
+def test_transpose_outputs_passes_through(transpose_outputs, tmp_path):
+    """predict returns what plain hls4ml's predict returns: channels-last outputs (its default), or PyTorch's
+    layout with transpose_outputs=True, element for element."""
+    from hls4ml.utils.config import config_from_pytorch_model
+    torch.manual_seed(7)
+    model = ConvOut().eval()
+    cfg = config_from_pytorch_model(model, (3, 16), default_precision="fixed<12,5>", transpose_outputs=transpose_outputs)
+    plain = _plain_hls4ml(model, (3, 16), cfg, "io_parallel", tmp_path / "plain")
+    design = fxsplit.compile(model, (3, 16), splits=["conv2"], hls_config=cfg, config=FAST,
+                             output_dir=tmp_path / "fx", progress=False)
+    x = np.random.default_rng(2).uniform(-20, 20, size=(50, 3, 16))
+    ours = np.asarray(design.predict(x))
+    assert ours.shape == ((50, 4, 12) if transpose_outputs else (50, 12, 4))
+    assert np.array_equal(ours.reshape(50, -1), plain.predict(x).reshape(50, -1))
+    assert design.verify(x).bit_exact

@@ -211,6 +211,9 @@ def lower(pt: Partitioning, fc: FlowConfig, output_dir: str) -> Lowered:
     uncut = pt.graph
     if fc.model.get("ChannelsLastConversion") == "off":
         pt.keep_torch_layout()
+    if fc.from_hls_config:
+        # plain hls4ml's predict returns channels-last outputs unless the config says TransposeOutputs
+        pt.outputs_torch_layout = bool(fc.model.get("TransposeOutputs", False))
     precisions: dict[str, str] = {}
     model_inputs = {p.name for p in pt.inputs}
     specs, graphs = {}, {}
