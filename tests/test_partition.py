@@ -1,6 +1,7 @@
 """Markers, tracing and DAG partitioning (no builds)."""
 
 import pytest
+import numpy as np
 import torch
 from torch import nn
 
@@ -247,26 +248,55 @@ def test_wrong_input_shape():
         fxsplit.partition(model, "16")
 
 
-def test_same_tensor_twice_in_a_merge_is_refused(tmp_path):
+_TWICE = {"add": (lambda y: y + y, 4), "mul": (lambda y: y * y, 4), "maximum": (lambda y: torch.maximum(y, y), 4),
+          "cat": (lambda y: torch.cat([y, y], dim=1), 8),
+          "einsum": (lambda y: torch.einsum("bi,bj->bij", y, y).flatten(1), 16)}
+
+
+def _twice_model(op):
+    fn, width = _TWICE[op]
+
     class M(nn.Module):
         def __init__(self):
             super().__init__()
             self.fc = nn.Linear(4, 4)
-            self.out = nn.Linear(4, 2)
+            self.out = nn.Linear(width, 2)
 
         def forward(self, x):
-            y = self.fc(x)
-            return self.out(y + y)
+            return self.out(fn(self.fc(x)))
+    torch.manual_seed(0)
+    return M().eval()
 
+
+@pytest.mark.parametrize("op", ["add", "mul", "maximum", "cat"])
+def test_same_tensor_twice_in_a_merge_is_refused(op, tmp_path):
+    """hls4ml's merge and concatenate layers fail on x op x: refused up front, and truly (plain hls4ml fails)."""
     with pytest.raises(FxsplitError, match="same tensor 'fc' twice"):
-        fxsplit.compile(M(), (4,), output_dir=tmp_path / "o")
-    # a true refusal: plain hls4ml 1.3 fails on this model too
+        fxsplit.compile(_twice_model(op), (4,), output_dir=tmp_path / "o")
+    assert not (tmp_path / "o").exists()
     import hls4ml
     from hls4ml.utils.config import config_from_pytorch_model
     with pytest.raises(Exception) as plain:
-        hls4ml.converters.convert_from_pytorch_model(M(), hls_config=config_from_pytorch_model(M(), (4,)),
+        model = _twice_model(op)
+        hls4ml.converters.convert_from_pytorch_model(model, hls_config=config_from_pytorch_model(model, (4,)),
                                                      output_dir=str(tmp_path / "plain"), backend="Vivado")
     assert not isinstance(plain.value, FxsplitError)
+
+
+def test_same_tensor_twice_where_hls4ml_converts_it(tmp_path):
+    """einsum(y, y) converts in plain hls4ml: no refusal, and the same bits."""
+    import hls4ml
+    from hls4ml.utils.config import config_from_pytorch_model
+    model = _twice_model("einsum")
+    cfg = config_from_pytorch_model(model, (4,))
+    plain = hls4ml.converters.convert_from_pytorch_model(model, hls_config=cfg, output_dir=str(tmp_path / "plain"),
+                                                         backend="Vivado")
+    plain.compile()
+    design = fxsplit.compile(model, (4,), splits=["einsum"], hls_config=cfg, config={"csim_opt": "-O0"},
+                             output_dir=tmp_path / "o", progress=False)
+    x = np.random.default_rng(0).uniform(-20, 20, size=(50, 4))
+    assert np.array_equal(np.asarray(design.predict(x)), plain.predict(x))
+    assert design.verify(x).bit_exact
 
 
 def test_public_names_survive_submodule_imports():

@@ -34,6 +34,13 @@ def _supported_ops() -> set[str]:
     return set(get_supported_pytorch_layers()) | {"Dropout", "Sequential", "getitem"}
 
 
+def _merge_handler(op: str) -> bool:
+    """hls4ml's handler for ``op`` is one of its merge/concatenate parsers (they fail on x op x)."""
+    from hls4ml.converters.pytorch_to_hls import layer_handlers
+    handler = layer_handlers.get(op)
+    return handler is not None and handler.__module__.endswith("pytorch.merge")
+
+
 def _op_name(node: torch.fx.Node, root: torch.nn.Module) -> str:
     from hls4ml.converters.pytorch_to_hls import layer_name_map
     if node.op == "call_module":
@@ -52,13 +59,14 @@ def check_layers(part: Partition, uncut: torch.fx.GraphModule) -> None:
         if n.op not in ("call_module", "call_function", "call_method"):
             continue
         op = _op_name(n, part.module)
-        tensor_args = [a for a in n.args if isinstance(a, torch.fx.Node)]
-        if n.op != "call_module" and len(tensor_args) > 1 and len(set(tensor_args)) < len(tensor_args):
+        tensor_args = []
+        torch.fx.node.map_arg(n.args, tensor_args.append)
+        if (n.op != "call_module" and len(set(tensor_args)) < len(tensor_args) and _merge_handler(op)):
             orig = uncut_nodes.get(n.name, n)
             raise FxsplitError(f"hls4ml cannot convert operation {n.name!r} ({op}): it uses the same tensor "
-                               f"{tensor_args[0].name!r} twice", module=n.name, partition=part.name,
-                               source=node_source(orig), hint="hls4ml's merge layers need two distinct inputs; "
-                                                              "e.g. write x * 2 instead of x + x")
+                               f"{tensor_args[0].name!r} twice, and hls4ml's merge layers (add, sub, mul, maximum, "
+                               "minimum, cat) fail on that", module=n.name, partition=part.name,
+                               source=node_source(orig), hint="e.g. write x * 2 instead of x + x")
         if op not in supported:
             orig = uncut_nodes.get(n.name, n)
             what = f"module {orig.target!r}" if n.op == "call_module" else f"operation {n.name!r}"
