@@ -126,6 +126,29 @@ def test_untraceable_control_flow_names_module_and_line():
     msg = str(e.value)
     assert "control flow" in msg and "module: 1" in msg
     assert "test_partition.py" in msg and "if x.sum() > 0" in msg
+    _plain_hls4ml_fails(nn.Sequential(nn.Linear(4, 4), DataDependent()), (4,))
+
+
+def _plain_hls4ml_fails(model, shape):
+    """The refusal is true: plain hls4ml (its config builder and converter) fails on the same model."""
+    import tempfile
+
+    import hls4ml
+    from hls4ml.utils.config import config_from_pytorch_model
+    with tempfile.TemporaryDirectory() as d, pytest.raises(Exception) as plain:
+        cfg = config_from_pytorch_model(model, shape)
+        hls4ml.converters.convert_from_pytorch_model(model, hls_config=cfg, output_dir=d, backend="Vivado")
+    assert not isinstance(plain.value, FxsplitError)
+
+
+def test_layer_hls4ml_cannot_convert_is_refused(tmp_path):
+    """GELU is not in hls4ml 1.3's PyTorch registry: refused before any build, naming the module, and truly."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.GELU(), nn.Linear(4, 2)).eval()
+    with pytest.raises(FxsplitError) as e:
+        fxsplit.compile(model, (4,), output_dir=tmp_path / "o")
+    assert "hls4ml cannot convert module '1' (GELU)" in str(e.value)
+    assert not (tmp_path / "o").exists()
+    _plain_hls4ml_fails(model, (4,))
 
 
 def test_unknown_split_name_suggests_close_names():
