@@ -79,7 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(optional for zoo models)")
     c.add_argument("--splits", nargs="+", default=None, metavar="NAME",
                    help="also split before these modules / nodes (in addition to the Cut markers)")
-    c.add_argument("--flow", choices=("hls4ml", "rtl"), default="hls4ml")
+    c.add_argument("--flow", choices=("hls4ml", "rtl", "vitis"), default="hls4ml")
+    c.add_argument("--emit-only", action="store_true",
+                   help="vitis flow: write every Vitis HLS project, the DAG description, test vectors and the run "
+                        "script, for a machine that has vitis_hls and vivado")
     c.add_argument("-j", "--jobs", type=_positive, default=None, help="local build workers (default: CPU count)")
     c.add_argument("-o", "--output-dir", default=None, metavar="DIR", help="default: fxsplit_out/<ModelClass>")
     c.add_argument("--config", default=None, metavar="FILE", help="fxsplit config as JSON or YAML")
@@ -236,7 +239,8 @@ def _compile(state: dict, progress: bool | None):
     design = fxsplit.compile(model, shape_arg, splits=state.get("splits"), flow=state["flow"],
                              config=state["config"], hls_config=state.get("hls_config"),
                              output_dir=state["output_dir"], jobs=state.get("jobs"),
-                             progress=progress, cache_dir=state.get("cache_dir"))
+                             progress=progress, cache_dir=state.get("cache_dir"),
+                             emit_only=bool(state.get("emit_only")))
     return design, shapes
 
 
@@ -273,7 +277,7 @@ def cmd_compile(args) -> int:
         "hls_config": load_config(args.hls_config) if args.hls_config else None,
         "output_dir": str(Path(args.output_dir).resolve()) if args.output_dir else None,
         "cache_dir": str(Path(args.cache_dir).resolve()) if args.cache_dir else None,
-        "seed": args.seed, "simulator": args.simulator,
+        "seed": args.seed, "simulator": args.simulator, "emit_only": args.emit_only,
     }
     design, shapes = _compile(state, None if not args.no_progress else False)
     state["output_dir"] = design.output_dir

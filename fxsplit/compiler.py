@@ -26,7 +26,7 @@ def _resolve_output_dir(output_dir, model: nn.Module) -> Path:
 
 def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", config: dict | None = None,
             output_dir=None, jobs: int | None = None, executor=None, progress: bool | None = None,
-            cache_dir=None, reference: bool = True, hls_config: dict | None = None):
+            cache_dir=None, reference: bool = True, hls_config: dict | None = None, emit_only: bool = False):
     """Partition ``model``, build every partition (in parallel, cached) and return a :class:`Design`.
 
     Everything (tracing, cuts, names, config, layer support, types) is validated before
@@ -37,13 +37,18 @@ def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", co
     ``hls_config``: an hls4ml config dict of the uncut model, as hls4ml users keep it (e.g. from
     ``hls4ml.utils.config_from_pytorch_model(model, input_shape, granularity='name')``, any granularity);
     fxsplit splits it per partition and the stitched design gives the bits plain hls4ml gives with it.
-    ``config`` then holds only fxsplit's own keys (io_type, backend, part, clock_period, csim_opt, ...)."""
+    ``config`` then holds only fxsplit's own keys (io_type, backend, part, clock_period, csim_opt, ...).
+
+    ``flow="vitis"``: Vitis HLS per partition, in parallel; needs ``vitis_hls`` and ``vivado`` on PATH, or
+    ``emit_only=True`` to write every project, the DAG description, test vectors and the run script."""
     from .build import output_dir_lock, run_jobs
     from .design import Design
 
     t_start = time.time()
     if flow not in FLOWS:
         raise FxsplitError(f"unknown flow {flow!r}", hint=f"use one of {tuple(FLOWS)}")
+    if emit_only and flow != "vitis":
+        raise FxsplitError(f"emit_only applies to flow='vitis' only (the {flow} flow runs end to end here)")
     if jobs is not None and (not isinstance(jobs, int) or jobs < 1):
         raise FxsplitError(f"jobs must be a positive integer, got {jobs!r}")
     out = _resolve_output_dir(output_dir, model)
@@ -54,8 +59,13 @@ def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", co
     names = hls4ml_layer_names(model) if hls_config is not None else None
     fc = normalize_config(config, pt, hls_config=hls_config, hls_names=names,
                           exact_accum_default=(flow == "rtl"))
+    if flow == "vitis":
+        if (config or {}).get("backend", "Vitis") != "Vitis":
+            raise FxsplitError(f"flow='vitis' builds with hls4ml's Vitis backend, config says "
+                               f"backend={config['backend']!r}", hint="leave config['backend'] unset for this flow")
+        fc.backend = "Vitis"
     lowered = lower(pt, fc, str(out))
-    fl = get_flow(flow)(pt, lowered, fc, out, reference=reference)
+    fl = get_flow(flow)(pt, lowered, fc, out, reference=reference, **({"emit_only": True} if emit_only else {}))
     fl.validate()
     job_list = fl.jobs()
     t_validated = time.time()

@@ -10,7 +10,7 @@ import importlib
 
 from ..errors import FxsplitError
 
-FLOWS = {"hls4ml": ("hls4ml", "HLS4MLFlow"), "rtl": ("rtl", "RTLFlow")}
+FLOWS = {"hls4ml": ("hls4ml", "HLS4MLFlow"), "rtl": ("rtl", "RTLFlow"), "vitis": ("vitis", "VitisFlow")}
 
 
 def get_flow(name: str):

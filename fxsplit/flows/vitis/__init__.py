@@ -1,0 +1,184 @@
+"""The vendor flow (``flow="vitis"``): a Vitis HLS project per partition, built in parallel.
+
+Every partition becomes an hls4ml Vitis-backend project (the same ModelGraph, config and boundary types as
+the other flows; lowering runs with ``backend="Vitis"``). Its ``hls`` job writes the project and, where
+``vitis_hls`` is on PATH, runs C synthesis and IP export and reads the synthesis report with hls4ml's own
+reader (``hls4ml.report.parse_vivado_report``). With ``emit_only=True`` (no Vitis here) the job writes the
+project only; ``stitched/vitis/`` then holds what a machine with the tools needs:
+
+- ``stitch.json``: the partition DAG (``Partitioning.dag()``, the description the open Verilog stitcher reads
+  too) plus, per partition, its IP's RTL interface as read from the hls4ml pragmas (:mod:`.interface`);
+- ``vectors/``: random inputs over each input type's whole range and the expected outputs, from the
+  bit-exact C simulation (raw words, one hex line per sample, as the RTL testbenches read them);
+- ``run_vitis.sh``: every partition's Vitis HLS synthesis in parallel, then each report.
+
+Stitching in Vivado (``tcl/`` at the repository root) and the xsim run of the stitched design are the
+next part of this flow and not in this version: ``run_vitis.sh`` says so where it stops.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import FxsplitError
+from ..base import Built, Flow
+
+VITIS_TOOLS = ("vitis_hls", "vivado")
+STITCHED = "stitched"
+N_VECTORS = 200
+VITIS_BUILD_ARGS = "reset=1 csim=0 synth=1 cosim=0 validation=0 export=1 vsynth=0"
+
+
+def missing_tools(names=VITIS_TOOLS) -> list[str]:
+    return [t for t in names if shutil.which(t) is None]
+
+
+# ----------------------------------------------------------------------------- the hls job (worker side)
+
+def hls_job(workdir: str, inputs: dict, spec, ports: dict, run_vitis: bool) -> dict:
+    """Write the partition's Vitis-backend hls4ml project; with ``run_vitis``, run C synthesis and IP export
+    and read the synthesis report."""
+    from ...lower.convert import build_modelgraph
+    from .interface import read_interface
+    proj = os.path.join(workdir, spec.name)
+    hm = build_modelgraph(spec, proj)
+    hm.write()
+    with open(os.path.join(proj, "firmware", f"{spec.name}.cpp")) as f:
+        iface = read_interface(f.read(), spec.name, spec.io_type, ports["inputs"], ports["outputs"])
+    meta = {"project": spec.name, "interface": iface, "ran_vitis": False}
+    if run_vitis:
+        log = os.path.join(proj, "vitis_hls.log")
+        with open(log, "w") as fh:
+            r = subprocess.run(["vitis_hls", "-f", "build_prj.tcl", VITIS_BUILD_ARGS], cwd=proj, stdout=fh,
+                               stderr=subprocess.STDOUT)
+        if r.returncode != 0:
+            raise RuntimeError(f"vitis_hls failed on {spec.name} (exit {r.returncode}); log: {log}")
+        from hls4ml.report import parse_vivado_report
+        meta["report"] = parse_vivado_report(proj)
+        meta["ran_vitis"] = True
+    print(f"[fxsplit] {'built' if run_vitis else 'wrote'} the Vitis HLS project {spec.name}", file=sys.stdout)
+    return meta
+
+
+# ----------------------------------------------------------------------------- the flow (main process)
+
+class VitisFlow(Flow):
+    name = "vitis"
+
+    def __init__(self, *args, emit_only: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.emit_only = bool(emit_only)
+
+    def validate(self) -> None:
+        if self.fc.backend != "Vitis":
+            raise FxsplitError(f"flow='vitis' builds with hls4ml's Vitis backend, not {self.fc.backend!r}",
+                               hint="leave config['backend'] unset (or 'Vitis') for this flow")
+        missing = missing_tools()
+        if missing and not self.emit_only:
+            raise FxsplitError(f"flow='vitis' needs {', '.join(missing)} on PATH, and this machine has "
+                               f"{'none of them' if len(missing) == len(VITIS_TOOLS) else 'not those'}",
+                               hint="source the Vitis/Vivado settings64.sh first, or pass emit_only=True "
+                                    "(CLI --emit-only) to write every project and the run script for a machine "
+                                    "that has the tools")
+        self.ports = {part.name: self._port_descs(part) for part in self.pt.partitions}
+
+    def _port_descs(self, part) -> dict:
+        def desc(p):
+            return {"port": p.name, "precision": p.precision, "size": p.size,
+                    "pack": (p.shape[-1] if len(p.shape) > 1 else p.size) if self.fc.io_type == "io_stream" else 1}
+        return {"inputs": [desc(p) for p in part.inputs], "outputs": [desc(p) for p in part.outputs]}
+
+    def jobs(self) -> list:
+        from ...build import Job
+        out = super().jobs()
+        run = not self.emit_only
+        for part in self.pt.partitions:
+            spec = self.lowered.specs[part.name]
+            out.append(Job(id=f"{part.name}/hls", partition=part.name, step="hls", fn=hls_job,
+                           params={"spec": spec, "ports": self.ports[part.name], "run_vitis": run},
+                           key_data=spec.key_data() + json.dumps([self.ports[part.name], run]).encode(),
+                           tools=("hls4ml", "torch", "numpy") + (("vitis_hls",) if run else ())))
+        return out
+
+    def export(self, result) -> None:
+        from ...build import copy_artifacts
+        super().export(result)
+        for r in result:
+            if r.step == "hls" and r.state in ("built", "cached"):
+                copy_artifacts(Path(r.artifact_dir) / r.meta["project"], self.out / r.partition / "vitis", r.key)
+
+    def finish(self, result) -> Built:
+        built = super().finish(result)
+        bundle = self.out / STITCHED / "vitis"
+        bundle.mkdir(parents=True, exist_ok=True)
+        hls = {p.name: result[f"{p.name}/hls"].meta for p in self.pt.partitions}
+        desc = self.pt.dag()
+        desc.update({"top": "fxsplit_top", "io_type": self.fc.io_type, "part": self.fc.part,
+                     "clock_period": self.fc.clock_period, "flow": "vitis"})
+        for p in desc["partitions"]:
+            p["project"] = os.path.relpath(self.out / p["name"] / "vitis", bundle)
+            p["ip_repo"] = os.path.join(p["project"], f"{p['name']}_prj", "solution1", "impl", "ip")
+            p["interface"] = hls[p["name"]]["interface"]
+        (bundle / "stitch.json").write_text(json.dumps(desc, indent=1))
+        self._write_vectors(bundle / "vectors", built)
+        script = bundle / "run_vitis.sh"
+        script.write_text(_run_script([p.name for p in self.pt.partitions]))
+        script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+        self.reports = {name: meta.get("report") for name, meta in hls.items()}
+        return built
+
+    def _write_vectors(self, where: Path, built: Built) -> None:
+        """Inputs drawn over each input type's whole raw range; expected outputs from the stitched C
+        simulation (the uncut one is checked equal in ``verify``)."""
+        from ...design import Design
+        from ...fixed import layout, raw_to_float, words_to_raw
+        from ..rtl.testbench import write_hex
+        where.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(0)
+        xs = []
+        for p in self.pt.inputs:
+            lay = layout(p.precision)
+            lo, hi = (-(1 << (lay.width - 1)), (1 << (lay.width - 1)) - 1) if lay.signed else (0, (1 << lay.width) - 1)
+            raw = rng.integers(lo, hi, size=(N_VECTORS, p.size), endpoint=True, dtype=np.int64) \
+                if lay.width <= 62 else np.array([[int(rng.integers(0, 2 ** 62)) % (hi - lo + 1) + lo
+                                                   for _ in range(p.size)] for _ in range(N_VECTORS)], dtype=object)
+            xs.append(raw_to_float(raw, p.precision).reshape(N_VECTORS, *p.shape))
+        d = Design(self.pt, self.name, str(self.out), built.csims, built.monolithic)
+        env = d._stitched(xs)
+        for kind, ports in (("in", self.pt.inputs), ("exp", self.pt.outputs)):
+            for p in ports:
+                write_hex(str(where / f"{kind}_{p.name}.hex"), words_to_raw(env[p.name], p.precision),
+                          layout(p.precision).width)
+        (where / "README").write_text(
+            f"{N_VECTORS} samples, one line per sample, all elements of a port packed (element 0 in the LSBs), "
+            "raw two's complement of the port's hls4ml type (stitch.json), hex.\n"
+            "in_<port>.hex: model inputs; exp_<port>.hex: the outputs of the bit-exact C simulation.\n")
+
+
+def _run_script(partitions: list[str]) -> str:
+    names = " ".join(partitions)
+    return f"""#!/usr/bin/env bash
+# fxsplit vendor flow, on a machine with Vitis HLS: every partition's C synthesis and IP export, in parallel.
+# Usage: bash run_vitis.sh [jobs]   (from anywhere; paths are relative to this script)
+set -euo pipefail
+cd "$(dirname "$0")"
+command -v vitis_hls >/dev/null || {{ echo "vitis_hls not on PATH: source the Vitis settings64.sh first" >&2; exit 1; }}
+JOBS=${{1:-$(nproc)}}
+PARTITIONS="{names}"
+printf '%s\\n' $PARTITIONS | xargs -P "$JOBS" -I{{}} sh -c \\
+  'cd ../../{{}}/vitis && vitis_hls -f build_prj.tcl "{VITIS_BUILD_ARGS}" > vitis_hls.log 2>&1 \\
+   && echo "{{}}: Vitis HLS done" || {{ echo "{{}}: Vitis HLS failed, see {{}}/vitis/vitis_hls.log" >&2; exit 255; }}'
+echo "every partition synthesized and exported (IP under <partition>/vitis/<partition>_prj/solution1/impl/ip)"
+echo "stitching these IPs in Vivado from stitch.json is the next part of fxsplit's vendor flow (not in this version)"
+"""
+
+
+__all__ = ["VitisFlow", "hls_job", "missing_tools", "VITIS_TOOLS"]
