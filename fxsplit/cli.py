@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="vitis flow: write every Vitis HLS project, the DAG description, test vectors and the run "
                         "script, for a machine that has vitis_hls and vivado")
     c.add_argument("-j", "--jobs", type=_positive, default=None, help="local build workers (default: CPU count)")
+    c.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="build on a running Dask scheduler (e.g. tcp://host:8786, as dask-jobqueue starts on "
+                        "SLURM/HTCondor); artifacts come back to this machine, workers need no shared disk")
     c.add_argument("-o", "--output-dir", default=None, metavar="DIR", help="default: fxsplit_out/<ModelClass>")
     c.add_argument("--config", default=None, metavar="FILE", help="fxsplit config as JSON or YAML")
     c.add_argument("--hls-config", default=None, metavar="FILE",
@@ -236,12 +239,30 @@ def _compile(state: dict, progress: bool | None):
         shapes = [tuple(zoo_shape)]
     state["input_shape"] = [list(s) for s in shapes]
     shape_arg = shapes[0] if len(shapes) == 1 else shapes
-    design = fxsplit.compile(model, shape_arg, splits=state.get("splits"), flow=state["flow"],
-                             config=state["config"], hls_config=state.get("hls_config"),
-                             output_dir=state["output_dir"], jobs=state.get("jobs"),
-                             progress=progress, cache_dir=state.get("cache_dir"),
-                             emit_only=bool(state.get("emit_only")))
+    client = _dask_client(state["scheduler"]) if state.get("scheduler") else None
+    try:
+        design = fxsplit.compile(model, shape_arg, splits=state.get("splits"), flow=state["flow"],
+                                 config=state["config"], hls_config=state.get("hls_config"),
+                                 output_dir=state["output_dir"], jobs=state.get("jobs"),
+                                 executor=client.get_executor() if client else None,
+                                 progress=progress, cache_dir=state.get("cache_dir"),
+                                 emit_only=bool(state.get("emit_only")))
+    finally:
+        if client is not None:
+            client.close()
     return design, shapes
+
+
+def _dask_client(address: str):
+    """A client of the running Dask scheduler at ``address``; an unreachable one is a clear error."""
+    from dask.distributed import Client
+
+    from .errors import FxsplitError
+    try:
+        return Client(address, timeout="10s")
+    except (OSError, TimeoutError) as e:
+        raise FxsplitError(f"cannot reach the Dask scheduler at {address!r}: {e}",
+                           hint="check the address (tcp://host:port) and that the scheduler is running") from None
 
 
 def _verify(design, shapes, n: int, seed: int, level: str, simulator: str | None) -> bool:
@@ -277,7 +298,7 @@ def cmd_compile(args) -> int:
         "hls_config": load_config(args.hls_config) if args.hls_config else None,
         "output_dir": str(Path(args.output_dir).resolve()) if args.output_dir else None,
         "cache_dir": str(Path(args.cache_dir).resolve()) if args.cache_dir else None,
-        "seed": args.seed, "simulator": args.simulator, "emit_only": args.emit_only,
+        "seed": args.seed, "simulator": args.simulator, "emit_only": args.emit_only, "scheduler": args.scheduler,
     }
     design, shapes = _compile(state, None if not args.no_progress else False)
     state["output_dir"] = design.output_dir

@@ -149,3 +149,28 @@ def test_compile_with_a_users_hls4ml_config_file(tmp_path, tmp_path_factory):
     assert "ap_fixed<12,5>" not in (out / "head" / "hls4ml" / "firmware" / "defines.h").read_text()
     state = json.loads((out / "fxsplit.json").read_text())
     assert state["hls_config"]["LayerName"]["fc2"]["Precision"]["result"] == "fixed<12,5>"
+
+
+def test_scheduler_address_runs_the_build_on_a_dask_cluster(tmp_path, tmp_path_factory):
+    """--scheduler connects to a running Dask scheduler (a real LocalCluster here, as dask-jobqueue would
+    start one on SLURM/HTCondor): every job runs on its workers and the artifacts come back."""
+    import distributed
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                       dashboard_address=None, local_directory=str(tmp_path / "workers"))
+    try:
+        with distributed.Client(cluster) as c:
+            c.run(lambda p: sys.path.insert(0, p) if p not in sys.path else None, ROOT)
+        out = tmp_path / "jet"
+        r = fxsplit("compile", "models:jet_tagger", "-o", str(out), "--verify", "20", "--csim-opt=-O0",
+                    "--scheduler", cluster.scheduler_address, "--no-progress")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "verification: csim: 20 samples, bit-exact" in r.stdout
+        jobs = json.loads((out / "report.json").read_text())["jobs"]
+        workers = {j["worker"] for j in jobs}
+        assert jobs and all(w.startswith("tcp://127.0.0.1") for w in workers), workers
+    finally:
+        cluster.close()
+    r = fxsplit("compile", "models:jet_tagger", "-o", str(tmp_path / "x"), "--scheduler", "tcp://127.0.0.1:9",
+                "--no-progress", timeout=120)
+    assert r.returncode != 0 and "cannot reach the Dask scheduler at 'tcp://127.0.0.1:9'" in r.stderr
+    assert not (tmp_path / "x").exists()
