@@ -331,3 +331,78 @@ def test_public_names_survive_submodule_imports():
             importlib.import_module(mod.name)
     from fxsplit.partitioner import partition as impl
     assert fxsplit.partition is impl and callable(fxsplit.compile) and isinstance(fxsplit.Cut, type)
+
+
+def test_partition_of_only_a_dropped_reshape_is_refused(tmp_path):
+    """io_parallel: hls4ml drops a Reshape that ends a graph, so a partition holding only one would wire its
+    input to its output. Refused before any build; and truly: plain hls4ml cannot build such a graph either."""
+    import hls4ml
+    from hls4ml.utils.config import config_from_pytorch_model
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.conv = nn.Linear(4, 6), nn.Conv1d(1, 2, 3)
+            self.c1, self.c2 = Cut("mid"), Cut("tail")
+
+        def forward(self, x):
+            return self.conv(self.c2(self.c1(self.fc(x)).unsqueeze(1)))
+
+    with pytest.raises(FxsplitError, match="partition 'mid' holds nothing hls4ml keeps") as e:
+        fxsplit.compile(M().eval(), (4,), output_dir=tmp_path / "o")
+    assert "partition: mid" in str(e.value)
+    assert not (tmp_path / "o").exists()
+
+    class OnlyReshape(nn.Module):
+        def forward(self, x):
+            return x.unsqueeze(1)
+
+    plain = hls4ml.converters.convert_from_pytorch_model(
+        OnlyReshape(), hls_config=config_from_pytorch_model(OnlyReshape(), (6,)), output_dir=str(tmp_path / "plain"),
+        backend="Vivado")
+    with pytest.raises(Exception, match="Failed to compile"):
+        plain.compile()
+
+
+def test_cut_right_after_layernorm_is_refused(tmp_path):
+    """hls4ml computes LayerNorm channels-first between two transposes and drops the second one where the
+    LayerNorm ends a graph: a port there would carry channels-first data (the stitched design differed from
+    the uncut one in every output before this refusal). Truly: plain hls4ml's own output of a graph ending in
+    a LayerNorm is channels-first under channels_last_conversion='internal'."""
+    import hls4ml
+    from hls4ml.utils.config import config_from_pytorch_model
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.norm = nn.Conv1d(2, 3, 3, padding=1), nn.LayerNorm(5)
+            self.cut, self.head = Cut("tail"), nn.Conv1d(3, 2, 1)
+
+        def forward(self, x):
+            return self.head(self.cut(self.norm(self.conv(x))))
+
+    with pytest.raises(FxsplitError, match="computes channels-first") as e:
+        fxsplit.compile(M().eval(), (2, 5), output_dir=tmp_path / "o")
+    assert "module: norm" in str(e.value) and "partition: p0" in str(e.value)
+    assert not (tmp_path / "o").exists()
+
+    class Tail(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.norm = nn.Conv1d(2, 3, 3, padding=1), nn.LayerNorm(5)
+
+        def forward(self, x):
+            return self.norm(self.conv(x))
+    torch.manual_seed(0)
+    tail = Tail().eval()
+    cfg = config_from_pytorch_model(tail, (2, 5), channels_last_conversion="internal", default_precision="fixed<18,8>")
+    plain = hls4ml.converters.convert_from_pytorch_model(tail, hls_config=cfg, output_dir=str(tmp_path / "plain"),
+                                                         backend="Vivado")
+    plain.compile()
+    x = np.random.default_rng(0).uniform(-2, 2, (20, 2, 5))
+    y = plain.predict(np.ascontiguousarray(np.moveaxis(x, 1, -1))).reshape(20, -1)
+    with torch.no_grad():
+        t = tail(torch.tensor(x, dtype=torch.float32)).numpy()
+    err_first = np.abs(y - t.reshape(20, -1)).max()
+    err_last = np.abs(y - np.moveaxis(t, 1, -1).reshape(20, -1)).max()
+    assert err_first < 0.2 < err_last, (err_first, err_last)

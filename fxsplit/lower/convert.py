@@ -87,6 +87,42 @@ def _name_map(module: torch.fx.GraphModule) -> dict[str, str]:
     return {a.name: b.name for a, b in zip(ours, theirs)}
 
 
+_HLS4ML_NAME_TRIGGERS = ("const", "getitem")   # hls4ml's parser gives node names with these a meaning
+
+
+def _safe_placeholders(module: torch.fx.GraphModule) -> tuple[torch.fx.GraphModule, dict[str, str]]:
+    """A partition input named after a tensor hls4ml would misread by its name (a placeholder whose name holds
+    'const' becomes a Constant layer; a consumer of a node named 'getitem...' reads that node's argument) is
+    renamed in a copy of the module. Returns the module and {port name: new placeholder name}."""
+    bad = [n for n in module.graph.nodes if n.op == "placeholder" and any(t in n.name for t in _HLS4ML_NAME_TRIGGERS)]
+    if not bad:
+        return module, {}
+    module = copy.deepcopy(module)
+    taken = {n.name for n in module.graph.nodes}
+    renamed = {}
+    for k, node in enumerate(n for n in module.graph.nodes if n.name in {b.name for b in bad}):
+        new = f"fxs_input_{k}"
+        while new in taken:
+            new += "_"
+        taken.add(new)
+        renamed[node.name] = new
+        node.name = node.target = new
+    module.recompile()
+    return module, renamed
+
+
+def hls4ml_source(module: torch.fx.GraphModule, name: str) -> str:
+    """The node whose hls4ml layer holds tensor ``name``: hls4ml's parser has no layer for ``getitem`` (it
+    reads the indexed node's layer instead, e.g. ``lstm(x)[0][:, -1, :]`` is the LSTM layer's output), so
+    ``getitem`` chains resolve to their source, as hls4ml resolves them."""
+    import operator
+    node = next((n for n in module.graph.nodes if n.name == name), None)
+    while node is not None and node.op == "call_function" and node.target is operator.getitem \
+            and isinstance(node.args[0], torch.fx.Node):
+        node = node.args[0]
+    return node.name if node is not None else name
+
+
 @dataclass
 class ModelSpec:
     """Everything needed to rebuild one ModelGraph, picklable (for worker processes)."""
@@ -124,7 +160,10 @@ def make_spec(name: str, module: torch.fx.GraphModule, input_names: list[str], i
     """The hls4ml config of one partition: the uncut model's config (``fc``) restricted to this partition's
     layers, renamed to the names hls4ml gives them here, with every input that crosses a cut pinned to the
     type its producer emits (``input_precisions``; model inputs keep the user's setting)."""
+    module, renamed = _safe_placeholders(module)
     nmap = _name_map(module)
+    for port, new in renamed.items():        # keyed by port names again, as every flow expects
+        nmap[port] = nmap.pop(new)
     shapes = [tuple(s) for s in input_shapes]
     model_cfg = copy.deepcopy(fc.model)
     # layout only: ports stay channels-last, fxsplit transposes at the model's inputs and outputs
@@ -141,7 +180,8 @@ def make_spec(name: str, module: torch.fx.GraphModule, input_names: list[str], i
     cfg = {"Model": model_cfg, "LayerName": layer_cfg}
     if fc.layer_type:
         cfg["LayerType"] = copy.deepcopy(fc.layer_type)
-    return ModelSpec(name, module, shapes, [nmap[o] for o in output_names], cfg, fc.io_type, fc.backend,
+    return ModelSpec(name, module, shapes, [nmap[hls4ml_source(module, o)] for o in output_names], cfg, fc.io_type,
+                     fc.backend,
                      fc.part, fc.clock_period, fc.csim_opt, nmap)
 
 
@@ -232,6 +272,7 @@ def lower(pt: Partitioning, fc: FlowConfig, output_dir: str) -> Lowered:
                          [p.name for p in part.outputs],
                          {p.name: precisions[p.name] for p in part.inputs if p.name not in model_inputs}, fc)
         hm = _convert(spec, os.path.join(output_dir, part.name), logs, part.name)
+        _check_graph(hm, part, uncut, fc.backend)
         for port in part.inputs:
             if port.name in model_inputs:
                 got = _layer_type(hm, spec.name_map[port.name])
@@ -249,6 +290,7 @@ def lower(pt: Partitioning, fc: FlowConfig, output_dir: str) -> Lowered:
     mono_spec = make_spec(MONOLITHIC, uncut, placeholders, [p.torch_shape for p in pt.inputs],
                           [p.name for p in pt.outputs], {}, fc)
     mono = _convert(mono_spec, os.path.join(output_dir, MONOLITHIC), logs, None)
+    _check_sizes(mono, pt.inputs, pt.outputs, "the uncut model", uncut)
     for p in pt.inputs:
         got = _layer_type(mono, mono_spec.name_map[p.name])
         if p.name in precisions and precisions[p.name] != got:
@@ -257,6 +299,58 @@ def lower(pt: Partitioning, fc: FlowConfig, output_dir: str) -> Lowered:
         p.precision = precisions.setdefault(p.name, got)
     _check_boundaries(pt, mono, mono_spec.name_map, graphs, specs, fc.io_type)
     return Lowered(specs, graphs, mono_spec, mono, {k: v.getvalue() for k, v in logs.items()})
+
+
+_NO_CODE_OK = {"Input", "InputLayer", "Reshape", "Constant"}   # layers hls4ml implements without a function call
+
+
+def _check_graph(hm, part: Partition, uncut: torch.fx.GraphModule, backend: str) -> None:
+    """What hls4ml built for a partition must be a design: code for every layer, ports of PyTorch's sizes,
+    outputs in the channels-last layout the ports carry, and not an input wired straight to an output."""
+    nodes = {n.name: n for n in uncut.graph.nodes}
+
+    def err(msg: str, port: str, hint: str):
+        node = nodes.get(port)
+        return FxsplitError(msg, partition=part.name, module=str(node.target) if node is not None else port,
+                            source=node_source(node) if node is not None else None, hint=hint)
+
+    for layer in hm.get_layers():
+        if layer.class_name not in _NO_CODE_OK and layer.get_attr("function_cpp", None) is None:
+            raise FxsplitError(
+                f"hls4ml's {backend} backend writes no code for layer {layer.name!r} ({layer.class_name}): the design "
+                "would read data nothing wrote (plain hls4ml builds it the same way, silently wrong)",
+                partition=part.name, hint="replace the layer with one hls4ml implements for this backend")
+    if set(hm.outputs) & set(hm.inputs):
+        raise FxsplitError(f"partition {part.name!r} holds nothing hls4ml keeps (a reshape it drops in io_parallel): "
+                           "its input would be its output", partition=part.name,
+                           hint="move the cut so that the reshape shares a partition with a layer")
+    _check_sizes(hm, part.inputs, part.outputs, f"partition {part.name!r}", uncut, part.name)
+    for port, layer_name in zip(part.outputs, hm.outputs):
+        if f"pre_transpose_for_{layer_name}" in hm.graph and f"post_transpose_for_{layer_name}" not in hm.graph:
+            raise err(f"the cut after {port.name!r} takes the output of a layer hls4ml computes channels-first "
+                      f"({hm.graph[layer_name].class_name}) and transposes back only where another layer reads it: "
+                      "at a partition's end the data would stay channels-first", port.name,
+                      "cut one layer later (after the layer that reads it), or before it")
+
+
+def _check_sizes(hm, inputs, outputs, what: str, uncut: torch.fx.GraphModule, partition: str | None = None) -> None:
+    """Every port of ``hm`` holds as many elements as PyTorch's tensor (hls4ml converts some operations to
+    other shapes, e.g. an einsum that keeps a dummy batch dimension)."""
+    import math
+    nodes = {n.name: n for n in uncut.graph.nodes}
+    for kind, ports, variables in (("input", inputs, hm.get_input_variables()),
+                                   ("output", outputs, hm.get_output_variables())):
+        for port, var in zip(ports, variables):
+            size = math.prod(int(d) for d in var.shape)
+            if size != port.size:
+                node = nodes.get(port.name)
+                raise FxsplitError(
+                    f"in {what}, hls4ml's {kind} for {port.name!r} holds {size} elements where PyTorch's tensor has "
+                    f"{port.size} (shape {port.torch_shape}): hls4ml converts this operation to something else "
+                    "(plain hls4ml gives the same wrong size)", partition=partition,
+                    module=str(node.target) if node is not None else port.name,
+                    source=node_source(node) if node is not None else None,
+                    hint="replace the operation with one hls4ml converts as PyTorch computes it")
 
 
 def _layer_type(hm, layer: str) -> str:
@@ -273,6 +367,26 @@ def _convert(spec: ModelSpec, output_dir: str, logs: dict, partition: str | None
         raise FxsplitError(f"hls4ml could not convert {what}: {type(e).__name__}: {e}", partition=partition,
                            hint="check its layers and config against hls4ml's supported PyTorch layers; if plain "
                                 "hls4ml converts the uncut model, please report this") from e
+
+
+# hls4ml passes that replace a layer one for one under a new name (same data): io_stream turns a Reshape into
+# 'repack_<name>', a multiplication by a constant becomes 'bn_<name>' (ApplyAlpha)
+_RENAMES = ("{}", "repack_{}", "bn_{}")
+
+
+def _in_graph(hm, name: str | None, flat: bool = True):
+    """The layer hls4ml keeps for ``name`` (under its own name or a one-for-one rename), else None.
+    ``flat``: the tensor is 1-D per sample; only then is a 'repack_' the same data (for a multi-dimensional
+    target, io_stream's Repack at a graph's end lays elements out differently from the uncut Reshape)."""
+    if name is None:
+        return None
+    for pattern in _RENAMES:
+        if pattern.startswith("repack_") and not flat:
+            continue
+        layer = hm.graph.get(pattern.format(name))
+        if layer is not None:
+            return layer
+    return None
 
 
 def _legal_cuts_near(node: torch.fx.Node, kept) -> str:
@@ -308,19 +422,24 @@ def _check_boundaries(pt: Partitioning, mono, nmap: dict[str, str], graphs: dict
     model_outputs = [p.name for p in pt.outputs]
     mono_out_types = [str(v.type.precision) for v in mono.get_output_variables()]
 
+    def flat(name: str) -> bool:
+        node = uncut_nodes.get(name)
+        shape = getattr(node.meta.get("tensor_meta"), "shape", None) if node is not None else None
+        return shape is not None and len(shape) == 2
+
     def kept(name: str) -> bool:
-        return nmap.get(name) in mono.graph
+        return _in_graph(mono, nmap.get(name), flat(name)) is not None
 
     for part in pt.partitions:
         pmap = specs[part.name].name_map
         outs = {p.name for p in part.outputs}
         for node_name in part.nodes:
-            in_part = pmap.get(node_name) in graphs[part.name].graph
+            in_part = _in_graph(graphs[part.name], pmap.get(node_name), flat(node_name)) is not None
             in_mono = kept(node_name)
             if in_part == in_mono:
                 continue
             if (in_mono and node_name in outs and io_type == "io_parallel"
-                    and mono.graph[nmap[node_name]].class_name == "Reshape"):
+                    and _in_graph(mono, nmap[node_name]).class_name == "Reshape"):
                 continue                       # a final Reshape hls4ml drops from the partition: same data
             node = uncut_nodes[node_name]
             producer = node.all_input_nodes[0].name if node.all_input_nodes else "?"
@@ -333,7 +452,8 @@ def _check_boundaries(pt: Partitioning, mono, nmap: dict[str, str], graphs: dict
         for port in part.outputs:
             node = uncut_nodes[port.name]
             type_width(port.precision, f"the tensor {port.name!r} leaving partition {part.name!r}")
-            layer = mono.graph.get(nmap.get(port.name, port.name))
+            src = hls4ml_source(pt.graph, port.name)
+            layer = _in_graph(mono, nmap.get(src, src), flat(src))
             if layer is not None:
                 mono_prec = str(layer.get_output_variable().type.precision)
             elif port.name in model_outputs:   # dropped by hls4ml in the uncut model too (a final Reshape)
