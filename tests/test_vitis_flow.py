@@ -109,6 +109,11 @@ def test_emit_only_residual_cnn(io_type, tmp_path):
     ref = design.predict_monolithic(x)
     assert np.array_equal(raw_to_float(raw_exp, outp.precision), np.asarray(ref).reshape(200, -1))
     assert len({tuple(r) for r in raw_in}) == 200      # random, not a constant pattern
+    # the Vivado side travels with the bundle: the description as Tcl, the stitcher, the testbench
+    bundle = out / "stitched" / "vitis"
+    assert (bundle / "tcl" / "fxsplit_stitch.tcl").exists() and (bundle / "tcl" / "rtl" / "fxsplit_join.v").exists()
+    assert "set fxsplit_desc" in (bundle / "stitch.tcl").read_text()
+    assert "module fxsplit_tb" in (bundle / "fxsplit_tb.v").read_text()
     # the run script: valid bash, and without vitis_hls it stops with the reason
     script = out / "stitched" / "vitis" / "run_vitis.sh"
     assert os.access(script, os.X_OK)

@@ -10,10 +10,14 @@ project only; ``stitched/vitis/`` then holds what a machine with the tools needs
   too) plus, per partition, its IP's RTL interface as read from the hls4ml pragmas (:mod:`.interface`);
 - ``vectors/``: random inputs over each input type's whole range and the expected outputs, from the
   bit-exact C simulation (raw words, one hex line per sample, as the RTL testbenches read them);
-- ``run_vitis.sh``: every partition's Vitis HLS synthesis in parallel, then each report.
+- ``stitch.tcl``: the same description for Vivado's Tcl (:mod:`.tcl_desc`, plus the computed wiring), read
+  by ``tcl/fxsplit_stitch.tcl`` (copied from the repository root into ``stitched/vitis/tcl``);
+- ``fxsplit_tb.v``: the self-checking testbench of the stitched wrapper, reading the vectors;
+- ``run_vitis.sh``: every partition's Vitis HLS synthesis in parallel, then the stitched design in Vivado
+  (block design, out-of-context synthesis, reports, IP export, xsim of the testbench).
 
-Stitching in Vivado (``tcl/`` at the repository root) and the xsim run of the stitched design are the
-next part of this flow and not in this version: ``run_vitis.sh`` says so where it stops.
+Vivado is not installed here: the stitcher is tested in a real ``tclsh`` against a mock of Vivado's
+commands (``tests/test_vivado_tcl.py``), which proves the wiring, not that Vivado accepts every command.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from ...errors import FxsplitError
 from ..base import Built, Flow
 
 VITIS_TOOLS = ("vitis_hls", "vivado")
+TCL_DIR = Path(__file__).resolve().parents[3] / "tcl"     # tcl/ at the repository root
 STITCHED = "stitched"
 N_VECTORS = 200
 VITIS_BUILD_ARGS = "reset=1 csim=0 synth=1 cosim=0 validation=0 export=1 vsynth=0"
@@ -127,10 +132,15 @@ class VitisFlow(Flow):
             p["project"] = os.path.relpath(self.out / p["name"] / "vitis", bundle)
             p["ip_repo"] = os.path.join(p["project"], f"{p['name']}_prj", "solution1", "impl", "ip")
             p["interface"] = hls[p["name"]]["interface"]
+        from .tcl_desc import to_tcl, wrapper_testbench
         (bundle / "stitch.json").write_text(json.dumps(desc, indent=1))
+        (bundle / "stitch.tcl").write_text(to_tcl(desc))            # the same description, for Vivado's Tcl
+        (bundle / "fxsplit_tb.v").write_text(wrapper_testbench(desc, N_VECTORS))
         self._write_vectors(bundle / "vectors", built)
+        if TCL_DIR.is_dir():                 # the static Vivado TCL travels with the bundle
+            shutil.copytree(TCL_DIR, bundle / "tcl", dirs_exist_ok=True)
         script = bundle / "run_vitis.sh"
-        script.write_text(_run_script([p.name for p in self.pt.partitions]))
+        script.write_text(_run_script([p.name for p in self.pt.partitions], (bundle / "tcl").is_dir()))
         script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
         self.reports = {name: meta.get("report") for name, meta in hls.items()}
         return built
@@ -163,10 +173,18 @@ class VitisFlow(Flow):
             "in_<port>.hex: model inputs; exp_<port>.hex: the outputs of the bit-exact C simulation.\n")
 
 
-def _run_script(partitions: list[str]) -> str:
+def _run_script(partitions: list[str], with_tcl: bool) -> str:
     names = " ".join(partitions)
+    stitch = ("""command -v vivado >/dev/null || { echo "vivado not on PATH: source the Vivado settings64.sh first" >&2; exit 1; }
+# the whole design in Vivado: block design from stitch.tcl, out-of-context synthesis, reports, IP export, and
+# the xsim run of the self-checking testbench on the vectors of the bit-exact C simulation
+vivado -mode batch -nojournal -log vivado_stitch.log -source tcl/fxsplit_stitch.tcl -tclargs \\
+  desc=stitch.tcl out=vivado synth=1 export=1 sim=1 tb=fxsplit_tb.v tb_top=fxsplit_tb vectors=vectors
+echo "stitched design: vivado/ (reports in vivado/reports, IP in vivado/ip, simulation log in vivado_stitch.log)"
+""" if with_tcl else 'echo "tcl/ (fxsplit\'s Vivado stitcher) is not next to this script: run it from an fxsplit checkout" >&2; exit 1\n')
     return f"""#!/usr/bin/env bash
-# fxsplit vendor flow, on a machine with Vitis HLS: every partition's C synthesis and IP export, in parallel.
+# fxsplit vendor flow, on a machine with Vitis HLS and Vivado: every partition's C synthesis and IP export, in
+# parallel, then the stitched design in Vivado.
 # Usage: bash run_vitis.sh [jobs]   (from anywhere; paths are relative to this script)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -177,8 +195,7 @@ printf '%s\\n' $PARTITIONS | xargs -P "$JOBS" -I{{}} sh -c \\
   'cd ../../{{}}/vitis && vitis_hls -f build_prj.tcl "{VITIS_BUILD_ARGS}" > vitis_hls.log 2>&1 \\
    && echo "{{}}: Vitis HLS done" || {{ echo "{{}}: Vitis HLS failed, see {{}}/vitis/vitis_hls.log" >&2; exit 255; }}'
 echo "every partition synthesized and exported (IP under <partition>/vitis/<partition>_prj/solution1/impl/ip)"
-echo "stitching these IPs in Vivado from stitch.json is the next part of fxsplit's vendor flow (not in this version)"
-"""
+""" + stitch
 
 
 __all__ = ["VitisFlow", "hls_job", "missing_tools", "VITIS_TOOLS"]
