@@ -96,7 +96,6 @@ class Design:
     def _stitched(self, xs: list[np.ndarray]) -> dict[str, np.ndarray]:
         """Raw words of every port: model inputs converted once by their type, then the partitions
         chained along the DAG, each tensor handed on bit for bit."""
-        n = xs[0].shape[0]
         quant = self._quantized_inputs()
         env = {}
         for p, a in zip(self.partitioning.inputs, xs):
