@@ -371,7 +371,7 @@ def _convert(spec: ModelSpec, output_dir: str, logs: dict, partition: str | None
 
 # hls4ml passes that replace a layer one for one under a new name (same data): io_stream turns a Reshape into
 # 'repack_<name>', a multiplication by a constant becomes 'bn_<name>' (ApplyAlpha)
-_RENAMES = ("{}", "repack_{}", "bn_{}")
+_RENAMES = (("{}", None), ("repack_{}", "Repack"), ("bn_{}", "ApplyAlpha"))
 
 
 def _in_graph(hm, name: str | None, flat: bool = True):
@@ -380,11 +380,11 @@ def _in_graph(hm, name: str | None, flat: bool = True):
     target, io_stream's Repack at a graph's end lays elements out differently from the uncut Reshape)."""
     if name is None:
         return None
-    for pattern in _RENAMES:
+    for pattern, cls in _RENAMES:
         if pattern.startswith("repack_") and not flat:
             continue
         layer = hm.graph.get(pattern.format(name))
-        if layer is not None:
+        if layer is not None and (cls is None or layer.class_name == cls):
             return layer
     return None
 
