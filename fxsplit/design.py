@@ -69,21 +69,14 @@ class Design:
         (exact up to 53 bits; see :meth:`port_raw` for the exact integers at any width)."""
         xs = self._inputs(x)
         n = xs[0].shape[0]
-        return {name: words_to_float(w, self._precision(name)).reshape(n, *self._port(name).shape)
+        ports = self.partitioning.ports()
+        return {name: words_to_float(w, ports[name].precision).reshape(n, *ports[name].shape)
                 for name, w in self._stitched(xs).items()}
 
     def port_raw(self, x) -> dict[str, np.ndarray]:
         """Every port's raw integers (value = raw * 2**-F of the port's type), (N, size): exact at any width."""
-        return {name: words_to_raw(w, self._precision(name)) for name, w in self._stitched(self._inputs(x)).items()}
-
-    def _port(self, name: str):
-        for p in (*self.partitioning.inputs, *(q for part in self.partitions for q in part.outputs)):
-            if p.name == name:
-                return p
-        raise KeyError(name)
-
-    def _precision(self, name: str) -> str:
-        return self._port(name).precision
+        ports = self.partitioning.ports()
+        return {name: words_to_raw(w, ports[name].precision) for name, w in self._stitched(self._inputs(x)).items()}
 
     def _quantized_inputs(self) -> dict[str, tuple]:
         """Model input -> (CSim, input index) of the first partition that reads it: the type converts it."""
