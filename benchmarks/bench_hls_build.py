@@ -2,8 +2,8 @@
 
     python benchmarks/bench_hls_build.py [--quick] [--csim-opt -O3] [--jobs 2] [--model resnet20]
 
-Three builds of the same model with the same hls4ml configuration (io_stream, fixed<16,6>),
-all from cold (fresh output and cache directories), one after the other on this machine:
+Builds of the same model with the same hls4ml configuration (io_stream, fixed<16,6>), all from
+cold output and cache directories, one after the other on this machine:
 
 (a) monolithic: the uncut model as ONE hls4ml project. Timed: fxsplit's build job for it
     (``fxsplit.flows.hls4ml.csim_job`` on the monolithic spec returned by ``lower``: write the
@@ -12,6 +12,9 @@ all from cold (fresh output and cache directories), one after the other on this 
 (b) fxsplit: ``fxsplit.compile(model, ..., jobs=N, reference=False)`` -- the 4 partition jobs
     in parallel; wall = the whole compile() call (trace, convert, build, copy, report) and
     ``design.build.wall_seconds`` (the build engine alone); plus the sum of the partition jobs.
+    Both (a) and (b) without precompiled headers (``csim_pch=False``), then (b) with the host's
+    precompiled hls4ml headers cold (the first job builds them, in this run's own directory),
+    then (a) and (b) with them warm: the target compares (a) and (b) with the same headers.
 (c) hls4ml MultiModelGraph: ``to_multi_model_graph(<uncut ModelGraph>, split_before_layers=...)``
     split before the first layer of every fxsplit partition, then ``compile()`` (= write every
     subgraph + the stitched bridge, then its build_lib.sh, which compiles all subgraphs at once
@@ -60,7 +63,8 @@ def monolithic_build(model, shape, config, run_dir):
     r = res[job.id]
     meta = r.meta
     csim = csim_mod.CSim(os.path.join(r.artifact_dir, meta["lib"]), meta["project"],
-                      [math.prod(s) for s in meta["inputs"]], [math.prod(s) for s in meta["outputs"]])
+                         [p.precision for p in pt.inputs], [p.precision for p in pt.outputs],
+                         [math.prod(s) for s in meta["inputs"]], [math.prod(s) for s in meta["outputs"]])
     return {"lower_seconds": t_lower, "job_seconds": r.seconds, "engine_wall": res.wall_seconds,
             "write_seconds": meta["write_seconds"], "compile_seconds": meta["compile_seconds"],
             "state": r.state}, csim, mono_spec
@@ -161,32 +165,66 @@ def main():
     payload = {"benchmark": "bench_hls_build", "model": args.model, "config": config, "jobs": args.jobs,
                "quick": args.quick, "machine": info, "run_dir": str(run_dir)}
 
-    # (a) monolithic
+    # The host's precompiled hls4ml headers (fxsplit/flows/hls4ml/pch.py) live in this run's directory,
+    # so the first build that uses them pays for building them (cold), and later ones find them (warm).
+    os.environ["FXSPLIT_PCH_DIR"] = str(run_dir / "pch")
+
+    def fx_build(tag, pch):
+        model, shape = build_model(args.model)
+        la = C.loadavg()
+        t0 = time.time()
+        d = fxsplit.compile(model, shape, config={**config, "csim_pch": pch}, output_dir=run_dir / f"fxsplit_{tag}",
+                            cache_dir=run_dir / f"fxsplit_cache_{tag}", jobs=args.jobs, progress=False,
+                            reference=False)
+        wall = time.time() - t0
+        b = d.build
+        parts = [r for r in b if r.step == "csim"]
+        row = {"compile_wall": wall, "engine_wall": b.wall_seconds, "sum_partition_jobs": sum(r.seconds for r in parts),
+               "max_partition_job": max(r.seconds for r in parts), "loadavg_before": la,
+               "states": {r.id: r.state for r in b}, "jobs": C.job_rows(b), "pch": pch,
+               "pch_used": [bool(r.meta.get("pch", {}).get("used")) for r in parts],
+               "pch_built_seconds": sum(r.meta.get("pch", {}).get("seconds", 0.0) for r in parts),
+               "predicted_wall": {w: fxsplit.build.predict_wall_time(b, w) for w in (1, 2, 4, 8)}}
+        print(f"    compile() {wall:.1f} s, build engine {b.wall_seconds:.1f} s"
+              + (f" (of which building the precompiled headers {row['pch_built_seconds']:.1f} s)"
+                 if row["pch_built_seconds"] else ""), flush=True)
+        if pch and not all(row["pch_used"]):
+            print("    WARNING: g++ did not use the precompiled headers in every job", flush=True)
+        return d, parts, row
+
     model, shape = build_model(args.model)
-    print("(a) monolithic C-simulation build (one job, one worker) ...", flush=True)
+    print("(a) monolithic C-simulation build, no precompiled headers (one job, one worker) ...", flush=True)
     la = C.loadavg()
-    mono, mono_csim, mono_spec = monolithic_build(model, shape, config, run_dir)
+    mono, mono_csim, mono_spec = monolithic_build(model, shape, {**config, "csim_pch": False}, run_dir / "mono_nopch")
     mono["loadavg_before"] = la
     print(f"    {mono['job_seconds']:.1f} s (write {mono['write_seconds']:.1f} + g++ {mono['compile_seconds']:.1f})",
           flush=True)
     payload["monolithic"] = mono
 
-    # (b) fxsplit partitioned
-    print(f"(b) fxsplit.compile(jobs={args.jobs}, reference=False) ...", flush=True)
+    print(f"(b) fxsplit.compile(jobs={args.jobs}, reference=False), no precompiled headers ...", flush=True)
+    design_nopch, parts_nopch, fx_nopch = fx_build("nopch", False)
+    payload["fxsplit_nopch"] = fx_nopch
+
+    print(f"(b') fxsplit.compile(jobs={args.jobs}, reference=False), precompiled headers cold (built by the "
+          "first job) ...", flush=True)
+    _d, _p, fx_cold = fx_build("pch_cold", True)
+    payload["fxsplit_pch_cold"] = fx_cold
+
+    print("(a') monolithic C-simulation build, precompiled headers warm ...", flush=True)
     model, shape = build_model(args.model)
     la = C.loadavg()
-    t0 = time.time()
-    design = fxsplit.compile(model, shape, config=config, output_dir=run_dir / "fxsplit",
-                             cache_dir=run_dir / "fxsplit_cache", jobs=args.jobs, progress=False, reference=False)
-    compile_wall = time.time() - t0
+    mono_p, mono_p_csim, _spec = monolithic_build(model, shape, {**config, "csim_pch": True}, run_dir / "mono_pch")
+    mono_p["loadavg_before"] = la
+    print(f"    {mono_p['job_seconds']:.1f} s (write {mono_p['write_seconds']:.1f} + g++ {mono_p['compile_seconds']:.1f})",
+          flush=True)
+    payload["monolithic_pch"] = mono_p
+
+    print(f"(b'') fxsplit.compile(jobs={args.jobs}, reference=False), precompiled headers warm ...", flush=True)
+    design, parts, fx_warm = fx_build("pch_warm", True)
+    payload["fxsplit"] = fx_warm
     b = design.build
-    parts = [r for r in b if r.step == "csim"]
-    part_sum = sum(r.seconds for r in parts)
-    payload["fxsplit"] = {"compile_wall": compile_wall, "engine_wall": b.wall_seconds, "sum_partition_jobs": part_sum,
-                          "max_partition_job": max(r.seconds for r in parts), "loadavg_before": la,
-                          "states": {r.id: r.state for r in b}, "jobs": C.job_rows(b),
-                          "predicted_wall": {w: fxsplit.build.predict_wall_time(b, w) for w in (1, 2, 4, 8)}}
-    print(f"    compile() {compile_wall:.1f} s, build engine {b.wall_seconds:.1f} s", flush=True)
+    compile_wall = fx_warm["compile_wall"]
+    part_sum = fx_warm["sum_partition_jobs"]
 
     # (c) hls4ml MultiModelGraph
     print("(c) hls4ml MultiModelGraph compile() ...", flush=True)
@@ -224,16 +262,29 @@ def main():
             exact["multimodelgraph_vs_monolithic_max_abs_diff"] = float(np.max(np.abs(y_mmg - y_mono)))
         except Exception as e:
             exact["multimodelgraph_predict_error"] = f"{type(e).__name__}: {e}"
+    # the precompiled headers change nothing: every library gives the same bits as its twin without them
+    xs = design._inputs(x)
+    exact["monolithic_pch_vs_nopch_bit_exact"] = all(
+        np.array_equal(a, b_) for a, b_ in zip(mono_p_csim.run([mono_p_csim.quantize(0, xs[0])]),
+                                               mono_csim.run([mono_csim.quantize(0, xs[0])])))
+    design_nopch._mono = mono_csim
+    exact["fxsplit_nopch_vs_monolithic_bit_exact"] = design_nopch.verify(x).bit_exact
     payload["bit_exact"] = exact
 
     # ---- report
-    rows = [["(a) monolithic, 1 project", "1", mono["job_seconds"], mono["write_seconds"], mono["compile_seconds"]]]
+    rows = [["(a) monolithic, 1 project, no PCH", "1", mono["job_seconds"], mono["write_seconds"],
+             mono["compile_seconds"]],
+            ["(a') monolithic, 1 project, PCH warm", "1", mono_p["job_seconds"], mono_p["write_seconds"],
+             mono_p["compile_seconds"]]]
     for r in parts:
-        rows.append([f"    partition {r.partition}", "1", r.seconds, r.meta.get("write_seconds"),
+        rows.append([f"    partition {r.partition} (PCH warm)", "1", r.seconds, r.meta.get("write_seconds"),
                      r.meta.get("compile_seconds")])
-    rows.append([f"(b) fxsplit sum of partition jobs", str(len(parts)), part_sum, None, None])
-    rows.append([f"(b) fxsplit build engine wall, jobs={args.jobs}", str(args.jobs), b.wall_seconds, None, None])
-    rows.append([f"(b) fxsplit compile() wall, jobs={args.jobs}", str(args.jobs), compile_wall, None, None])
+    for label, row in (("no PCH", fx_nopch), ("PCH cold", fx_cold), ("PCH warm", fx_warm)):
+        rows.append([f"(b) fxsplit sum of partition jobs, {label}", str(len(parts)), row["sum_partition_jobs"], None, None])
+        rows.append([f"(b) fxsplit build engine wall, jobs={args.jobs}, {label}", str(args.jobs), row["engine_wall"],
+                     None, None])
+        rows.append([f"(b) fxsplit compile() wall, jobs={args.jobs}, {label}", str(args.jobs), row["compile_wall"],
+                     None, None])
     if mmg_info["ok"]:
         rows.append([f"(c) MultiModelGraph compile() [{mmg_info['backend']}]", "bash &", mmg_info["total_seconds"], mmg_info["write_seconds"],
                      mmg_info["compile_seconds"]])
@@ -241,19 +292,33 @@ def main():
         rows.append(["(c) MultiModelGraph compile()", "-", "FAILED", None, None])
     print()
     print(C.table(rows, ["build", "parallel", "seconds", "write", "g++"],
-                  f"C-simulation build, {args.model}, {len(parts)} partitions, io_stream, {csim_opt}, cold"))
+                  f"C-simulation build, {args.model}, {len(parts)} partitions, io_stream, {csim_opt}, cold caches"))
+    print(f"precompiled headers (once per host, toolchain, flags and hls4ml version): built in "
+          f"{fx_cold['pch_built_seconds']:.1f} s by the first job of (b', PCH cold)")
+    target = fx_warm["engine_wall"] / mono_p["job_seconds"]
     ratios = {
-        "monolithic / fxsplit compile() wall": C.ratio(mono["job_seconds"], compile_wall),
-        "monolithic / fxsplit build-engine wall": C.ratio(mono["job_seconds"], b.wall_seconds),
-        "monolithic / fxsplit sum of partition jobs": C.ratio(mono["job_seconds"], part_sum),
-        "monolithic / slowest partition job": C.ratio(mono["job_seconds"], payload["fxsplit"]["max_partition_job"]),
-        "MultiModelGraph / fxsplit compile() wall": C.ratio(mmg_info.get("total_seconds"), compile_wall)
+        "fxsplit build-engine wall / monolithic job, both PCH warm (target <= 0.6)":
+            C.ratio(fx_warm["engine_wall"], mono_p["job_seconds"]),
+        "fxsplit build-engine wall / monolithic job, neither with PCH":
+            C.ratio(fx_nopch["engine_wall"], mono["job_seconds"]),
+        "fxsplit build-engine wall, PCH warm / monolithic job, no PCH":
+            C.ratio(fx_warm["engine_wall"], mono["job_seconds"]),
+        "fxsplit build-engine wall, PCH cold / monolithic job, no PCH":
+            C.ratio(fx_cold["engine_wall"], mono["job_seconds"]),
+        "fxsplit sum of partition jobs / monolithic job, both PCH warm":
+            C.ratio(part_sum, mono_p["job_seconds"]),
+        "fxsplit sum of partition jobs / monolithic job, neither with PCH":
+            C.ratio(fx_nopch["sum_partition_jobs"], mono["job_seconds"]),
+        "monolithic no PCH / PCH warm": C.ratio(mono["job_seconds"], mono_p["job_seconds"]),
+        "MultiModelGraph / fxsplit compile() wall (PCH warm)": C.ratio(mmg_info.get("total_seconds"), compile_wall)
         if mmg_info["ok"] else None,
-        "MultiModelGraph / fxsplit build-engine wall": C.ratio(mmg_info.get("total_seconds"), b.wall_seconds)
+        "MultiModelGraph / fxsplit build-engine wall (PCH warm)": C.ratio(mmg_info.get("total_seconds"), b.wall_seconds)
         if mmg_info["ok"] else None,
-        "monolithic / MultiModelGraph": C.ratio(mono["job_seconds"], mmg_info.get("total_seconds"))
+        "monolithic (no PCH) / MultiModelGraph": C.ratio(mono["job_seconds"], mmg_info.get("total_seconds"))
         if mmg_info["ok"] else None,
     }
+    print(f"target (partitioned <= 0.6x monolithic, both with the same headers): "
+          f"{'MET' if target <= 0.6 else 'NOT MET'} ({target:.2f}x)")
     payload["ratios"] = ratios
     print()
     print(C.table([[k, v] for k, v in ratios.items()], ["ratio", "x"], "Ratios (same run)"))
@@ -273,7 +338,10 @@ def main():
               f"{mmg_info['split_before_layers']}")
         for a in mmg_info["attempts"][:-1]:
             print(f"  backend={a['backend']} failed first: {a['error']}")
-    print(f"\nbit-exactness on {n_samples} random inputs: fxsplit stitched vs monolithic: "
+    print(f"\nprecompiled headers change no bit: monolithic PCH vs no PCH "
+          f"{'BIT-EXACT' if exact['monolithic_pch_vs_nopch_bit_exact'] else 'MISMATCH'}; fxsplit no PCH vs "
+          f"monolithic {'BIT-EXACT' if exact['fxsplit_nopch_vs_monolithic_bit_exact'] else 'MISMATCH'}")
+    print(f"\nbit-exactness on {n_samples} random inputs: fxsplit stitched (PCH) vs monolithic (no PCH): "
           f"{'BIT-EXACT' if res.bit_exact else 'MISMATCH (%d elements)' % res.mismatches}"
           f" (max |design - torch float| = {res.max_abs_error_vs_torch:.4g})")
     if "multimodelgraph_vs_monolithic_bit_exact" in exact:

@@ -12,7 +12,8 @@ from ..ir import Partitioning
 DEFAULT_PRECISION = "fixed<16,6>"
 
 _CONFIG_KEYS = {"precision", "input_precision", "reuse_factor", "strategy", "io_type", "backend", "part",
-                "clock_period", "partitions", "layers", "latency_cutoff", "csim_opt", "synth", "exact_accum"}
+                "clock_period", "partitions", "layers", "latency_cutoff", "csim_opt", "csim_pch", "synth",
+                "exact_accum"}
 # keys that describe numerics: with hls_config= they live in the user's hls4ml config instead
 _NUMERIC_KEYS = {"precision", "input_precision", "reuse_factor", "strategy", "partitions", "layers"}
 _OVERRIDE_KEYS = {"precision", "reuse_factor", "strategy"}
@@ -47,6 +48,7 @@ class FlowConfig:
     exact_accum: bool | None = None   # accum_t 'auto' (exact sums) for Dense/Conv unless a layer sets it;
                                       # None: the flow decides (rtl: on; hls4ml: off, as hls4ml)
     csim_opt: str = "-O3"             # g++ optimisation of the C-simulation library (numerics do not depend on it)
+    csim_pch: bool = True             # precompiled hls4ml headers, once per host (speed only; same bits)
 
 
 def _close(name, known):
@@ -90,6 +92,8 @@ def normalize_config(config: dict | None, pt: Partitioning, hls_config: dict | N
     fc = FlowConfig(**{k: v for k, v in config.items() if k not in ("partitions", "layers")})
     if fc.csim_opt not in ("-O0", "-O1", "-O2", "-O3"):
         raise FxsplitError(f"config csim_opt must be one of -O0..-O3, got {fc.csim_opt!r}")
+    if not isinstance(fc.csim_pch, bool):
+        raise FxsplitError(f"config csim_pch must be True or False, got {fc.csim_pch!r}")
     if fc.io_type not in ("io_parallel", "io_stream"):
         raise FxsplitError(f"config io_type must be 'io_parallel' or 'io_stream', got {fc.io_type!r}")
     # qualified module name (layer2.0.conv1) or node name (layer2_0_conv1) -> node name

@@ -137,6 +137,7 @@ class ModelSpec:
     clock_period: float
     csim_opt: str = "-O3"
     name_map: dict[str, str] = field(default_factory=dict)   # fx node name -> hls4ml layer name
+    csim_pch: bool = True             # build with the host's precompiled headers: speed only, not in the key
 
     def key_data(self) -> bytes:
         """Content that determines the generated project (graph, weights, config). The versions of the
@@ -182,7 +183,7 @@ def make_spec(name: str, module: torch.fx.GraphModule, input_names: list[str], i
         cfg["LayerType"] = copy.deepcopy(fc.layer_type)
     return ModelSpec(name, module, shapes, [nmap[hls4ml_source(module, o)] for o in output_names], cfg, fc.io_type,
                      fc.backend,
-                     fc.part, fc.clock_period, fc.csim_opt, nmap)
+                     fc.part, fc.clock_period, fc.csim_opt, nmap, fc.csim_pch)
 
 
 def build_modelgraph(spec: ModelSpec, output_dir: str, log=None):

@@ -27,7 +27,8 @@ from ...fixed import layout, words_to_float
 from ...errors import FxsplitError
 from ...lower.convert import ModelSpec, build_modelgraph
 
-_WDIR_HEADER = """#pragma once
+_WDIR_HEADER = """#ifndef FXSPLIT_WDIR_H_
+#define FXSPLIT_WDIR_H_
 // fxsplit: the C simulation reads its weights from the weights/ folder next to the loaded library,
 // so a library built on a worker (or in a cache) stays valid wherever it is loaded.
 #include <dlfcn.h>
@@ -40,26 +41,46 @@ static inline std::string fxsplit_weights_dir() {
     }
     return "firmware/weights";
 }
+#endif
 """
+WEIGHTS_DIR = "fxsplit_weights_dir()"
+
+# build_lib.sh, after hls4ml's flag probes: fxsplit's --print-flags mode (the flags a precompiled header
+# must be built with), then ONE translation unit (the model and its bridge: the headers are parsed once,
+# not twice), with the host's precompiled hls4ml headers when the job passes them in FXSPLIT_PCH.
+_BUILD_TAIL = """if [ "$1" = "--print-flags" ]; then echo "${CC}|${CFLAGS}"; exit 0; fi
+
+# fxsplit: one translation unit, and the precompiled hls4ml headers when given (same bits either way)
+PCH_FLAGS=()
+if [ -n "${FXSPLIT_PCH}" ]; then PCH_FLAGS=(-include "${FXSPLIT_PCH}" -Winvalid-pch); fi
+${CC} "${PCH_FLAGS[@]}" ${CFLAGS} ${INCFLAGS} -D WEIGHTS_DIR="${WEIGHTS_DIR}" -shared fxsplit_unity.cpp -o firmware/${PROJECT}-${LIB_STAMP}.so
+"""
+_COMPILE_LINES = re.compile(r"^\$\{CC\}[^\n]*-c firmware/\$\{PROJECT\}\.cpp[^\n]*\n.*?^rm -f \*\.o\n?", re.S | re.M)
 
 
-def _relocatable_build_script(proj: str, opt: str) -> None:
-    """Patch hls4ml's build_lib.sh: our optimisation level, and weights found relative to the library
-    (hls4ml bakes the absolute project path into it, which breaks once the project is moved)."""
+def _relocatable_build_script(proj: str, project: str, opt: str) -> None:
+    """Patch hls4ml's build_lib.sh: our optimisation level, weights found relative to the library (hls4ml
+    bakes the absolute project path into it, which breaks once the project is moved), one translation
+    unit ``fxsplit_unity.cpp`` and the optional precompiled header (``_BUILD_TAIL``)."""
     with open(os.path.join(proj, "firmware", "fxsplit_wdir.h"), "w") as f:
         f.write(_WDIR_HEADER)
+    with open(os.path.join(proj, "fxsplit_unity.cpp"), "w") as f:
+        f.write(f'// fxsplit: the model and its bridge in one translation unit\n#include "firmware/fxsplit_wdir.h"\n'
+                f'#include "firmware/{project}.cpp"\n#include "{project}_bridge.cpp"\n')
     script = os.path.join(proj, "build_lib.sh")
     with open(script) as f:
         text = f.read()
-    text, n1 = re.subn(r'CFLAGS="-O\d', f'CFLAGS="{opt} -include firmware/fxsplit_wdir.h', text, count=1)
-    text, n2 = re.subn(r'^WEIGHTS_DIR=.*$', "WEIGHTS_DIR='fxsplit_weights_dir()'", text, count=1, flags=re.M)
-    if n1 != 1 or n2 != 1:
+    text, n1 = re.subn(r'CFLAGS="-O\d', f'CFLAGS="{opt}', text, count=1)
+    text, n2 = re.subn(r'^WEIGHTS_DIR=.*$', f"WEIGHTS_DIR='{WEIGHTS_DIR}'", text, count=1, flags=re.M)
+    text, n3 = _COMPILE_LINES.subn(lambda _m: _BUILD_TAIL, text, count=1)
+    if (n1, n2, n3) != (1, 1, 1):
         raise RuntimeError("hls4ml's build_lib.sh has an unexpected form; cannot make the library relocatable")
     with open(script, "w") as f:
         f.write(text)
 
 
-_RAW_HEADER = r"""#pragma once
+_RAW_HEADER = r"""#ifndef FXSPLIT_RAW_H_
+#define FXSPLIT_RAW_H_
 // fxsplit: exact C-simulation bridge. Every element travels as the raw bits of its hls4ml type, in
 // ceil(W/64) little-endian 64-bit words (the low W bits used), at any width ap_fixed/ap_int allow.
 #include <stddef.h>
@@ -115,6 +136,7 @@ template <class E> void quantize(long n, const double *x, uint64_t *raw) {
     }
 }
 } // namespace fxsplit
+#endif
 """
 
 _DOUBLE_FN = re.compile(r"void (\w+)_double\(([^)]*)\)\s*\{(.*?)\n\}", re.S)
@@ -171,28 +193,48 @@ def add_raw_bridge(proj: str, project: str) -> None:
 
 
 def csim_job(workdir: str, inputs: dict[str, str], spec: ModelSpec) -> dict:
-    """Write the hls4ml project of ``spec`` into ``workdir/<name>`` and compile its C-simulation library."""
+    """Write the hls4ml project of ``spec`` into ``workdir/<name>`` and compile its C-simulation library
+    (one translation unit, with the host's precompiled hls4ml headers unless ``spec.csim_pch`` is off)."""
     import time
+    from .pch import ensure_pch, pch_rejected
     proj = os.path.join(workdir, spec.name)
     t0 = time.time()
     hm = build_modelgraph(spec, proj)
     hm.write()
     t1 = time.time()
     print(f"[fxsplit] wrote hls4ml project {spec.name} in {t1 - t0:.1f} s", flush=True)
-    _relocatable_build_script(proj, spec.csim_opt)
+    _relocatable_build_script(proj, spec.name, spec.csim_opt)
     add_raw_bridge(proj, spec.name)
-    r = subprocess.run(["bash", "./build_lib.sh"], cwd=proj, stdout=sys.stdout.fileno(), stderr=subprocess.STDOUT)
+    env = dict(os.environ)
+    env.pop("FXSPLIT_PCH", None)
+    pch: dict = {"used": False}
+    if spec.csim_pch:
+        pch.update(ensure_pch(proj, {"fxsplit_wdir.h": _WDIR_HEADER, "fxsplit_raw.h": _RAW_HEADER}, WEIGHTS_DIR))
+        if pch.get("header"):
+            env["FXSPLIT_PCH"] = pch["header"]
+    t2 = time.time()
+    r = subprocess.run(["bash", "./build_lib.sh"], cwd=proj, env=env, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, errors="replace")
+    sys.stdout.write(r.stdout)
+    sys.stdout.flush()
     if r.returncode != 0:
         raise RuntimeError(f"g++ failed to compile the C simulation of {spec.name} (exit {r.returncode})")
+    if pch.get("header"):
+        why = pch_rejected(r.stdout)
+        pch["used"] = why is None
+        if why:
+            pch["error"] = why
+            print(f"[fxsplit] g++ did not use the precompiled headers ({why}); the library is the same, "
+                  "only its build was slower", flush=True)
     fw = os.path.join(proj, "firmware")     # not glob: the output path may hold [ ] * ?
     libs = [os.path.join(fw, f) for f in os.listdir(fw) if f.startswith(f"{spec.name}-") and f.endswith(".so")]
     if len(libs) != 1:
         raise RuntimeError(f"build_lib.sh produced {len(libs)} libraries in {proj}/firmware, expected one")
     lib = os.path.relpath(libs[0], workdir)
-    return {"lib": lib, "project": spec.name, "write_seconds": t1 - t0, "compile_seconds": time.time() - t1,
+    return {"lib": lib, "project": spec.name, "write_seconds": t1 - t0, "compile_seconds": time.time() - t2,
+            "pch": {k: v for k, v in pch.items() if k != "header"},
             "inputs": [list(v.shape) for v in hm.get_input_variables()],
             "outputs": [list(v.shape) for v in hm.get_output_variables()]}
-
 
 
 # ----------------------------------------------------------------------------- C simulation (main side)

@@ -1,0 +1,155 @@
+"""A precompiled header shared by every hls4ml C-simulation library built on a host.
+
+Every hls4ml project carries its own copy of the same headers (``ap_types/``, ``nnet_utils/``), and
+parsing them is a fixed cost of every library: for ResNet20 cut in four, that fixed cost made the
+partitioned build as slow as the monolithic one. This module builds those headers once per host,
+toolchain, compiler flags and header content, as a GCC precompiled header (``fxsplit_pch.h.gch``), and
+every later C-simulation build of any project includes it.
+
+Exactness does not depend on it: the precompiled header holds the same header text the project
+carries (the key is the SHA-256 of that text, the compiler's identity and the flags), every header it
+holds has an include guard, so the project's own copies are skipped, not mixed in; and a project
+built without it (``csim_pch=False``, or a user running ``build_lib.sh`` by hand) gives the same library.
+GCC refuses a precompiled header built with other flags or another compiler on its own; fxsplit
+checks that it was used (``-Winvalid-pch``) and records it in the job's metadata.
+
+Location: ``$FXSPLIT_PCH_DIR``, else ``$XDG_CACHE_HOME/fxsplit/pch`` (``~/.cache/fxsplit/pch``): per
+host, like the compiler itself, so Dask workers on other hosts build their own. Concurrent builders
+of the same key wait on a file lock; the entry appears by an atomic rename, never half-written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+PCH_NAME = "fxsplit_pch.h"
+FORMAT = 1                          # bump when the header's composition changes
+_GUARD = re.compile(r"#ifndef\s+(\w+)\s*\n\s*#define\s+(\w+)")
+_COMMENTS = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
+_NOT_USED = re.compile(r"\.gch: not used because|cannot open precompiled|one or more PCH files were found, but they were invalid")
+
+
+def pch_root() -> Path:
+    if os.environ.get("FXSPLIT_PCH_DIR"):
+        return Path(os.environ["FXSPLIT_PCH_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "fxsplit" / "pch"
+
+
+def _guarded(text: str) -> bool:
+    m = _GUARD.match(_COMMENTS.sub("", text).lstrip())
+    return bool(m) and m.group(1) == m.group(2)
+
+
+def script_flags(proj: str) -> tuple[str, list[str]]:
+    """The compiler and flags the project's own ``build_lib.sh`` compiles with (its probes included),
+    read by running the script in fxsplit's ``--print-flags`` mode: the precompiled header must be
+    built with exactly these."""
+    r = subprocess.run(["bash", "./build_lib.sh", "--print-flags"], cwd=proj, capture_output=True, text=True)
+    lines = r.stdout.strip().splitlines()
+    if r.returncode != 0 or len(lines) != 1 or "|" not in lines[0]:
+        raise RuntimeError(f"build_lib.sh --print-flags failed in {proj}: {r.stdout}{r.stderr}")
+    cc, flags = lines[0].split("|", 1)
+    return cc, shlex.split(flags)
+
+
+def _compiler_id(cc: str) -> str:
+    r = subprocess.run([cc, "-v"], capture_output=True, text=True)
+    path = shutil.which(cc) or cc
+    return f"{os.path.realpath(path)}\n{r.stderr}"
+
+
+def _headers(proj: str, extra: dict[str, str]) -> tuple[list[tuple[str, bytes]], list[str]]:
+    """(every file copied into the PCH directory, the headers the PCH includes). ap_types is copied
+    whole; of nnet_utils every guarded header but the per-project ``nnet_code_gen.h``."""
+    fw = os.path.join(proj, "firmware")
+    files: list[tuple[str, bytes]] = []
+    for root, _dirs, names in os.walk(os.path.join(fw, "ap_types")):
+        for n in names:
+            p = os.path.join(root, n)
+            files.append((os.path.relpath(p, fw), Path(p).read_bytes()))
+    includes = []
+    nu = os.path.join(fw, "nnet_utils")
+    for n in sorted(os.listdir(nu)):
+        if not n.endswith(".h") or n == "nnet_code_gen.h":
+            continue
+        data = Path(nu, n).read_bytes()
+        files.append((f"nnet_utils/{n}", data))
+        if _guarded(data.decode("utf-8", "replace")):
+            includes.append(f"nnet_utils/{n}")
+    for name, text in extra.items():
+        files.append((name, text.encode()))
+    return sorted(files), includes
+
+
+def ensure_pch(proj: str, extra: dict[str, str], weights_dir: str, log=print) -> dict:
+    """Build (or find) the precompiled header for project ``proj``; return ``{"header": path, "key": k,
+    "built": bool, "seconds": s}``, or ``{"header": None, "error": why}`` if GCC cannot build one (the
+    library is then built without it, the same bits, only slower). ``extra``: fxsplit's own headers
+    (name -> text) included first, in order."""
+    import filelock
+
+    cc, flags = script_flags(proj)
+    flags = flags + ["-D", f"WEIGHTS_DIR={weights_dir}"]
+    files, includes = _headers(proj, extra)
+    h = hashlib.sha256(f"fxsplit-pch {FORMAT}\n{_compiler_id(cc)}\n{flags}\n{list(extra)}\n".encode())
+    for name, data in files:
+        h.update(f"{name}\0{len(data)}\0".encode())
+        h.update(data)
+    key = h.hexdigest()[:24]
+    root = pch_root()
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / key
+    header = final / PCH_NAME
+    if (final / (PCH_NAME + ".gch")).is_file():
+        return {"header": str(header), "key": key, "built": False, "seconds": 0.0}
+    with filelock.FileLock(str(root / f"{key}.lock")):
+        if (final / (PCH_NAME + ".gch")).is_file():         # another worker built it while we waited
+            return {"header": str(header), "key": key, "built": False, "seconds": 0.0}
+        failed = root / f"{key}.failed"
+        if failed.is_file():
+            return {"header": None, "key": key, "error": failed.read_text()[-2000:]}
+        t0 = time.time()
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
+        try:
+            for name, data in files:
+                p = tmp / name
+                p.parent.mkdir(parents=True, exist_ok=True)
+                p.write_bytes(data)
+            text = ["// fxsplit: precompiled once per host, toolchain, flags and header content (fxsplit/flows/hls4ml/pch.py)"]
+            text += [f'#include "{n}"' for n in extra]
+            text += ["#include <iostream>", '#include "ap_fixed.h"', '#include "ap_int.h"', '#include "hls_stream.h"']
+            text += [f'#include "{n}"' for n in includes]
+            (tmp / PCH_NAME).write_text("\n".join(text) + "\n")
+            cmd = [cc, *flags, "-I", str(tmp / "ap_types"), "-I", str(tmp), "-w", "-x", "c++-header",
+                   str(tmp / PCH_NAME), "-o", str(tmp / (PCH_NAME + ".gch"))]
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode != 0:
+                failed.write_text(f"{shlex.join(cmd)}\n{r.stdout}{r.stderr}")
+                log(f"[fxsplit] could not precompile the hls4ml headers (building without): {r.stderr[-500:]}")
+                return {"header": None, "key": key, "error": r.stderr[-2000:]}
+            # built in a sibling directory and renamed into place whole: a reader sees no .gch or a complete one
+            os.replace(tmp, final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        secs = time.time() - t0
+        log(f"[fxsplit] precompiled the hls4ml headers in {secs:.1f} s: {header}")
+        return {"header": str(header), "key": key, "built": True, "seconds": secs}
+
+
+def pch_rejected(build_output: str) -> str | None:
+    """GCC's reason for not using the precompiled header (``-Winvalid-pch``), or None."""
+    m = _NOT_USED.search(build_output)
+    if not m:
+        return None
+    line = next((ln for ln in build_output.splitlines() if m.group(0) in ln), m.group(0))
+    return line.strip()

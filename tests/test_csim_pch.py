@@ -1,0 +1,165 @@
+"""The host's precompiled hls4ml headers (fxsplit/flows/hls4ml/pch.py): built once, found again,
+refused by g++ when they do not fit (and that refusal seen), and never a change of one bit.
+
+Real hls4ml projects, real g++, the real csim job (called in this process, so that the precompiled
+headers go to a directory of the test's own)."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import threading
+
+import numpy as np
+import pytest
+
+import fxsplit
+from fxsplit import partition
+from fxsplit.flows.hls4ml import pch as pch_mod
+from fxsplit.flows.hls4ml.csim import CSim, csim_job, _RAW_HEADER, _WDIR_HEADER, WEIGHTS_DIR
+from fxsplit.lower import lower, normalize_config
+
+from models import build as build_model
+
+
+@pytest.fixture
+def pch_dir(tmp_path, monkeypatch):
+    d = tmp_path / "pch"
+    monkeypatch.setenv("FXSPLIT_PCH_DIR", str(d))
+    return d
+
+
+def _specs(tmp_path, opt="-O0"):
+    model, shape = build_model("residual_cnn")
+    pt = partition(model, shape)
+    # a narrow type with wrap and saturation in it, so the inputs below reach both
+    fc = normalize_config({"io_type": "io_stream", "csim_opt": opt, "precision": "fixed<10,4>",
+                           "layers": {"conv0": {"precision": {"result": "fixed<8,3,RND,SAT>"}}}}, pt)
+    low = lower(pt, fc, str(tmp_path / "lower"))
+    return pt, low
+
+
+def _csim(workdir, meta, inputs, outputs):
+    return CSim(os.path.join(workdir, meta["lib"]), meta["project"], [p.precision for p in inputs],
+                [p.precision for p in outputs], [math.prod(s) for s in meta["inputs"]],
+                [math.prod(s) for s in meta["outputs"]])
+
+
+def _run(sim, x):
+    return sim.run([sim.quantize(0, x.reshape(len(x), -1))])
+
+
+def test_pch_built_once_used_and_bit_identical(tmp_path, pch_dir):
+    import dataclasses
+    pt, low = _specs(tmp_path)
+    spec = low.mono_spec
+    metas = {}
+    for tag, on in (("cold", True), ("warm", True), ("off", False)):
+        wd = tmp_path / tag
+        wd.mkdir()
+        metas[tag] = (str(wd), csim_job(str(wd), {}, dataclasses.replace(spec, csim_pch=on)))
+    cold, warm, off = (metas[t][1]["pch"] for t in ("cold", "warm", "off"))
+    assert cold["used"] and cold["built"] and cold["seconds"] > 0
+    assert warm["used"] and not warm["built"] and warm["key"] == cold["key"]
+    assert off == {"used": False}
+    assert [p.name for p in pch_dir.iterdir() if not p.name.endswith(".lock")] == [cold["key"]]
+    # the project is still a plain hls4ml project a user can build by hand: one library, no precompiled header
+    script = (tmp_path / "off" / spec.name / "build_lib.sh").read_text()
+    assert "fxsplit_unity.cpp" in script and 'CFLAGS="-O0 -fPIC' in script
+
+    # inputs far outside the types' range: wrap and saturation both taken
+    x = np.random.default_rng(3).uniform(-40, 40, size=(64, *pt.inputs[0].shape))
+    outs = {t: _run(_csim(wd, m, pt.inputs, pt.outputs), x) for t, (wd, m) in metas.items()}
+    for t in ("warm", "off"):
+        assert all(np.array_equal(a, b) for a, b in zip(outs["cold"], outs[t])), t
+    assert len(np.unique(outs["cold"][0])) > 10
+
+
+def test_pch_refused_by_gcc_is_reported_not_hidden(tmp_path, pch_dir):
+    """A precompiled header that does not fit the flags (built at -O0, used at -O1: ``__OPTIMIZE__``
+    differs) is refused by g++; the job says so, and the library is still right."""
+    import dataclasses
+    pt, low0 = _specs(tmp_path / "a", "-O0")
+    _pt1, low1 = _specs(tmp_path / "b", "-O1")
+    wd0, wd1, wd2 = (tmp_path / n for n in ("w0", "w1", "w2"))
+    for w in (wd0, wd1, wd2):
+        w.mkdir()
+    m0 = csim_job(str(wd0), {}, low0.mono_spec)
+    # the -O1 project's key, then the -O0 header planted under it
+    proj1 = wd1 / low1.mono_spec.name
+    m_ok = csim_job(str(wd1), {}, low1.mono_spec)
+    assert m_ok["pch"]["used"] and m_ok["pch"]["key"] != m0["pch"]["key"]
+    key1 = m_ok["pch"]["key"]
+    gch = pch_mod.PCH_NAME + ".gch"
+    shutil.copyfile(pch_dir / m0["pch"]["key"] / gch, pch_dir / key1 / gch)
+    m_bad = csim_job(str(wd2), {}, low1.mono_spec)
+    assert m_bad["pch"]["used"] is False and "not used" in m_bad["pch"]["error"], m_bad["pch"]
+    x = np.random.default_rng(4).uniform(-40, 40, size=(16, *pt.inputs[0].shape))
+    a = _run(_csim(str(wd1), m_ok, pt.inputs, pt.outputs), x)
+    b = _run(_csim(str(wd2), m_bad, pt.inputs, pt.outputs), x)
+    assert all(np.array_equal(p, q) for p, q in zip(a, b))
+    assert proj1.is_dir()
+
+
+def test_pch_concurrent_builders_build_once(tmp_path, pch_dir):
+    """Two workers needing the same precompiled header at once: one builds it, the other waits and uses it."""
+    import dataclasses
+    _pt, low = _specs(tmp_path)
+    spec = low.specs[next(iter(low.specs))]
+    res, errs = {}, []
+
+    def job(tag):
+        try:
+            wd = tmp_path / tag
+            wd.mkdir()
+            res[tag] = csim_job(str(wd), {}, dataclasses.replace(spec))
+        except Exception as e:       # reported below
+            errs.append(e)
+
+    ts = [threading.Thread(target=job, args=(t,)) for t in ("t1", "t2")]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errs, errs
+    built = sorted(r["pch"]["built"] for r in res.values())
+    assert built == [False, True] and all(r["pch"]["used"] for r in res.values())
+    assert not [p for p in pch_dir.iterdir() if p.name.startswith(".")], "a temporary directory was left behind"
+
+
+def test_pch_that_cannot_build_falls_back_and_is_remembered(tmp_path, pch_dir):
+    _pt, low = _specs(tmp_path)
+    wd = tmp_path / "w"
+    wd.mkdir()
+    m = csim_job(str(wd), {}, low.mono_spec)            # writes the project; its header builds fine
+    proj = str(wd / low.mono_spec.name)
+    bad = {"fxsplit_wdir.h": _WDIR_HEADER, "fxsplit_raw.h": _RAW_HEADER, "broken.h": "#error not a header\n"}
+    r1 = pch_mod.ensure_pch(proj, bad, WEIGHTS_DIR, log=lambda s: None)
+    assert r1["header"] is None and "not a header" in r1["error"]
+    r2 = pch_mod.ensure_pch(proj, bad, WEIGHTS_DIR, log=lambda s: None)     # not retried on every job
+    assert r2["header"] is None and r2["key"] == r1["key"] and "not a header" in r2["error"]
+    good = pch_mod.ensure_pch(proj, {"fxsplit_wdir.h": _WDIR_HEADER, "fxsplit_raw.h": _RAW_HEADER}, WEIGHTS_DIR)
+    assert good["header"] and good["key"] == m["pch"]["key"] and not good["built"]
+
+
+def test_pch_key_follows_header_content(tmp_path, pch_dir):
+    """A changed hls4ml header (another hls4ml version, a patched copy) is another precompiled header."""
+    _pt, low = _specs(tmp_path)
+    wd = tmp_path / "w"
+    wd.mkdir()
+    m = csim_job(str(wd), {}, low.mono_spec)
+    proj = wd / low.mono_spec.name
+    h = proj / "firmware" / "nnet_utils" / "nnet_dense.h"
+    h.write_text(h.read_text() + "\n// patched\n")
+    extra = {"fxsplit_wdir.h": _WDIR_HEADER, "fxsplit_raw.h": _RAW_HEADER}
+    files, includes = pch_mod._headers(str(proj), extra)
+    assert "nnet_utils/nnet_code_gen.h" not in includes and "nnet_utils/nnet_dense.h" in includes
+    r = pch_mod.ensure_pch(str(proj), extra, WEIGHTS_DIR, log=lambda s: None)
+    assert r["header"] and r["key"] != m["pch"]["key"] and r["built"]
+
+
+def test_pch_off_by_config(tmp_path):
+    with pytest.raises(fxsplit.FxsplitError, match="csim_pch"):
+        model, shape = build_model("jet_tagger")
+        fxsplit.compile(model, shape, output_dir=tmp_path / "o", config={"csim_pch": "yes"})
