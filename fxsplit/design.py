@@ -133,13 +133,18 @@ class Design:
         ys = [t.numpy().astype(np.float64) for t in ys]
         return ys[0] if len(ys) == 1 else ys
 
-    def verify(self, x, level: str = "csim", simulator: str | None = None) -> VerifyResult:
+    def verify(self, x, level: str = "csim", simulator: str | None = None, interface: str = "pipeline",
+               **stream) -> VerifyResult:
         """Partitioned == uncut, bit for bit. level='csim' (stitched vs monolithic C simulation)
         or 'rtl' (stitched RTL simulation vs stitched C simulation vs monolithic; ``simulator``
-        'verilator' (default) or 'icarus'). The result is recorded in ``report["verification"]``
+        'verilator' (default) or 'icarus'; ``interface`` 'pipeline' (default) or 'axis': the
+        stream-stitched top under random input gaps and output backpressure, ``gaps=0.3,
+        backpressure=0.3, seed=1``). The result is recorded in ``report["verification"]``
         and the report files in ``output_dir`` are rewritten."""
         if level not in ("csim", "rtl"):
             raise FxsplitError(f"unknown verification level {level!r}", hint="use 'csim' or 'rtl'")
+        if level != "rtl" and (interface != "pipeline" or stream):
+            raise FxsplitError("interface and stream options apply to verify(level='rtl')")
         if level == "rtl" and self.rtl is None:
             raise FxsplitError("verify(level='rtl') needs a design compiled with flow='rtl'",
                                hint="fxsplit.compile(..., flow='rtl')")
@@ -156,7 +161,7 @@ class Design:
         if level == "rtl":
             raw_in = [words_to_raw(env[p.name], p.precision) for p in self.partitioning.inputs]
             res = self.rtl.verify(raw_in, self.partitioning.inputs, outs, got, ref, decode, err,
-                                  **({"simulator": simulator} if simulator else {}))
+                                  **({"simulator": simulator} if simulator else {}), interface=interface, **stream)
             if self.report:
                 from .summary import stitched_update
                 stitched_update(self.report, self.rtl)

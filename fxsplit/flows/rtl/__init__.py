@@ -59,13 +59,20 @@ def synth_job(workdir: str, inputs: dict, rtl_job_id: str) -> dict:
 
 
 def stitch_job(workdir: str, inputs: dict, dag: dict, top: str) -> dict:
-    """The stitched top, from the DAG description and every partition's RTL metadata."""
+    """The stitched tops, from the DAG description and every partition's RTL metadata: the pipelined
+    one (``<top>.v``) and the stream one (``<top>_axis.v``, :mod:`.stream`)."""
     from .stitch import generate_stitched
+    from .stream import generate_stream_stitched
     rtl = {p["name"]: _rtl_meta(inputs[f"{p['name']}/rtl"]) for p in dag["partitions"]}
     text, latency, schedule = generate_stitched(top, dag, rtl)
     with open(os.path.join(workdir, f"{top}.v"), "w") as f:
         f.write(text)
-    return {"top": top, "file": f"{top}.v", "latency": latency, "schedule": schedule}
+    axis_top = f"{top}_axis"
+    axis_text, edges = generate_stream_stitched(axis_top, dag, rtl)
+    with open(os.path.join(workdir, f"{axis_top}.v"), "w") as f:
+        f.write(axis_text)
+    return {"top": top, "file": f"{top}.v", "latency": latency, "schedule": schedule,
+            "axis": {"top": axis_top, "file": f"{axis_top}.v", "edges": edges}}
 
 
 def top_synth_job(workdir: str, inputs: dict, top: str, partitions: list[str]) -> dict:
@@ -142,10 +149,13 @@ class RTLFlow(Flow):
         st = result[f"{STITCHED}/rtl"]
         st_dir = copy_artifacts(Path(st.artifact_dir), self.out / STITCHED / "rtl", st.key)
         top_synth = _copy_synth(result[f"{STITCHED}/synth"], st_dir / "synth") if self.fc.synth else None
-        files = _stitched_files(self.pt.partitions, rtl) + [str(st_dir / st.meta["file"])]
+        part_files = _stitched_files(self.pt.partitions, rtl)
+        files = part_files + [str(st_dir / st.meta["file"])]
+        axis = dict(st.meta["axis"], file=str(st_dir / st.meta["axis"]["file"]))
+        axis["files"] = part_files + [axis["file"]]
         built.rtl = RTLDesign(top=st.meta["top"], file=str(st_dir / st.meta["file"]), files=files,
                               latency=int(st.meta["latency"]), schedule=st.meta["schedule"], partitions=rtl,
-                              synth=synth, top_synth=top_synth, stitched_dir=str(self.out / STITCHED))
+                              synth=synth, top_synth=top_synth, stitched_dir=str(self.out / STITCHED), axis=axis)
         return built
 
 
@@ -192,6 +202,7 @@ class RTLDesign:
     stitched_dir: str
     top_synth: dict | None = None          # Yosys on the stitched top alone (partitions as black boxes)
     last_sim: dict = field(default_factory=dict)
+    axis: dict | None = None               # the stream-stitched top: top, file, files, edges (with FIFO depths)
 
     def partition_report(self, name: str) -> dict:
         meta = self.partitions[name]
@@ -215,18 +226,30 @@ class RTLDesign:
                 "simulation": self.last_sim or None}
 
     def verify(self, raw_in: list[np.ndarray], inputs: list, outputs: list, csim: list[np.ndarray],
-               mono: list[np.ndarray], decode: list, torch_err: float, simulator: str = "verilator") -> VerifyResult:
+               mono: list[np.ndarray], decode: list, torch_err: float, simulator: str = "verilator",
+               interface: str = "pipeline", gaps: float = 0.3, backpressure: float = 0.3, seed: int = 1) -> VerifyResult:
         """Three ways: stitched RTL simulation == stitched C simulation == uncut C simulation.
 
         ``raw_in``: model inputs as raw integers of their types (N, size), as the C simulation converted
         them; ``inputs``/``outputs``: the model's ports; ``csim``/``mono``: stitched and uncut C-simulation
-        outputs as raw integers, one (N, size) array per output; ``decode``: raw -> float per output."""
+        outputs as raw integers, one (N, size) array per output; ``decode``: raw -> float per output.
+        ``interface``: "pipeline" (the pipelined top, one sample per cycle) or "axis" (the stream top, with
+        random input gaps and output backpressure: ``gaps``, ``backpressure``, ``seed``)."""
         from .testbench import simulate
+        if interface not in ("pipeline", "axis"):
+            raise FxsplitError(f"unknown RTL interface {interface!r}", hint="use 'pipeline' or 'axis'")
         n = raw_in[0].shape[0]
         ports_in = [{"name": p.name, "precision": p.precision, "shape": list(p.shape)} for p in inputs]
         ports_out = [{"name": p.name, "precision": p.precision, "shape": list(p.shape)} for p in outputs]
-        workdir = os.path.join(self.stitched_dir, f"tb_{simulator}")
-        sim = simulate(simulator, self.files, self.top, ports_in, ports_out, raw_in, csim, self.latency, workdir)
+        if interface == "axis":
+            if not self.axis:
+                raise FxsplitError("this design has no stream-stitched top; rebuild it with this fxsplit")
+            workdir = os.path.join(self.stitched_dir, f"tb_axis_{simulator}")
+            sim = simulate(simulator, self.axis["files"], self.axis["top"], ports_in, ports_out, raw_in, csim,
+                           self.latency, workdir, stream={"gaps": gaps, "backpressure": backpressure, "seed": seed})
+        else:
+            workdir = os.path.join(self.stitched_dir, f"tb_{simulator}")
+            sim = simulate(simulator, self.files, self.top, ports_in, ports_out, raw_in, csim, self.latency, workdir)
         base = compare("rtl", csim, mono, [p.name for p in outputs], torch_err, decode=decode)
         prec = {p.name: p.precision for p in outputs}
         vname = {rl.verilog_name(p.name): p.name for p in outputs}
@@ -234,16 +257,21 @@ class RTLDesign:
                                 float(rl.from_raw(m.got, prec[vname.get(m.port, m.port)])),
                                 float(rl.from_raw(m.expected, prec[vname.get(m.port, m.port)])))
                        for m in sim.mismatches]
-        self.last_sim = {"simulator": simulator, "samples": n, "passed": sim.passed, "failed": sim.failed,
-                         "seconds": round(sim.seconds, 2), "log": sim.log if len(sim.log) < 4000 else sim.log[-4000:]}
+        self.last_sim = {"simulator": simulator, "interface": interface, "samples": n, "passed": sim.passed,
+                         "failed": sim.failed, "seconds": round(sim.seconds, 2),
+                         "log": sim.log if len(sim.log) < 4000 else sim.log[-4000:]}
+        if interface == "axis":
+            self.last_sim.update(gaps=gaps, backpressure=backpressure, seed=seed, cycles=sim.cycles)
         csim_vs_mono = base.mismatches
         base.details = (rtl_details + base.details)[:100]
         base.mismatches += len(sim.mismatches) if sim.mismatches else sim.failed
         base.bit_exact = base.bit_exact and sim.ok and sim.passed == n
         base.extra = {"rtl_vs_csim": {"passed": sim.passed, "failed": sim.failed},
                       "csim_vs_monolithic_mismatches": csim_vs_mono,
-                      "simulator": simulator, "latency_cycles": self.latency, "testbench_dir": workdir,
-                      "sim_seconds": sim.seconds}
+                      "simulator": simulator, "interface": interface, "latency_cycles": self.latency,
+                      "testbench_dir": workdir, "sim_seconds": sim.seconds}
+        if interface == "axis":
+            base.extra.update(gaps=gaps, backpressure=backpressure, seed=seed, cycles=sim.cycles)
         return base
 
 

@@ -162,6 +162,127 @@ def write_testbench(workdir: str, top: str, inputs: Sequence[dict], outputs: Seq
     return path
 
 
+def generate_stream_testbench(top: str, inputs: Sequence[dict], outputs: Sequence[dict], n_samples: int,
+                              latency: int, gaps: float = 0.3, backpressure: float = 0.3, seed: int = 1,
+                              tb_name: str = 'fxsplit_tb', timeout_cycles: int | None = None) -> str:
+    """Self-checking testbench for a stream top (``clk``, ``rst``, ``<port>_TDATA/_TVALID/_TREADY`` per
+    tensor, one beat = one sample). Every input stream pauses at random (probability ``gaps`` per cycle,
+    and once ``TVALID`` is up it stays up with the same data until ``TREADY``, as AXI4-Stream demands);
+    every output refuses at random (``TREADY`` low with probability ``backpressure``). Random numbers
+    come from a xorshift per port seeded from ``seed``, so Verilator and Icarus see the same schedule.
+    Same report as :func:`generate_testbench`, plus ``CYCLES <n>`` (cycles from reset to the last beat)."""
+    ins, outs = _port_entries(inputs), _port_entries(outputs)
+    if not (0 <= gaps < 1 and 0 <= backpressure < 1):
+        raise FxsplitError(f'gaps ({gaps}) and backpressure ({backpressure}) must be probabilities below 1')
+    g, bp = int(round(gaps * 256)), int(round(backpressure * 256))
+    slow = 1.0 / ((1 - gaps) * (1 - backpressure))
+    timeout = timeout_cycles or int(40 * n_samples * slow + 20 * latency + 2000)
+    L = ['`timescale 1 ns / 1 ps', f'module {tb_name};', "    reg clk = 1'b0;", "    reg rst = 1'b1;",
+         f'    localparam N = {n_samples};', '    integer cycles = 0;', '    integer done_at = 0;',
+         '    integer n_fail = 0;', '    integer s;', '    integer e;', '    reg bad [0:N-1];']
+    seeds = [(seed * 0x9E3779B1 + 0x7F4A7C15 * (k + 1)) & 0xFFFFFFFF or 1 for k in range(len(ins) + len(outs))]
+    conns = ['.clk(clk)', '.rst(rst)']
+    for k, p in enumerate(ins):
+        v, b = p['verilog'], p['width'] * p['size']
+        L += [f'    reg [{b - 1}:0] mem_in_{v} [0:N-1];', f'    reg [{b - 1}:0] {v}_TDATA = {b}\'d0;',
+              f"    reg {v}_TVALID = 1'b0;", f'    wire {v}_TREADY;', f'    integer i_{v} = 0;',
+              f"    reg [31:0] r_{v} = 32'd{seeds[k]};"]
+        conns += [f'.{v}_TDATA({v}_TDATA)', f'.{v}_TVALID({v}_TVALID)', f'.{v}_TREADY({v}_TREADY)']
+    for k, p in enumerate(outs):
+        v, b, w = p['verilog'], p['width'] * p['size'], p['width']
+        sg = 'signed ' if p['signed'] else ''
+        L += [f'    reg [{b - 1}:0] mem_exp_{v} [0:N-1];', f'    wire [{b - 1}:0] {v}_TDATA;', f'    wire {v}_TVALID;',
+              f"    reg {v}_TREADY = 1'b0;", f'    integer j_{v} = 0;',
+              f"    reg [31:0] r_{v} = 32'd{seeds[len(ins) + k]};",
+              f'    reg {sg}[{w - 1}:0] got_{v};', f'    reg {sg}[{w - 1}:0] exp_{v};']
+        conns += [f'.{v}_TDATA({v}_TDATA)', f'.{v}_TVALID({v}_TVALID)', f'.{v}_TREADY({v}_TREADY)']
+    L.append(f'    {top} dut ({", ".join(conns)});')
+    L.append('    initial begin')
+    L.append("        for (s = 0; s < N; s = s + 1) bad[s] = 1'b0;")
+    for p in ins:
+        L.append(f'        $readmemh("in_{p["verilog"]}.hex", mem_in_{p["verilog"]});')
+    for p in outs:
+        L.append(f'        $readmemh("exp_{p["verilog"]}.hex", mem_exp_{p["verilog"]});')
+    L.append('    end')
+    L.append('    always #5 clk = ~clk;')
+    L.append('    function [31:0] xorshift(input [31:0] x);')
+    L.append('        reg [31:0] y;')
+    L.append('        begin y = x ^ (x << 13); y = y ^ (y >> 17); xorshift = y ^ (y << 5); end')
+    L.append('    endfunction')
+    L.append('    always @(posedge clk) begin')
+    L.append('        cycles <= cycles + 1;')
+    L.append("        if (cycles == 4) rst <= 1'b0;")
+    L.append('    end')
+    # drivers: sampled values are the pre-edge ones (the DUT updates with non-blocking assignments)
+    for p in ins:
+        v = p['verilog']
+        L.append('    always @(posedge clk) if (!rst) begin : drive_' + v)
+        L.append('        integer nxt;')
+        L.append(f'        r_{v} <= xorshift(r_{v});')
+        L.append(f'        nxt = i_{v} + (({v}_TVALID && {v}_TREADY) ? 1 : 0);')
+        L.append(f'        i_{v} <= nxt;')
+        L.append(f'        if (!{v}_TVALID || {v}_TREADY) begin')
+        L.append(f'            if (nxt < N && r_{v}[7:0] >= {g}) begin')
+        L.append(f"                {v}_TVALID <= 1'b1;")
+        L.append(f'                {v}_TDATA <= mem_in_{v}[nxt];')
+        L.append(f"            end else {v}_TVALID <= 1'b0;")
+        L.append('        end')
+        L.append('    end')
+    for p in outs:
+        v, w = p['verilog'], p['width']
+        L.append('    always @(posedge clk) if (!rst) begin')
+        L.append(f'        r_{v} <= xorshift(r_{v});')
+        L.append(f'        {v}_TREADY <= (r_{v}[7:0] >= {bp});')
+        L.append(f'        if ({v}_TVALID && {v}_TREADY && j_{v} < N) begin')
+        L.append(f'            for (e = 0; e < {p["size"]}; e = e + 1) begin')
+        L.append(f'                got_{v} = {v}_TDATA[e*{w} +: {w}];')
+        L.append(f'                exp_{v} = mem_exp_{v}[j_{v}][e*{w} +: {w}];')
+        L.append(f'                if (got_{v} !== exp_{v}) begin')
+        L.append(f"                    bad[j_{v}] = 1'b1;")
+        L.append(f'                    $display("MISMATCH sample=%0d port={p["name"]} elem=%0d got=%0d expected=%0d", '
+                 f'j_{v}, e, got_{v}, exp_{v});')
+        L.append('                end')
+        L.append('            end')
+        L.append(f'            j_{v} <= j_{v} + 1;')
+        L.append('        end')
+        L.append('    end')
+    all_done = ' && '.join(f'j_{p["verilog"]} >= N' for p in outs)
+    L.append('    always @(negedge clk) begin')
+    L.append(f'        if (({all_done}) || cycles > {timeout}) begin')
+    L.append('            n_fail = 0;')
+    L.append('            for (s = 0; s < N; s = s + 1) if (bad[s]) n_fail = n_fail + 1;')
+    for p in outs:
+        L.append(f'            if (j_{p["verilog"]} < N) $display("TIMEOUT: %0d samples of {p["name"]} never came out", '
+                 f'N - j_{p["verilog"]});')
+    L.append('            s = N;')
+    for p in outs:
+        L.append(f'            if (j_{p["verilog"]} < s) s = j_{p["verilog"]};')
+    L.append('            $display("CYCLES %0d", cycles - 5);')
+    L.append('            $display("%0d passed, %0d failed", s - n_fail, n_fail + (N - s));')
+    L.append('            $finish;')
+    L.append('        end')
+    L.append('    end')
+    L.append('endmodule')
+    return '\n'.join(L) + '\n'
+
+
+def write_stream_testbench(workdir: str, top: str, inputs: Sequence[dict], outputs: Sequence[dict],
+                           input_raw: Sequence[np.ndarray], expected_raw: Sequence[np.ndarray], latency: int,
+                           tb_name: str = 'fxsplit_tb', **kw) -> str:
+    """Like :func:`write_testbench`, for a stream top (``kw``: gaps, backpressure, seed)."""
+    os.makedirs(workdir, exist_ok=True)
+    ins, outs = _port_entries(inputs), _port_entries(outputs)
+    n = int(np.asarray(input_raw[0]).shape[0])
+    for p, r in zip(ins, input_raw):
+        write_hex(os.path.join(workdir, f'in_{p["verilog"]}.hex'), np.asarray(r), p['width'])
+    for p, r in zip(outs, expected_raw):
+        write_hex(os.path.join(workdir, f'exp_{p["verilog"]}.hex'), np.asarray(r), p['width'])
+    path = os.path.join(workdir, f'{tb_name}.v')
+    with open(path, 'w') as fh:
+        fh.write(generate_stream_testbench(top, inputs, outputs, n, latency, tb_name=tb_name, **kw))
+    return path
+
+
 # ------------------------------------------------------------------------------------------------
 # Results
 # ------------------------------------------------------------------------------------------------
@@ -183,6 +304,7 @@ class SimResult:
     log: str = ''
     seconds: float = 0.0
     timeout: bool = False
+    cycles: int | None = None          # stream testbenches: cycles from reset to the last beat
 
     @property
     def ok(self) -> bool:
@@ -202,7 +324,9 @@ def parse_sim_output(text: str) -> SimResult:
         raise FxsplitError('simulation did not print its "N passed, M failed" summary', hint='see the simulator log:\n'
                            + text[-3000:])
     mms = [Mismatch(int(a), b, int(c), int(d), int(e)) for a, b, c, d, e in _MM_RE.findall(text)]
-    return SimResult(int(m.group(1)), int(m.group(2)), mms, text, timeout='TIMEOUT' in text)
+    cyc = re.search(r'^CYCLES (\d+)$', text, re.M)
+    return SimResult(int(m.group(1)), int(m.group(2)), mms, text, timeout='TIMEOUT' in text,
+                     cycles=int(cyc.group(1)) if cyc else None)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -351,9 +475,14 @@ def get_runner(name: str) -> _Runner:
 
 
 def simulate(simulator: str, sources: Sequence[str], top: str, inputs: Sequence[dict], outputs: Sequence[dict],
-             input_raw: Sequence[np.ndarray], expected_raw: Sequence[np.ndarray], latency: int, workdir: str) -> SimResult:
-    """Write a testbench for ``top`` into ``workdir``, build it with ``simulator`` and run it."""
-    tb = write_testbench(workdir, top, inputs, outputs, input_raw, expected_raw, latency)
+             input_raw: Sequence[np.ndarray], expected_raw: Sequence[np.ndarray], latency: int, workdir: str,
+             stream: dict | None = None) -> SimResult:
+    """Write a testbench for ``top`` into ``workdir``, build it with ``simulator`` and run it.
+    ``stream``: the top has stream ports; the testbench options (gaps, backpressure, seed)."""
+    if stream is not None:
+        tb = write_stream_testbench(workdir, top, inputs, outputs, input_raw, expected_raw, latency, **stream)
+    else:
+        tb = write_testbench(workdir, top, inputs, outputs, input_raw, expected_raw, latency)
     r = get_runner(simulator)
     r.build(list(sources) + [tb], 'fxsplit_tb', os.path.join(workdir, f'build_{r.name}'))
     res = r.test(test_dir=workdir)
@@ -361,5 +490,5 @@ def simulate(simulator: str, sources: Sequence[str], top: str, inputs: Sequence[
     return res
 
 
-__all__ = ['generate_testbench', 'write_testbench', 'write_hex', 'get_runner', 'simulate', 'parse_sim_output',
+__all__ = ['generate_testbench', 'write_testbench', 'generate_stream_testbench', 'write_stream_testbench', 'write_hex', 'get_runner', 'simulate', 'parse_sim_output',
            'SimResult', 'Mismatch', 'verilator_env', 'raw_to_unsigned', 'unsigned_to_raw']

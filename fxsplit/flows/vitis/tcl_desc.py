@@ -38,10 +38,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from ...dagdesc import MODEL_INPUT, MODEL_OUTPUT, edges as dag_edges
 from ...errors import FxsplitError
 
-MODEL_INPUT = "input"
-MODEL_OUTPUT = "output"
 DEFAULT_PART = "xcvu13p-flga2577-2-e"          # hls4ml's Vitis backend default (create_initial_config)
 FIFO_MIN, FIFO_MAX = 16, 32768                   # axis_data_fifo FIFO_DEPTH range (powers of two)
 TDATA_MAX_BYTES = 512
@@ -117,16 +116,6 @@ def _pins(arg: dict, role: str) -> list[dict]:
     return [p for p in arg["pins"] if p["role"] == role]
 
 
-def _ancestors(node: str, preds: dict[str, set[str]]) -> set[str]:
-    seen, todo = {node}, [node]
-    while todo:
-        for p in preds.get(todo.pop(), ()):
-            if p not in seen:
-                seen.add(p)
-                todo.append(p)
-    return seen
-
-
 def stitch_info(desc: dict) -> dict:
     """What the Vivado stitcher needs beyond ``stitch.json`` (see the module docstring). Refuses, as
     :class:`FxsplitError`, a description the stitcher could not build."""
@@ -195,27 +184,6 @@ def stitch_info(desc: dict) -> dict:
             n *= int(d)
         return n
 
-    # graph of nodes: partitions and one source node per model input
-    def node(src: str, tensor: str) -> str:
-        return f"{MODEL_INPUT}:{tensor}" if src == MODEL_INPUT else src
-    preds: dict[str, set[str]] = {}
-    succs: dict[str, set[str]] = {}
-    for e in edges:
-        if e["consumer"] != MODEL_OUTPUT:
-            preds.setdefault(e["consumer"], set()).add(node(e["producer"], e["tensor"]))
-            succs.setdefault(node(e["producer"], e["tensor"]), set()).add(e["consumer"])
-
-    def reaches(a: str, b: str) -> bool:
-        seen, todo = {a}, [a]
-        while todo:
-            for s in succs.get(todo.pop(), ()):
-                if s == b:
-                    return True
-                if s not in seen:
-                    seen.add(s)
-                    todo.append(s)
-        return False
-
     tensors: dict[str, dict] = {}
     for t, src in producer.items():
         ew = element_width(t)
@@ -282,18 +250,14 @@ def stitch_info(desc: dict) -> dict:
         else:
             e["hold"] = 1
 
-    # io_stream: reconvergence and bypass per edge
+    # bypass and reconvergence per edge: the same analysis the open Verilog stream stitcher uses
+    flags = {(f["tensor"], f["consumer"]): f for f in dag_edges(desc)}
     for e in edges:
-        p, c = node(e["producer"], e["tensor"]), e["consumer"]
-        e["bypass"] = int(c != MODEL_OUTPUT and any(s != c and reaches(s, c) for s in succs.get(p, ())))
+        f = flags[(e["tensor"], e["consumer"])]
+        e["bypass"] = f["bypass"]
         if io == "io_stream":
-            reconv = False
-            if c != MODEL_OUTPUT:
-                mine = _ancestors(p, preds)
-                reconv = any(o is not e and o["consumer"] == c and
-                             mine & _ancestors(node(o["producer"], o["tensor"]), preds) for o in edges)
-            e["reconvergent"] = int(reconv)
-            e["fifo_depth"] = fifo_depth(tensors[e["tensor"]]["beats"]) if reconv else 0
+            e["reconvergent"] = f["reconvergent"]
+            e["fifo_depth"] = fifo_depth(tensors[e["tensor"]]["beats"]) if f["reconvergent"] else 0
     if io == "io_stream":
         for t, info in tensors.items():
             if len(info["edges"]) > BROADCAST_MAX:
