@@ -348,6 +348,9 @@ def render_html(report: dict) -> str:
     st = report.get("stitched")
     if isinstance(st, dict) and st:
         h.append("<h2>Stitched design</h2>" + _stitched_html(st))
+    vt = report.get("vitis")
+    if isinstance(vt, dict) and vt:
+        h.append("<h2>Vitis HLS</h2>" + _vitis_html(vt, parts))
 
     h.append("<h2>Build timeline</h2>" + gantt_svg(jobs))
     h.append("<h2>Resources per partition</h2>" + resources_svg(parts))
@@ -361,6 +364,14 @@ def render_html(report: dict) -> str:
                      f'<pre>{_esc(j.get("error_tail") or "")}</pre>')
     h.append("</body></html>")
     return "\n".join(h)
+
+
+def _stream_desc(d: dict) -> str:
+    """How a stream-top simulation paused: ``; AXI4-Stream top, random input gaps 0.3, ...``."""
+    if d.get("interface") != "axis":
+        return ""
+    return (f"; AXI4-Stream top, random input gaps {d.get('gaps')}, output backpressure {d.get('backpressure')} "
+            f"(seed {d.get('seed')}), {_fmt_n(d.get('cycles'))} cycles")
 
 
 _LEVELS = {"csim": "stitched C simulation vs the uncut C simulation",
@@ -380,7 +391,7 @@ def _verification_html(ver: dict) -> str:
     if isinstance(rtl, dict):
         rows.append(("RTL vs C simulation", f"{rtl.get('passed')} samples passed, {rtl.get('failed')} failed "
                      f"({extra.get('simulator')}, {_fmt_n(extra.get('latency_cycles'))} cycles latency, "
-                     f"{_fmt_s(extra.get('sim_seconds'))})"))
+                     f"{_fmt_s(extra.get('sim_seconds'))}){_stream_desc(extra)}"))
         rows.append(("stitched vs uncut C simulation",
                      f"{_fmt_n(extra.get('csim_vs_monolithic_mismatches'))} differing elements"))
     if extra.get("testbench_dir"):
@@ -407,6 +418,38 @@ def _resources(res: dict) -> str:
     return ", ".join(f"{k} {_fmt_n(v)}" for k, v in res.items())
 
 
+def _vitis_html(vt: dict, parts: list[dict]) -> str:
+    """Per-partition C-synthesis estimates (hls4ml's report reader), their sum, and Vivado's figures
+    where it synthesized a partition; or, where Vitis HLS did not run, where the projects are."""
+    if not vt.get("ran"):
+        return (f'<p>Vitis HLS did not run here (emit only): every partition\'s project, the stitcher and '
+                f'<code>run_vitis.sh</code> are in <code>{_esc(vt.get("bundle"))}</code>.</p>')
+    keys = ("LUT", "FF", "DSP", "BRAM_18K", "URAM")
+    h = ["<table><tr><th>partition</th><th>latency (cycles, best-worst)</th><th>interval</th>"
+         "<th>clock (ns, target / estimated)</th>" + "".join(f"<th>{k}</th>" for k in keys)
+         + "<th>Vivado synthesis</th></tr>"]
+    for p in parts:
+        r = p.get("hls")
+        if not r:
+            h.append(f'<tr><td><b>{_esc(p.get("name"))}</b></td><td colspan="9">no report</td></tr>')
+            continue
+        lat, ii, clk = r["latency_cycles"], r["interval"], r["clock_ns"]
+        vs = r.get("vivado_synth")
+        h.append(f'<tr><td><b>{_esc(p.get("name"))}</b></td><td class="n">{lat["best"]}-{lat["worst"]}</td>'
+                 f'<td class="n">{ii["min"]}-{ii["max"]}</td><td class="n">{clk["target"]} / {clk["estimated"]}</td>'
+                 + "".join(f'<td class="n">{_esc(_fmt_n(r["resources"].get(k)))}</td>' for k in keys)
+                 + f'<td>{_esc(_resources(vs)) if vs else "-"}</td></tr>')
+    tot = vt.get("total_estimate")
+    if tot:
+        h.append('<tr><td><b>sum of the partitions</b></td><td colspan="3" class="muted">C-synthesis estimates; '
+                 "the stitched design's own figures come from Vivado (run_vitis.sh)</td>"
+                 + "".join(f'<td class="n"><b>{_esc(_fmt_n(tot.get(k)))}</b></td>' for k in keys) + "<td></td></tr>")
+    h.append("</table>")
+    if vt.get("missing"):
+        h.append(f'<p class="fail">no sum: partitions {_esc(", ".join(vt["missing"]))} have no report</p>')
+    return "".join(h)
+
+
 def _stitched_html(st: dict) -> str:
     tot = st.get("resources_total") or {}
     top = st.get("resources_top") or {}
@@ -420,7 +463,7 @@ def _stitched_html(st: dict) -> str:
     if isinstance(sim, dict) and sim:
         ok = sim.get("failed") == 0 and sim.get("passed") == sim.get("samples")
         rows.append(("last RTL simulation", f"{sim.get('simulator')}: {sim.get('passed')}/{sim.get('samples')} "
-                     f"samples passed, {sim.get('failed')} failed, {_fmt_s(sim.get('seconds'))}"
+                     f"samples passed, {sim.get('failed')} failed, {_fmt_s(sim.get('seconds'))}{_stream_desc(sim)}"
                      + ("" if ok else "  (FAILED)")))
     out = "<table>" + "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in rows) + "</table>"
     if isinstance(sim, dict) and sim.get("log"):

@@ -55,6 +55,11 @@ def build_report(design, model_name: str, timings: dict) -> dict:
                  "jobs": jobs, "modules": part.layers}
         if rtl is not None:
             entry.update(rtl.partition_report(part.name))
+        hls = _hls_report(build, part.name)
+        if hls is not None:                      # flow="vitis" where Vitis HLS ran: its C-synthesis estimates
+            entry["hls"] = hls
+            entry["latency"] = hls["latency_cycles"]["worst"]
+            entry["resources"] = dict(hls["resources"])
         parts.append(entry)
     b = build.to_dict() if build is not None else {}
     report = {
@@ -70,7 +75,32 @@ def build_report(design, model_name: str, timings: dict) -> dict:
     }
     if rtl is not None:
         report["stitched"] = rtl.stitched_report()
+    if design.flow == "vitis":
+        report["vitis"] = _vitis_summary(parts, design.output_dir)
     return report
+
+
+def _hls_report(build, partition: str) -> dict | None:
+    if build is None:
+        return None
+    r = build.results.get(f"{partition}/hls")
+    return (r.meta or {}).get("hls_report") if r is not None and r.state in ("built", "cached") else None
+
+
+def _vitis_summary(parts: list[dict], output_dir: str) -> dict:
+    """The vendor flow's section: per-partition C-synthesis estimates and their sum, or, where Vitis HLS
+    did not run (emit only), what was written instead."""
+    from .flows.vitis.reports import total
+    import os
+    hls = {p["name"]: p["hls"] for p in parts if p.get("hls")}
+    out = {"bundle": os.path.join(output_dir, "stitched", "vitis"), "ran": bool(hls)}
+    if hls:
+        if len(hls) != len(parts):
+            missing = [p["name"] for p in parts if not p.get("hls")]
+            out["missing"] = missing             # a sum that leaves partitions out is labelled so, not shown
+        else:
+            out["total_estimate"] = total(hls)
+    return out
 
 
 def stitched_update(report: dict, rtl) -> None:

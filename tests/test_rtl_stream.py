@@ -65,6 +65,8 @@ def test_stream_top_bit_exact_under_gaps_and_backpressure(skip_design, rng):
         _ok(res, n)
         assert res.extra["cycles"] > free.extra["cycles"] * 1.2      # the pauses really happened
     assert d.rtl.last_sim["interface"] == "axis" and f"{n} passed, 0 failed" in d.rtl.last_sim["log"]
+    html = open(os.path.join(d.output_dir, "report.html")).read()
+    assert "AXI4-Stream top, random input gaps 0.7, output backpressure 0.8 (seed 11)" in html
     # the pipelined top still verifies the same design
     _ok_pipe = d.verify(x, level="rtl")
     assert _ok_pipe.bit_exact and _ok_pipe.extra["interface"] == "pipeline"

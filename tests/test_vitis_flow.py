@@ -131,3 +131,7 @@ def test_vitis_hls_builds_every_partition(tmp_path):
     design = fxsplit.compile(model, shape, flow="vitis", output_dir=tmp_path / "v", progress=False)
     for p in design.partitions:
         assert (tmp_path / "v" / p.name / "vitis" / f"{p.name}_prj" / "solution1" / "impl" / "ip").is_dir()
+    # every partition's C-synthesis report, read by hls4ml's reader, is in the report and summed
+    assert all(p["hls"]["resources"]["LUT"] > 0 and p["latency"] is not None for p in design.report["partitions"])
+    assert design.report["vitis"]["ran"] and design.report["vitis"]["total_estimate"]["LUT"] == \
+        sum(p["hls"]["resources"]["LUT"] for p in design.report["partitions"])

@@ -3,7 +3,7 @@
 Every partition becomes an hls4ml Vitis-backend project (the same ModelGraph, config and boundary types as
 the other flows; lowering runs with ``backend="Vitis"``). Its ``hls`` job writes the project and, where
 ``vitis_hls`` is on PATH, runs C synthesis and IP export and reads the synthesis report with hls4ml's own
-reader (``hls4ml.report.parse_vivado_report``). With ``emit_only=True`` (no Vitis here) the job writes the
+reader (``hls4ml.report.parse_vivado_report``, strictly: :mod:`.reports`). With ``emit_only=True`` (no Vitis here) the job writes the
 project only; ``stitched/vitis/`` then holds what a machine with the tools needs:
 
 - ``stitch.json``: the partition DAG (``Partitioning.dag()``, the description the open Verilog stitcher reads
@@ -66,8 +66,8 @@ def hls_job(workdir: str, inputs: dict, spec, ports: dict, run_vitis: bool) -> d
                                stderr=subprocess.STDOUT)
         if r.returncode != 0:
             raise RuntimeError(f"vitis_hls failed on {spec.name} (exit {r.returncode}); log: {log}")
-        from hls4ml.report import parse_vivado_report
-        meta["report"] = parse_vivado_report(proj)
+        from .reports import read_hls_report
+        meta["hls_report"] = read_hls_report(proj, spec.name)
         meta["ran_vitis"] = True
     print(f"[fxsplit] {'built' if run_vitis else 'wrote'} the Vitis HLS project {spec.name}", file=sys.stdout)
     return meta
@@ -142,7 +142,6 @@ class VitisFlow(Flow):
         script = bundle / "run_vitis.sh"
         script.write_text(_run_script([p.name for p in self.pt.partitions], (bundle / "tcl").is_dir()))
         script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-        self.reports = {name: meta.get("report") for name, meta in hls.items()}
         return built
 
     def _write_vectors(self, where: Path, built: Built) -> None:
