@@ -135,3 +135,12 @@ def test_vitis_hls_builds_every_partition(tmp_path):
     assert all(p["hls"]["resources"]["LUT"] > 0 and p["latency"] is not None for p in design.report["partitions"])
     assert design.report["vitis"]["ran"] and design.report["vitis"]["total_estimate"]["LUT"] == \
         sum(p["hls"]["resources"]["LUT"] for p in design.report["partitions"])
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "200"])
+def test_tb_vectors_is_validated_before_anything_is_written(bad, tmp_path):
+    model, shape = build("jet_tagger")
+    with pytest.raises(fxsplit.FxsplitError, match="tb_vectors must be a positive number"):
+        fxsplit.compile(model, shape, flow="vitis", emit_only=True, config={"tb_vectors": bad},
+                        output_dir=tmp_path / "o")
+    assert not (tmp_path / "o").exists()

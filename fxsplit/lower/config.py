@@ -12,8 +12,8 @@ from ..ir import Partitioning
 DEFAULT_PRECISION = "fixed<16,6>"
 
 _CONFIG_KEYS = {"precision", "input_precision", "reuse_factor", "strategy", "io_type", "backend", "part",
-                "clock_period", "partitions", "layers", "latency_cutoff", "csim_opt", "csim_pch", "synth",
-                "exact_accum"}
+                "clock_period", "partitions", "layers", "latency_cutoff", "csim_opt", "csim_pch",
+                "tb_vectors", "synth", "exact_accum"}
 # keys that describe numerics: with hls_config= they live in the user's hls4ml config instead
 _NUMERIC_KEYS = {"precision", "input_precision", "reuse_factor", "strategy", "partitions", "layers"}
 _OVERRIDE_KEYS = {"precision", "reuse_factor", "strategy"}
@@ -48,6 +48,7 @@ class FlowConfig:
     exact_accum: bool | None = None   # accum_t 'auto' (exact sums) for Dense/Conv unless a layer sets it;
                                       # None: the flow decides (rtl: on; hls4ml: off, as hls4ml)
     csim_opt: str = "-O3"             # g++ optimisation of the C-simulation library (numerics do not depend on it)
+    tb_vectors: int = 200             # vitis flow: random samples in the vendor testbench's vectors
     csim_pch: bool = True             # precompiled hls4ml headers, once per host (speed only; same bits)
 
 
@@ -92,6 +93,8 @@ def normalize_config(config: dict | None, pt: Partitioning, hls_config: dict | N
     fc = FlowConfig(**{k: v for k, v in config.items() if k not in ("partitions", "layers")})
     if fc.csim_opt not in ("-O0", "-O1", "-O2", "-O3"):
         raise FxsplitError(f"config csim_opt must be one of -O0..-O3, got {fc.csim_opt!r}")
+    if not isinstance(fc.tb_vectors, int) or isinstance(fc.tb_vectors, bool) or fc.tb_vectors < 1:
+        raise FxsplitError(f"config tb_vectors must be a positive number of samples, got {fc.tb_vectors!r}")
     if not isinstance(fc.csim_pch, bool):
         raise FxsplitError(f"config csim_pch must be True or False, got {fc.csim_pch!r}")
     if fc.io_type not in ("io_parallel", "io_stream"):

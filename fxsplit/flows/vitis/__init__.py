@@ -38,7 +38,7 @@ from ..base import Built, Flow
 VITIS_TOOLS = ("vitis_hls", "vivado")
 TCL_DIR = Path(__file__).resolve().parents[3] / "tcl"     # tcl/ at the repository root
 STITCHED = "stitched"
-N_VECTORS = 200
+N_VECTORS = 200                    # default of config tb_vectors
 VITIS_BUILD_ARGS = "reset=1 csim=0 synth=1 cosim=0 validation=0 export=1 vsynth=0"
 
 
@@ -135,7 +135,7 @@ class VitisFlow(Flow):
         from .tcl_desc import to_tcl, wrapper_testbench
         (bundle / "stitch.json").write_text(json.dumps(desc, indent=1))
         (bundle / "stitch.tcl").write_text(to_tcl(desc))            # the same description, for Vivado's Tcl
-        (bundle / "fxsplit_tb.v").write_text(wrapper_testbench(desc, N_VECTORS))
+        (bundle / "fxsplit_tb.v").write_text(wrapper_testbench(desc, self.fc.tb_vectors))
         self._write_vectors(bundle / "vectors", built)
         if TCL_DIR.is_dir():                 # the static Vivado TCL travels with the bundle
             shutil.copytree(TCL_DIR, bundle / "tcl", dirs_exist_ok=True)
@@ -152,14 +152,15 @@ class VitisFlow(Flow):
         from ..rtl.testbench import write_hex
         where.mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng(0)
+        n = self.fc.tb_vectors
         xs = []
         for p in self.pt.inputs:
             lay = layout(p.precision)
             lo, hi = (-(1 << (lay.width - 1)), (1 << (lay.width - 1)) - 1) if lay.signed else (0, (1 << lay.width) - 1)
-            raw = rng.integers(lo, hi, size=(N_VECTORS, p.size), endpoint=True, dtype=np.int64) \
+            raw = rng.integers(lo, hi, size=(n, p.size), endpoint=True, dtype=np.int64) \
                 if lay.width <= 62 else np.array([[int(rng.integers(0, 2 ** 62)) % (hi - lo + 1) + lo
-                                                   for _ in range(p.size)] for _ in range(N_VECTORS)], dtype=object)
-            xs.append(raw_to_float(raw, p.precision).reshape(N_VECTORS, *p.shape))
+                                                   for _ in range(p.size)] for _ in range(n)], dtype=object)
+            xs.append(raw_to_float(raw, p.precision).reshape(n, *p.shape))
         d = Design(self.pt, self.name, str(self.out), built.csims, built.monolithic)
         env = d._stitched(xs)
         for kind, ports in (("in", self.pt.inputs), ("exp", self.pt.outputs)):
@@ -167,7 +168,7 @@ class VitisFlow(Flow):
                 write_hex(str(where / f"{kind}_{p.name}.hex"), words_to_raw(env[p.name], p.precision),
                           layout(p.precision).width)
         (where / "README").write_text(
-            f"{N_VECTORS} samples, one line per sample, all elements of a port packed (element 0 in the LSBs), "
+            f"{n} samples, one line per sample, all elements of a port packed (element 0 in the LSBs), "
             "raw two's complement of the port's hls4ml type (stitch.json), hex.\n"
             "in_<port>.hex: model inputs; exp_<port>.hex: the outputs of the bit-exact C simulation.\n")
 
