@@ -60,6 +60,14 @@ def write_hex(path: str, raw: np.ndarray, width: int) -> None:
             fh.write(format(word, 'x').zfill(ndig) + '\n')
 
 
+def _load_vectors(ins: list[dict], outs: list[dict], first: Sequence[str] = ()) -> list[str]:
+    """The testbench's initial block (its vectors, ``$readmemh``) and its clock."""
+    L = ['    initial begin'] + [f'        {s}' for s in first]
+    L += [f'        $readmemh("in_{p["verilog"]}.hex", mem_in_{p["verilog"]});' for p in ins]
+    L += [f'        $readmemh("exp_{p["verilog"]}.hex", mem_exp_{p["verilog"]});' for p in outs]
+    return L + ['    end', '    always #5 clk = ~clk;']
+
+
 def generate_testbench(top: str, inputs: Sequence[dict], outputs: Sequence[dict], n_samples: int, latency: int,
                        tb_name: str = 'fxsplit_tb', timeout_cycles: int | None = None) -> str:
     """Verilog-2001 self-checking testbench.  ``inputs``/``outputs`` are port-layout dicts
@@ -97,13 +105,7 @@ def generate_testbench(top: str, inputs: Sequence[dict], outputs: Sequence[dict]
         sg = 'signed ' if p['signed'] else ''
         L.append(f'    reg {sg}[{w - 1}:0] got_{p["verilog"]};')
         L.append(f'    reg {sg}[{w - 1}:0] exp_{p["verilog"]};')
-    L.append('    initial begin')
-    for p in ins:
-        L.append(f'        $readmemh("in_{p["verilog"]}.hex", mem_in_{p["verilog"]});')
-    for p in outs:
-        L.append(f'        $readmemh("exp_{p["verilog"]}.hex", mem_exp_{p["verilog"]});')
-    L.append('    end')
-    L.append('    always #5 clk = ~clk;')
+    L += _load_vectors(ins, outs)
     # drive on the rising edge (non-blocking), the DUT samples on the next rising edge
     L.append('    always @(posedge clk) begin')
     L.append('        cycles <= cycles + 1;')
@@ -146,9 +148,10 @@ def generate_testbench(top: str, inputs: Sequence[dict], outputs: Sequence[dict]
 
 def write_testbench(workdir: str, top: str, inputs: Sequence[dict], outputs: Sequence[dict],
                     input_raw: Sequence[np.ndarray], expected_raw: Sequence[np.ndarray], latency: int,
-                    tb_name: str = 'fxsplit_tb') -> str:
+                    tb_name: str = 'fxsplit_tb', stream: dict | None = None) -> str:
     """Write the testbench and its hex files into ``workdir``; returns the testbench path.
-    ``input_raw``/``expected_raw``: one array per port, shape (n_samples, ...) of raw integers."""
+    ``input_raw``/``expected_raw``: one array per port, shape (n_samples, ...) of raw integers.
+    ``stream``: the top has stream ports (:func:`generate_stream_testbench`; gaps, backpressure, seed)."""
     os.makedirs(workdir, exist_ok=True)
     ins, outs = _port_entries(inputs), _port_entries(outputs)
     n = int(np.asarray(input_raw[0]).shape[0])
@@ -158,7 +161,8 @@ def write_testbench(workdir: str, top: str, inputs: Sequence[dict], outputs: Seq
         write_hex(os.path.join(workdir, f'exp_{p["verilog"]}.hex'), np.asarray(r), p['width'])
     path = os.path.join(workdir, f'{tb_name}.v')
     with open(path, 'w') as fh:
-        fh.write(generate_testbench(top, inputs, outputs, n, latency, tb_name))
+        fh.write(generate_testbench(top, inputs, outputs, n, latency, tb_name) if stream is None else
+                 generate_stream_testbench(top, inputs, outputs, n, latency, tb_name=tb_name, **stream))
     return path
 
 
@@ -197,14 +201,7 @@ def generate_stream_testbench(top: str, inputs: Sequence[dict], outputs: Sequenc
               f'    reg {sg}[{w - 1}:0] got_{v};', f'    reg {sg}[{w - 1}:0] exp_{v};']
         conns += [f'.{v}_TDATA({v}_TDATA)', f'.{v}_TVALID({v}_TVALID)', f'.{v}_TREADY({v}_TREADY)']
     L.append(f'    {top} dut ({", ".join(conns)});')
-    L.append('    initial begin')
-    L.append("        for (s = 0; s < N; s = s + 1) bad[s] = 1'b0;")
-    for p in ins:
-        L.append(f'        $readmemh("in_{p["verilog"]}.hex", mem_in_{p["verilog"]});')
-    for p in outs:
-        L.append(f'        $readmemh("exp_{p["verilog"]}.hex", mem_exp_{p["verilog"]});')
-    L.append('    end')
-    L.append('    always #5 clk = ~clk;')
+    L += _load_vectors(ins, outs, ["for (s = 0; s < N; s = s + 1) bad[s] = 1'b0;"])
     L.append('    function [31:0] xorshift(input [31:0] x);')
     L.append('        reg [31:0] y;')
     L.append('        begin y = x ^ (x << 13); y = y ^ (y >> 17); xorshift = y ^ (y << 5); end')
@@ -264,23 +261,6 @@ def generate_stream_testbench(top: str, inputs: Sequence[dict], outputs: Sequenc
     L.append('    end')
     L.append('endmodule')
     return '\n'.join(L) + '\n'
-
-
-def write_stream_testbench(workdir: str, top: str, inputs: Sequence[dict], outputs: Sequence[dict],
-                           input_raw: Sequence[np.ndarray], expected_raw: Sequence[np.ndarray], latency: int,
-                           tb_name: str = 'fxsplit_tb', **kw) -> str:
-    """Like :func:`write_testbench`, for a stream top (``kw``: gaps, backpressure, seed)."""
-    os.makedirs(workdir, exist_ok=True)
-    ins, outs = _port_entries(inputs), _port_entries(outputs)
-    n = int(np.asarray(input_raw[0]).shape[0])
-    for p, r in zip(ins, input_raw):
-        write_hex(os.path.join(workdir, f'in_{p["verilog"]}.hex'), np.asarray(r), p['width'])
-    for p, r in zip(outs, expected_raw):
-        write_hex(os.path.join(workdir, f'exp_{p["verilog"]}.hex'), np.asarray(r), p['width'])
-    path = os.path.join(workdir, f'{tb_name}.v')
-    with open(path, 'w') as fh:
-        fh.write(generate_stream_testbench(top, inputs, outputs, n, latency, tb_name=tb_name, **kw))
-    return path
 
 
 # ------------------------------------------------------------------------------------------------
@@ -479,10 +459,7 @@ def simulate(simulator: str, sources: Sequence[str], top: str, inputs: Sequence[
              stream: dict | None = None) -> SimResult:
     """Write a testbench for ``top`` into ``workdir``, build it with ``simulator`` and run it.
     ``stream``: the top has stream ports; the testbench options (gaps, backpressure, seed)."""
-    if stream is not None:
-        tb = write_stream_testbench(workdir, top, inputs, outputs, input_raw, expected_raw, latency, **stream)
-    else:
-        tb = write_testbench(workdir, top, inputs, outputs, input_raw, expected_raw, latency)
+    tb = write_testbench(workdir, top, inputs, outputs, input_raw, expected_raw, latency, stream=stream)
     r = get_runner(simulator)
     r.build(list(sources) + [tb], 'fxsplit_tb', os.path.join(workdir, f'build_{r.name}'))
     res = r.test(test_dir=workdir)
@@ -490,5 +467,5 @@ def simulate(simulator: str, sources: Sequence[str], top: str, inputs: Sequence[
     return res
 
 
-__all__ = ['generate_testbench', 'write_testbench', 'generate_stream_testbench', 'write_stream_testbench', 'write_hex', 'get_runner', 'simulate', 'parse_sim_output',
+__all__ = ['generate_testbench', 'write_testbench', 'generate_stream_testbench', 'write_hex', 'get_runner', 'simulate', 'parse_sim_output',
            'SimResult', 'Mismatch', 'verilator_env', 'raw_to_unsigned', 'unsigned_to_raw']
