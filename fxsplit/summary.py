@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 from torch import nn
@@ -91,7 +92,6 @@ def _vitis_summary(parts: list[dict], output_dir: str) -> dict:
     """The vendor flow's section: per-partition C-synthesis estimates and their sum, or, where Vitis HLS
     did not run (emit only), what was written instead."""
     from .flows.vitis.reports import total
-    import os
     hls = {p["name"]: p["hls"] for p in parts if p.get("hls")}
     out = {"bundle": os.path.join(output_dir, "stitched", "vitis"), "ran": bool(hls)}
     if hls:

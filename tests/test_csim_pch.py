@@ -6,6 +6,7 @@ headers go to a directory of the test's own)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -51,7 +52,6 @@ def _run(sim, x):
 
 
 def test_pch_built_once_used_and_bit_identical(tmp_path, pch_dir):
-    import dataclasses
     pt, low = _specs(tmp_path)
     spec = low.mono_spec
     metas = {}
@@ -79,7 +79,6 @@ def test_pch_built_once_used_and_bit_identical(tmp_path, pch_dir):
 def test_pch_refused_by_gcc_is_reported_not_hidden(tmp_path, pch_dir):
     """A precompiled header that does not fit the flags (built at -O0, used at -O1: ``__OPTIMIZE__``
     differs) is refused by g++; the job says so, and the library is still right."""
-    import dataclasses
     pt, low0 = _specs(tmp_path / "a", "-O0")
     _pt1, low1 = _specs(tmp_path / "b", "-O1")
     wd0, wd1, wd2 = (tmp_path / n for n in ("w0", "w1", "w2"))
@@ -104,7 +103,6 @@ def test_pch_refused_by_gcc_is_reported_not_hidden(tmp_path, pch_dir):
 
 def test_pch_concurrent_builders_build_once(tmp_path, pch_dir):
     """Two workers needing the same precompiled header at once: one builds it, the other waits and uses it."""
-    import dataclasses
     _pt, low = _specs(tmp_path)
     spec = low.specs[next(iter(low.specs))]
     res, errs = {}, []

@@ -20,6 +20,7 @@ of the same key wait on a file lock; the entry appears by an atomic rename, neve
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -61,7 +62,9 @@ def script_flags(proj: str) -> tuple[str, list[str]]:
     return cc, shlex.split(flags)
 
 
+@functools.lru_cache(maxsize=None)
 def _compiler_id(cc: str) -> str:
+    """The compiler's path and ``-v`` banner (once per worker process, not per job)."""
     r = subprocess.run([cc, "-v"], capture_output=True, text=True)
     path = shutil.which(cc) or cc
     return f"{os.path.realpath(path)}\n{r.stderr}"

@@ -150,12 +150,8 @@ def edge_depths(dag: Mapping[str, Any], rtl: Mapping[str, Mapping[str, Any]]) ->
         ready[i.name] = 0
     out = []
     for e in dag_edges(dag):
-        if e["consumer"] == MODEL_OUTPUT:
-            depth = SHELL_EXTRA
-        elif e["reconvergent"]:
-            depth = start[e["consumer"]] - ready[e["tensor"]] + SHELL_EXTRA
-        else:
-            depth = SHELL_EXTRA
+        # a model output is never reconvergent (dagdesc): only partition inputs get deep FIFOs
+        depth = start[e["consumer"]] - ready[e["tensor"]] + SHELL_EXTRA if e["reconvergent"] else SHELL_EXTRA
         out.append(dict(e, depth=max(1, depth)))
     return out
 

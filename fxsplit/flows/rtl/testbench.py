@@ -68,6 +68,21 @@ def _load_vectors(ins: list[dict], outs: list[dict], first: Sequence[str] = ()) 
     return L + ['    end', '    always #5 clk = ~clk;']
 
 
+def _compare_lines(p: dict, data: str, sample: str, on_bad: str) -> list[str]:
+    """Compare every element of output ``p`` (bus ``data``) with sample ``sample`` of its expectations;
+    a mismatch runs ``on_bad`` and prints the MISMATCH line the result parser reads."""
+    v, w = p['verilog'], p['width']
+    return [f'            for (e = 0; e < {p["size"]}; e = e + 1) begin',
+            f'                got_{v} = {data}[e*{w} +: {w}];',
+            f'                exp_{v} = mem_exp_{v}[{sample}][e*{w} +: {w}];',
+            f'                if (got_{v} !== exp_{v}) begin',
+            f'                    {on_bad}',
+            f'                    $display("MISMATCH sample=%0d port={p["name"]} elem=%0d got=%0d expected=%0d", '
+            f'{sample}, e, got_{v}, exp_{v});',
+            '                end',
+            '            end']
+
+
 def generate_testbench(top: str, inputs: Sequence[dict], outputs: Sequence[dict], n_samples: int, latency: int,
                        tb_name: str = 'fxsplit_tb', timeout_cycles: int | None = None) -> str:
     """Verilog-2001 self-checking testbench.  ``inputs``/``outputs`` are port-layout dicts
@@ -123,16 +138,7 @@ def generate_testbench(top: str, inputs: Sequence[dict], outputs: Sequence[dict]
     L.append('        if (out_valid === 1\'b1 && i_out < N) begin')
     L.append('            bad = 0;')
     for p in outs:
-        v, w = p['verilog'], p['width']
-        L.append(f'            for (e = 0; e < {p["size"]}; e = e + 1) begin')
-        L.append(f'                got_{v} = {v}[e*{w} +: {w}];')
-        L.append(f'                exp_{v} = mem_exp_{v}[i_out][e*{w} +: {w}];')
-        L.append(f'                if (got_{v} !== exp_{v}) begin')
-        L.append('                    bad = 1;')
-        L.append(f'                    $display("MISMATCH sample=%0d port={p["name"]} elem=%0d got=%0d expected=%0d", '
-                 f'i_out, e, got_{v}, exp_{v});')
-        L.append('                end')
-        L.append('            end')
+        L += _compare_lines(p, p['verilog'], 'i_out', 'bad = 1;')
     L.append('            if (bad) n_fail = n_fail + 1; else n_pass = n_pass + 1;')
     L.append('            i_out = i_out + 1;')
     L.append('        end')
@@ -226,20 +232,12 @@ def generate_stream_testbench(top: str, inputs: Sequence[dict], outputs: Sequenc
         L.append('        end')
         L.append('    end')
     for p in outs:
-        v, w = p['verilog'], p['width']
+        v = p['verilog']
         L.append('    always @(posedge clk) if (!rst) begin')
         L.append(f'        r_{v} <= xorshift(r_{v});')
         L.append(f'        {v}_TREADY <= (r_{v}[7:0] >= {bp});')
         L.append(f'        if ({v}_TVALID && {v}_TREADY && j_{v} < N) begin')
-        L.append(f'            for (e = 0; e < {p["size"]}; e = e + 1) begin')
-        L.append(f'                got_{v} = {v}_TDATA[e*{w} +: {w}];')
-        L.append(f'                exp_{v} = mem_exp_{v}[j_{v}][e*{w} +: {w}];')
-        L.append(f'                if (got_{v} !== exp_{v}) begin')
-        L.append(f"                    bad[j_{v}] = 1'b1;")
-        L.append(f'                    $display("MISMATCH sample=%0d port={p["name"]} elem=%0d got=%0d expected=%0d", '
-                 f'j_{v}, e, got_{v}, exp_{v});')
-        L.append('                end')
-        L.append('            end')
+        L += _compare_lines(p, f'{v}_TDATA', f'j_{v}', f"bad[j_{v}] = 1'b1;")
         L.append(f'            j_{v} <= j_{v} + 1;')
         L.append('        end')
         L.append('    end')
