@@ -455,6 +455,8 @@ def _stitched_html(st: dict) -> str:
     top = st.get("resources_top") or {}
     rows = [("top module", st.get("top")), ("Verilog", st.get("file")),
             ("latency (cycles)", _fmt_n(st.get("latency")))]
+    if st.get("axis_file"):
+        rows.append(("stream top (AXI4-Stream)", f'{st.get("axis_top")}: {st.get("axis_file")}'))
     if tot:
         rows.append(("resources (partitions + top)", _resources(tot)))
         rows.append(("of which the top (delay and valid lines)", _resources(top)))

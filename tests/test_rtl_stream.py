@@ -67,6 +67,7 @@ def test_stream_top_bit_exact_under_gaps_and_backpressure(skip_design, rng):
     assert d.rtl.last_sim["interface"] == "axis" and f"{n} passed, 0 failed" in d.rtl.last_sim["log"]
     html = open(os.path.join(d.output_dir, "report.html")).read()
     assert "AXI4-Stream top, random input gaps 0.7, output backpressure 0.8 (seed 11)" in html
+    assert f"fxsplit_top_axis: {d.rtl.axis['file']}" in html and d.report["stitched"]["axis_file"] == d.rtl.axis["file"]
     # the pipelined top still verifies the same design
     _ok_pipe = d.verify(x, level="rtl")
     assert _ok_pipe.bit_exact and _ok_pipe.extra["interface"] == "pipeline"

@@ -223,6 +223,7 @@ class RTLDesign:
             totals = {k: top[k] + sum(int(s.get(v) or 0) for s in self.synth.values()) for k, v in RESOURCES.items()}
         return {"top": self.top, "file": self.file, "latency": self.latency, "resources_total": totals,
                 "resources_top": top, "top_synth_log": (self.top_synth or {}).get("log"),
+                "axis_top": (self.axis or {}).get("top"), "axis_file": (self.axis or {}).get("file"),
                 "simulation": self.last_sim or None}
 
     def verify(self, raw_in: list[np.ndarray], inputs: list, outputs: list, csim: list[np.ndarray],
