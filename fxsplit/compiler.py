@@ -81,9 +81,21 @@ def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", co
             _write_failure_report(result, out, type(model).__name__, flow, time.time() - t_start)
         result.raise_for_failures()
         built = fl.finish(result)
+        post_jobs = fl.post_jobs(job_list)
+        post = None
+        if post_jobs:
+            r2 = run_jobs(post_jobs, cache, executor=executor, max_workers=jobs, progress=progress,
+                          log_dir=out / "logs")
+            result.merge(r2)
+            if not r2.ok:
+                _write_failure_report(result, out, type(model).__name__, flow, time.time() - t_start)
+            r2.raise_for_failures()
+            post = fl.post_finish(r2)
         design = Design(pt, flow, str(out), built.csims, built.monolithic, build=result, rtl=built.rtl)
         design.report = build_report(design, model_name=type(model).__name__,
                                      timings={"validate": t_validated - t_start, "total": time.time() - t_start})
+        if post:
+            design.report.setdefault(flow, {})["stitched"] = post
         design.report["numerics"] = {
             "config": "hls_config (the user's hls4ml config)" if fc.from_hls_config else "fxsplit config",
             "default_precision": fc.precision, "io_type": fc.io_type, "exact_accum": bool(fc.exact_accum)}

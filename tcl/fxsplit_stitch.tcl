@@ -210,7 +210,15 @@ proc ::fxs::create_bd_step {} {
     dict for {name p} [S partitions] {
         set c [dict get $p cell]
         ip_cell [dict get $p vlnv] $c
-        clocked $c ap_clk [dict get $p reset] [expr {[dict get $p reset] eq "ap_rst_n"}]
+        # the IP is the authority on its reset's polarity: Vitis HLS makes it active-low (ap_rst_n) when the
+        # top has AXI interfaces, which the hls4ml pragmas do not say
+        set rst [dict get $p reset]
+        set other [expr {$rst eq "ap_rst" ? "ap_rst_n" : "ap_rst"}]
+        if {[get_bd_pins -quiet /$c/$rst] eq "" && [get_bd_pins -quiet /$c/$other] ne ""} {
+            say "partition $name: its IP resets on $other, not $rst as described; using $other"
+            set rst $other
+        }
+        clocked $c ap_clk $rst [expr {$rst eq "ap_rst_n"}]
     }
 }
 

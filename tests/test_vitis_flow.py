@@ -126,15 +126,26 @@ def test_emit_only_residual_cnn(io_type, tmp_path):
 
 
 @pytest.mark.skipif(not HAVE_VITIS, reason="vitis_hls and vivado are not on PATH (no Vitis/Vivado on this machine)")
-def test_vitis_hls_builds_every_partition(tmp_path):
-    model, shape = build("jet_tagger")
-    design = fxsplit.compile(model, shape, flow="vitis", output_dir=tmp_path / "v", progress=False)
+@pytest.mark.parametrize("model,io_type", [("jet_tagger", "io_parallel"), ("residual_cnn", "io_stream")])
+def test_vitis_hls_builds_every_partition(model, io_type, tmp_path):
+    """Where the tools are: every partition through Vitis HLS (its exported IP's ports checked against
+    stitch.json), then the DAG stitched in Vivado, synthesized out of context and simulated in xsim on the
+    vectors of the bit-exact C simulation."""
+    net, shape = build(model)
+    design = fxsplit.compile(net, shape, flow="vitis", output_dir=tmp_path / "v", progress=False,
+                             config={"io_type": io_type, "tb_vectors": 50})
     for p in design.partitions:
         assert (tmp_path / "v" / p.name / "vitis" / f"{p.name}_prj" / "solution1" / "impl" / "ip").is_dir()
+        assert design.build[f"{p.name}/hls"].meta["ip_vlnv"] == f"xilinx.com:hls:{p.name}:1.0"
     # every partition's C-synthesis report, read by hls4ml's reader, is in the report and summed
     assert all(p["hls"]["resources"]["LUT"] > 0 and p["latency"] is not None for p in design.report["partitions"])
-    assert design.report["vitis"]["ran"] and design.report["vitis"]["total_estimate"]["LUT"] == \
-        sum(p["hls"]["resources"]["LUT"] for p in design.report["partitions"])
+    vt = design.report["vitis"]
+    assert vt["ran"] and vt["total_estimate"]["LUT"] == sum(p["hls"]["resources"]["LUT"]
+                                                            for p in design.report["partitions"])
+    st = vt["stitched"]
+    assert st["xsim"] == {"passed": 50, "failed": 0} and st["utilization"]["LUT"] > 0
+    assert (tmp_path / "v" / "stitched" / "vitis" / "vivado_run" / "vivado" / "ip" / "component.xml").exists()
+    assert "<b>Stitched in Vivado</b>" in (tmp_path / "v" / "report.html").read_text()
 
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True, "200"])

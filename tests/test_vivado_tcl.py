@@ -128,10 +128,10 @@ mock::write_json $out/mock_design.json
 
 
 def run_stitcher(bundle: Path, desc: dict, work: Path, args: str = "synth=1 export=1", value: dict | None = None,
-                 env: dict | None = None):
+                 env: dict | None = None, catalog: dict | None = None):
     """Run the stitcher in tclsh with the mock. The catalog (what the IPs really have) comes from the pristine
-    stitch.json in ``bundle``; the stitcher reads ``value`` (default: ``desc`` plus its computed stitch info).
-    Returns (returncode, stderr + stdout, recorded design or None)."""
+    stitch.json in ``bundle`` (or ``catalog``); the stitcher reads ``value`` (default: ``desc`` plus its computed
+    stitch info). Returns (returncode, stderr + stdout, recorded design or None)."""
     work.mkdir(parents=True, exist_ok=True)
     if value is None:
         text = to_tcl(desc)
@@ -139,8 +139,10 @@ def run_stitcher(bundle: Path, desc: dict, work: Path, args: str = "synth=1 expo
         text = "set fxsplit_desc " + tcl_value(value) + "\n"
     desc_path = bundle / f"desc_{work.name}.tcl"           # next to stitch.json: ip_repo paths are relative
     desc_path.write_text(text)
-    catalog = bundle / "catalog.tcl"
-    catalog.write_text("set fxsplit_desc " + tcl_value(json.loads((bundle / "stitch.json").read_text())) + "\n")
+    cat = catalog
+    catalog = bundle / f"catalog_{work.name}.tcl"         # next to stitch.json too
+    catalog.write_text("set fxsplit_desc " + tcl_value(cat if cat is not None else
+                                                      json.loads((bundle / "stitch.json").read_text())) + "\n")
     out = work / "vivado"
     driver = work / "driver.tcl"
     driver.write_text(_DRIVER.format(mock=MOCK, catalog=catalog, out=out, desc=desc_path, args=args,
@@ -446,6 +448,30 @@ def test_stitcher_builds_the_dag(model, io, compiled, tmp_path):
         assert info["partitions"]["p3"]["join"] == 1 and info["partitions"]["p1"]["join"] == 0
         assert {(e["tensor"], e["producer"], e["consumer"]) for e in info["edges"] if e["bypass"]} == \
             bypass_edges(dag) == {("r0", "p0", "p3")}
+
+
+def test_stitcher_takes_the_reset_the_ip_has(compiled, tmp_path):
+    """Vitis HLS gives a top with AXI interfaces an active-low ap_rst_n, which the hls4ml pragmas do not say: the
+    stitcher asks the IP and drives ap_rst_n through one inverter of the active-high ap_rst port."""
+    design, desc, bundle = compiled("bypass", "io_stream")
+    cat = copy.deepcopy(desc)
+    for p in cat["partitions"]:
+        p["interface"]["control"] = ["ap_rst_n" if c == "ap_rst" else c for c in p["interface"]["control"]]
+    rc, log, js = run_stitcher(bundle, desc, tmp_path, catalog=cat)
+    assert rc == 0, log
+    rec = Recorded(js)
+    for p in design.partitions:
+        assert f"partition {p.name}: its IP resets on ap_rst_n, not ap_rst" in log
+        assert rec.drv[f"/{p.name}_0/ap_rst_n"] == "/fxs_rst_n/Res"
+        assert f"/{p.name}_0/ap_rst" not in rec.drv
+    inv = rec.cells["fxs_rst_n"]
+    assert inv["ip"] == "util_vector_logic" and inv["config"]["C_OPERATION"] == "not"
+    assert rec.drv["/fxs_rst_n/Op1"] == "/ap_rst"
+    # and as described (active high): straight from the port
+    rc, log, js = run_stitcher(bundle, desc, tmp_path / "high")
+    assert rc == 0 and "resets on" not in log, log
+    rec = Recorded(js)
+    assert all(rec.drv[f"/{p.name}_0/ap_rst"] == "/ap_rst" for p in design.partitions)
 
 
 def _drop_edge(desc: dict, tensor: str, consumer: str) -> dict:

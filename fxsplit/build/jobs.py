@@ -126,6 +126,12 @@ class BuildResult:
             hint="read the log(s) above and fix the cause; jobs that succeeded are cached and "
                  "will not run again")
 
+    def merge(self, later: "BuildResult") -> None:
+        """Add a later run's jobs (``compile``'s post jobs); jobs already here keep this run's record."""
+        for k, r in later.results.items():
+            self.results.setdefault(k, r)
+        self.wall_seconds += later.wall_seconds
+
     def rows(self) -> list[dict]:
         return [r.to_dict() for r in self.results.values()]
 

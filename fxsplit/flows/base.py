@@ -53,6 +53,15 @@ class Flow:
                     key_data=spec.key_data(), tools=("g++", "hls4ml", "torch", "numpy"))
                 for name, spec in specs.items()]
 
+    def post_jobs(self, jobs: list) -> list:
+        """Jobs that need ``finish``'s output (run by ``compile`` after it, with the same engine and cache; the
+        list may repeat earlier jobs, which are then cache hits, to depend on their artifacts)."""
+        return []
+
+    def post_finish(self, result) -> dict | None:
+        """After the post jobs: collect their figures for the report."""
+        return None
+
     def export(self, result) -> None:
         """Copy every finished hls4ml project to ``output_dir/<name>/hls4ml`` (also after a failed build:
         the partitions that did build are kept)."""

@@ -66,11 +66,61 @@ def hls_job(workdir: str, inputs: dict, spec, ports: dict, run_vitis: bool) -> d
                                stderr=subprocess.STDOUT)
         if r.returncode != 0:
             raise RuntimeError(f"vitis_hls failed on {spec.name} (exit {r.returncode}); log: {log}")
+        from .ipxact import check_ip
         from .reports import read_hls_report
         meta["hls_report"] = read_hls_report(proj, spec.name)
+        # Vivado instantiates the IP from its component.xml: its ports must be the ones stitch.json describes
+        got = check_ip(os.path.join(proj, f"{spec.name}_prj", "solution1", "impl", "ip", "component.xml"), iface,
+                       spec.name)
+        iface["control"] = [got["reset"] if c in ("ap_rst", "ap_rst_n") else c for c in iface["control"]]
+        meta["ip_vlnv"] = got["vlnv"]
         meta["ran_vitis"] = True
     print(f"[fxsplit] {'built' if run_vitis else 'wrote'} the Vitis HLS project {spec.name}", file=sys.stdout)
     return meta
+
+
+def ip_dir(artifact_dir: str, partition: str) -> str:
+    """Where Vitis HLS's ``export_design`` leaves a partition's IP, inside its ``hls`` job's artifacts."""
+    return os.path.join(artifact_dir, partition, f"{partition}_prj", "solution1", "impl", "ip")
+
+
+def vivado_job(workdir: str, inputs: dict, desc: dict, files: dict) -> dict:
+    """The stitched design in Vivado (``tcl/fxsplit_stitch.tcl``): block design from the DAG description, out-of-
+    context synthesis with utilization and timing reports, IP export, and xsim of the self-checking testbench.
+
+    ``files``: the bundle's stitcher, testbench and vectors (relative path -> text). The partitions' IP
+    repositories are their ``hls`` jobs' artifacts (``inputs``), so this job runs wherever the engine puts it."""
+    from .reports import read_timing, read_utilization
+    from .tcl_desc import to_tcl
+    for rel, text in files.items():
+        path = os.path.join(workdir, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text)
+    desc = json.loads(json.dumps(desc))
+    for p in desc["partitions"]:
+        p["ip_repo"] = ip_dir(inputs[f"{p['name']}/hls"], p["name"])
+    with open(os.path.join(workdir, "stitch.tcl"), "w") as f:
+        f.write(to_tcl(desc))
+    log = os.path.join(workdir, "vivado_stitch.log")
+    cmd = ["vivado", "-mode", "batch", "-nojournal", "-log", log, "-source", os.path.join("tcl", "fxsplit_stitch.tcl"),
+           "-tclargs", "desc=stitch.tcl", "out=vivado", "synth=1", "export=1", "sim=1", "tb=fxsplit_tb.v",
+           "tb_top=fxsplit_tb", "vectors=vectors"]
+    print("[fxsplit] " + " ".join(cmd), flush=True)
+    r = subprocess.run(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if r.returncode != 0:
+        tail = "\n".join(r.stdout.splitlines()[-30:])
+        raise RuntimeError(f"Vivado's stitch of the partitions failed (exit {r.returncode}); its log: {log}\n{tail}")
+    import re
+    sim = open(os.path.join(workdir, "vivado", "xsim.log")).read()
+    m = re.search(r"(\d+) passed, (\d+) failed", sim)
+    if m is None or int(m.group(2)) != 0 or int(m.group(1)) == 0:      # the stitcher checks this too
+        raise RuntimeError("the xsim testbench did not pass: " + (m.group(0) if m else "no summary line"))
+    rep = os.path.join(workdir, "vivado", "reports")
+    return {"xsim": {"passed": int(m.group(1)), "failed": 0},
+            "utilization": read_utilization(os.path.join(rep, "utilization.rpt")),
+            "timing": read_timing(os.path.join(rep, "timing_summary.rpt")),
+            "ip": os.path.join("vivado", "ip")}
 
 
 # ----------------------------------------------------------------------------- the flow (main process)
@@ -144,6 +194,30 @@ class VitisFlow(Flow):
         script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
         return built
 
+    def post_jobs(self, jobs: list) -> list:
+        """With the tools (not emit only): the Vivado stitch, after the bundle is written. It depends on every
+        partition's ``hls`` job (cached by now: they are passed again so the engine hands over their IPs)."""
+        from ...build import Job
+        if self.emit_only:
+            return []
+        bundle = self.out / STITCHED / "vitis"
+        files = {str(f.relative_to(bundle)): f.read_text()
+                 for f in sorted(bundle.rglob("*")) if f.is_file() and
+                 (f.parts[len(bundle.parts)] in ("tcl", "vectors") or f == bundle / "fxsplit_tb.v")}
+        desc = json.loads((bundle / "stitch.json").read_text())
+        hls = [j for j in jobs if j.step == "hls"]
+        return hls + [Job(id=f"{STITCHED}/vivado", partition=STITCHED, step="vivado", fn=vivado_job,
+                          params={"desc": desc, "files": files},
+                          key_data=json.dumps([desc, files], sort_keys=True), deps=tuple(j.id for j in hls),
+                          tools=("vivado",))]
+
+    def post_finish(self, result) -> dict:
+        """Copy the stitched Vivado project out of the cache; its figures go to the report."""
+        from ...build import copy_artifacts
+        r = result[f"{STITCHED}/vivado"]
+        copy_artifacts(Path(r.artifact_dir), self.out / STITCHED / "vitis" / "vivado_run", r.key)
+        return dict(r.meta)
+
     def _write_vectors(self, where: Path, built: Built) -> None:
         """Inputs drawn over each input type's whole raw range; expected outputs from the stitched C
         simulation (the uncut one is checked equal in ``verify``)."""
@@ -198,4 +272,4 @@ echo "every partition synthesized and exported (IP under <partition>/vitis/<part
 """ + stitch
 
 
-__all__ = ["VitisFlow", "hls_job", "missing_tools", "VITIS_TOOLS"]
+__all__ = ["VitisFlow", "hls_job", "vivado_job", "ip_dir", "missing_tools", "VITIS_TOOLS"]

@@ -75,3 +75,56 @@ def total(reports: dict[str, dict]) -> dict:
     """Sum of the partitions' C-synthesis resource estimates (the stitched design's glue is not in it:
     only Vivado's report of the stitched design counts that)."""
     return {k: sum(int(r["resources"][k] or 0) for r in reports.values()) for k in RESOURCES}
+
+
+# ----------------------------------------------------------------------------- Vivado's reports of the stitched design
+
+# report_utilization rows: (section number, row labels across Vivado versions and families) -> key
+_UTIL_ROWS = {"LUT": (1, ("CLB LUTs", "Slice LUTs")), "FF": (1, ("CLB Registers", "Slice Registers")),
+              "BRAM_tiles": (2, ("Block RAM Tile",)), "URAM": (2, ("URAM",)), "DSP": (3, ("DSPs",))}
+
+
+def read_utilization(path: str) -> dict:
+    """``report_utilization``'s totals: LUT, FF, BRAM_tiles (36 Kb tiles, halves counted), URAM, DSP. The row
+    names are the ones hls4ml's reader matches (``CLB``/``Slice``, UltraScale and 7-series); a report in which
+    any of LUT, FF, BRAM or DSP cannot be found is an error, not a zero."""
+    import re
+    found: dict[str, float] = {}
+    section = 0
+    with open(path) as f:
+        for line in f:
+            m = re.match(r"^(\d+)\.\s", line)
+            if m:
+                section = int(m.group(1))
+            if "|" not in line:
+                continue
+            cells = [c.strip() for c in line.split("|")]
+            if len(cells) < 3:
+                continue
+            label = cells[1].rstrip("*").strip()
+            for key, (sec, labels) in _UTIL_ROWS.items():
+                if section == sec and key not in found and label in labels:
+                    try:
+                        v = float(cells[2])
+                    except ValueError:
+                        continue
+                    found[key] = int(v) if v == int(v) else v
+    missing = [k for k in ("LUT", "FF", "BRAM_tiles", "DSP") if k not in found]
+    if missing:
+        raise FxsplitError(f"the Vivado utilization report {path} has no {', '.join(missing)} row",
+                           hint="is it the output of report_utilization (not report_utilization -hierarchical)?")
+    found.setdefault("URAM", 0)          # 7-series parts have no URAM row
+    return found
+
+
+def read_timing(path: str) -> dict:
+    """``report_timing_summary``'s design summary: WNS, TNS, WHS, THS (ns) and whether every constraint is met."""
+    import re
+    text = open(path).read()
+    m = re.search(r"^\s*WNS\(ns\)\s+TNS\(ns\).*\n\s*-[- ]+\n\s*(\S+)\s+(\S+)\s+\S+\s+\S+\s+(\S+)\s+(\S+)", text, re.M)
+    if m is None:
+        raise FxsplitError(f"no Design Timing Summary table in {path}",
+                           hint="is it the output of report_timing_summary?")
+    wns, tns, whs, ths = (None if v == "NA" else float(v) for v in m.groups())
+    return {"wns_ns": wns, "tns_ns": tns, "whs_ns": whs, "ths_ns": ths,
+            "met": "All user specified timing constraints are met." in text}
