@@ -1,6 +1,6 @@
 """fxsplit: cut a PyTorch network into hls4ml / RTL partitions, build them in parallel, stitch them bit-exactly.
 
-Public API: ``Cut``, ``cut``, ``partition``, ``compile``, ``Design``, ``FxsplitError``.
+Public API: ``Cut``, ``cut``, ``partition``, ``compile``, ``auto_splits``, ``Design``, ``FxsplitError``.
 Names are imported lazily, so that build workers importing ``fxsplit.build`` do not load torch.
 """
 
@@ -10,12 +10,12 @@ import importlib
 
 from .errors import FxsplitError
 
-__all__ = ["Cut", "cut", "partition", "compile", "Design", "VerifyResult", "FxsplitError"]
+__all__ = ["Cut", "cut", "partition", "compile", "auto_splits", "Design", "VerifyResult", "FxsplitError"]
 __version__ = "0.1.0"
 
 _LAZY = {
     "Cut": ".markers", "cut": ".markers", "partition": ".partitioner", "compile": ".compiler",
-    "Design": ".design", "VerifyResult": ".design",
+    "Design": ".design", "VerifyResult": ".design", "auto_splits": ".autosplit",
 }
 
 

@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(optional for zoo models)")
     c.add_argument("--splits", nargs="+", default=None, metavar="NAME",
                    help="also split before these modules / nodes (in addition to the Cut markers)")
+    c.add_argument("--auto-split", type=_positive, default=None, metavar="W",
+                   help="add balanced cuts (to the markers) for the shortest predicted build on W workers")
     c.add_argument("--flow", choices=("hls4ml", "rtl", "vitis"), default="hls4ml")
     c.add_argument("--emit-only", action="store_true",
                    help="vitis flow: write every Vitis HLS project, the DAG description, test vectors and the run "
@@ -246,7 +248,8 @@ def _compile(state: dict, progress: bool | None):
                                  output_dir=state["output_dir"], jobs=state.get("jobs"),
                                  executor=client.get_executor() if client else None,
                                  progress=progress, cache_dir=state.get("cache_dir"),
-                                 emit_only=bool(state.get("emit_only")))
+                                 emit_only=bool(state.get("emit_only")),
+                                 workers=state.get("workers") if state.get("splits") == "auto" else None)
     finally:
         if client is not None:
             client.close()
@@ -291,10 +294,13 @@ def cmd_compile(args) -> int:
         config["synth"] = False
     if args.verify < 0:
         raise _Usage("--verify N needs N >= 0")
+    if args.auto_split and args.splits:
+        raise _Usage("--auto-split chooses the cuts besides the markers; give it or --splits, not both")
     state = {
         "format": STATE_FORMAT, "argv": sys.argv[1:], "cwd": os.getcwd(), "model": args.model,
         "input_shape": [list(s) for s in args.input_shape] if args.input_shape else None,
-        "splits": args.splits, "flow": args.flow, "config": config, "jobs": args.jobs,
+        "splits": "auto" if args.auto_split else args.splits, "workers": args.auto_split,
+        "flow": args.flow, "config": config, "jobs": args.jobs,
         "hls_config": load_config(args.hls_config) if args.hls_config else None,
         "output_dir": str(Path(args.output_dir).resolve()) if args.output_dir else None,
         "cache_dir": str(Path(args.cache_dir).resolve()) if args.cache_dir else None,
@@ -302,6 +308,9 @@ def cmd_compile(args) -> int:
     }
     design, shapes = _compile(state, None if not args.no_progress else False)
     state["output_dir"] = design.output_dir
+    if state["splits"] == "auto":           # what auto chose: a later verify rebuilds exactly this design
+        state["splits"], state["workers"] = design.report["auto_split"]["splits"], None
+        state["auto_split"] = design.report["auto_split"]
     _write_state(Path(design.output_dir), state)
     ok = True
     if args.verify:

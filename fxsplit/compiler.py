@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from .errors import FxsplitError
 from .flows import FLOWS, get_flow
 from .ir import Partitioning
 from .lower import hls4ml_layer_names, lower, normalize_config
+from .autosplit import plan_auto
+from .costmodel import CostModel, annotate, partition_features
 from .partitioner import partition as make_partitioning
 from .summary import build_report
 
@@ -26,7 +29,8 @@ def _resolve_output_dir(output_dir, model: nn.Module) -> Path:
 
 def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", config: dict | None = None,
             output_dir=None, jobs: int | None = None, executor=None, progress: bool | None = None,
-            cache_dir=None, reference: bool = True, hls_config: dict | None = None, emit_only: bool = False):
+            cache_dir=None, reference: bool = True, hls_config: dict | None = None, emit_only: bool = False,
+            workers: int | None = None):
     """Partition ``model``, build every partition (in parallel, cached) and return a :class:`Design`.
 
     Everything (tracing, cuts, names, config, layer support, types) is validated before
@@ -40,7 +44,11 @@ def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", co
     ``config`` then holds only fxsplit's own keys (io_type, backend, part, clock_period, csim_opt, ...).
 
     ``flow="vitis"``: Vitis HLS per partition, in parallel; needs ``vitis_hls`` and ``vivado`` on PATH, or
-    ``emit_only=True`` to write every project, the DAG description, test vectors and the run script."""
+    ``emit_only=True`` to write every project, the DAG description, test vectors and the run script.
+
+    ``splits="auto"``: fxsplit adds the cuts (to the model's markers, which stay) that minimise the predicted
+    build wall on ``workers`` workers (default: ``jobs``, else the CPU count), with the cost model fitted from
+    the jobs in the cache (:mod:`fxsplit.autosplit`); the report's ``auto_split`` says what it chose and why."""
     from .build import output_dir_lock, run_jobs
     from .design import Design
 
@@ -54,9 +62,25 @@ def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", co
     out = _resolve_output_dir(output_dir, model)
     cache = Path(cache_dir).expanduser().resolve() if cache_dir else out / ".cache"
 
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise FxsplitError(f"workers must be a positive integer, got {workers!r}")
+    auto = isinstance(splits, str) and splits == "auto"
+    if workers is not None and not auto:
+        raise FxsplitError("workers= sizes an automatic split; it applies to splits='auto' only",
+                           hint="the build's parallelism is jobs= (or the executor)")
+
     # ---- validate (no file written yet)
-    pt: Partitioning = make_partitioning(model, input_shape, splits)
     names = hls4ml_layer_names(model) if hls_config is not None else None
+    plan = None
+    if auto:
+        pt0: Partitioning = make_partitioning(model, input_shape, None)
+        fc0 = normalize_config(config, pt0, hls_config=hls_config, hls_names=names,
+                               exact_accum_default=(flow == "rtl"))
+        plan = plan_auto(model, input_shape, workers or jobs or os.cpu_count() or 1, precision=fc0.precision,
+                         input_precision=fc0.input_precision, flow=flow, synth=fc0.synth,
+                         reference=reference, cost_model=CostModel.from_cache(cache))
+        splits = plan.splits
+    pt: Partitioning = make_partitioning(model, input_shape, splits)
     fc = normalize_config(config, pt, hls_config=hls_config, hls_names=names,
                           exact_accum_default=(flow == "rtl"))
     if flow == "vitis":
@@ -68,6 +92,9 @@ def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", co
     fl = get_flow(flow)(pt, lowered, fc, out, reference=reference, **({"emit_only": True} if emit_only else {}))
     fl.validate()
     job_list = fl.jobs()
+    costs = CostModel.from_cache(cache)
+    feats = partition_features(pt, fc.precision, fc.input_precision)
+    annotate(job_list, feats, costs, mono=lowered.mono_spec.name)
     t_validated = time.time()
 
     # ---- build
@@ -84,6 +111,7 @@ def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", co
         post_jobs = fl.post_jobs(job_list)
         post = None
         if post_jobs:
+            annotate(post_jobs, feats, costs, mono=lowered.mono_spec.name)
             r2 = run_jobs(post_jobs, cache, executor=executor, max_workers=jobs, progress=progress,
                           log_dir=out / "logs")
             result.merge(r2)
@@ -96,6 +124,8 @@ def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", co
                                      timings={"validate": t_validated - t_start, "total": time.time() - t_start})
         if post:
             design.report.setdefault(flow, {})["stitched"] = post
+        if plan is not None:
+            design.report["auto_split"] = plan.to_dict()
         design.report["numerics"] = {
             "config": "hls_config (the user's hls4ml config)" if fc.from_hls_config else "fxsplit config",
             "default_precision": fc.precision, "io_type": fc.io_type, "exact_accum": bool(fc.exact_accum)}

@@ -98,17 +98,34 @@ def _merge_coinciding(boundaries: list[_Boundary], nodes: list[torch.fx.Node], g
 
 def partition(model: nn.Module, input_shape, splits: Sequence[str] | None = None) -> Partitioning:
     """Trace ``model`` and slice it at its Cut markers and before every module in ``splits``."""
-    if not isinstance(model, nn.Module):
-        raise FxsplitError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(splits, str):
         splits = [splits]
+    return partition_graph(trace_eval(model, input_shape), splits or [])
+
+
+def trace_eval(model: nn.Module, input_shape) -> torch.fx.GraphModule:
+    """The traced graph of ``model`` in eval mode (its training flag restored afterwards)."""
+    if not isinstance(model, nn.Module):
+        raise FxsplitError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     was_training = model.training
     model.eval()
     try:
-        gm = trace(model, input_shape)
+        return trace(model, input_shape)
     finally:
         model.train(was_training)
-    return partition_graph(gm, splits or [])
+
+
+def strip_markers(model: nn.Module, input_shape) -> torch.fx.GraphModule:
+    """``model`` without its Cut markers: its traced graph with the marker nodes erased, a GraphModule that
+    fxsplit traces like any module (so that ``splits`` or ``splits="auto"`` alone decide the cuts)."""
+    gm = trace_eval(model, input_shape)
+    for n in list(gm.graph.nodes):
+        if is_cut_node(n, gm):
+            n.replace_all_uses_with(n.args[0])
+            gm.graph.erase_node(n)
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return torch.fx.GraphModule(gm, gm.graph, type(model).__name__)
 
 
 def partition_graph(gm: torch.fx.GraphModule, splits: Sequence[str]) -> Partitioning:

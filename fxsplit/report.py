@@ -345,6 +345,8 @@ def render_html(report: dict) -> str:
                      f'</td><td>{_esc(j.get("worker"))}</td></tr>')
         h.append("</table>")
 
+    h.append(_prediction_html(report, jobs))
+
     st = report.get("stitched")
     if isinstance(st, dict) and st:
         h.append("<h2>Stitched design</h2>" + _stitched_html(st))
@@ -416,6 +418,39 @@ def _numerics(num: dict) -> str:
 
 def _resources(res: dict) -> str:
     return ", ".join(f"{k} {_fmt_n(v)}" for k, v in res.items())
+
+
+def _prediction_html(report: dict, jobs: list[dict]) -> str:
+    """The automatic split (what it chose, predicted against the markers alone) and the cost model's prediction
+    of every job against its measured build time."""
+    h = []
+    au = report.get("auto_split")
+    if isinstance(au, dict) and au:
+        mo = au.get("markers_only") or {}
+        h.append("<h2>Automatic split</h2><p>"
+                 f"{_esc(au.get('partitions'))} partitions for {_esc(au.get('workers'))} workers: cuts added before "
+                 f"<code>{_esc(', '.join(au.get('splits') or []) or '(none)')}</code> "
+                 f"({_esc(au.get('candidates'))} candidates, {_esc(_fmt_n(au.get('crossing_bits')))} bits on the "
+                 f"added cuts). Predicted build wall {_esc(_fmt_s(au.get('predicted_wall')))}; with the markers "
+                 f"alone ({_esc(mo.get('partitions'))} partitions) {_esc(_fmt_s(mo.get('predicted_wall')))}.</p>")
+        model = au.get("model") or {}
+        if model:
+            h.append('<p class="muted">cost model: ' + _esc("; ".join(
+                f"{k} {v.get('source')}" for k, v in sorted(model.items()))) + "</p>")
+    rows = [j for j in jobs if j.get("predicted") is not None and j.get("state") in ("built", "cached")]
+    if rows:
+        h.append("<h2>Build time: predicted vs measured</h2><table><tr><th>job</th><th>predicted</th>"
+                 "<th>measured</th><th>error</th></tr>")
+        for j in rows:
+            meas = float(j.get("build_seconds") or 0.0)
+            pred = float(j["predicted"])
+            err = f"{(pred - meas) / meas * 100:+.0f} %" if meas > 0 else "-"
+            h.append(f'<tr><td>{_esc(j.get("id"))}</td><td class="n">{_esc(_fmt_s(pred))}</td>'
+                     f'<td class="n">{_esc(_fmt_s(meas))}</td><td class="n">{_esc(err)}</td></tr>')
+        h.append("</table><p class=\"muted\">Predicted before the build by fxsplit's cost model (features of each "
+                 "partition, coefficients fitted on the jobs in the cache); measured: the job's build time "
+                 "(for a reused job, the time of the build that produced it).</p>")
+    return "".join(h)
 
 
 def _vitis_html(vt: dict, parts: list[dict]) -> str:
@@ -522,6 +557,12 @@ def format_text(report: dict, width: int = 120) -> str:
     if pw:
         con.print("predicted wall on " + ", ".join(f"{w}: {_fmt_s(v)}" for w, v in pw.items())
                   + " worker(s)", markup=False)
+    au = report.get("auto_split")
+    if isinstance(au, dict) and au:
+        mo = au.get("markers_only") or {}
+        con.print(f"auto split for {au.get('workers')} workers: cuts before {', '.join(au.get('splits') or []) or '(none)'}"
+                  f"; predicted wall {_fmt_s(au.get('predicted_wall'))} (markers alone: "
+                  f"{_fmt_s(mo.get('predicted_wall'))})", markup=False)
     num = ("layers", "params", "ops", "latency", "LUT", "FF", "CARRY", "DSP")
     t = Table(show_lines=False, pad_edge=False, box=None, header_style="bold")
     for col in ("partition", *num, "steps"):

@@ -28,6 +28,7 @@ class Job:
     key_data: bytes | str = b""
     deps: tuple[str, ...] = ()
     tools: tuple[str, ...] = ()
+    cost: dict | None = None        # {"features": ..., "predicted": s}: recorded in the manifest, not in the key
 
 
 @dataclass
@@ -52,6 +53,7 @@ class JobResult:
     debug_dir: Path | None = None   # failed jobs: the workdir of the failed attempt (cache_dir/_failed/...)
     fxsplit: str | None = None      # source digest of fxsplit the key was computed for
     tools: dict[str, str] = field(default_factory=dict)   # tool -> version the key was computed for
+    predicted: float | None = None  # the cost model's prediction of build_seconds (fxsplit.costmodel)
 
     def to_dict(self) -> dict:
         return {
@@ -65,6 +67,7 @@ class JobResult:
             "error": self.error, "error_tail": self.error_tail, "deps": list(self.deps),
             "debug_dir": str(self.debug_dir) if self.debug_dir else None,
             "fxsplit": self.fxsplit, "tools": dict(self.tools),
+            "predicted": None if self.predicted is None else round(self.predicted, 3),
         }
 
 

@@ -159,7 +159,8 @@ class _Engine:
             key = job_key(j.step, j.key_data, [(d, self.results[d].key) for d in j.deps], fn_name(j.fn),
                           source=self.env["fxsplit"], tools=versions)
             self.results[j.id] = JobResult(j.id, j.partition, j.step, key, deps=tuple(j.deps),
-                                           fxsplit=self.env["fxsplit"], tools=versions)
+                                           fxsplit=self.env["fxsplit"], tools=versions,
+                                           predicted=(j.cost or {}).get("predicted"))
         self.dependents: dict[str, list[str]] = {j.id: [] for j in self.order}
         for j in self.order:
             for d in j.deps:
@@ -256,7 +257,7 @@ class _Engine:
         entry = self.cache.commit(r.key, root, {
             "id": r.id, "partition": r.partition, "step": r.step, "fxsplit": r.fxsplit, "tools": r.tools,
             "meta": res["meta"], "seconds": res["seconds"], "start": res["start"], "end": res["end"],
-            "worker": res["worker"]})
+            "worker": res["worker"], "cost": self.jobs[r.id].cost})
         r.artifact_dir = entry / WORK
         r.log_path = self.cache.log_copy(r.id, entry / LOG)
         r.state = "built"

@@ -1,0 +1,271 @@
+"""Automatic, balanced cuts: ``compile(..., splits="auto", workers=W)`` and :func:`auto_splits`.
+
+The model is traced once (the markers stay in the graph: they are constraints, and so are ``splits`` names the
+user gives). Every position between two operations in program order is a candidate cut (the partitioner turns
+whatever tensors cross it into ports: skip connections too), except inside a group hls4ml fuses: a Linear or
+Conv followed by the BatchNorm that is its only user (hls4ml folds that BatchNorm into the weights; cutting
+between them would change the numerics against the uncut design).
+
+For every number of partitions K, a dynamic program over the operations finds the cuts that minimise the
+slowest partition's predicted build time (:mod:`fxsplit.costmodel`: each partition's jobs for the flow,
+summed), never moving a required cut and, among plans within 1 % of that, the one whose cuts carry the
+fewest bits. Each plan's whole job graph (partition jobs, the uncut reference, the stitched top) is then
+list-scheduled on W workers (``build.predict_wall_time``, the scheduler's own rule), plus the serial work of
+the main process per partition, and the K with the shortest predicted wall wins (the smaller K unless a larger
+one is predicted 5 % faster: every partition also costs what the model does not see).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from .costmodel import FEATURES, CostModel, layer_features, model_name
+from .errors import FxsplitError
+
+STITCHED = "stitched"
+MONO = "monolithic"
+TIE_WALL = 0.05            # a plan with more partitions must be predicted 5 % faster to be taken
+TIE_MAX = 0.01
+MAIN_PER_PARTITION = 0.5   # s of serial main-process work per partition (hls4ml conversion, ports, report)
+
+
+@dataclass
+class AutoPlan:
+    splits: list[str]                      # names to split before (the markers are not in it: they stay)
+    workers: int
+    partitions: int
+    predicted_wall: float                  # s, the whole build on ``workers`` workers
+    predicted: list[float]                 # s, per partition (all its jobs), in order
+    crossing_bits: int                     # bits on the cuts auto added
+    markers_only: dict = field(default_factory=dict)     # the same prediction for the required cuts alone
+    candidates: int = 0
+    model: dict = field(default_factory=dict)            # the cost model used (its source per step)
+
+    def to_dict(self) -> dict:
+        return {"splits": list(self.splits), "workers": self.workers, "partitions": self.partitions,
+                "predicted_wall": round(self.predicted_wall, 3),
+                "predicted": [round(t, 3) for t in self.predicted], "crossing_bits": self.crossing_bits,
+                "markers_only": self.markers_only, "candidates": self.candidates, "model": self.model}
+
+
+def flow_steps(flow: str, synth: bool = True) -> list[tuple[str, tuple[str, ...]]]:
+    """The jobs a flow runs per partition: (step, the steps it depends on)."""
+    if flow == "rtl":
+        return [("csim", ()), ("rtl", ())] + ([("synth", ("rtl",))] if synth else [])
+    if flow == "vitis":
+        return [("csim", ()), ("hls", ())]
+    return [("csim", ())]
+
+
+def _job_rows(seg_feats: list[dict], whole: dict, flow: str, synth: bool, reference: bool,
+              cm: CostModel, ports: int) -> tuple[list[dict], list[float]]:
+    rows, per = [], []
+    steps = flow_steps(flow, synth)
+    for k, f in enumerate(seg_feats):
+        tot = 0.0
+        for step, deps in steps:
+            t = cm.predict(model_name(step, f"q{k}"), f)
+            tot += t
+            rows.append({"id": f"q{k}/{step}", "build_seconds": t, "deps": [f"q{k}/{d}" for d in deps]})
+        per.append(tot)
+    if reference:
+        rows.append({"id": f"{MONO}/csim", "build_seconds": cm.predict("csim", whole), "deps": []})
+    if flow == "rtl":
+        top = {k: 0 for k in FEATURES}
+        top["layers"], top["ports"] = len(seg_feats), ports
+        rtl_ids = [f"q{k}/rtl" for k in range(len(seg_feats))]
+        rows.append({"id": f"{STITCHED}/rtl", "build_seconds": cm.predict("stitch_rtl", top), "deps": rtl_ids})
+        if synth:
+            rows.append({"id": f"{STITCHED}/synth", "build_seconds": cm.predict("stitch_synth", top),
+                         "deps": [f"{STITCHED}/rtl"]})
+    return rows, per
+
+
+def plan_auto(model, input_shape, workers: int, *, precision: str = "fixed<16,6>",
+              input_precision: str | None = None, flow: str = "rtl", synth: bool = True, reference: bool = True,
+              splits=None, cost_model: CostModel | None = None, max_partitions: int | None = None) -> AutoPlan:
+    """Choose the cuts (see the module docstring). ``splits``: names that must be cut too (as for compile)."""
+    from torch import nn
+
+    from .build import predict_wall_time
+    from .capture import node_shape
+    from .fixed import layout
+    from .markers import is_cut_node
+    from .partitioner import _COMPUTE_OPS, _resolve_split, trace_eval
+
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise FxsplitError(f"workers must be a positive integer, got {workers!r}")
+    cm = cost_model or CostModel()
+    gm = trace_eval(model, input_shape)
+    nodes = list(gm.graph.nodes)
+    index = {n.name: i for i, n in enumerate(nodes)}
+    ops = [i for i, n in enumerate(nodes) if n.op in _COMPUTE_OPS and not is_cut_node(n, gm)]
+    n = len(ops)
+    if n == 0:
+        raise FxsplitError("the model computes nothing: no operation to cut between")
+    lf = layer_features(gm, precision, input_precision)
+    try:
+        width = layout(precision).width
+    except ValueError:
+        width = 16
+
+    def first_op_at_or_after(node_index: int) -> int:
+        for k, i in enumerate(ops):
+            if i >= node_index:
+                return k
+        return n
+
+    # required cuts: every marker, every user split
+    forced = set()
+    for i, nd in enumerate(nodes):
+        if is_cut_node(nd, gm):
+            forced.add(first_op_at_or_after(i))
+    for s in ([splits] if isinstance(splits, str) else list(splits or [])):
+        forced.add(first_op_at_or_after(_resolve_split(gm, nodes, s)))
+    forced = {k for k in forced if 0 < k < n}
+
+    # candidates: between any two operations, except inside a group hls4ml fuses, and nameable
+    def fused(k: int) -> bool:
+        a, b = nodes[ops[k - 1]], nodes[ops[k]]
+        if a.op != "call_module" or b.op != "call_module":
+            return False
+        ma, mb = gm.get_submodule(a.target), gm.get_submodule(b.target)
+        return (isinstance(ma, (nn.Linear, nn.Conv1d, nn.Conv2d)) and
+                isinstance(mb, nn.modules.batchnorm._BatchNorm) and list(a.users) == [b])
+
+    names: dict[int, str] = {}
+    for k in range(1, n):
+        if k in forced or fused(k):
+            continue
+        nd = nodes[ops[k]]
+        for cand in ([nd.target] if nd.op == "call_module" else []) + [nd.name]:
+            try:
+                if first_op_at_or_after(_resolve_split(gm, nodes, str(cand))) == k:
+                    names[k] = str(cand)
+                    break
+            except FxsplitError:
+                continue
+
+    # features of ops[0:k] as prefix sums; bits crossing the boundary before ops[k]
+    pre = [{f: 0 for f in FEATURES}]
+    for i in ops:
+        f = lf.get(nodes[i].name, {})
+        pre.append({x: pre[-1][x] + int(f.get(x, 0)) for x in FEATURES})
+
+    def bits(nd) -> int:
+        try:
+            return math.prod(node_shape(nd)) * width
+        except FxsplitError:
+            return 0
+
+    def users(nd):                                     # through markers: a marker passes its input on
+        for u in nd.users:
+            if is_cut_node(u, gm):
+                yield from users(u)
+            else:
+                yield u
+
+    last_use = {}
+    for nd in nodes:
+        if nd.op in _COMPUTE_OPS or nd.op == "placeholder":
+            us = [index[u.name] for u in users(nd)]
+            last_use[nd.name] = max(us) if us else index[nd.name]
+    cross = [0] * (n + 1)
+    for k in range(n + 1):
+        at = ops[k] if k < n else len(nodes)
+        cross[k] = sum(bits(nd) for nd in nodes if (nd.op == "placeholder" or (nd.op in _COMPUTE_OPS and not
+                       is_cut_node(nd, gm))) and index[nd.name] < at and last_use[nd.name] >= at)
+    out_node = next(nd for nd in nodes if nd.op == "output")
+    cross[n] = sum(bits(a) for a in out_node.all_input_nodes)
+
+    steps = flow_steps(flow, synth)
+
+    def seg(i: int, j: int) -> dict:
+        f = {x: pre[j][x] - pre[i][x] for x in FEATURES}
+        f["ports"] = cross[i] + cross[j]
+        return f
+
+    def seg_time(i: int, j: int) -> float:
+        f = seg(i, j)
+        return sum(cm.predict(model_name(s, "p"), f) for s, _ in steps)
+
+    bounds = sorted({0, n, *forced, *names})          # positions a partition may start or end at
+    cost = {}
+    for a_i, a in enumerate(bounds):
+        for b in bounds[a_i + 1:]:
+            cost[a, b] = seg_time(a, b)
+            if b in forced:
+                break                                   # a segment never spans a required cut
+    whole = seg(0, n)
+    total_ports = lambda cuts: sum(seg(a, b)["ports"] for a, b in zip(cuts, cuts[1:]))  # noqa: E731
+
+    def evaluate(cuts: list[int]) -> tuple[float, list[float]]:
+        feats = [seg(a, b) for a, b in zip(cuts, cuts[1:])]
+        rows, per = _job_rows(feats, whole, flow, synth, reference, cm, total_ports(cuts))
+        return predict_wall_time(rows, workers) + MAIN_PER_PARTITION * len(feats), per
+
+    k_min = len(forced) + 1
+    k_max = min(len(bounds) - 1, max_partitions or max(k_min, len(forced) + 1 + 4 * workers))
+    # dp[b] = (key, max time, crossing bits, previous bound) for the best way to cover ops[0:b] with k segments
+    dp = {0: ((0, 0), 0.0, 0, None)}
+    best = None
+    plans = {}
+    for k in range(1, k_max + 1):
+        nxt = {}
+        for b in bounds[1:]:
+            cand = None
+            for a, (key_a, mx_a, bits_a, _) in dp.items():
+                if a >= b or (a, b) not in cost:
+                    continue
+                mx = max(mx_a, cost[a, b])
+                cb = bits_a + (cross[b] if b < n else 0)
+                key = (round(math.log(max(mx, 1e-9)) / math.log1p(TIE_MAX)), cb)
+                if cand is None or key < cand[0]:
+                    cand = (key, mx, cb, a)
+            if cand is not None:
+                nxt[b] = cand
+        # back-pointers per level
+        plans[k] = nxt
+        dp = nxt
+        if n in nxt and k >= k_min:
+            cuts = [n]
+            b, level = n, k
+            while level > 0:
+                a = plans[level][b][3]
+                cuts.append(a)
+                b, level = a, level - 1
+            cuts = cuts[::-1]
+            if not forced <= set(cuts):
+                continue
+            wall, per = evaluate(cuts)
+            if best is None or wall < best[0] * (1 - TIE_WALL):
+                best = (wall, cuts, per)
+    if best is None:
+        raise FxsplitError("no plan covers the model with the required cuts")   # cannot happen: K = k_min works
+    wall, cuts, per = best
+    chosen = [b for b in cuts[1:-1] if b not in forced]
+    req = sorted({0, n, *forced})
+    m_wall, m_per = evaluate(req)
+    return AutoPlan(splits=[names[b] for b in chosen], workers=workers, partitions=len(cuts) - 1,
+                    predicted_wall=wall, predicted=per, crossing_bits=sum(cross[b] for b in chosen),
+                    markers_only={"partitions": len(req) - 1, "predicted_wall": round(m_wall, 3),
+                                  "predicted": [round(t, 3) for t in m_per]},
+                    candidates=len(names), model=cm.to_dict())
+
+
+def auto_splits(model, input_shape, workers: int | None = None, config: dict | None = None, flow: str = "rtl",
+                splits=None, cache_dir=None, reference: bool = True) -> list[str]:
+    """The names to pass as ``splits`` (besides the model's markers) for a build balanced on ``workers``
+    workers (default: this machine's CPUs), with the cost model fitted from ``cache_dir`` (else the shipped
+    defaults). ``config``: the fxsplit config of the build (its precision sizes the datapath)."""
+    import os
+    cfg = dict(config or {})
+    plan = plan_auto(model, input_shape, workers or os.cpu_count() or 1,
+                     precision=str(cfg.get("precision", "fixed<16,6>")), input_precision=cfg.get("input_precision"),
+                     flow=flow, synth=bool(cfg.get("synth", True)), reference=reference, splits=splits,
+                     cost_model=CostModel.from_cache(cache_dir))
+    return plan.splits
+
+
+__all__ = ["auto_splits", "plan_auto", "AutoPlan", "flow_steps"]

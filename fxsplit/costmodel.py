@@ -1,0 +1,270 @@
+"""How long each build job will take, predicted before building, and learned from the builds in the cache.
+
+Features (:func:`layer_features`), known from the traced model and the config before anything is built, per
+layer and summed per partition (every one is additive):
+
+- ``layers``: compute operations; ``elems``: activation elements they produce; ``weights``: parameters;
+- ``macs``: multiply-accumulates per sample (Linear, Conv);
+- ``digits``: nonzero bits of the weights quantized to the weight type (a constant multiplier is about one
+  adder per nonzero digit, which is what da4ml builds and Yosys maps);
+- ``adders``: ``digits`` times the positions a weight is applied at (conv: output pixels; fully unrolled in the
+  RTL flow) times the input width over 16: the size of the fully parallel datapath;
+- ``ports``: bits entering and leaving the partition (the stitched top's size grows with them).
+
+Each step has one model ``t = a + b * layers + d * x ** c`` with ``x`` its size feature (:data:`STEP_SIZE`):
+C simulation grows with code and weights, da4ml and Yosys with the datapath (Yosys superlinearly), Vitis HLS
+with the multiply-accumulates. :meth:`CostModel.fit` fits ``a, b, d >= 0`` by least squares of the relative
+error for every ``c`` on a grid and keeps the best, per step, from the jobs in the cache: every job records its features in its cache
+manifest (``cost``), and its measured time is there already. A step with fewer than
+:data:`MIN_RECORDS` distinct measurements keeps the shipped default (:data:`DEFAULTS`, measured on a 2-core
+x86 machine, in seconds), so a fresh cache still predicts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+FEATURES = ("layers", "elems", "weights", "macs", "digits", "adders", "ports")
+STEP_SIZE = {"csim": "code", "rtl": "adders", "synth": "adders", "hls": "macs", "vivado": "adders",
+             "stitch_rtl": "ports", "stitch_synth": "ports"}
+# the per-layer term only where the work is per layer (C++ code per layer for g++); a tool run's fixed cost
+# (Yosys, Vitis HLS start-up) is the intercept, else a relu-only partition would look free to cut off
+PER_LAYER = {"csim", "hls"}
+MIN_RECORDS = 4
+C_GRID = tuple(round(0.5 + 0.05 * i, 2) for i in range(41))          # 0.5 .. 2.5
+
+
+def size_of(step: str, f: dict) -> float:
+    """The size feature a step's time grows with."""
+    kind = STEP_SIZE.get(step, "adders")
+    if kind == "code":
+        return float(f.get("weights", 0) + f.get("elems", 0))
+    return float(f.get(kind, 0))
+
+
+@dataclass
+class StepModel:
+    a: float
+    b: float                   # per layer
+    d: float
+    c: float
+    records: int = 0           # measurements it was fitted on (0: the shipped default)
+    rms: float | None = None   # root-mean-square error on them (s); the fit minimises the relative error
+
+    def predict(self, f: dict, step: str) -> float:
+        x = size_of(step, f)
+        return self.a + self.b * float(f.get("layers", 0)) + self.d * (x ** self.c if x > 0 else 0.0)
+
+    def to_dict(self) -> dict:
+        return {"a": self.a, "b": self.b, "d": self.d, "c": self.c, "records": self.records, "rms": self.rms}
+
+
+# Shipped defaults: fitted by benchmarks/fit_cost_defaults.py (158 jobs of the zoo through the RTL and hls4ml
+# flows, fixed<8,3> and fixed<16,6>) on the 2-core development machine, jobs=2; refitted from every user's own
+# cache as soon as it holds MIN_RECORDS jobs of a step. Vitis HLS and Vivado (hls, vivado) are not installed
+# there: their defaults are rough guesses until a cache has measured them.
+DEFAULTS: dict[str, StepModel] = {
+    "csim": StepModel(a=0.872, b=0.186, d=0.0, c=0.5),             # rms 1.4 s on 70 jobs
+    "rtl": StepModel(a=0.0063, b=0.0, d=0.000196, c=1.0),         # rms 0.9 s on 34 jobs
+    "synth": StepModel(a=3.54, b=0.0, d=0.0154, c=1.05),          # rms 57 s on 34 jobs (2.6 s .. 500 s)
+    "stitch_rtl": StepModel(a=0.0071, b=0.0, d=0.0, c=1.0),       # 10 jobs
+    "stitch_synth": StepModel(a=2.79, b=0.0, d=0.0, c=1.0),       # rms 0.5 s on 10 jobs
+    "hls": StepModel(a=30.0, b=5.0, d=1.0e-3, c=1.0),
+    "vivado": StepModel(a=300.0, b=0.0, d=1.0e-2, c=1.0),
+}
+
+
+def model_name(step: str, partition: str, stitched: str = "stitched") -> str:
+    """Which step model predicts a job: the stitched top's jobs have their own (they grow with the ports)."""
+    return f"stitch_{step}" if partition == stitched and step in ("rtl", "synth") else step
+
+
+def annotate(jobs: list, feats: dict[str, dict], model: "CostModel", mono: str, stitched: str = "stitched") -> None:
+    """Give every job its features and predicted time (``Job.cost``); the features of the uncut reference are
+    the whole model's (``feats["*"]``), the stitched top's the partitions' ports."""
+    top = {k: 0 for k in FEATURES}
+    top["layers"] = sum(1 for k in feats if k != "*")
+    top["ports"] = sum(f["ports"] for k, f in feats.items() if k != "*")
+    for j in jobs:
+        f = feats["*"] if j.partition == mono else top if j.partition == stitched else feats.get(j.partition)
+        if f is None:
+            continue
+        name = model_name(j.step, j.partition, stitched)
+        j.cost = {"model": name, "features": dict(f), "predicted": round(model.predict(name, f), 3)}
+
+
+def _fit_step(step: str, recs: list[tuple[dict, float]]) -> StepModel | None:
+    xs = np.array([size_of(step, f) for f, _ in recs])
+    ls = np.array([float(f.get("layers", 0)) for f, _ in recs])
+    ts = np.array([t for _, t in recs])
+    if len({(x, l) for x, l in zip(xs, ls)}) < MIN_RECORDS:
+        return None
+    best = None
+    w = 1.0 / ts                     # relative errors: a 2 s job mispredicted by 2 s matters as much as 100 by 100
+    for c in C_GRID:
+        cols = np.stack([np.ones_like(xs), ls, np.where(xs > 0, xs, 0.0) ** c], axis=1)
+        # non-negative least squares over three terms: the best of the subsets whose solution is >= 0
+        for mask in range(1, 8):
+            if mask & 2 and step not in PER_LAYER:
+                continue
+            idx = [k for k in range(3) if mask >> k & 1]
+            sol, *_ = np.linalg.lstsq(cols[:, idx] * w[:, None], ts * w, rcond=None)
+            if (sol < 0).any():
+                continue
+            coef = np.zeros(3)
+            coef[idx] = sol
+            err = float(np.sqrt(np.mean(((cols @ coef - ts) * w) ** 2)))
+            if best is None or err < best[0] - 1e-12:
+                best = (err, coef, c)
+    if best is None:
+        return None
+    _, (a, b, d), c = best
+    pred = a + b * ls + d * np.where(xs > 0, xs, 0.0) ** c
+    return StepModel(a=float(a), b=float(b), d=float(d), c=float(c), records=len(recs),
+                     rms=float(np.sqrt(np.mean((pred - ts) ** 2))))
+
+
+@dataclass
+class CostModel:
+    steps: dict[str, StepModel] = field(default_factory=lambda: dict(DEFAULTS))
+
+    def predict(self, step: str, f: dict) -> float:
+        m = self.steps.get(step) or DEFAULTS.get(step) or DEFAULTS["rtl"]
+        return max(0.0, m.predict(f, step))
+
+    def source(self, step: str) -> str:
+        m = self.steps.get(step)
+        return f"fitted on {m.records} jobs" if m is not None and m.records else "shipped default"
+
+    def to_dict(self) -> dict:
+        return {s: {**m.to_dict(), "source": self.source(s)} for s, m in self.steps.items()}
+
+    @classmethod
+    def fit(cls, records: Iterable[tuple[str, dict, float]]) -> "CostModel":
+        """``records``: (step, features, measured seconds). Steps without enough of them keep the default."""
+        by_step: dict[str, list] = {}
+        for step, f, t in records:
+            if t is not None and t > 0 and f:
+                by_step.setdefault(step, []).append((f, float(t)))
+        steps = dict(DEFAULTS)
+        for step, recs in by_step.items():
+            m = _fit_step(step, recs)
+            if m is not None:
+                steps[step] = m
+        return cls(steps)
+
+    @classmethod
+    def from_cache(cls, cache_dir: str | Path | None) -> "CostModel":
+        return cls.fit(cache_records(cache_dir)) if cache_dir else cls()
+
+
+def cache_records(cache_dir: str | Path) -> list[tuple[str, dict, float]]:
+    """(step, features, seconds) of every job in the cache whose manifest carries features."""
+    out = []
+    root = Path(cache_dir)
+    if not root.is_dir():
+        return out
+    for m in root.glob("*/manifest.json"):
+        try:
+            d = json.loads(m.read_text())
+        except (OSError, ValueError):
+            continue
+        cost = d.get("cost") or {}
+        if cost.get("features") and cost.get("model") and d.get("seconds"):
+            out.append((cost["model"], cost["features"], float(d["seconds"])))
+    return out
+
+
+# ----------------------------------------------------------------------------- features of a traced model
+
+def _popcount_sum(q: np.ndarray) -> int:
+    q = np.abs(q.astype(np.int64))
+    n = 0
+    while q.any():
+        n += int((q & 1).sum())
+        q >>= 1
+    return n
+
+
+def layer_features(gm, weight_precision: str, input_precision: str | None = None) -> dict[str, dict]:
+    """Per compute node of a traced GraphModule (ShapeProp shapes in ``tensor_meta``): its features."""
+    import torch
+    from torch import nn
+
+    from .capture import node_shape
+    from .fixed import layout
+    from .partitioner import _COMPUTE_OPS
+    try:
+        wl = layout(weight_precision)
+    except ValueError:
+        wl = layout("fixed<16,6>")
+    try:
+        in_w = layout(input_precision or weight_precision).width
+    except ValueError:
+        in_w = 16
+    lim = (1 << (wl.width - 1)) - 1 if wl.signed else (1 << wl.width) - 1
+    feats: dict[str, dict] = {}
+    from .markers import is_cut_node
+    for n in gm.graph.nodes:
+        if n.op not in _COMPUTE_OPS or is_cut_node(n, gm):
+            continue
+        try:
+            out = node_shape(n)
+        except Exception:                               # noqa: BLE001  (a tuple-producing op: no size)
+            out = ()
+        elems = int(np.prod(out)) if out else 0
+        f = {k: 0 for k in FEATURES}
+        f["layers"], f["elems"] = 1, elems
+        mod = gm.get_submodule(n.target) if n.op == "call_module" else None
+        w = getattr(mod, "weight", None) if isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d)) else None
+        if w is not None:
+            w = w.detach().to(torch.float64).cpu().numpy()
+            f["weights"] = int(w.size + (mod.bias.numel() if getattr(mod, "bias", None) is not None else 0))
+            q = np.clip(np.round(w * (1 << wl.frac) if wl.frac >= 0 else w / (1 << -wl.frac)), -lim, lim)
+            f["digits"] = _popcount_sum(q)
+            if isinstance(mod, nn.Linear):
+                positions = max(1, elems // max(1, mod.out_features))
+            else:
+                positions = max(1, elems // max(1, mod.out_channels))
+            f["macs"] = int(w.size * positions)
+            f["adders"] = int(round(f["digits"] * positions * in_w / 16))
+        feats[n.name] = f
+    return feats
+
+
+def add(fs: Iterable[dict]) -> dict:
+    out = {k: 0 for k in FEATURES}
+    for f in fs:
+        for k in FEATURES:
+            out[k] += int(f.get(k, 0))
+    return out
+
+
+def partition_features(pt, weight_precision: str, input_precision: str | None = None,
+                       width: int | None = None) -> dict[str, dict]:
+    """Features per partition of a Partitioning (and ``"*"``: the whole model)."""
+    from .fixed import layout
+    lf = layer_features(pt.graph, weight_precision, input_precision)
+    if width is None:
+        try:
+            width = layout(weight_precision).width
+        except ValueError:
+            width = 16
+    out = {}
+    for p in pt.partitions:
+        f = add(lf[n] for n in p.nodes if n in lf)
+        f["ports"] = int(sum(math.prod(port.shape) for port in [*p.inputs, *p.outputs]) * width)
+        out[p.name] = f
+    out["*"] = add(lf.values())
+    out["*"]["ports"] = int(sum(math.prod(port.shape) for port in [*pt.inputs, *pt.outputs]) * width)
+    return out
+
+
+__all__ = ["CostModel", "StepModel", "DEFAULTS", "FEATURES", "layer_features", "partition_features",
+           "cache_records", "size_of", "add", "annotate", "model_name"]

@@ -1,0 +1,193 @@
+"""Automatic, balanced cuts and the cost model behind them (fxsplit.autosplit, fxsplit.costmodel), with real
+builds: the cost model is fitted on the jobs a real build left in its cache, the chosen cuts are checked
+against every other choice by brute force, and an automatically split design is built and verified bit-exact."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from torch import nn
+
+import fxsplit
+from conftest import FAST
+from fxsplit.autosplit import plan_auto
+from fxsplit.costmodel import DEFAULTS, CostModel, StepModel, cache_records, partition_features
+from fxsplit.partitioner import strip_markers
+from models import build
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def unmarked(name):
+    """A zoo model without its markers."""
+    model, shape = build(name)
+    return strip_markers(model, shape), shape
+
+
+def test_fit_recovers_a_known_law():
+    """Least squares over the exponent grid: records drawn from t = a + b*layers + d*x^c (with 3 % noise) give
+    back c and predictions within the noise; too few records keep the default."""
+    rng = np.random.default_rng(0)
+    true = StepModel(a=1.5, b=0.2, d=3e-3, c=1.3)
+    recs = []
+    for _ in range(30):
+        f = {"layers": int(rng.integers(1, 12)), "adders": int(rng.integers(100, 50000))}
+        recs.append(("synth", f, true.predict(f, "synth") * float(rng.normal(1, 0.03))))
+    cm = CostModel.fit(recs)
+    m = cm.steps["synth"]
+    assert m.records == 30 and abs(m.c - 1.3) <= 0.1
+    for _, f, t in recs:
+        assert abs(cm.predict("synth", f) - true.predict(f, "synth")) <= 0.1 * true.predict(f, "synth")
+    assert cm.source("synth") == "fitted on 30 jobs" and cm.source("rtl") == "shipped default"
+    few = CostModel.fit(recs[:3])
+    assert few.steps["synth"] is DEFAULTS["synth"]
+
+
+def test_features_are_what_the_layers_compute():
+    model, shape = build("jet_tagger")                 # 16-64-32-32-5, markers after fc1/relu1 and relu3
+    pt = fxsplit.partition(model, shape)
+    f = partition_features(pt, "fixed<16,6>")
+    assert [p.name for p in pt.partitions] == ["p0", "hidden", "head"]
+    assert f["p0"]["macs"] == 16 * 64 and f["hidden"]["macs"] == 64 * 32 + 32 * 32 and f["head"]["macs"] == 32 * 5
+    assert f["p0"]["weights"] == 16 * 64 + 64 and f["p0"]["layers"] == 2
+    assert f["*"]["macs"] == sum(f[p]["macs"] for p in ("p0", "hidden", "head"))
+    # nonzero digits: fc1's weights quantized to 10 fractional bits, counted directly
+    w = model.fc1.weight.detach().numpy()
+    q = np.abs(np.round(w * 1024)).astype(np.int64)
+    assert f["p0"]["digits"] == sum(bin(int(v)).count("1") for v in q.ravel())
+    assert f["p0"]["ports"] == (16 + 64) * 16 and f["head"]["ports"] == (32 + 5) * 16
+
+
+def _cnn_with_bn():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv0 = nn.Conv2d(3, 4, 3, padding=1)
+            self.bn0 = nn.BatchNorm2d(4)
+            self.relu0 = nn.ReLU()
+            self.conv1 = nn.Conv2d(4, 4, 3, padding=1)
+            self.bn1 = nn.BatchNorm2d(4)
+            self.relu1 = nn.ReLU()
+            self.flat = nn.Flatten()
+            self.fc = nn.Linear(4 * 6 * 6, 5)
+
+        def forward(self, x):
+            x = self.relu0(self.bn0(self.conv0(x)))
+            return self.fc(self.flat(self.relu1(self.bn1(self.conv1(x)))))
+    return Net().eval(), (3, 6, 6)
+
+
+def test_never_cuts_a_group_hls4ml_fuses():
+    model, shape = _cnn_with_bn()
+    # a cost model in which every layer costs the same: balance would like every cut
+    flat = CostModel({s: StepModel(a=0.0, b=10.0, d=0.0, c=1.0) for s in DEFAULTS})
+    plan = plan_auto(model, shape, 8, flow="hls4ml", reference=False, cost_model=flat)
+    assert "bn0" not in plan.splits and "bn1" not in plan.splits
+    assert plan.candidates == 5                   # relu0, conv1, relu1, flat, fc: not the two BatchNorms
+    # two layers per partition at most ([conv0, bn0], [conv1, bn1] cannot be split): 5 partitions do it
+    assert plan.partitions == 5 and max(plan.predicted) == 20
+
+
+def test_markers_stay_and_the_choice_is_the_best_one():
+    """Brute force over every subset of the candidate cuts (each priced by the same prediction): auto's
+    predicted wall is the best one's (within the 5 % tie rule), and the markers are always kept."""
+    model, shape = build("jet_tagger")
+    for workers in (1, 2, 4):
+        plan = plan_auto(model, shape, workers, flow="rtl")
+        cands = ["relu1", "relu2", "fc3", "relu3"]       # between the markers (before fc2 and fc4)
+        best = None
+        for r in range(len(cands) + 1):
+            for sub in itertools.combinations(cands, r):
+                w = plan_auto(model, shape, workers, flow="rtl", splits=list(sub)).markers_only["predicted_wall"]
+                best = w if best is None else min(best, w)
+        assert plan.predicted_wall <= best * 1.051, (workers, plan.to_dict(), best)
+        assert plan.predicted_wall <= plan.markers_only["predicted_wall"] + 1e-3      # (rounded to ms)
+        pt = fxsplit.partition(model, shape, plan.splits)
+        names = [p.name for p in pt.partitions]
+        assert "hidden" in names and "head" in names and len(names) == plan.partitions
+
+
+def test_balance_on_an_unmarked_model():
+    model, shape = unmarked("wide_mlp")
+    one = plan_auto(model, shape, 1, flow="rtl")
+    four = plan_auto(model, shape, 4, flow="rtl")
+    assert one.markers_only["partitions"] == 1
+    assert four.partitions >= 2 and four.predicted_wall < four.markers_only["predicted_wall"]
+    assert max(four.predicted) < sum(four.predicted)
+
+
+@pytest.fixture(scope="module")
+def auto_built(tmp_path_factory):
+    model, shape = build("residual_cnn")
+    out = tmp_path_factory.mktemp("auto") / "rc"
+    d = fxsplit.compile(model, shape, splits="auto", workers=4, config=FAST, output_dir=out, progress=False,
+                        jobs=2)
+    return d, out, model, shape
+
+
+def test_compile_auto_is_bit_exact_and_reported(auto_built):
+    d, out, model, shape = auto_built
+    au = d.report["auto_split"]
+    assert au["workers"] == 4 and len(d.partitions) == au["partitions"]
+    names = [p.name for p in d.partitions]
+    assert "block_tail" in names and "head" in names              # the markers stay
+    x = np.random.default_rng(1).uniform(-8, 8, size=(40, *shape))
+    assert d.verify(x).bit_exact
+    jobs = d.report["jobs"]
+    assert all(j["predicted"] is not None and j["predicted"] > 0 for j in jobs)
+    html = (out / "report.html").read_text()
+    assert "<h2>Automatic split</h2>" in html and "Build time: predicted vs measured" in html
+    for j in jobs:
+        assert f"<td>{j['id']}</td>" in html
+
+
+def test_cost_model_learns_from_the_cache(auto_built):
+    """Every built job recorded its features in its cache manifest; a cache with enough of them refits the
+    C-simulation model (and the prediction of the next build comes from it)."""
+    d, out, model, shape = auto_built
+    recs = cache_records(out / ".cache")
+    built = [r for r in d.build if r.state == "built"]
+    assert len(recs) == len(built) and {r[0] for r in recs} == {"csim"}
+    # more builds of other cuts into the same cache
+    for k, s in enumerate([["conv2"], ["relu0", "pool"]]):
+        fxsplit.compile(model, shape, splits=s, config=FAST, output_dir=out.parent / f"more{k}",
+                        cache_dir=out / ".cache", progress=False, jobs=2, reference=False)
+    cm = CostModel.from_cache(out / ".cache")
+    assert cm.steps["csim"].records >= 6 and cm.source("csim").startswith("fitted on")
+    d2 = fxsplit.compile(model, shape, splits="auto", workers=2, config=FAST, output_dir=out.parent / "again",
+                         cache_dir=out / ".cache", progress=False, jobs=2)
+    assert d2.report["auto_split"]["model"]["csim"]["source"].startswith("fitted on")
+
+
+def test_auto_split_errors(tmp_path):
+    model, shape = build("jet_tagger")
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(fxsplit.FxsplitError, match="workers must be a positive integer"):
+            fxsplit.compile(model, shape, splits="auto", workers=bad, output_dir=tmp_path / "o")
+    with pytest.raises(fxsplit.FxsplitError, match="applies to splits='auto' only"):
+        fxsplit.compile(model, shape, workers=2, output_dir=tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+    assert fxsplit.auto_splits(model, shape, workers=2) == plan_auto(model, shape, 2).splits
+
+
+def test_cli_auto_split_records_the_cuts(tmp_path):
+    out = tmp_path / "cli"
+    r = subprocess.run([sys.executable, "-m", "fxsplit", "compile", "models:jet_tagger", "--auto-split", "2",
+                        "--csim-opt", "O0", "--verify", "20", "-o", str(out), "--no-progress"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "auto split for 2 workers" in r.stdout
+    state = json.loads((out / "fxsplit.json").read_text())
+    assert isinstance(state["splits"], list) and state["auto_split"]["workers"] == 2
+    r = subprocess.run([sys.executable, "-m", "fxsplit", "verify", str(out), "-n", "10"], capture_output=True,
+                       text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr + r.stdout
+    r = subprocess.run([sys.executable, "-m", "fxsplit", "compile", "models:jet_tagger", "--auto-split", "2",
+                        "--splits", "fc2", "-o", str(tmp_path / "x")], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode != 0 and "not both" in r.stderr
