@@ -118,6 +118,15 @@ def main():
     print()
     print(C.table(errs, ["model", "cuts", "partition", "predicted", "measured", "error"],
                   "cost model: predicted vs measured time per partition (sum of its jobs)"))
+    # a model with enough layers for 8 workers: ResNet20's plan (prediction only: its fully parallel RTL is far
+    # beyond this machine), without the uncut reference, whose C simulation no cut shortens
+    model, shape = build_model("resnet20")
+    r8 = plan_auto(model, shape, 8, precision=precision, flow="rtl", reference=False, cost_model=CostModel())
+    tot8 = sum(r8.predicted) / 8
+    verdicts.append(f"resnet20 (plan only): 8 workers, {r8.partitions} partitions: predicted wall {r8.predicted_wall:.0f} s"
+                    f" vs total / 8 = {tot8:.0f} s ({r8.predicted_wall / tot8:.2f}x; target within 1.15x) -> "
+                    f"{'OK' if r8.predicted_wall <= 1.15 * tot8 else 'MISSED'}")
+    payload["resnet20_plan8"] = {**r8.to_dict(), "total_over_8": tot8}
     print()
     for v in verdicts:
         print(v)

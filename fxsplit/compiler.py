@@ -72,13 +72,19 @@ def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", co
     # ---- validate (no file written yet)
     names = hls4ml_layer_names(model) if hls_config is not None else None
     plan = None
+    costs = CostModel.from_cache(cache)
     if auto:
+        if (config or {}).get("partitions"):
+            raise FxsplitError("config['partitions'] sets options per partition, but with splits='auto' fxsplit "
+                               "chooses the partitions: an override would silently cover only part of the layers "
+                               "it was meant for", hint="give those options per layer (config['layers']), or "
+                                                        "choose the cuts yourself")
         pt0: Partitioning = make_partitioning(model, input_shape, None)
         fc0 = normalize_config(config, pt0, hls_config=hls_config, hls_names=names,
                                exact_accum_default=(flow == "rtl"))
         plan = plan_auto(model, input_shape, workers or jobs or os.cpu_count() or 1, precision=fc0.precision,
                          input_precision=fc0.input_precision, flow=flow, synth=fc0.synth,
-                         reference=reference, cost_model=CostModel.from_cache(cache))
+                         reference=reference, cost_model=costs)
         splits = plan.splits
     pt: Partitioning = make_partitioning(model, input_shape, splits)
     fc = normalize_config(config, pt, hls_config=hls_config, hls_names=names,
@@ -92,7 +98,6 @@ def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", co
     fl = get_flow(flow)(pt, lowered, fc, out, reference=reference, **({"emit_only": True} if emit_only else {}))
     fl.validate()
     job_list = fl.jobs()
-    costs = CostModel.from_cache(cache)
     feats = partition_features(pt, fc.precision, fc.input_precision)
     annotate(job_list, feats, costs, mono=lowered.mono_spec.name)
     t_validated = time.time()
@@ -104,9 +109,7 @@ def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", co
         result = run_jobs(job_list, cache, executor=executor, max_workers=jobs, progress=progress,
                           log_dir=out / "logs")
         fl.export(result)
-        if not result.ok:
-            _write_failure_report(result, out, type(model).__name__, flow, time.time() - t_start)
-        result.raise_for_failures()
+        _stop_on_failures(result, result, out, type(model).__name__, flow, t_start)
         built = fl.finish(result)
         post_jobs = fl.post_jobs(job_list)
         post = None
@@ -115,9 +118,7 @@ def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", co
             r2 = run_jobs(post_jobs, cache, executor=executor, max_workers=jobs, progress=progress,
                           log_dir=out / "logs")
             result.merge(r2)
-            if not r2.ok:
-                _write_failure_report(result, out, type(model).__name__, flow, time.time() - t_start)
-            r2.raise_for_failures()
+            _stop_on_failures(r2, result, out, type(model).__name__, flow, t_start)
             post = fl.post_finish(r2)
         design = Design(pt, flow, str(out), built.csims, built.monolithic, build=result, rtl=built.rtl)
         design.report = build_report(design, model_name=type(model).__name__,
@@ -131,6 +132,13 @@ def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", co
             "default_precision": fc.precision, "io_type": fc.io_type, "exact_accum": bool(fc.exact_accum)}
         design.write_report()
     return design
+
+
+def _stop_on_failures(run, whole, out: Path, model_name: str, flow: str, t_start: float) -> None:
+    """A run with failed jobs: the report of the whole build so far, then the error naming them."""
+    if not run.ok:
+        _write_failure_report(whole, out, model_name, flow, time.time() - t_start)
+    run.raise_for_failures()
 
 
 def _write_failure_report(result, out: Path, model_name: str, flow: str, wall: float) -> None:

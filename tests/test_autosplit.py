@@ -172,6 +172,9 @@ def test_auto_split_errors(tmp_path):
             fxsplit.compile(model, shape, splits="auto", workers=bad, output_dir=tmp_path / "o")
     with pytest.raises(fxsplit.FxsplitError, match="applies to splits='auto' only"):
         fxsplit.compile(model, shape, workers=2, output_dir=tmp_path / "o")
+    with pytest.raises(fxsplit.FxsplitError, match="with splits='auto' fxsplit chooses the partitions"):
+        fxsplit.compile(model, shape, splits="auto", config={"partitions": {"hidden": {"reuse_factor": 2}}},
+                        output_dir=tmp_path / "o")
     assert not (tmp_path / "o").exists()
     assert fxsplit.auto_splits(model, shape, workers=2) == plan_auto(model, shape, 2).splits
 
