@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import fxsplit
 import models
@@ -60,12 +61,15 @@ def test_dask_executor_artifacts_come_back(jet, tmp_path):
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                                        dashboard_address=None, local_directory=str(tmp_path / "dask"))
     client = distributed.Client(cluster)
+    call = torch.nn.Module.__call__
     try:
         d = fxsplit.compile(model, shape, config=dict(FAST), output_dir=tmp_path / "out",
                             cache_dir=tmp_path / "cache", executor=client.get_executor(), progress=False)
     finally:
         client.close()
         cluster.close()
+    # no torch.fx trace left running in this process (the scheduler thread never unpickles a GraphModule)
+    assert torch.nn.Module.__call__ is call
     assert set(states(d).values()) == {"built"}
     assert all(str(r.worker).startswith("tcp://127.0.0.1") for r in d.build)
     for name in ("p0", "hidden", "head"):

@@ -156,6 +156,12 @@ def _loads_by_value(data: bytes) -> Callable:
     return cloudpickle.loads(data)
 
 
+def _execute_packed(data: bytes) -> dict:
+    """:func:`_execute` on a spec that travelled as bytes (any executor but a local process pool)."""
+    import cloudpickle
+    return _execute(cloudpickle.loads(data))
+
+
 def _measure(tools) -> dict:
     """fxsplit's source digest and the versions of ``tools``, measured in this process."""
     return {"fxsplit": source_digest(), "tools": tool_versions(tools)}
@@ -302,8 +308,15 @@ class Pool:
                 fut = pool.submit(_execute, spec)
             if self.procs is None:
                 self.procs = getattr(pool, "_processes", None)
-        else:
+        elif isinstance(pool, cf.ThreadPoolExecutor):
             fut = pool.submit(_execute, spec)
+        else:
+            # as bytes: Dask's scheduler unpickles the task graph in a thread of the submitting process, and
+            # unpickling a torch.fx GraphModule re-traces it, patching torch.nn.Module.__call__ process-wide
+            # while the main thread may be running or tracing a model (seen: a trace in the main thread
+            # failing with "module is not installed as a submodule", and every later trace with it)
+            import cloudpickle
+            fut = pool.submit(_execute_packed, cloudpickle.dumps(spec))
         return fut, pool
 
     def measure(self, tools: list[str]) -> dict:
