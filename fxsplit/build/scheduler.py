@@ -302,7 +302,7 @@ class _Engine:
     def _pool_broken(self, fut: cf.Future, info: _Inflight, exc: BaseException, ready: deque) -> None:
         """A local worker died: every job in flight on that pool is lost. The one whose worker
         died is charged an attempt; bystanders (never started, or terminated by the pool
-        because of the other's death: exit code -SIGTERM) are resubmitted free."""
+        because of the other's death: exit code -SIGTERM, or not yet exited) are resubmitted free."""
         same = [f for f, i in self.inflight.items() if i.pool is info.pool]
         exitcodes = self.pool.broken(info.pool, same)
         victims = [(fut, info)] + [(f, self.inflight.pop(f)) for f in same]
@@ -316,7 +316,10 @@ class _Engine:
             if i.root is not None:
                 with contextlib.suppress(OSError, ValueError):
                     pid = int((i.root / "worker.pid").read_text())
-            culprit = i.root is None or (pid is not None and exitcodes.get(pid) != -signal.SIGTERM)
+            # the culprit died on its own: an exit code other than the pool's SIGTERM; a worker still alive
+            # when the codes were read (None: on a loaded machine the pool may not have terminated it yet,
+            # and Pool.broken kills it) was a bystander
+            culprit = i.root is None or (pid is not None and exitcodes.get(pid) not in (-signal.SIGTERM, None))
             self._infra_failure(self.results[i.job_id], i, exc, ready, charged=culprit)
 
     def _check_startup_death(self, victims: list, exitcodes: dict) -> None:
