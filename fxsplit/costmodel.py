@@ -200,6 +200,7 @@ def layer_features(gm, weight_precision: str, input_precision: str | None = None
     from .capture import node_shape
     from .fixed import layout
     from .partitioner import _COMPUTE_OPS
+    from .summary import _node_ops
     try:
         wl = layout(weight_precision)
     except ValueError:
@@ -232,7 +233,7 @@ def layer_features(gm, weight_precision: str, input_precision: str | None = None
                 positions = max(1, elems // max(1, mod.out_features))
             else:
                 positions = max(1, elems // max(1, mod.out_channels))
-            f["macs"] = int(w.size * positions)
+            f["macs"] = _node_ops(n, mod)                  # the report's own count of multiply-accumulates
             f["adders"] = int(round(f["digits"] * positions * in_w / 16))
         feats[n.name] = f
     return feats
