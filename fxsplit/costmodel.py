@@ -37,6 +37,7 @@ STEP_SIZE = {"csim": "code", "rtl": "adders", "synth": "adders", "hls": "macs", 
 # (Yosys, Vitis HLS start-up) is the intercept, else a relu-only partition would look free to cut off
 PER_LAYER = {"csim", "hls"}
 MIN_RECORDS = 4
+STEP_TOOL = {"hls": "vitis_hls", "vivado": "vivado"}     # a step model applies only to jobs that run its tool
 C_GRID = tuple(round(0.5 + 0.05 * i, 2) for i in range(41))          # 0.5 .. 2.5
 
 
@@ -96,6 +97,9 @@ def annotate(jobs: list, feats: dict[str, dict], model: "CostModel", mono: str, 
         if f is None:
             continue
         name = model_name(j.step, j.partition, stitched)
+        if STEP_TOOL.get(name, "") not in (*j.tools, ""):
+            continue            # e.g. an emit-only hls job writes a project, it runs no Vitis HLS: no prediction,
+                                # and no record that would teach the hls model a 0 s synthesis
         j.cost = {"model": name, "features": dict(f), "predicted": round(model.predict(name, f), 3)}
 
 
