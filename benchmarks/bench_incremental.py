@@ -1,10 +1,11 @@
-"""Incremental rebuilds: cold build, one-partition change, no change.
+"""Incremental rebuilds: cold build, one-partition change, no change, and a change in a fresh process.
 
     python benchmarks/bench_incremental.py [--quick] [--model residual_cnn] [--flow hls4ml|rtl]
                                            [--change reuse|precision] [--no-reference] [--jobs 2]
 
-Three ``fxsplit.compile`` calls on the same output dir (and its default cache ``output_dir/.cache``),
-created fresh for this run:
+Four ``fxsplit.compile`` calls on the same output dir (and its default cache ``output_dir/.cache``),
+created fresh for this run, the first three in this process (as in a notebook session), the last in
+a new Python process (as ``python -m fxsplit compile`` would run it):
 
 1. cold: nothing cached.
 2. one-partition change: the LAST partition (in topological order) gets a new
@@ -12,12 +13,16 @@ created fresh for this run:
    Why the last one: a partition's hls4ml project depends on its own layers/config and on the types
    of its input ports, which are pinned to what its producers emit. Changing a partition can change its
    output types and so every partition downstream; nothing is downstream of the last one, so only its
-   jobs rebuild -- plus the uncut reference (``monolithic/csim``, built when ``reference=True``,
-   the default), because the reference is configured exactly like the partitions, i.e. it includes
-   the override too. Use --no-reference to see the partition-only rebuild.
+   jobs rebuild. The uncut reference (``monolithic/csim``, built when ``reference=True``, the default)
+   rebuilds only for a numeric change (precision); a reuse factor changes no bit of a C simulation and
+   the reference is built without one (``lower.convert.reference_config``).
    In the RTL flow a reuse_factor change does not change the fully parallel Verilog (same da4ml
    program -> same key): only the csim job reruns; a precision change reruns csim, rtl and synth.
+   Its workers are the cold build's, kept warm (``fxsplit.build.executors``: they imported torch and
+   hls4ml once, when ``compile`` started them before lowering the model).
 3. no change: the same call again; everything comes from the cache. Target: < 2 s wall (PASS/FAIL printed).
+4. the same kind of change (``reuse_factor: 3`` / another precision) in a fresh process: no warm
+   workers; they start while that process lowers the model.
 
 Wall times are of the whole ``compile()`` call (trace, hls4ml conversion of every partition and of the
 uncut model in this process, cache lookups with manifest verification, artifact copies, report) and of
@@ -31,6 +36,9 @@ engine wall).
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 import time
 
 import _common as C
@@ -55,6 +63,36 @@ def run(name, model_name, flow, config, out, jobs, reference):
                "built": sorted(r.id for r in b if r.state == "built"),
                "cached": sorted(r.id for r in b if r.state == "cached"),
                "job_seconds": {r.id: round(r.seconds, 3) for r in b}, "jobs": C.job_rows(b)}
+
+
+_FRESH = """
+import json, sys, time
+sys.path.insert(0, {root!r})
+import fxsplit
+from models import build
+model, shape = build({model!r})
+t0 = time.time()
+d = fxsplit.compile(model, shape, flow={flow!r}, config={config!r}, output_dir={out!r}, jobs={jobs!r},
+                    progress=False, reference={reference!r})
+wall = time.time() - t0
+b = d.build
+print("FXSPLIT-BENCH " + json.dumps({{"compile_wall": wall, "engine_wall": b.wall_seconds,
+      "built": sorted(r.id for r in b if r.state == "built"), "cached": sorted(r.id for r in b if r.state == "cached"),
+      "job_seconds": {{r.id: round(r.seconds, 3) for r in b}}}}))
+"""
+
+
+def run_fresh(name, model_name, flow, config, out, jobs, reference):
+    """compile() in a new Python process; the wall of the call itself (the process' imports excluded)."""
+    code = _FRESH.format(root=str(C.ROOT), model=model_name, flow=flow, config=config, out=str(out), jobs=jobs,
+                         reference=reference)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(C.ROOT))
+    line = [x for x in p.stdout.splitlines() if x.startswith("FXSPLIT-BENCH ")]
+    if p.returncode != 0 or not line:
+        raise SystemExit(f"the fresh-process compile failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    r = json.loads(line[0].split(" ", 1)[1])
+    return {"run": name, "config": config, "overhead": r["compile_wall"] - r["engine_wall"], "jobs": [],
+            "loadavg_before": C.loadavg(), **r}
 
 
 def main():
@@ -85,6 +123,9 @@ def main():
     override = {"reuse_factor": 2} if change == "reuse" else {"precision": "fixed<12,5>" if args.flow == "hls4ml"
                                                                   else "fixed<7,3>"}
     changed = {**base, "partitions": {last: override}}
+    override2 = {"reuse_factor": 3} if change == "reuse" else {"precision": "fixed<11,4>" if args.flow == "hls4ml"
+                                                                   else "fixed<6,3>"}
+    changed2 = {**base, "partitions": {last: override2}}
 
     run_dir = C.fresh_run_dir("bench_incremental", args.out_root)
     out = run_dir / "out"
@@ -100,7 +141,11 @@ def main():
         _d, r = run(label, model_name, args.flow, cfg, out, args.jobs, reference)
         print(f"   compile() {r['compile_wall']:.2f} s, engine {r['engine_wall']:.2f} s, built {r['built']}", flush=True)
         runs.append(r)
-    cold, warm1, warm0 = runs
+    print(f"change {last} again, in a fresh process: {override2} ...", flush=True)
+    r = run_fresh(f"change {last}, fresh process", model_name, args.flow, changed2, out, args.jobs, reference)
+    print(f"   compile() {r['compile_wall']:.2f} s, engine {r['engine_wall']:.2f} s, built {r['built']}", flush=True)
+    runs.append(r)
+    cold, warm1, warm0, fresh = runs
 
     # the rebuilt jobs' share of the cold build, scheduled like the cold build
     cold_rows = {j["id"]: j for j in cold["jobs"]}
@@ -120,20 +165,22 @@ def main():
     print()
     all_ids = sorted(cold["job_seconds"])
     jrows = [[i, cold["job_seconds"][i], *("BUILT %.1f" % r["job_seconds"][i] if i in r["built"] else "reused"
-                                            for r in (warm1, warm0))] for i in all_ids]
-    print(C.table(jrows, ["job", "cold s", f"change {last}", "no change"], "Jobs per run"))
+                                            for r in (warm1, warm0, fresh))] for i in all_ids]
+    print(C.table(jrows, ["job", "cold s", f"change {last}", "no change", "change, fresh process"], "Jobs per run"))
     nochange_pass = warm0["compile_wall"] < TARGET_NOCHANGE_S
     ratios = {
         "one-partition rebuild / cold (compile())": C.ratio(warm1["compile_wall"], cold["compile_wall"]),
         "no-change rebuild / cold (compile())": C.ratio(warm0["compile_wall"], cold["compile_wall"]),
         "no-change rebuild / cold (engine)": C.ratio(warm0["engine_wall"], cold["engine_wall"]),
         "one-partition rebuild / (its cold share + cold stitching)": C.ratio(warm1["compile_wall"], expected),
+        "same, in a fresh process (no warm workers)": C.ratio(fresh["compile_wall"], expected),
     }
     print()
     print(C.table([[k, v] for k, v in ratios.items()], ["ratio", "x"], "Ratios (same run)"))
     print(f"\none-partition rebuild: {warm1['compile_wall']:.2f} s; the rebuilt jobs {warm1['built']} took "
           f"{share_sum:.2f} s in the cold build ({share:.2f} s scheduled on {args.jobs} workers) + cold main-process "
           f"overhead (trace, convert, copy, report) {cold['overhead']:.2f} s = {expected:.2f} s expected")
+    print(f"one-partition rebuild in a fresh process: {fresh['compile_wall']:.2f} s (built {fresh['built']})")
     print(f"no-change rebuild: {warm0['compile_wall']:.2f} s wall (engine {warm0['engine_wall']:.2f} s) -> "
           f"{'PASS' if nochange_pass else 'FAIL'} against the < {TARGET_NOCHANGE_S:.0f} s target")
     payload = {"benchmark": "bench_incremental", "model": model_name, "partitions": names, "flow": args.flow,

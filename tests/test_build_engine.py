@@ -215,6 +215,93 @@ def test_workers_stay_light(tmp_path):
     assert r.ok and r["p0/csim"].meta == {"torch": False, "hls4ml": False, "main": None}
 
 
+# a job module's warm_worker() runs once in every worker of a warm pool, before any job (executors._WARM_CODE)
+WARMED: list[int] = []
+
+
+def warm_worker():
+    WARMED.append(os.getpid())
+
+
+def warm_probe(workdir, inputs, tag):
+    return {"pid": os.getpid(), "warmed": WARMED == [os.getpid()]}
+
+
+def _pids(result) -> set[int]:
+    return {r.meta["pid"] for r in result}
+
+
+def _assert_dead(pids, timeout=15.0):
+    deadline = time.time() + timeout
+    for pid in pids:
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            if time.time() > deadline:
+                pytest.fail(f"worker {pid} still alive")
+            time.sleep(0.05)
+
+
+def test_warm_pool_is_reused_then_replaced(tmp_path, monkeypatch):
+    """The engine's pool stays warm between runs: the next run with the same workers and fxsplit source takes
+    its workers (which ran the job module's warm_worker() before any job); another size, an edited fxsplit or
+    keep_warm=False end it, and its workers are gone."""
+    from fxsplit.build import executors, tools
+    executors.discard_warm_pool()
+
+    def jobs(tag):
+        return [Job(f"p{i}/csim", f"p{i}", "csim", warm_probe, {"tag": tag}, f"{tag}{i}".encode()) for i in range(4)]
+
+    r1 = run_jobs(jobs("a"), tmp_path / "c", max_workers=2, progress=False)
+    assert r1.ok and all(r.meta["warmed"] for r in r1), [r.meta for r in r1]
+    parked = executors.warm_pool_pids()
+    assert len(parked) == 2 and _pids(r1) <= set(parked)
+    r2 = run_jobs(jobs("b"), tmp_path / "c", max_workers=2, progress=False)
+    assert r2.ok and _pids(r2) <= set(parked), "a warm worker was not reused"
+    assert executors.warm_pool_pids() == parked
+
+    r3 = run_jobs(jobs("c"), tmp_path / "c", max_workers=1, progress=False)     # another size
+    assert r3.ok and not (_pids(r3) & set(parked))
+    _assert_dead(parked)
+
+    parked = executors.warm_pool_pids()
+    monkeypatch.setattr(tools, "source_digest", lambda: "fxsplit edited since the workers started")
+    r4 = run_jobs(jobs("d"), tmp_path / "c", max_workers=1, progress=False)
+    assert r4.ok and not (_pids(r4) & set(parked))
+    _assert_dead(parked)
+    monkeypatch.undo()
+
+    parked = executors.warm_pool_pids()
+    r5 = run_jobs(jobs("e"), tmp_path / "c", max_workers=1, progress=False, keep_warm=False)
+    assert r5.ok and executors.warm_pool_pids() == []
+    _assert_dead(set(parked) | _pids(r5))
+
+
+def test_warm_pool_expires_when_idle(tmp_path, monkeypatch):
+    from fxsplit.build import executors
+    monkeypatch.setattr(executors, "WARM_IDLE_SECONDS", 0.5)
+    r = run_jobs([Job("p0/csim", "p0", "csim", warm_probe, {"tag": "x"}, b"x")], tmp_path, max_workers=2,
+                 progress=False)
+    pids = executors.warm_pool_pids()
+    assert r.ok and _pids(r) <= set(pids)
+    _assert_dead(pids)
+    assert executors.warm_pool_pids() == []
+
+
+def test_prewarmed_workers_run_the_build(tmp_path):
+    """prewarm (what compile calls before lowering) starts the workers; the run that follows uses them."""
+    from fxsplit.build import executors
+    executors.discard_warm_pool()
+    executors.prewarm(2, ["test_build_engine"])
+    pids = executors.warm_pool_pids()
+    assert len(pids) == 2
+    r = run_jobs([Job(f"p{i}/csim", f"p{i}", "csim", warm_probe, {"tag": "w"}, b"w%d" % i) for i in range(3)],
+                 tmp_path, max_workers=2, progress=False)
+    assert r.ok and _pids(r) <= set(pids) and all(x.meta["warmed"] for x in r)
+
+
 def test_no_change_rebuild_of_20_jobs_runs_nothing(tmp_path):
     counter, cache = tmp_path / "count", tmp_path / "cache"
     c = str(counter)

@@ -41,9 +41,21 @@ def test_incremental_rebuild_only_the_changed_partition(jet, tmp_path_factory, t
 
     cfg = dict(FAST, partitions={"head": {"reuse_factor": 2}})
     d2 = fxsplit.compile(model, shape, config=cfg, output_dir=tmp_path / "a", cache_dir=cache, progress=False)
-    # head changed: its csim rebuilds, and so does the uncut reference (configured exactly like the partitions)
+    # head's reuse factor changed: its csim rebuilds; the uncut reference does not (a reuse factor changes no bit
+    # of a C simulation, and the reference is built with none: lower.convert.reference_config)
     assert states(d2) == {"p0/csim": "cached", "hidden/csim": "cached", "head/csim": "built",
+                          "monolithic/csim": "cached"}
+    # ... and the stitched design, built with reuse factor 2, still equals it bit for bit
+    res2 = d2.verify(random_inputs(__import__("numpy").random.default_rng(1), shape, n=100))
+    assert res2.bit_exact, res2.summary()
+    # a numeric change of head (its precision) rebuilds head and the reference
+    d4 = fxsplit.compile(model, shape, config=dict(FAST, partitions={"head": {"precision": "fixed<12,5>"}}),
+                         output_dir=tmp_path / "b", cache_dir=cache, progress=False)
+    assert states(d4) == {"p0/csim": "cached", "hidden/csim": "cached", "head/csim": "built",
                           "monolithic/csim": "built"}
+    # the workers of the last compile stay warm for the next one (fxsplit.build.executors)
+    from fxsplit.build.executors import warm_pool_pids
+    assert {int(r.worker.rsplit("/", 1)[1]) for r in d4.build if r.state == "built"} <= set(warm_pool_pids())
 
     d3 = fxsplit.compile(model, shape, config=cfg, output_dir=tmp_path / "a", cache_dir=cache, progress=False)
     assert set(states(d3).values()) == {"cached"}
@@ -137,3 +149,46 @@ def test_two_concurrent_compiles_on_one_output_dir(tmp_path):
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "bit-exact" in r.stdout and "rebuilt:" not in r.stdout
+
+
+def test_reference_config_drops_only_the_reuse_factor():
+    from fxsplit.lower.convert import reference_config
+    cfg = {"Model": {"Precision": {"default": "fixed<16,6>"}, "ReuseFactor": 4, "Strategy": "Resource"},
+           "LayerName": {"fc1": {"ReuseFactor": 2}, "fc2": {"ReuseFactor": 8, "Precision": {"result": "fixed<8,3>"}}},
+           "LayerType": {"Dense": {"ReuseFactor": 16}}}
+    ref = reference_config(cfg)
+    assert ref == {"Model": {"Precision": {"default": "fixed<16,6>"}, "ReuseFactor": 1, "Strategy": "Resource"},
+                   "LayerName": {"fc2": {"Precision": {"result": "fixed<8,3>"}}}, "LayerType": {}}
+    assert cfg["LayerName"]["fc1"] == {"ReuseFactor": 2}          # the user's config is not touched
+    # the same numerics with other reuse factors give the same reference
+    assert reference_config({**cfg, "LayerName": {"fc2": {"Precision": {"result": "fixed<8,3>"}}}}) == ref
+
+
+@pytest.mark.parametrize("flow", ["hls4ml", "rtl", "vitis"])
+def test_compile_prewarms_every_module_its_jobs_need(jet, tmp_path, flow, monkeypatch):
+    """compile starts the workers (fxsplit.build.executors.prewarm) with Flow.job_modules before it lowers the
+    model; the build takes that pool only if it preloaded every job function's module."""
+    if flow == "vitis":     # the tools are only looked up (validate), never run: their jobs are listed, not built
+        bindir = tmp_path / "bin"
+        bindir.mkdir()
+        for tool in ("vitis_hls", "vivado"):
+            (bindir / tool).write_text("#!/bin/sh\nexit 1\n")
+            (bindir / tool).chmod(0o755)
+        monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    from fxsplit.build.scheduler import worker_modules
+    from fxsplit.flows import get_flow
+    from fxsplit.lower import lower, normalize_config
+    model, shape = jet
+    pt = fxsplit.partition(model, shape)
+    fc = normalize_config(dict(FAST), pt, exact_accum_default=(flow == "rtl"))
+    if flow == "vitis":
+        fc.backend = "Vitis"
+    fl = get_flow(flow)(pt, lower(pt, fc, str(tmp_path)), fc, tmp_path, reference=True)
+    fl.validate()
+    jobs = fl.jobs()
+    assert {j.step for j in jobs} >= {"csim", *({"rtl": ["rtl", "synth"], "vitis": ["hls"]}.get(flow, []))}
+    modules = set(worker_modules(jobs))
+    if flow == "vitis":       # the post-build Vivado job (it needs finish()'s stitch.json to be listed)
+        from fxsplit.flows.vitis import vivado_job
+        modules.add(vivado_job.__module__)
+    assert modules <= set(fl.job_modules)

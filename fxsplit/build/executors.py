@@ -62,6 +62,21 @@ if "fxsplit" not in sys.modules and os.environ.get("FXSPLIT_WORKER_EAGER_INIT") 
         sys.modules["fxsplit"] = mod
 """
 
+# Run after _BOOTSTRAP in a warm pool's workers (``WARM``: the job functions' modules): import each
+# and call its ``warm_worker()`` if it has one (a job module's way to load what its jobs import
+# lazily, e.g. what unpickling a torch.fx GraphModule pulls in), so a worker's first job does not
+# pay for it. A failure here is left to the job that needs the module (it fails with the real error).
+_WARM_CODE = r"""
+import importlib
+for _name in WARM:
+    try:
+        _w = getattr(importlib.import_module(_name), "warm_worker", None)
+        if callable(_w):
+            _w()
+    except Exception:
+        pass
+"""
+
 
 # ----------------------------------------------------------------------------- worker side
 
@@ -272,19 +287,125 @@ def _kill(executor: cf.Executor, procs: dict | None) -> None:
             p.join(5)
 
 
+# ----------------------------------------------------------------------------- warm pools
+
+# One idle process pool of ours kept alive between builds in this process (the next build with the
+# same workers takes it instead of starting workers that import torch and hls4ml again). Killed after
+# WARM_IDLE_SECONDS idle, when another pool is parked, and at interpreter exit.
+WARM_IDLE_SECONDS = float(os.environ.get("FXSPLIT_WARM_IDLE_SECONDS", "300"))
+_WARM_LOCK = threading.Lock()
+_parked: dict | None = None      # {"key", "warm", "executor", "procs", "timer"}
+_exit_hook = False
+
+
+def _warm_key(max_workers: int, ctx: Any) -> tuple:
+    """What a parked pool must match to be reused: size, start method and fxsplit's source (workers
+    hold fxsplit's modules as they were when they started; an edited fxsplit needs new workers)."""
+    from .tools import source_digest
+    return (int(max_workers), ctx.get_start_method(), source_digest())
+
+
+def _alive(executor: cf.Executor, procs: dict | None) -> bool:
+    return (not getattr(executor, "_broken", False) and not getattr(executor, "_shutdown_thread", False)
+            and bool(procs) and all(p.is_alive() for p in procs.values()))
+
+
+def _discard(entry: dict | None) -> None:
+    if entry is None:
+        return
+    if entry.get("timer") is not None:
+        entry["timer"].cancel()
+    _kill(entry["executor"], entry["procs"])
+
+
+def _take_parked(key: tuple, warm: frozenset) -> tuple[cf.Executor, dict] | None:
+    """The parked pool if it matches ``key`` and its workers preloaded at least ``warm``; else None
+    (and a parked pool that does not match is killed: one idle pool at most)."""
+    global _parked
+    with _WARM_LOCK:
+        entry, _parked = _parked, None
+    if entry is None:
+        return None
+    if entry["key"] == key and warm <= entry["warm"] and _alive(entry["executor"], entry["procs"]):
+        entry["timer"].cancel()
+        return entry["executor"], getattr(entry["executor"], "_processes", None) or entry["procs"]
+    _discard(entry)
+    return None
+
+
+def _park(key: tuple, warm: frozenset, executor: cf.Executor, procs: dict | None) -> None:
+    global _parked, _exit_hook
+    if not _alive(executor, procs):
+        _kill(executor, procs)
+        return
+    timer = threading.Timer(WARM_IDLE_SECONDS, _expire, args=(executor,))
+    timer.daemon = True
+    with _WARM_LOCK:
+        old, _parked = _parked, {"key": key, "warm": warm, "executor": executor, "procs": procs, "timer": timer}
+        if not _exit_hook:
+            # before concurrent.futures' own exit handler (threading's exit hooks run last-registered first),
+            # which would wait for idle workers that may still be importing torch
+            threading._register_atexit(discard_warm_pool)
+            _exit_hook = True
+    _discard(old)
+    timer.start()
+
+
+def _expire(executor: cf.Executor) -> None:
+    global _parked
+    with _WARM_LOCK:
+        entry = _parked if _parked is not None and _parked["executor"] is executor else None
+        if entry is not None:
+            _parked = None
+    _discard(entry)
+
+
+def discard_warm_pool() -> None:
+    """Kill the idle pool kept warm between builds, if any (workers hold no state worth keeping)."""
+    global _parked
+    with _WARM_LOCK:
+        entry, _parked = _parked, None
+    _discard(entry)
+
+
+def warm_pool_pids() -> list[int]:
+    """The worker pids of the idle warm pool (empty if there is none)."""
+    with _WARM_LOCK:
+        return sorted(_parked["procs"]) if _parked is not None else []
+
+
+def prewarm(max_workers: int | None, warm: tuple[str, ...] | list[str], mp_context: Any = None) -> None:
+    """Start (or keep) a warm pool of ``max_workers`` workers that preload the modules ``warm``, without
+    waiting for it: its workers import while the caller goes on (``compile`` lowers the model meanwhile).
+    The next :func:`run_jobs` with the same workers takes it."""
+    pool = Pool(None, max_workers, mp_context, warm=warm)
+    ex = pool._ensure()
+    with _main_hidden():
+        for _ in range(pool.max_workers):     # each submit to a pool with no idle worker starts one
+            ex.submit(os.getpid)
+    pool.procs = getattr(ex, "_processes", None)
+    pool.shutdown()
+
+
 class Pool:
     """The executor the engine submits to.
 
     ``executor`` None: the engine's own process pool of ``max_workers`` workers (started with
-    ``mp_context``, default 'forkserver'), created on the first :meth:`submit`. A broken
-    process pool (a worker died) is replaced by one of ours; :meth:`abort` kills our workers
-    and the tools they started.
+    ``mp_context``, default 'forkserver'), created on the first :meth:`submit`, or the idle pool
+    parked by the last build if it matches (same size, start method, fxsplit source, and it preloaded
+    the modules ``warm``). A broken process pool (a worker died) is replaced by one of ours;
+    :meth:`abort` kills our workers and the tools they started; :meth:`shutdown` parks our pool warm
+    for the next build (``keep_warm``), or shuts it down.
     """
 
-    def __init__(self, executor: cf.Executor | None, max_workers: int | None, mp_context: Any = None):
+    def __init__(self, executor: cf.Executor | None, max_workers: int | None, mp_context: Any = None,
+                 warm: tuple[str, ...] | list[str] = (), keep_warm: bool = True):
         self.executor = executor      # created lazily when it is ours
         self.own = executor is None
         self.mp_context = mp_context
+        self.warm = frozenset(warm)
+        self.keep_warm = keep_warm
+        self.reused = False           # this run took a warm pool
         self.max_workers = max_workers or (getattr(executor, "_max_workers", None) if executor else None) \
             or os.cpu_count() or 1
         # local: shares this machine's disk and environment
@@ -294,15 +415,24 @@ class Pool:
                                           or max_workers) else None
         self.procs: dict | None = None     # pid -> Process of the current process pool
 
+    def _ensure(self) -> cf.Executor:
+        if self.executor is None:
+            ctx = self.mp_context or _default_context()
+            got = _take_parked(_warm_key(self.max_workers, ctx), self.warm)
+            if got is not None:
+                self.executor, self.procs = got
+                self.reused = True
+            else:
+                self.executor = cf.ProcessPoolExecutor(
+                    self.max_workers, mp_context=ctx, initializer=exec,
+                    initargs=(_BOOTSTRAP + _WARM_CODE, {"WARM": tuple(sorted(self.warm))}))
+                self.procs = None
+            self.own = True
+        return self.executor
+
     def submit(self, spec: dict) -> tuple[cf.Future, cf.Executor]:
         """Submit ``_execute(spec)``; returns the future and the executor it went to."""
-        if self.executor is None:
-            self.executor = cf.ProcessPoolExecutor(self.max_workers,
-                                                   mp_context=self.mp_context or _default_context(),
-                                                   initializer=exec, initargs=(_BOOTSTRAP, {}))
-            self.own = True
-            self.procs = None
-        pool = self.executor
+        pool = self._ensure()
         if isinstance(pool, cf.ProcessPoolExecutor):
             with _main_hidden():          # workers are launched lazily, by submit
                 fut = pool.submit(_execute, spec)
@@ -359,7 +489,12 @@ class Pool:
             self.executor = None
 
     def shutdown(self) -> None:
-        """End of the run: shut our pool down (a caller's pool is left running)."""
+        """End of the run: park our pool warm for the next build (``keep_warm``, a local process pool
+        whose workers are all alive), or shut it down (a caller's pool is left running)."""
         if self.own and self.executor is not None:
-            self.executor.shutdown(wait=True)
-            self.executor = None
+            ex, self.executor = self.executor, None
+            if self.keep_warm and isinstance(ex, cf.ProcessPoolExecutor):
+                _park(_warm_key(self.max_workers, self.mp_context or _default_context()), self.warm, ex,
+                      self.procs or getattr(ex, "_processes", None))
+            else:
+                ex.shutdown(wait=True)

@@ -138,13 +138,13 @@ class _Engine:
     """One run: the ready queue, what is in flight, and each job's fate."""
 
     def __init__(self, jobs, cache_dir, executor, max_workers, progress, retries, log_dir,
-                 transfer, mp_context):
+                 transfer, mp_context, keep_warm=True):
         from ..progress import make_progress
 
         self.order = _toposort(list(jobs))
         self.jobs = {j.id: j for j in self.order}
         self.cache = Cache(cache_dir, log_dir)
-        self.pool = Pool(executor, max_workers, mp_context)
+        self.pool = Pool(executor, max_workers, mp_context, warm=worker_modules(self.order), keep_warm=keep_warm)
         if transfer == "auto":
             transfer = "paths" if self.pool.local else "bytes"
         if transfer not in ("paths", "bytes"):
@@ -383,10 +383,15 @@ class _Engine:
         return res
 
 
+def worker_modules(jobs) -> tuple[str, ...]:
+    """The modules of the jobs' functions: what a warm pool's workers import when they start."""
+    return tuple(sorted({m for j in jobs if (m := getattr(j.fn, "__module__", None)) and m != "__main__"}))
+
+
 def run_jobs(jobs: list[Job], cache_dir: str | Path, *, executor: cf.Executor | None = None,
              max_workers: int | None = None, progress: bool | None = None, retries: int = 1,
              log_dir: str | Path | None = None, transfer: str = "auto",
-             mp_context: Any = None) -> BuildResult:
+             mp_context: Any = None, keep_warm: bool = True) -> BuildResult:
     """Run ``jobs`` (a DAG through ``Job.deps``) with a content-addressed cache in ``cache_dir``.
 
     executor: any ``concurrent.futures.Executor``; default: a process pool of ``max_workers``
@@ -398,9 +403,14 @@ def run_jobs(jobs: list[Job], cache_dir: str | Path, *, executor: cf.Executor | 
     retries: resubmissions of a job whose worker died (fn raising is not retried).
     log_dir: if given, every job's log is copied to ``log_dir/<job id>.log``.
     transfer: "auto" (paths for local pools, tar bytes for any other executor), "paths", "bytes".
+    keep_warm: our own pool (fresh, or the idle pool of an earlier run if it matches) is not shut
+      down at the end but kept idle (:func:`~.executors.prewarm`,
+      ``FXSPLIT_WARM_IDLE_SECONDS``, default 300 s): the next run with the same number of workers
+      reuses its workers, which have imported the job functions' modules (and what their
+      ``warm_worker()`` loads) already. Workers are replaced if fxsplit's source changed.
 
     Never raises for a failing job (see ``BuildResult.raise_for_failures``); raises
     FxsplitError for an invalid job graph and re-raises KeyboardInterrupt after cleaning up.
     """
     return _Engine(jobs, cache_dir, executor, max_workers, progress, retries, log_dir, transfer,
-                   mp_context).run()
+                   mp_context, keep_warm).run()

@@ -33,6 +33,9 @@ class Built:
 
 class Flow:
     name = "hls4ml"
+    # the modules of this flow's job functions (jobs() and post_jobs()): ``compile`` starts the workers,
+    # which import them, while it lowers the model (fxsplit.build.executors.prewarm)
+    job_modules: tuple[str, ...] = ("fxsplit.flows.hls4ml.csim",)
 
     def __init__(self, pt: Partitioning, lowered: Lowered, fc: FlowConfig, output_dir: str | Path,
                  reference: bool = True):

@@ -156,6 +156,37 @@ class ModelSpec:
         return h.hexdigest().encode()
 
 
+# hls4ml config keys that change how a layer is scheduled in hardware, never the bits its C simulation computes
+# (hls4ml's dense/conv kernels accumulate the same products in the same accum_t whatever the reuse factor).
+NON_NUMERIC_KEYS = ("ReuseFactor",)
+
+
+def reference_config(cfg: dict) -> dict:
+    """The uncut reference's hls4ml config: ``cfg`` with the :data:`NON_NUMERIC_KEYS` set to 1 at model level and
+    removed everywhere else (an entry left empty goes too), so that the reference (a C simulation, only ever
+    compared bit for bit) is not rebuilt when only the reuse factor of a partition or layer changes. Were a reuse
+    factor ever to change the bits, the stitched design, built with the user's reuse factors, would differ from
+    this reference and ``verify`` would say so."""
+    out = copy.deepcopy(cfg)
+    model = out.get("Model")
+    if isinstance(model, dict):
+        for k in NON_NUMERIC_KEYS:
+            if k in model:
+                model[k] = 1
+    for section in ("LayerName", "LayerType"):
+        entries = out.get(section)
+        if not isinstance(entries, dict):
+            continue
+        for name in list(entries):
+            lc = entries[name]
+            if isinstance(lc, dict):
+                for k in NON_NUMERIC_KEYS:
+                    lc.pop(k, None)
+                if not lc:
+                    del entries[name]
+    return out
+
+
 def make_spec(name: str, module: torch.fx.GraphModule, input_names: list[str], input_shapes: list[tuple[int, ...]],
               output_names: list[str], input_precisions: dict[str, str], fc: FlowConfig) -> ModelSpec:
     """The hls4ml config of one partition: the uncut model's config (``fc``) restricted to this partition's
@@ -290,6 +321,7 @@ def lower(pt: Partitioning, fc: FlowConfig, output_dir: str) -> Lowered:
     placeholders = [n.name for n in uncut.graph.nodes if n.op == "placeholder"]
     mono_spec = make_spec(MONOLITHIC, uncut, placeholders, [p.torch_shape for p in pt.inputs],
                           [p.name for p in pt.outputs], {}, fc)
+    mono_spec.hls_config = reference_config(mono_spec.hls_config)
     mono = _convert(mono_spec, os.path.join(output_dir, MONOLITHIC), logs, None)
     _check_sizes(mono, pt.inputs, pt.outputs, "the uncut model", uncut)
     for p in pt.inputs:

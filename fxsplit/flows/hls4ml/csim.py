@@ -192,6 +192,23 @@ def add_raw_bridge(proj: str, project: str) -> None:
         f.write("\n".join(lines))
 
 
+def warm_worker() -> None:
+    """Load what a csim job imports on the way (unpickling its spec's GraphModule re-traces it with
+    fxsplit's tracer and pulls in about a thousand torch modules; hls4ml's converters and writers): a
+    warm pool's workers call this once when they start, so no job waits for it
+    (:mod:`fxsplit.build.executors`)."""
+    import pickle
+
+    import hls4ml.converters  # noqa: F401
+    import torch
+
+    from ...capture import LeafTracer
+
+    m = torch.nn.Sequential(torch.nn.Linear(1, 1))
+    gm = torch.fx.GraphModule(m, LeafTracer().trace(m))
+    pickle.loads(pickle.dumps(gm))
+
+
 def csim_job(workdir: str, inputs: dict[str, str], spec: ModelSpec) -> dict:
     """Write the hls4ml project of ``spec`` into ``workdir/<name>`` and compile its C-simulation library
     (one translation unit, with the host's precompiled hls4ml headers unless ``spec.csim_pch`` is off)."""

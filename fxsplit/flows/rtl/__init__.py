@@ -38,6 +38,12 @@ def module_name(partition: str) -> str:
 
 # ----------------------------------------------------------------------------- jobs (worker side)
 
+def warm_worker() -> None:
+    """Load da4ml's tracer and Verilog generator once per warm worker (see :mod:`fxsplit.build.executors`)."""
+    import da4ml.codegen.rtl.verilog  # noqa: F401
+    import da4ml.trace  # noqa: F401
+
+
 def rtl_job(workdir: str, inputs: dict, program: dict, module: str, latency_cutoff: float | None) -> dict:
     meta = rl.emit_verilog(program, workdir, module, latency_cutoff=latency_cutoff)
     with open(os.path.join(workdir, "rtl_meta.json"), "w") as f:
@@ -91,6 +97,7 @@ def _digest(obj) -> bytes:
 
 class RTLFlow(Flow):
     name = "rtl"
+    job_modules = (*Flow.job_modules, __name__)
 
     def validate(self) -> None:
         """Refuse unsupported layers/types (before any build) and extract one program per partition."""

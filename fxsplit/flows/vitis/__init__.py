@@ -127,6 +127,7 @@ def vivado_job(workdir: str, inputs: dict, desc: dict, files: dict) -> dict:
 
 class VitisFlow(Flow):
     name = "vitis"
+    job_modules = (*Flow.job_modules, __name__)
 
     def __init__(self, *args, emit_only: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
