@@ -41,12 +41,15 @@ class AutoPlan:
     markers_only: dict = field(default_factory=dict)     # the same prediction for the required cuts alone
     candidates: int = 0
     model: dict = field(default_factory=dict)            # the cost model used (its source per step)
+    max_job_memory: int | None = None                    # bytes: the per-job limit the cuts respect
+    predicted_rss: list[int] = field(default_factory=list)   # bytes, per partition: its largest job's predicted peak
 
     def to_dict(self) -> dict:
         return {"splits": list(self.splits), "workers": self.workers, "partitions": self.partitions,
                 "predicted_wall": round(self.predicted_wall, 3),
                 "predicted": [round(t, 3) for t in self.predicted], "crossing_bits": self.crossing_bits,
-                "markers_only": self.markers_only, "candidates": self.candidates, "model": self.model}
+                "markers_only": self.markers_only, "candidates": self.candidates, "model": self.model,
+                "max_job_memory": self.max_job_memory, "predicted_rss": list(self.predicted_rss)}
 
 
 def flow_steps(flow: str, synth: bool = True) -> list[tuple[str, tuple[str, ...]]]:
@@ -82,10 +85,20 @@ def _job_rows(seg_feats: list[dict], whole: dict, flow: str, synth: bool, refere
     return rows, per
 
 
+def _size(n: float) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{int(n)} B"
+
+
 def plan_auto(model, input_shape, workers: int, *, precision: str = "fixed<16,6>",
               input_precision: str | None = None, flow: str = "rtl", synth: bool = True, reference: bool = True,
-              splits=None, cost_model: CostModel | None = None, max_partitions: int | None = None) -> AutoPlan:
-    """Choose the cuts (see the module docstring). ``splits``: names that must be cut too (as for compile)."""
+              splits=None, cost_model: CostModel | None = None, max_partitions: int | None = None,
+              max_job_memory: int | None = None, memory_model: CostModel | None = None) -> AutoPlan:
+    """Choose the cuts (see the module docstring). ``splits``: names that must be cut too (as for compile).
+    ``max_job_memory`` (bytes): only plans whose every partition job is predicted (``memory_model``, default the
+    shipped peak-memory model) to peak under it; a single operation predicted above it is an error."""
     from torch import nn
 
     from .build import predict_wall_time
@@ -97,6 +110,10 @@ def plan_auto(model, input_shape, workers: int, *, precision: str = "fixed<16,6>
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise FxsplitError(f"workers must be a positive integer, got {workers!r}")
     cm = cost_model or CostModel()
+    mm = memory_model or CostModel.fit([], target="peak_rss")
+    if max_job_memory is not None and (isinstance(max_job_memory, bool) or not isinstance(max_job_memory, int)
+                                       or max_job_memory <= 0):
+        raise FxsplitError(f"max_job_memory must be a positive number of bytes, got {max_job_memory!r}")
     gm = trace_eval(model, input_shape)
     nodes = list(gm.graph.nodes)
     index = {n.name: i for i, n in enumerate(nodes)}
@@ -190,13 +207,27 @@ def plan_auto(model, input_shape, workers: int, *, precision: str = "fixed<16,6>
         f = seg(i, j)
         return sum(cm.predict(model_name(s, "p"), f) for s, _ in steps)
 
+    def seg_mem(i: int, j: int) -> int:
+        f = seg(i, j)
+        return int(max(mm.predict(model_name(s, "p"), f) for s, _ in steps))
+
     bounds = sorted({0, n, *forced, *names})          # positions a partition may start or end at
     cost = {}
     for a_i, a in enumerate(bounds):
         for b in bounds[a_i + 1:]:
-            cost[a, b] = seg_time(a, b)
+            if max_job_memory is None or seg_mem(a, b) <= max_job_memory:
+                cost[a, b] = seg_time(a, b)
             if b in forced:
                 break                                   # a segment never spans a required cut
+    if max_job_memory is not None:
+        for a, b in zip(bounds, bounds[1:]):            # the smallest partitions fxsplit can make
+            if (a, b) not in cost:
+                what = ", ".join(nodes[ops[k]].name for k in range(a, b))
+                raise FxsplitError(
+                    f"no cut makes every job fit in max_job_memory={_size(max_job_memory)}: the partition "
+                    f"of {what} alone is predicted to need {_size(seg_mem(a, b))}",
+                    hint="raise max_job_memory, or lower that layer's cost (precision, size); the prediction comes "
+                         "from the peak-memory model fitted from your cache (report: predicted vs measured)")
     whole = seg(0, n)
     total_ports = lambda cuts: sum(seg(a, b)["ports"] for a, b in zip(cuts, cuts[1:]))  # noqa: E731
 
@@ -206,7 +237,8 @@ def plan_auto(model, input_shape, workers: int, *, precision: str = "fixed<16,6>
         return predict_wall_time(rows, workers) + MAIN_PER_PARTITION * len(feats), per
 
     k_min = len(forced) + 1
-    k_max = min(len(bounds) - 1, max_partitions or max(k_min, len(forced) + 1 + 4 * workers))
+    k_max = min(len(bounds) - 1, max_partitions or (len(bounds) - 1 if max_job_memory is not None
+                                                     else max(k_min, len(forced) + 1 + 4 * workers)))
     # dp[b] = (key, max time, crossing bits, previous bound) for the best way to cover ops[0:b] with k segments
     dp = {0: ((0, 0), 0.0, 0, None)}
     best = None
@@ -251,7 +283,8 @@ def plan_auto(model, input_shape, workers: int, *, precision: str = "fixed<16,6>
                     predicted_wall=wall, predicted=per, crossing_bits=sum(cross[b] for b in chosen),
                     markers_only={"partitions": len(req) - 1, "predicted_wall": round(m_wall, 3),
                                   "predicted": [round(t, 3) for t in m_per]},
-                    candidates=len(names), model=cm.to_dict())
+                    candidates=len(names), model=cm.to_dict(), max_job_memory=max_job_memory,
+                    predicted_rss=[seg_mem(a, b) for a, b in zip(cuts, cuts[1:])])
 
 
 def auto_splits(model, input_shape, workers: int | None = None, config: dict | None = None, flow: str = "rtl",

@@ -86,6 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="vitis flow: write every Vitis HLS project, the DAG description, test vectors and the run "
                         "script, for a machine that has vitis_hls and vivado")
     c.add_argument("-j", "--jobs", type=_positive, default=None, help="local build workers (default: CPU count)")
+    c.add_argument("--compare-monolithic", action="store_true",
+                   help="rtl flow: synthesize the uncut design as well; the report puts uncut vs stitched side by "
+                        "side (build wall, CPU time, peak memory, resources, latency)")
+    c.add_argument("--max-job-memory", default=None, metavar="SIZE",
+                   help="with --auto-split: also cut until every partition's jobs are predicted to peak under SIZE")
+    c.add_argument("--memory", default=None, metavar="SIZE",
+                   help="memory budget of the local build, e.g. 16GiB: a job starts only if its predicted peak "
+                        "memory fits in what the running jobs leave (default: 80%% of the memory available when the "
+                        "build starts; 'off': none)")
     c.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="build on a running Dask scheduler (e.g. tcp://host:8786, as dask-jobqueue starts on "
                         "SLURM/HTCondor); artifacts come back to this machine, workers need no shared disk")
@@ -248,8 +257,10 @@ def _compile(state: dict, progress: bool | None):
                                  output_dir=state["output_dir"], jobs=state.get("jobs"),
                                  executor=client.get_executor() if client else None,
                                  progress=progress, cache_dir=state.get("cache_dir"),
-                                 emit_only=bool(state.get("emit_only")),
-                                 workers=state.get("workers") if state.get("splits") == "auto" else None)
+                                 emit_only=bool(state.get("emit_only")), memory=state.get("memory"),
+                                 compare_monolithic=bool(state.get("compare_monolithic")),
+                                 workers=state.get("workers") if state.get("splits") == "auto" else None,
+                                 max_job_memory=state.get("max_job_memory") if state.get("splits") == "auto" else None)
     finally:
         if client is not None:
             client.close()
@@ -294,6 +305,8 @@ def cmd_compile(args) -> int:
         config["synth"] = False
     if args.verify < 0:
         raise _Usage("--verify N needs N >= 0")
+    if args.max_job_memory and not args.auto_split:
+        raise _Usage("--max-job-memory limits the jobs of an automatic split: give --auto-split W too")
     if args.auto_split and args.splits:
         raise _Usage("--auto-split chooses the cuts besides the markers; give it or --splits, not both")
     state = {
@@ -305,6 +318,8 @@ def cmd_compile(args) -> int:
         "output_dir": str(Path(args.output_dir).resolve()) if args.output_dir else None,
         "cache_dir": str(Path(args.cache_dir).resolve()) if args.cache_dir else None,
         "seed": args.seed, "simulator": args.simulator, "emit_only": args.emit_only, "scheduler": args.scheduler,
+        "memory": args.memory, "max_job_memory": args.max_job_memory,
+        "compare_monolithic": args.compare_monolithic,
     }
     design, shapes = _compile(state, None if not args.no_progress else False)
     state["output_dir"] = design.output_dir

@@ -27,10 +27,35 @@ def _resolve_output_dir(output_dir, model: nn.Module) -> Path:
     return out
 
 
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
+          "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
+# without memory=: this fraction of the memory available when the build starts (the rest: the main process,
+# the workers' idle memory, what else the machine runs, and the model's error)
+DEFAULT_MEMORY_FRACTION = 0.8
+
+
+def memory_budget(memory) -> int | None:
+    """``compile``'s ``memory=``: bytes (int), a size ("16GiB", "500M", "1.5GB"), "off" (no budget) or None
+    (the default: :data:`DEFAULT_MEMORY_FRACTION` of the memory available now)."""
+    import re
+    if memory is None:
+        import psutil
+        return int(psutil.virtual_memory().available * DEFAULT_MEMORY_FRACTION)
+    if isinstance(memory, str) and memory.strip().lower() in ("off", "none", "unlimited"):
+        return None
+    if isinstance(memory, (int, float)) and not isinstance(memory, bool) and memory > 0:
+        return int(memory)
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", memory) if isinstance(memory, str) else None
+    if m is None or m.group(2).lower() not in _UNITS or float(m.group(1)) <= 0:
+        raise FxsplitError(f"memory={memory!r} is not a memory size",
+                           hint="give bytes, or a size like '16GiB', '500MB', '1.5G'; 'off' for no budget")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
 def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", config: dict | None = None,
             output_dir=None, jobs: int | None = None, executor=None, progress: bool | None = None,
             cache_dir=None, reference: bool = True, hls_config: dict | None = None, emit_only: bool = False,
-            workers: int | None = None):
+            workers: int | None = None, memory=None, max_job_memory=None, compare_monolithic: bool = False):
     """Partition ``model``, build every partition (in parallel, cached) and return a :class:`Design`.
 
     Everything (tracing, cuts, names, config, layer support, types) is validated before
@@ -48,7 +73,19 @@ def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", co
 
     ``splits="auto"``: fxsplit adds the cuts (to the model's markers, which stay) that minimise the predicted
     build wall on ``workers`` workers (default: ``jobs``, else the CPU count), with the cost model fitted from
-    the jobs in the cache (:mod:`fxsplit.autosplit`); the report's ``auto_split`` says what it chose and why."""
+    the jobs in the cache (:mod:`fxsplit.autosplit`); the report's ``auto_split`` says what it chose and why.
+
+    ``memory``: the build's memory budget (bytes, or "16GiB"; default: 80 % of the memory available when the
+    build starts; "off": none). A job starts only if its predicted peak memory (the cost model's, fitted from the
+    cache like the times) fits in what the running jobs leave; one predicted above the whole budget runs alone,
+    with a warning. Applies to fxsplit's own process pool (not to a caller's executor or Dask).
+
+    ``compare_monolithic=True`` (flow="rtl"): the uncut design is emitted and synthesized as well, and the report's
+    ``compare_monolithic`` puts it beside the stitched one (build wall on the build's workers, CPU time, peak
+    memory, resources, latency): what splitting costs and saves, measured in the same run.
+
+    ``max_job_memory`` (with ``splits="auto"``; bytes or "4GiB"): the automatic cuts also make every partition's
+    jobs predicted to peak under it (a single layer predicted above it is an error)."""
     from .build import output_dir_lock, run_jobs
     from .design import Design
 
@@ -62,12 +99,23 @@ def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", co
     out = _resolve_output_dir(output_dir, model)
     cache = Path(cache_dir).expanduser().resolve() if cache_dir else out / ".cache"
 
+    budget = memory_budget(memory)
+    if executor is not None:
+        budget = None           # a caller's executor (Dask...) places jobs itself
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise FxsplitError(f"workers must be a positive integer, got {workers!r}")
     auto = isinstance(splits, str) and splits == "auto"
     if workers is not None and not auto:
         raise FxsplitError("workers= sizes an automatic split; it applies to splits='auto' only",
                            hint="the build's parallelism is jobs= (or the executor)")
+    if max_job_memory is not None:
+        if not auto:
+            raise FxsplitError("max_job_memory= limits the jobs of an automatic split; it applies to splits='auto' "
+                               "only", hint="for a budget of the whole build, use memory=")
+        if isinstance(max_job_memory, str) and max_job_memory.strip().lower() in ("off", "none", "unlimited"):
+            raise FxsplitError(f"max_job_memory={max_job_memory!r} is not a memory size",
+                               hint="give bytes or a size like '4GiB'")
+        max_job_memory = memory_budget(max_job_memory)
 
     def prewarm() -> None:
         # the model traces and cuts: start the build's workers now, so that they import torch and hls4ml while
@@ -84,6 +132,7 @@ def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", co
     names = hls4ml_layer_names(model) if hls_config is not None else None
     plan = None
     costs = CostModel.from_cache(cache)
+    mem_model = CostModel.from_cache(cache, target="peak_rss")
     if auto:
         if (config or {}).get("partitions"):
             raise FxsplitError("config['partitions'] sets options per partition, but with splits='auto' fxsplit "
@@ -96,7 +145,8 @@ def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", co
                                exact_accum_default=(flow == "rtl"))
         plan = plan_auto(model, input_shape, workers or jobs or os.cpu_count() or 1, precision=fc0.precision,
                          input_precision=fc0.input_precision, flow=flow, synth=fc0.synth,
-                         reference=reference, cost_model=costs)
+                         reference=reference, cost_model=costs, max_job_memory=max_job_memory,
+                         memory_model=mem_model)
         splits = plan.splits
     pt: Partitioning = make_partitioning(model, input_shape, splits)
     if not auto:
@@ -109,11 +159,12 @@ def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", co
                                f"backend={config['backend']!r}", hint="leave config['backend'] unset for this flow")
         fc.backend = "Vitis"
     lowered = lower(pt, fc, str(out))
-    fl = get_flow(flow)(pt, lowered, fc, out, reference=reference, **({"emit_only": True} if emit_only else {}))
+    fl = get_flow(flow)(pt, lowered, fc, out, reference=reference, compare_monolithic=compare_monolithic,
+                        **({"emit_only": True} if emit_only else {}))
     fl.validate()
     job_list = fl.jobs()
     feats = partition_features(pt, fc.precision, fc.input_precision)
-    annotate(job_list, feats, costs, mono=lowered.mono_spec.name)
+    annotate(job_list, feats, costs, mono=lowered.mono_spec.name, memory=mem_model)
     t_validated = time.time()
 
     # ---- build
@@ -121,16 +172,16 @@ def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", co
     with output_dir_lock(out):
         lowered.write_logs(out / "logs")
         result = run_jobs(job_list, cache, executor=executor, max_workers=jobs, progress=progress,
-                          log_dir=out / "logs")
+                          log_dir=out / "logs", memory_budget=budget)
         fl.export(result)
         _stop_on_failures(result, result, out, type(model).__name__, flow, t_start)
         built = fl.finish(result)
         post_jobs = fl.post_jobs(job_list)
         post = None
         if post_jobs:
-            annotate(post_jobs, feats, costs, mono=lowered.mono_spec.name)
+            annotate(post_jobs, feats, costs, mono=lowered.mono_spec.name, memory=mem_model)
             r2 = run_jobs(post_jobs, cache, executor=executor, max_workers=jobs, progress=progress,
-                          log_dir=out / "logs")
+                          log_dir=out / "logs", memory_budget=budget)
             result.merge(r2)
             _stop_on_failures(r2, result, out, type(model).__name__, flow, t_start)
             post = fl.post_finish(r2)

@@ -18,6 +18,11 @@ error for every ``c`` on a grid and keeps the best, per step, from the jobs in t
 manifest (``cost``), and its measured time is there already. A step with fewer than
 :data:`MIN_RECORDS` distinct measurements keeps the shipped default (:data:`DEFAULTS`, measured on a 2-core
 x86 machine, in seconds), so a fresh cache still predicts.
+
+Peak memory (the resident memory of a job's worker and every tool it starts, measured by
+:mod:`fxsplit.build.usage` and recorded in the manifest as ``usage.peak_rss``) has the same form and the same
+fit, per step, with its own shipped defaults (:data:`MEM_DEFAULTS`, bytes): ``CostModel.from_cache(cache,
+target="peak_rss")``. The intercept is mostly the worker itself (Python, torch, hls4ml).
 """
 
 from __future__ import annotations
@@ -81,14 +86,30 @@ DEFAULTS: dict[str, StepModel] = {
 }
 
 
+MiB = 2 ** 20
+# Shipped defaults of the peak memory (bytes; see MEM_DEFAULTS_SOURCE)
+MEM_DEFAULTS: dict[str, StepModel] = {
+    "csim": StepModel(a=600 * MiB, b=20 * MiB, d=0.0, c=1.0),
+    "rtl": StepModel(a=450 * MiB, b=0.0, d=2.0e3, c=1.0),
+    "synth": StepModel(a=500 * MiB, b=0.0, d=6.0e4, c=1.0),
+    "stitch_rtl": StepModel(a=400 * MiB, b=0.0, d=0.0, c=1.0),
+    "stitch_synth": StepModel(a=500 * MiB, b=0.0, d=0.0, c=1.0),
+    "hls": StepModel(a=2048 * MiB, b=50 * MiB, d=0.0, c=1.0),
+    "vivado": StepModel(a=4096 * MiB, b=0.0, d=1.0e4, c=1.0),
+}
+MEM_DEFAULTS_SOURCE = "rough guesses (not yet fitted)"
+
+
 def model_name(step: str, partition: str, stitched: str = "stitched") -> str:
     """Which step model predicts a job: the stitched top's jobs have their own (they grow with the ports)."""
     return f"stitch_{step}" if partition == stitched and step in ("rtl", "synth") else step
 
 
-def annotate(jobs: list, feats: dict[str, dict], model: "CostModel", mono: str, stitched: str = "stitched") -> None:
-    """Give every job its features and predicted time (``Job.cost``); the features of the uncut reference are
-    the whole model's (``feats["*"]``), the stitched top's the partitions' ports."""
+def annotate(jobs: list, feats: dict[str, dict], model: "CostModel", mono: str, stitched: str = "stitched",
+             memory: "CostModel | None" = None) -> None:
+    """Give every job its features, predicted time and (with a ``memory`` model) predicted peak memory
+    (``Job.cost``); the features of the uncut reference are the whole model's (``feats["*"]``), the stitched
+    top's the partitions' ports."""
     top = {k: 0 for k in FEATURES}
     top["layers"] = sum(1 for k in feats if k != "*")
     top["ports"] = sum(f["ports"] for k, f in feats.items() if k != "*")
@@ -101,6 +122,8 @@ def annotate(jobs: list, feats: dict[str, dict], model: "CostModel", mono: str, 
             continue            # e.g. an emit-only hls job writes a project, it runs no Vitis HLS: no prediction,
                                 # and no record that would teach the hls model a 0 s synthesis
         j.cost = {"model": name, "features": dict(f), "predicted": round(model.predict(name, f), 3)}
+        if memory is not None:
+            j.cost["predicted_rss"] = int(memory.predict(name, f))
 
 
 def _fit_step(step: str, recs: list[tuple[dict, float]]) -> StepModel | None:
@@ -137,9 +160,11 @@ def _fit_step(step: str, recs: list[tuple[dict, float]]) -> StepModel | None:
 @dataclass
 class CostModel:
     steps: dict[str, StepModel] = field(default_factory=lambda: dict(DEFAULTS))
+    defaults: dict[str, StepModel] = field(default_factory=lambda: DEFAULTS)
+    target: str = "seconds"            # or "peak_rss" (bytes)
 
     def predict(self, step: str, f: dict) -> float:
-        m = self.steps.get(step) or DEFAULTS.get(step) or DEFAULTS["rtl"]
+        m = self.steps.get(step) or self.defaults.get(step) or self.defaults["rtl"]
         return max(0.0, m.predict(f, step))
 
     def source(self, step: str) -> str:
@@ -150,26 +175,31 @@ class CostModel:
         return {s: {**m.to_dict(), "source": self.source(s)} for s, m in self.steps.items()}
 
     @classmethod
-    def fit(cls, records: Iterable[tuple[str, dict, float]]) -> "CostModel":
-        """``records``: (step, features, measured seconds). Steps without enough of them keep the default."""
+    def fit(cls, records: Iterable[tuple[str, dict, float]], target: str = "seconds") -> "CostModel":
+        """``records``: (step, features, measured seconds, or peak bytes with ``target="peak_rss"``). Steps
+        without enough of them keep the default."""
+        defaults = MEM_DEFAULTS if target == "peak_rss" else DEFAULTS
         by_step: dict[str, list] = {}
         for step, f, t in records:
             if t is not None and t > 0 and f:
                 by_step.setdefault(step, []).append((f, float(t)))
-        steps = dict(DEFAULTS)
+        steps = dict(defaults)
         for step, recs in by_step.items():
             m = _fit_step(step, recs)
             if m is not None:
                 steps[step] = m
-        return cls(steps)
+        return cls(steps, defaults, target)
 
     @classmethod
-    def from_cache(cls, cache_dir: str | Path | None) -> "CostModel":
-        return cls.fit(cache_records(cache_dir)) if cache_dir else cls()
+    def from_cache(cls, cache_dir: str | Path | None, target: str = "seconds") -> "CostModel":
+        if cache_dir:
+            return cls.fit(cache_records(cache_dir, target), target)
+        return cls.fit([], target)
 
 
-def cache_records(cache_dir: str | Path) -> list[tuple[str, dict, float]]:
-    """(step, features, seconds) of every job in the cache whose manifest carries features."""
+def cache_records(cache_dir: str | Path, target: str = "seconds") -> list[tuple[str, dict, float]]:
+    """(step, features, seconds) of every job in the cache whose manifest carries features; with
+    ``target="peak_rss"``, (step, features, peak memory in bytes) of those whose build was measured."""
     out = []
     root = Path(cache_dir)
     if not root.is_dir():
@@ -180,8 +210,9 @@ def cache_records(cache_dir: str | Path) -> list[tuple[str, dict, float]]:
         except (OSError, ValueError):
             continue
         cost = d.get("cost") or {}
-        if cost.get("features") and cost.get("model") and d.get("seconds"):
-            out.append((cost["model"], cost["features"], float(d["seconds"])))
+        value = (d.get("usage") or {}).get("peak_rss") if target == "peak_rss" else d.get("seconds")
+        if cost.get("features") and cost.get("model") and value:
+            out.append((cost["model"], cost["features"], float(value)))
     return out
 
 
@@ -271,5 +302,5 @@ def partition_features(pt, weight_precision: str, input_precision: str | None = 
     return out
 
 
-__all__ = ["CostModel", "StepModel", "DEFAULTS", "FEATURES", "layer_features", "partition_features",
+__all__ = ["CostModel", "StepModel", "DEFAULTS", "MEM_DEFAULTS", "FEATURES", "layer_features", "partition_features",
            "cache_records", "size_of", "add", "annotate", "model_name"]

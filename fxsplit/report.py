@@ -89,6 +89,104 @@ def _fmt_n(n: Any) -> str:
         return str(n)
 
 
+def _fmt_bytes(n: Any) -> str:
+    if n is None:
+        return "-"
+    n = float(n)
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def _usage_rows(jobs: list[dict]) -> list[dict]:
+    """Jobs with measured peak memory / CPU time (built in this run, or reused with the figures of their build)."""
+    return [j for j in jobs if j.get("peak_rss") is not None and j.get("state") in ("built", "cached", "failed")]
+
+
+def _usage_summary(jobs: list[dict]) -> str | None:
+    rows = _usage_rows(jobs)
+    if not rows:
+        return None
+    top = max(rows, key=lambda j: j["peak_rss"])
+    cpu = sum(float(j.get("cpu_seconds") or 0.0) for j in rows)
+    return (f"largest job peak {_fmt_bytes(top['peak_rss'])} ({top.get('id')}), sum of job peaks "
+            f"{_fmt_bytes(sum(j['peak_rss'] for j in rows))}; CPU {_fmt_s(cpu)} over {len(rows)} job(s)")
+
+
+def _rel_err(j: dict) -> str:
+    pred, meas = j.get("predicted_rss"), j.get("peak_rss")
+    if not pred or not meas:
+        return "-"
+    return f"{(float(pred) - meas) / meas * 100:+.0f} %"
+
+
+def _budget_line(build: dict) -> str | None:
+    b = build.get("memory_budget")
+    return None if b is None else f"memory budget {_fmt_bytes(b)} (the running jobs' predicted peaks)"
+
+
+_CMP_RESOURCES = ("LUT", "FF", "CARRY", "DSP", "BRAM")
+
+
+def _ratio(a: Any, b: Any) -> str:
+    try:
+        return f"{float(a) / float(b):.2f}x" if float(b) else "-"
+    except (TypeError, ValueError):
+        return "-"
+
+
+def _compare_rows(cmp: dict) -> list[tuple[str, str, str, str]]:
+    u, s = cmp.get("uncut") or {}, cmp.get("stitched") or {}
+    rows = [(f"build wall ({cmp.get('workers')} workers)", _fmt_s(u.get("wall_seconds")), _fmt_s(s.get("wall_seconds")),
+             _ratio(u.get("wall_seconds"), s.get("wall_seconds"))),
+            ("CPU time", _fmt_s(u.get("cpu_seconds")), _fmt_s(s.get("cpu_seconds")),
+             _ratio(u.get("cpu_seconds"), s.get("cpu_seconds"))),
+            ("largest job's peak memory", _fmt_bytes(u.get("peak_rss_max")), _fmt_bytes(s.get("peak_rss_max")),
+             _ratio(u.get("peak_rss_max"), s.get("peak_rss_max"))),
+            ("latency (cycles)", _fmt_n(u.get("latency")), _fmt_n(s.get("latency")), _ratio(u.get("latency"), s.get("latency")))]
+    ur, sr = u.get("resources") or {}, s.get("resources") or {}
+    rows += [(k, _fmt_n(ur.get(k)), _fmt_n(sr.get(k)), _ratio(ur.get(k), sr.get(k))) for k in _CMP_RESOURCES]
+    return rows
+
+
+def _compare_html(cmp: dict) -> str:
+    h = ["<h2>Uncut vs stitched</h2>",
+         '<div class="muted">The same model synthesized whole and as the stitched partitions, in this build. Build '
+         "wall: the jobs of each (da4ml + Yosys) list-scheduled on the build's workers with their measured times; "
+         "stitched resources: every partition plus the top's own logic.</div>",
+         "<table><tr><th></th><th>uncut</th><th>stitched</th><th>uncut / stitched</th></tr>"]
+    for name, a, b, r in _compare_rows(cmp):
+        h.append(f'<tr><th>{_esc(name)}</th><td class="n">{_esc(a)}</td><td class="n">{_esc(b)}</td>'
+                 f'<td class="n">{_esc(r)}</td></tr>')
+    h.append("</table>")
+    return "".join(h)
+
+
+def _usage_html(jobs: list[dict], build: dict | None = None) -> str:
+    """Peak memory (the worker and every tool it started) and CPU time per partition and step."""
+    rows = _usage_rows(jobs)
+    if not rows:
+        return ""
+    build = build or {}
+    notes = [x for x in (_budget_line(build),) if x] + [f"warning: {w}" for w in build.get("warnings") or []]
+    h = ["<h2>Memory and CPU per job</h2>", "".join(f"<p>{_esc(n)}</p>" for n in notes),
+         f'<div class="muted">{_esc(_usage_summary(jobs))}. Peak: resident memory of the worker and every tool it '
+         "started, sampled every 50 ms and bounded below by each process' own peak; worker: its resident memory "
+         "when the job started (the interpreter, torch, hls4ml); reused jobs show the figures of the build that "
+         "made them.</div>",
+         "<table><tr><th>job</th><th>state</th><th>wall</th><th>CPU</th><th>peak memory</th><th>predicted</th>"
+         "<th>error</th><th>worker</th><th>added by the job</th></tr>"]
+    for j in sorted(rows, key=lambda j: -j["peak_rss"]):
+        wall = j.get("build_seconds") if j.get("state") == "cached" else j.get("seconds")
+        base = j.get("base_rss")
+        h.append(f'<tr><td>{_esc(j.get("id"))}</td><td>{_esc(j.get("state"))}</td>'
+                 f'<td class="n">{_esc(_fmt_s(wall))}</td><td class="n">{_esc(_fmt_s(j.get("cpu_seconds")))}</td>'
+                 f'<td class="n">{_esc(_fmt_bytes(j["peak_rss"]))}</td>'
+                 f'<td class="n">{_esc(_fmt_bytes(j.get("predicted_rss")))}</td><td class="n">{_esc(_rel_err(j))}</td>'
+                 f'<td class="n">{_esc(_fmt_bytes(base))}</td>'
+                 f'<td class="n">{_esc(_fmt_bytes(None if base is None else j["peak_rss"] - base))}</td></tr>')
+    h.append("</table>")
+    return "".join(h)
+
+
 def _ports(ports: Any) -> list[str]:
     out = []
     for p in ports or []:
@@ -322,7 +420,9 @@ def render_html(report: dict) -> str:
             mark = {"cached": "reused", "built": "built", "failed": "FAILED", "skipped": "skipped"}.get(st, st)
             style = f"background:{col}" + (";opacity:.6" if st == "cached" else "") + (
                 ";outline:2px solid #c62828" if st == "failed" else "") + (";opacity:.35" if st == "skipped" else "")
-            steps.append(f'<span class="badge" style="{style}" title="{_esc(j.get("id"))}">'
+            tip = str(j.get("id")) + (f": peak memory {_fmt_bytes(j['peak_rss'])}, CPU {_fmt_s(j.get('cpu_seconds'))}"
+                                 if j.get("peak_rss") is not None else "")
+            steps.append(f'<span class="badge" style="{style}" title="{_esc(tip)}">'
                          f'{_esc(j.get("step"))} {_esc(_fmt_s(secs))} {_esc(mark)}</span>')
         h.append("<tr>" + f"<td><b>{_esc(p.get('name'))}</b></td>"
                  + "".join(f'<td class="n">{_esc(_fmt_n(p.get(k)))}</td>' for k in ("layers", "params", "ops"))
@@ -345,11 +445,15 @@ def render_html(report: dict) -> str:
                      f'</td><td>{_esc(j.get("worker"))}</td></tr>')
         h.append("</table>")
 
+    h.append(_usage_html(jobs, report.get("build") if isinstance(report.get("build"), dict) else None))
     h.append(_prediction_html(report, jobs))
 
     st = report.get("stitched")
     if isinstance(st, dict) and st:
         h.append("<h2>Stitched design</h2>" + _stitched_html(st))
+    cmp = report.get("compare_monolithic")
+    if isinstance(cmp, dict) and cmp:
+        h.append(_compare_html(cmp))
     vt = report.get("vitis")
     if isinstance(vt, dict) and vt:
         h.append("<h2>Vitis HLS</h2>" + _vitis_html(vt, parts))
@@ -557,6 +661,13 @@ def format_text(report: dict, width: int = 120) -> str:
     if pw:
         con.print("predicted wall on " + ", ".join(f"{w}: {_fmt_s(v)}" for w, v in pw.items())
                   + " worker(s)", markup=False)
+    usage = _usage_summary(jobs)
+    build = report.get("build") if isinstance(report.get("build"), dict) else {}
+    if usage:
+        con.print("memory and CPU: " + usage + (f"; {_budget_line(build)}" if _budget_line(build) else ""),
+                  markup=False)
+    for w in build.get("warnings") or []:
+        con.print(f"warning: {w}", markup=False)
     au = report.get("auto_split")
     if isinstance(au, dict) and au:
         mo = au.get("markers_only") or {}
@@ -594,6 +705,10 @@ def format_text(report: dict, width: int = 120) -> str:
                      if tot else "")
                   + (f"; last simulation ({sim.get('simulator')}): {sim.get('passed')}/{sim.get('samples')} passed"
                      if sim else ""), markup=False, soft_wrap=True)
+    cmp = report.get("compare_monolithic")
+    if isinstance(cmp, dict) and cmp:
+        con.print("uncut vs stitched: " + "; ".join(f"{n} {a} vs {b} ({r})" for n, a, b, r in _compare_rows(cmp)),
+                  markup=False, soft_wrap=True)
     for j in jobs:
         if j.get("state") == "failed":
             con.print(f"FAILED {j.get('id')}: {j.get('error')}  (log: {j.get('log_path')})", markup=False)

@@ -76,9 +76,37 @@ def build_report(design, model_name: str, timings: dict) -> dict:
     }
     if rtl is not None:
         report["stitched"] = rtl.stitched_report()
+        if rtl.monolithic:
+            report["compare_monolithic"] = compare_monolithic(build, rtl, report["stitched"])
     if design.flow == "vitis":
         report["vitis"] = _vitis_summary(parts, design.output_dir)
     return report
+
+
+def compare_monolithic(build, rtl, stitched: dict) -> dict:
+    """The uncut design beside the stitched one, from this build's own jobs (a reused job counts with the figures
+    of the build that made it): the build wall on the build's workers (its jobs list-scheduled with their measured
+    times, as the report predicts walls), CPU time, peak memory, resources and latency."""
+    from .build import predict_wall_time
+    from .lower.convert import MONOLITHIC
+
+    def side(jobs) -> dict:
+        ids = {r.id for r in jobs}
+        rows = [{"id": r.id, "build_seconds": r.build_seconds, "deps": [d for d in r.deps if d in ids]} for r in jobs]
+        peaks = [r.peak_rss for r in jobs if r.peak_rss is not None]
+        return {"jobs": len(jobs), "wall_seconds": round(predict_wall_time(rows, build.workers or 1), 3),
+                "job_seconds": round(sum(r.build_seconds for r in jobs), 3),
+                "cpu_seconds": round(sum(r.cpu_seconds or 0.0 for r in jobs), 3),
+                "peak_rss_max": max(peaks) if peaks else None, "peak_rss_sum": sum(peaks) if peaks else None}
+
+    synth_steps = ("rtl", "synth")
+    uncut = [r for r in build if r.partition == MONOLITHIC and r.step in synth_steps]
+    split = [r for r in build if r.partition != MONOLITHIC and r.step in synth_steps]
+    mono = rtl.monolithic_report()
+    return {"workers": build.workers,
+            "uncut": {**side(uncut), "latency": mono["latency"], "resources": mono["resources"],
+                      "synth_log": mono["synth_log"], "verilog": mono["verilog"]},
+            "stitched": {**side(split), "latency": stitched.get("latency"), "resources": stitched.get("resources_total")}}
 
 
 def _hls_report(build, partition: str) -> dict | None:

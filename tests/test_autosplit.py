@@ -17,7 +17,7 @@ from torch import nn
 import fxsplit
 from conftest import FAST
 from fxsplit.autosplit import plan_auto
-from fxsplit.costmodel import DEFAULTS, CostModel, StepModel, cache_records, partition_features
+from fxsplit.costmodel import DEFAULTS, MEM_DEFAULTS, CostModel, StepModel, cache_records, partition_features
 from fxsplit.partitioner import strip_markers
 from models import build
 
@@ -160,13 +160,42 @@ def test_cost_model_learns_from_the_cache(auto_built):
                         cache_dir=out / ".cache", progress=False, jobs=2, reference=False)
     cm = CostModel.from_cache(out / ".cache")
     assert cm.steps["csim"].records >= 6 and cm.source("csim").startswith("fitted on")
+    # the peak memory of every built job was measured and recorded too: its own model is fitted from them
+    mrecs = cache_records(out / ".cache", target="peak_rss")
+    assert len(mrecs) == len(cache_records(out / ".cache"))
+    assert all(v > 50 * 2**20 for _, _, v in mrecs)          # a worker with torch and hls4ml, at least
+    mm = CostModel.from_cache(out / ".cache", target="peak_rss")
+    assert mm.steps["csim"].records >= 6 and mm.source("csim").startswith("fitted on")
     d2 = fxsplit.compile(model, shape, splits="auto", workers=2, config=FAST, output_dir=out.parent / "again",
                          cache_dir=out / ".cache", progress=False, jobs=2)
     assert d2.report["auto_split"]["model"]["csim"]["source"].startswith("fitted on")
+    # the next build predicts each job's peak with that model (within a factor 2 of what it measures)
+    for j in d2.report["jobs"]:
+        if j["state"] == "built":
+            assert 0.5 < j["predicted_rss"] / j["peak_rss"] < 2.0, j
+
+
+def test_auto_split_cuts_until_every_job_fits_in_max_job_memory():
+    """max_job_memory: more cuts, until every partition's largest job is predicted under the limit (here a
+    peak-memory model of 1 kB per unit of each step's size, so that the limit binds); one layer alone above it is
+    an error naming it."""
+    model, shape = build("wide_mlp")
+    mm = CostModel({s: StepModel(a=0.0, b=0.0, d=1000.0, c=1.0) for s in MEM_DEFAULTS}, MEM_DEFAULTS, "peak_rss")
+    free = plan_auto(model, shape, 2, precision="fixed<8,3>", memory_model=mm)
+    limit = int(max(free.predicted_rss) * 0.999)
+    lim = plan_auto(model, shape, 2, precision="fixed<8,3>", memory_model=mm, max_job_memory=limit)
+    assert lim.partitions > free.partitions and max(lim.predicted_rss) <= limit < max(free.predicted_rss)
+    assert lim.to_dict()["max_job_memory"] == limit and len(lim.predicted_rss) == lim.partitions
+    with pytest.raises(fxsplit.FxsplitError, match="alone is predicted to need"):
+        plan_auto(model, shape, 2, precision="fixed<8,3>", memory_model=mm, max_job_memory=1)
+    with pytest.raises(fxsplit.FxsplitError, match="positive number of bytes"):
+        plan_auto(model, shape, 2, memory_model=mm, max_job_memory=-5)
 
 
 def test_auto_split_errors(tmp_path):
     model, shape = build("jet_tagger")
+    with pytest.raises(fxsplit.FxsplitError, match="applies to splits='auto' only"):
+        fxsplit.compile(model, shape, max_job_memory="4GiB", output_dir=tmp_path / "o")
     for bad in (0, -1, 1.5, True):
         with pytest.raises(fxsplit.FxsplitError, match="workers must be a positive integer"):
             fxsplit.compile(model, shape, splits="auto", workers=bad, output_dir=tmp_path / "o")

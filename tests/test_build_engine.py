@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import json
 import multiprocessing
 import os
@@ -302,6 +303,178 @@ def test_prewarmed_workers_run_the_build(tmp_path):
     assert r.ok and _pids(r) <= set(pids) and all(x.meta["warmed"] for x in r)
 
 
+MB = 2 ** 20
+
+
+def hog(workdir, inputs, mb, where, hold=1.0, burn=0.0):
+    """Hold ``mb`` MiB of written (resident) memory for ``hold`` s, in a child process or in the worker;
+    burn ``burn`` s of CPU in the child."""
+    code = (f"import time\nb = bytes([1]) * ({mb} * {MB})\nt = time.process_time()\n"
+            f"while time.process_time() - t < {burn}: pass\ntime.sleep({hold})\n")
+    if where == "child":
+        subprocess.run([sys.executable, "-c", code], check=True)
+    else:
+        b = bytes([1]) * (mb * MB)
+        time.sleep(hold)
+        del b
+    return {"pid": os.getpid()}
+
+
+def test_job_memory_and_cpu_are_measured(tmp_path):
+    """Peak resident memory of the worker's process tree and CPU time, per job, within 10 % of what the job
+    allocated; recorded in the manifest (a cached job reports the figures of the build that made it)."""
+    from fxsplit.build import executors
+    executors.discard_warm_pool()
+    jobs = [Job("a/synth", "a", "synth", hog, {"mb": 400, "where": "child", "burn": 1.0}, b"a"),
+            Job("b/synth", "b", "synth", hog, {"mb": 300, "where": "worker"}, b"b"),
+            Job("c/synth", "c", "synth", hog, {"mb": 0, "where": "worker", "hold": 0.3}, b"c", deps=("b/synth",))]
+    r = run_jobs(jobs, tmp_path / "cache", max_workers=1, progress=False)
+    assert r.ok
+    a, b, c = r["a/synth"], r["b/synth"], r["c/synth"]
+    for res, mb in ((a, 400), (b, 300)):
+        added = (res.peak_rss - res.base_rss) / MB
+        assert abs(added - mb) <= 0.1 * mb, (res.id, added, res.peak_rss, res.base_rss)
+    # the same warm worker ran b then c: c's peak is its own, not b's 300 MiB
+    assert b.worker == c.worker and (c.peak_rss - c.base_rss) / MB < 30, (c.peak_rss, c.base_rss)
+    assert a.cpu_seconds >= 0.9 and c.cpu_seconds < 0.5, (a.cpu_seconds, c.cpu_seconds)
+    r2 = run_jobs(jobs, tmp_path / "cache", max_workers=1, progress=False)
+    assert all(x.state == "cached" for x in r2)
+    assert [(x.peak_rss, x.cpu_seconds) for x in r2] == [(x.peak_rss, x.cpu_seconds) for x in r]
+    d = r2.to_dict()["jobs"][0]
+    assert d["peak_rss"] == a.peak_rss and d["cpu_seconds"] == a.cpu_seconds
+
+
+def _overlaps(result, ids) -> list[set[str]]:
+    """The sets of jobs running together, from the build's own start and end times."""
+    ev = sorted([(result[i].start, 1, i) for i in ids] + [(result[i].end, 0, i) for i in ids])
+    running, out = set(), []
+    for _, kind, i in ev:
+        if kind:
+            running.add(i)
+            out.append(set(running))
+        else:
+            running.discard(i)
+    return out
+
+
+def _mem_jobs(tag, mbs, seconds=0.6):
+    jobs = []
+    for k, mb in enumerate(mbs):
+        j = Job(f"p{k}/synth", f"p{k}", "synth", hog, {"mb": 1, "where": "worker", "hold": seconds}, f"{tag}{k}")
+        j.cost = {"predicted_rss": mb * MB}
+        jobs.append(j)
+    return jobs
+
+
+def test_memory_budget_holds(tmp_path):
+    """The scheduler never starts a job whose predicted peak does not fit in what the running jobs leave of the
+    budget (checked from the jobs' own start and end times); a job predicted above the whole budget runs alone,
+    with a warning naming it; cached jobs take no memory."""
+    from fxsplit.build.scheduler import MemoryBudgetWarning
+    budget = 1000 * MB
+    mbs = [600, 600, 300, 300, 300, 1500, 100]
+    jobs = _mem_jobs("a", mbs)
+    with pytest.warns(MemoryBudgetWarning, match="p5/synth is predicted to need 1.46 GiB"):
+        r = run_jobs(jobs, tmp_path / "c", max_workers=4, progress=False, memory_budget=budget)
+    assert r.ok and r.memory_budget == budget and len(r.warnings) == 1 and "p5/synth" in r.warnings[0]
+    ids = [j.id for j in jobs]
+    together = _overlaps(r, ids)
+    for group in together:
+        predicted = sum(mbs[int(i[1])] for i in group)
+        assert predicted <= 1000 or group == {"p5/synth"}, (group, predicted)
+    assert max(len(g) for g in together) >= 3, together      # three 300 MiB jobs (or 300+300+100) did run together
+    assert r.to_dict()["memory_budget"] == budget and r.to_dict()["jobs"][0]["predicted_rss"] == 600 * MB
+    # without a budget the same jobs start by count alone: the two 600 MiB jobs run together
+    r2 = run_jobs(_mem_jobs("b", mbs), tmp_path / "c", max_workers=4, progress=False)
+    assert any({"p0/synth", "p1/synth"} <= g for g in _overlaps(r2, ids))
+    with pytest.raises(FxsplitError, match="positive number of bytes"):
+        run_jobs(jobs, tmp_path / "c", memory_budget=0, progress=False)
+
+
+def over_limit(workdir, inputs, mode, mb, limit_mb=0, cgroup=None, counter=None):
+    """Allocate ``mb`` MiB past a memory limit: a child under RLIMIT_AS (MemoryError), a child in a memory cgroup
+    (the kernel's OOM killer kills it), or this worker itself moved into the cgroup (the worker is killed)."""
+    import resource
+    _count(counter, "over_limit " + mode)
+    code = f"b = bytes([1]) * ({mb} * {MB})"
+    if mode == "rlimit":
+        def pre():
+            resource.setrlimit(resource.RLIMIT_AS, (limit_mb * MB, limit_mb * MB))
+        subprocess.run([sys.executable, "-c", code], preexec_fn=pre, check=True)
+    elif mode == "cgroup-child":
+        def pre():
+            Path(cgroup, "cgroup.procs").write_text(str(os.getpid()))
+        subprocess.run([sys.executable, "-c", code], preexec_fn=pre, check=True)
+    else:
+        Path(cgroup, "cgroup.procs").write_text(str(os.getpid()))
+        b = bytes([1]) * (mb * MB)
+        del b
+    return {}
+
+
+@pytest.fixture
+def memory_cgroup():
+    """A cgroup (v1 memory controller) limited to 100 MiB, no swap; skipped where this process cannot make one."""
+    root = Path("/sys/fs/cgroup/memory")
+    cg = root / f"fxsplit-test-{os.getpid()}-{time.time_ns()}"
+    try:
+        cg.mkdir()
+        (cg / "memory.limit_in_bytes").write_text(str(100 * MB))
+    except OSError as e:
+        pytest.skip(f"cannot create a memory cgroup here ({e}): the OOM-killer cases need one")
+    with contextlib.suppress(OSError):
+        (cg / "memory.swappiness").write_text("0")
+    yield cg
+    for _ in range(100):
+        try:
+            cg.rmdir()
+            break
+        except OSError:
+            time.sleep(0.1)
+
+
+def test_a_job_over_an_address_space_limit_is_out_of_memory(tmp_path):
+    counter = tmp_path / "count"
+    r = run_jobs([Job("p0/synth", "p0", "synth", over_limit,
+                      {"mode": "rlimit", "mb": 600, "limit_mb": 300, "counter": str(counter)}, b"rl")],
+                 tmp_path / "c", max_workers=1, progress=False)
+    j = r["p0/synth"]
+    assert j.state == "failed" and j.attempts == 2 and counts(counter) == ["over_limit rlimit"] * 2
+    assert j.out_of_memory == "an allocation failed (MemoryError)"
+    assert j.error.startswith("out of memory: an allocation failed (MemoryError); last measured peak ")
+    assert "memory budget none; it failed the same way when retried with no other job running" in j.error
+    assert r.to_dict()["jobs"][0]["out_of_memory"] == j.out_of_memory
+
+
+def test_a_tool_killed_by_the_oom_killer_is_out_of_memory(tmp_path, memory_cgroup):
+    """The kernel's OOM killer kills a job's tool (a memory cgroup of 100 MiB set by the test): reported as out
+    of memory with the kill, retried once alone (the job beside it waits), never a plain crash."""
+    counter = tmp_path / "count"
+    jobs = [Job("p0/synth", "p0", "synth", over_limit,
+                {"mode": "cgroup-child", "mb": 400, "cgroup": str(memory_cgroup), "counter": str(counter)}, b"cg"),
+            Job("p1/synth", "p1", "synth", hog, {"mb": 1, "where": "worker", "hold": 1.0}, b"side")]
+    r = run_jobs(jobs, tmp_path / "c", max_workers=2, progress=False, memory_budget=8 * 2**30)
+    j = r["p0/synth"]
+    assert j.state == "failed" and j.attempts == 2 and r["p1/synth"].state == "built"
+    assert j.out_of_memory.startswith("the kernel killed") and "OOM killer" in j.out_of_memory
+    assert "out of memory: the kernel killed" in j.error and "memory budget 8.00 GiB" in j.error
+    assert counts(counter) == ["over_limit cgroup-child"] * 2
+
+
+def test_a_worker_killed_by_the_oom_killer_is_out_of_memory(tmp_path, memory_cgroup):
+    """The OOM killer kills the worker itself: the broken pool is read as a kill for memory (exit -SIGKILL and the
+    kernel's OOM-kill count), with the peak the worker's monitor last wrote; retried once alone."""
+    counter = tmp_path / "count"
+    r = run_jobs([Job("p0/synth", "p0", "synth", over_limit,
+                      {"mode": "cgroup-worker", "mb": 400, "cgroup": str(memory_cgroup), "counter": str(counter)},
+                      b"cw")], tmp_path / "c", max_workers=1, progress=False)
+    j = r["p0/synth"]
+    assert j.state == "failed" and j.attempts == 2 and counts(counter) == ["over_limit cgroup-worker"] * 2
+    assert j.out_of_memory.startswith("its worker was killed by the kernel's OOM killer (SIGKILL"), j.out_of_memory
+    assert "out of memory:" in j.error and "last measured peak" in j.error
+    assert_no_partial(tmp_path / "c")
+
+
 def test_no_change_rebuild_of_20_jobs_runs_nothing(tmp_path):
     counter, cache = tmp_path / "count", tmp_path / "cache"
     c = str(counter)
@@ -474,6 +647,51 @@ def test_keyboard_interrupt_leaves_no_partial_entry(tmp_path):
     # only the quick job may have made it into the cache, complete
     assert len(entries(cache)) <= 1
     assert_no_partial(cache)
+
+
+def test_ctrl_c_at_random_moments(tmp_path):
+    """SIGINT at random moments of a build (worker start-up, jobs running, results coming back, cache commits),
+    to the process or to its whole process group as a terminal sends it, with and without the live progress
+    display: the build ends within seconds, no partial cache entry, no process of the build left behind."""
+    import random
+
+    import psutil
+    rng = random.Random(int(os.environ.get("FXSPLIT_CTRL_C_SEED", "1234")))
+    for k in range(int(os.environ.get("FXSPLIT_CTRL_C_ROUNDS", "12"))):
+        cache = tmp_path / f"cache{k}"
+        p = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+            from test_build_engine import write_file, sleeper
+            from fxsplit.build import Job, run_jobs
+            jobs = [Job(f"q{{i}}/csim", f"q{{i}}", "csim", write_file,
+                        {{"name": f"{{i}}.txt", "sleep": 0.05 * (i % 4), "size": 200_000}}, b"%d" % i)
+                    for i in range(40)]
+            jobs += [Job("s/hls", "s", "hls", sleeper, {{"seconds": 30, "pid_dir": {str(tmp_path / "pids")!r}}}, b"s")]
+            run_jobs(jobs, {str(cache)!r}, max_workers=2, progress={k % 4 >= 2})
+        """)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        time.sleep(rng.uniform(0.0, 2.5))
+        try:
+            tree = [p.pid] + [c.pid for c in psutil.Process(p.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            tree = [p.pid]
+        group = k % 2 == 1
+        try:
+            if group:
+                os.killpg(p.pid, signal.SIGINT)
+            else:
+                p.send_signal(signal.SIGINT)
+        except ProcessLookupError:
+            pass
+        try:
+            out, err = p.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, err = p.communicate()
+            pytest.fail(f"round {k} ({'group' if group else 'process'}): the build had not exited 15 s after "
+                        f"SIGINT\n{err[-3000:]}")
+        assert p.returncode != 0, (k, out, err[-2000:])
+        _assert_dead(tree, timeout=10)
+        if cache.exists():          # (SIGINT may come before the engine made it)
+            assert_no_partial(cache)
 
 
 def test_unguarded_user_script_with_its_own_job_function(tmp_path):

@@ -192,3 +192,32 @@ def test_compile_prewarms_every_module_its_jobs_need(jet, tmp_path, flow, monkey
         from fxsplit.flows.vitis import vivado_job
         modules.add(vivado_job.__module__)
     assert modules <= set(fl.job_modules)
+
+
+def test_compile_respects_a_memory_budget(jet, tmp_path):
+    """compile(memory=...): every job carries a predicted peak; under a budget smaller than any of them each job
+    runs alone (checked from the jobs' start and end times), each named in a warning; the report shows the
+    measured peak and CPU time of every job beside the prediction."""
+    from fxsplit.build.scheduler import MemoryBudgetWarning
+    model, shape = jet
+    with pytest.raises(fxsplit.FxsplitError, match="not a memory size"):
+        fxsplit.compile(model, shape, config=dict(FAST), output_dir=tmp_path / "bad", memory="lots", progress=False)
+    assert not (tmp_path / "bad").exists()
+    with pytest.warns(MemoryBudgetWarning):
+        d = fxsplit.compile(model, shape, config=dict(FAST), output_dir=tmp_path / "a", memory="1MiB", jobs=2,
+                            progress=False)
+    b = d.build
+    assert b.ok and b.memory_budget == 2 ** 20 and len(b.warnings) == len(JOBS)
+    spans = sorted((r.start, r.end) for r in b)
+    assert all(e0 <= s1 for (_, e0), (s1, _) in zip(spans, spans[1:])), spans     # one job at a time
+    rep = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert rep["build"]["memory_budget"] == 2 ** 20 and len(rep["build"]["warnings"]) == len(JOBS)
+    for j in rep["jobs"]:
+        assert j["predicted_rss"] > 2 ** 20 and j["peak_rss"] > j["base_rss"] > 0 and j["cpu_seconds"] > 0, j
+    html = (tmp_path / "a" / "report.html").read_text()
+    assert "memory budget 1 MiB" in html and "Memory and CPU per job" in html
+    # the default budget: a fraction of the memory available; "off": none
+    d2 = fxsplit.compile(model, shape, config=dict(FAST), output_dir=tmp_path / "a", progress=False)
+    assert d2.build.memory_budget > 2 ** 28 and not d2.build.warnings
+    d3 = fxsplit.compile(model, shape, config=dict(FAST), output_dir=tmp_path / "a", memory="off", progress=False)
+    assert d3.build.memory_budget is None

@@ -150,6 +150,13 @@ def test_report_from_a_real_build(tmp_path):
     assert any(t.startswith("p0/hls: built") for t in titles)
     assert any(t.startswith("p0/csim: reused") for t in titles)
     assert "p1/csim: RuntimeError: vivado exited with 1" in format_text(rep).replace("FAILED ", "")
+    # peak memory and CPU per job: measured for the built and failed jobs, the manifest's for the reused one
+    assert all(j["peak_rss"] > 0 and j["cpu_seconds"] is not None for j in b["jobs"]), b["jobs"]
+    assert "<h2>Memory and CPU per job</h2>" in html
+    for j in b["jobs"]:
+        assert f"<td>{j['id']}</td><td>{j['state']}</td>" in html
+    big = max(b["jobs"], key=lambda j: j["peak_rss"])
+    assert f"memory and CPU: largest job peak {big['peak_rss'] / 2**20:.0f} MiB ({big['id']})" in format_text(rep)
 
 
 _job_st = st.fixed_dictionaries({
@@ -158,7 +165,8 @@ _job_st = st.fixed_dictionaries({
     "state": st.sampled_from(["built", "cached", "failed", "skipped", "odd"]),
     "start": st.none() | st.floats(0, 1e6), "seconds": st.none() | st.floats(0, 1e5),
     "build_seconds": st.none() | st.floats(0, 1e5), "worker": st.none() | st.text(max_size=40),
-})
+}, optional={"peak_rss": st.none() | st.integers(0, 2**40), "base_rss": st.none() | st.integers(0, 2**40),
+             "cpu_seconds": st.none() | st.floats(0, 1e6)})
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -58,6 +58,39 @@ def test_jet_tagger_rtl_synth_verilator_and_icarus(tmp_path, rng):
     assert f"{n} passed, 0 failed" in design.rtl.last_sim["log"]
 
 
+def test_compare_monolithic_puts_uncut_beside_stitched(tmp_path):
+    """compare_monolithic: the uncut jet tagger is emitted and synthesized in the same build, and the report puts
+    it beside the stitched design: wall on the build's workers, CPU, peak memory, resources, latency."""
+    from fxsplit.report import format_text
+    model, shape = build("jet_tagger")
+    cfg = {**FAST, "precision": "fixed<8,3>"}
+    d = fxsplit.compile(model, shape, flow="rtl", config=cfg, output_dir=tmp_path / "j", compare_monolithic=True,
+                        progress=False, jobs=2)
+    ids = {r.id for r in d.build}
+    assert {"monolithic/csim", "monolithic/rtl", "monolithic/synth"} <= ids
+    cmp = d.report["compare_monolithic"]
+    u, s = cmp["uncut"], cmp["stitched"]
+    assert u["jobs"] == 2 and s["jobs"] == 2 * len(d.partitions) + 2 and cmp["workers"] == 2
+    for side in (u, s):
+        assert side["wall_seconds"] > 0 and side["cpu_seconds"] > 0 and side["peak_rss_max"] > 0
+        assert side["resources"]["LUT"] > 0 and side["resources"]["FF"] > 0 and side["latency"] >= 1
+    # the uncut wall is its chain (da4ml then Yosys); the stitched one is never more than the sum of its jobs
+    assert u["wall_seconds"] == pytest.approx(u["job_seconds"], rel=1e-3)
+    assert s["wall_seconds"] <= s["job_seconds"] + 1e-6
+    assert s["latency"] == d.report["stitched"]["latency"] and "Time spent" in open(u["synth_log"]).read()
+    assert os.path.dirname(u["synth_log"]) == str(tmp_path / "j" / "monolithic" / "rtl" / "synth")
+    html = (tmp_path / "j" / "report.html").read_text()
+    assert "<h2>Uncut vs stitched</h2>" in html
+    assert f"LUT {u['resources']['LUT']:,} vs {s['resources']['LUT']:,}" in format_text(d.report)
+    # flows that synthesize nothing refuse it before any build
+    with pytest.raises(fxsplit.FxsplitError, match="synthesizes nothing here"):
+        fxsplit.compile(model, shape, config=FAST, output_dir=tmp_path / "h", compare_monolithic=True)
+    with pytest.raises(fxsplit.FxsplitError, match="synthesis is off"):
+        fxsplit.compile(model, shape, flow="rtl", config={**cfg, "synth": False}, output_dir=tmp_path / "n",
+                        compare_monolithic=True)
+    assert not (tmp_path / "h").exists() and not (tmp_path / "n").exists()
+
+
 @needs_icarus
 def test_wide_mlp_rtl(tmp_path, rng):
     design, shape = _compile("wide_mlp", tmp_path, synth=False)

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .cache import LOG, WORK, tar_dir, untar
+
+USAGE = "usage.json"      # in a local job's root: the peak so far (read by the engine if the worker dies)
 from .jobs import fn_name, safe_name
 from .tools import environment_mismatch, source_digest, tool_versions
 
@@ -212,6 +214,7 @@ def _execute(spec: dict) -> dict:
         work.mkdir()
         env = _measure(spec.get("tools", ()))
         mismatch = environment_mismatch(spec["expect"], env, _worker_id()) if "expect" in spec else None
+        usage = None
         if mismatch:
             with open(root / LOG, "a") as f:
                 f.write(f"[fxsplit] not run: {mismatch}\n")
@@ -227,15 +230,19 @@ def _execute(spec: dict) -> dict:
                 else:
                     shutil.copytree(payload, dst, symlinks=True)
                 inputs[dep_id] = str(dst)
-            ok, meta, error = _run_captured(spec["fn"], str(work), inputs, spec["params"], root / LOG)
+            from .usage import TreeMonitor
+            with TreeMonitor(live_path=None if remote else root / USAGE) as mon:
+                ok, meta, error = _run_captured(spec["fn"], str(work), inputs, spec["params"], root / LOG)
+            usage = mon.result()
         t1 = time.time()
         shutil.rmtree(root / "inputs", ignore_errors=True)
         res = {"ok": ok, "meta": meta, "error": error, "start": t0, "end": t1, "seconds": t1 - t0,
-               "worker": _worker_id(), "env": env}
+               "worker": _worker_id(), "env": env, "usage": usage}
         if remote:
             res["tar"] = tar_dir(root, [WORK, LOG])
         else:
             (root / "worker.pid").unlink(missing_ok=True)
+            (root / USAGE).unlink(missing_ok=True)
             res["root"] = str(root)
         return res
     finally:

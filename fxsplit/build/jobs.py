@@ -54,6 +54,12 @@ class JobResult:
     fxsplit: str | None = None      # source digest of fxsplit the key was computed for
     tools: dict[str, str] = field(default_factory=dict)   # tool -> version the key was computed for
     predicted: float | None = None  # the cost model's prediction of build_seconds (fxsplit.costmodel)
+    # what the build that produced the artifacts cost where it ran (fxsplit.build.usage; cached: from the manifest)
+    peak_rss: int | None = None     # bytes: peak resident memory of the worker and every tool it started
+    base_rss: int | None = None     # bytes: the worker's own resident memory when the job started
+    cpu_seconds: float | None = None   # worker + tools
+    predicted_rss: int | None = None   # the cost model's prediction of peak_rss (bytes)
+    out_of_memory: str | None = None   # why a failed attempt ran out of memory (fxsplit.build.usage.memory_failure)
 
     def to_dict(self) -> dict:
         return {
@@ -68,6 +74,8 @@ class JobResult:
             "debug_dir": str(self.debug_dir) if self.debug_dir else None,
             "fxsplit": self.fxsplit, "tools": dict(self.tools),
             "predicted": None if self.predicted is None else round(self.predicted, 3),
+            "peak_rss": self.peak_rss, "base_rss": self.base_rss, "cpu_seconds": self.cpu_seconds,
+            "predicted_rss": self.predicted_rss, "out_of_memory": self.out_of_memory,
         }
 
 
@@ -78,6 +86,8 @@ class BuildResult:
     wall_seconds: float = 0.0
     workers: int | None = None
     start: float | None = None
+    memory_budget: int | None = None    # bytes: the scheduler's budget for the predicted peaks of running jobs
+    warnings: list[str] = field(default_factory=list)
 
     def __getitem__(self, job_id: str) -> JobResult:
         return self.results[job_id]
@@ -134,6 +144,7 @@ class BuildResult:
         for k, r in later.results.items():
             self.results.setdefault(k, r)
         self.wall_seconds += later.wall_seconds
+        self.warnings.extend(later.warnings)
 
     def rows(self) -> list[dict]:
         return [r.to_dict() for r in self.results.values()]
@@ -146,6 +157,7 @@ class BuildResult:
             "built": len(self.built), "cached": len(self.cached),
             "failed": len(self.failed), "skipped": len(self.skipped),
             "predicted_wall": {str(w): round(predict_wall_time(self, w), 3) for w in (1, 2, 4, 8)},
+            "memory_budget": self.memory_budget, "warnings": list(self.warnings),
             "jobs": self.rows(),
         }
 

@@ -7,11 +7,13 @@ import concurrent.futures as cf
 import contextlib
 import graphlib
 import heapq
+import json
 import shutil
 import signal
 import sys
 import time
 import uuid
+import warnings
 from collections import deque
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -22,6 +24,7 @@ from .cache import LOG, WORK, Cache, tail
 from .executors import Pool, _ByValue
 from .jobs import BuildResult, Job, JobResult, fn_name, job_key
 from .tools import check_tool_names, environment_mismatch
+from .usage import memory_failure, oom_kills
 
 _FREE_RESUBMITS = 3          # a bystander of a pool break is resubmitted this often before being charged
 
@@ -125,20 +128,31 @@ def _tool_names(job: Job) -> list[str]:
         raise ValueError(f"build job {job.id!r}: {e}") from None
 
 
+class MemoryBudgetWarning(UserWarning):
+    """A job is predicted to need more memory than the whole budget: it runs alone."""
+
+
+def _set_usage(r: JobResult, usage: dict | None) -> None:
+    """Peak memory and CPU time of the run that built ``r`` (fxsplit.build.usage), when it was measured."""
+    if usage:
+        r.peak_rss, r.base_rss, r.cpu_seconds = usage.get("peak_rss"), usage.get("base_rss"), usage.get("cpu_seconds")
+
+
 class _Inflight:
-    __slots__ = ("job_id", "root", "pool")
+    __slots__ = ("job_id", "root", "pool", "oom0")
 
     def __init__(self, job_id: str, root: Path | None, pool: Any):
         self.job_id = job_id
         self.root = root              # the build directory (paths mode: known at submission)
         self.pool = pool              # the executor it went to
+        self.oom0 = oom_kills()       # the kernel's OOM-kill count when it was submitted
 
 
 class _Engine:
     """One run: the ready queue, what is in flight, and each job's fate."""
 
     def __init__(self, jobs, cache_dir, executor, max_workers, progress, retries, log_dir,
-                 transfer, mp_context, keep_warm=True):
+                 transfer, mp_context, keep_warm=True, memory_budget=None):
         from ..progress import make_progress
 
         self.order = _toposort(list(jobs))
@@ -160,7 +174,8 @@ class _Engine:
                           source=self.env["fxsplit"], tools=versions)
             self.results[j.id] = JobResult(j.id, j.partition, j.step, key, deps=tuple(j.deps),
                                            fxsplit=self.env["fxsplit"], tools=versions,
-                                           predicted=(j.cost or {}).get("predicted"))
+                                           predicted=(j.cost or {}).get("predicted"),
+                                           predicted_rss=(j.cost or {}).get("predicted_rss"))
         self.dependents: dict[str, list[str]] = {j.id: [] for j in self.order}
         for j in self.order:
             for d in j.deps:
@@ -170,6 +185,35 @@ class _Engine:
         self.free_resubmits: dict[str, int] = {}
         self.startup_breaks = 0
         self.progress = make_progress(progress)
+        if memory_budget is not None and (isinstance(memory_budget, bool) or int(memory_budget) <= 0):
+            raise FxsplitError(f"the memory budget must be a positive number of bytes, got {memory_budget!r}")
+        self.budget = int(memory_budget) if memory_budget is not None else None
+        self.warnings: list[str] = []
+        self.alone: set[str] = set()      # jobs that ran out of memory once: retried with nothing beside them
+
+    # -- memory budget
+    def _predicted_rss(self, jid: str) -> int:
+        return int(self.results[jid].predicted_rss or 0)
+
+    def _fits(self, jid: str) -> bool:
+        """Start ``jid`` now? Only if its predicted peak fits in what the running jobs' predicted peaks leave of
+        the budget; a job predicted above the whole budget starts only when nothing else runs (and is named)."""
+        if jid in self.alone:
+            return not self.inflight
+        if any(i.job_id in self.alone for i in self.inflight.values()):
+            return False
+        if self.budget is None:
+            return True
+        need = self._predicted_rss(jid)
+        running = sum(self._predicted_rss(i.job_id) for i in self.inflight.values())
+        if not self.inflight:
+            if need > self.budget:
+                msg = (f"{jid} is predicted to need {need / 2**30:.2f} GiB at its peak, more than the whole memory "
+                       f"budget ({self.budget / 2**30:.2f} GiB): it runs alone")
+                self.warnings.append(msg)
+                warnings.warn(msg, MemoryBudgetWarning, stacklevel=3)
+            return True
+        return running + need <= self.budget
 
     def _expected(self, r: JobResult) -> dict:
         """What ``r``'s key was computed for (its worker must measure the same)."""
@@ -204,6 +248,7 @@ class _Engine:
         r.artifact_dir = entry / WORK
         r.meta = m.get("meta")
         r.build_seconds = float(m.get("seconds") or 0.0)
+        _set_usage(r, m.get("usage"))
         r.worker = "cache"
         r.log_path = self.cache.log_copy(jid, entry / LOG)
         self.progress.update(r, "cached")
@@ -245,24 +290,44 @@ class _Engine:
         """The worker returned: commit the entry, or keep the failed attempt."""
         r.start, r.end, r.worker = res["start"], res["end"], res["worker"]
         r.seconds = r.build_seconds = float(res["seconds"])
+        _set_usage(r, res.get("usage"))
         if info.root is None:
             info.root = self.cache.unpack(r.key, res["tar"])
         root = Path(res.get("root") or info.root)
         # built with another fxsplit / other tools than the key says: never commit it
         mismatch = environment_mismatch(self._expected(r), res.get("env") or {}, res["worker"])
         if mismatch or not res["ok"]:
+            why = None if mismatch else memory_failure(res["error"], tail(root / LOG), res.get("usage"))
+            if why is not None:
+                self._out_of_memory(r, why, root, ready)
+                return
             self._fail(r, mismatch or res["error"], root)
             return
         r.meta = res["meta"]
         entry = self.cache.commit(r.key, root, {
             "id": r.id, "partition": r.partition, "step": r.step, "fxsplit": r.fxsplit, "tools": r.tools,
             "meta": res["meta"], "seconds": res["seconds"], "start": res["start"], "end": res["end"],
-            "worker": res["worker"], "cost": self.jobs[r.id].cost})
+            "worker": res["worker"], "cost": self.jobs[r.id].cost, "usage": res.get("usage")})
         r.artifact_dir = entry / WORK
         r.log_path = self.cache.log_copy(r.id, entry / LOG)
         r.state = "built"
         self.progress.update(r, "built")
         self._release(r.id, ready)
+
+    def _out_of_memory(self, r: JobResult, why: str, root: Path | None, ready: deque) -> None:
+        """A job ran out of memory: retried once with nothing running beside it, then failed, saying so."""
+        r.out_of_memory = why
+        peak = "unknown" if r.peak_rss is None else f"{r.peak_rss / 2**30:.2f} GiB"
+        budget = "none" if self.budget is None else f"{self.budget / 2**30:.2f} GiB"
+        if r.id not in self.alone:
+            self.alone.add(r.id)
+            if root is not None:
+                shutil.rmtree(root, ignore_errors=True)
+            self.progress.update(r, "retry", note=f"out of memory ({why}); retrying it alone")
+            ready.appendleft(r.id)
+            return
+        self._fail(r, f"out of memory: {why}; last measured peak {peak} (the worker and its tools), memory budget "
+                      f"{budget}; it failed the same way when retried with no other job running", root)
 
     def _fail(self, r: JobResult, error: str, root: Path | None, fallback_tail: str | None = None) -> None:
         """Mark a job failed (its dependents skipped), keeping its attempt under _failed/."""
@@ -320,7 +385,24 @@ class _Engine:
             # when the codes were read (None: on a loaded machine the pool may not have terminated it yet,
             # and Pool.broken kills it) was a bystander
             culprit = i.root is None or (pid is not None and exitcodes.get(pid) not in (-signal.SIGTERM, None))
-            self._infra_failure(self.results[i.job_id], i, exc, ready, charged=culprit)
+            r = self.results[i.job_id]
+            oom = oom_kills()
+            if (culprit and pid is not None and exitcodes.get(pid) == -signal.SIGKILL and oom is not None
+                    and i.oom0 is not None and oom > i.oom0):
+                self._read_live_usage(r, i.root)
+                self._out_of_memory(r, f"its worker was killed by the kernel's OOM killer (SIGKILL, {oom - i.oom0} "
+                                       "OOM kill(s) meanwhile)", i.root, ready)
+                continue
+            self._infra_failure(r, i, exc, ready, charged=culprit)
+
+    @staticmethod
+    def _read_live_usage(r: JobResult, root: Path | None) -> None:
+        """The peak a dead worker's monitor last wrote (fxsplit.build.usage, ``live_path``)."""
+        from .executors import USAGE
+        try:
+            _set_usage(r, json.loads((root / USAGE).read_text()))
+        except (OSError, ValueError, TypeError):
+            pass
 
     def _check_startup_death(self, victims: list, exitcodes: dict) -> None:
         """Two pool breaks in a row before any job started: the workers cannot start at all."""
@@ -358,14 +440,18 @@ class _Engine:
         ready: deque[str] = deque(j.id for j in self.order if self.missing[j.id] == 0)
         try:
             while ready or self.inflight:
+                deferred: list[str] = []      # ready, but their predicted peak does not fit in the budget now
                 while ready and (self.pool.limit is None or len(self.inflight) < self.pool.limit):
                     jid = ready.popleft()
                     if self.results[jid].state != "pending":
                         continue
                     if self._lookup(jid):
                         self._release(jid, ready)
-                    else:
+                    elif self._fits(jid):
                         self._submit(jid)
+                    else:
+                        deferred.append(jid)
+                ready.extendleft(reversed(deferred))
                 if not self.inflight:
                     continue
                 done, _ = cf.wait(list(self.inflight), timeout=0.5, return_when=cf.FIRST_COMPLETED)
@@ -378,7 +464,8 @@ class _Engine:
             raise
         finally:
             self.pool.shutdown()
-        res = BuildResult(self.results, self.cache.dir, time.time() - t0, self.pool.max_workers, t0)
+        res = BuildResult(self.results, self.cache.dir, time.time() - t0, self.pool.max_workers, t0,
+                          memory_budget=self.budget, warnings=list(self.warnings))
         self.progress.stop(result=res)
         return res
 
@@ -391,7 +478,7 @@ def worker_modules(jobs) -> tuple[str, ...]:
 def run_jobs(jobs: list[Job], cache_dir: str | Path, *, executor: cf.Executor | None = None,
              max_workers: int | None = None, progress: bool | None = None, retries: int = 1,
              log_dir: str | Path | None = None, transfer: str = "auto",
-             mp_context: Any = None, keep_warm: bool = True) -> BuildResult:
+             mp_context: Any = None, keep_warm: bool = True, memory_budget: int | None = None) -> BuildResult:
     """Run ``jobs`` (a DAG through ``Job.deps``) with a content-addressed cache in ``cache_dir``.
 
     executor: any ``concurrent.futures.Executor``; default: a process pool of ``max_workers``
@@ -408,9 +495,13 @@ def run_jobs(jobs: list[Job], cache_dir: str | Path, *, executor: cf.Executor | 
       ``FXSPLIT_WARM_IDLE_SECONDS``, default 300 s): the next run with the same number of workers
       reuses its workers, which have imported the job functions' modules (and what their
       ``warm_worker()`` loads) already. Workers are replaced if fxsplit's source changed.
+    memory_budget: bytes. A job starts only if its predicted peak memory (``Job.cost["predicted_rss"]``, the
+      cost model's; 0 when a job has none) fits in the budget minus the predicted peaks of the jobs running;
+      a job predicted above the whole budget runs alone (``MemoryBudgetWarning``, ``BuildResult.warnings``).
+      Cached jobs take no memory. None: no budget, jobs start by count alone.
 
     Never raises for a failing job (see ``BuildResult.raise_for_failures``); raises
     FxsplitError for an invalid job graph and re-raises KeyboardInterrupt after cleaning up.
     """
     return _Engine(jobs, cache_dir, executor, max_workers, progress, retries, log_dir, transfer,
-                   mp_context, keep_warm).run()
+                   mp_context, keep_warm, memory_budget).run()

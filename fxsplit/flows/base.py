@@ -37,14 +37,26 @@ class Flow:
     # which import them, while it lowers the model (fxsplit.build.executors.prewarm)
     job_modules: tuple[str, ...] = ("fxsplit.flows.hls4ml.csim",)
 
+    # flows that synthesize can build the uncut design too (compile(compare_monolithic=True))
+    can_compare_monolithic = False
+
     def __init__(self, pt: Partitioning, lowered: Lowered, fc: FlowConfig, output_dir: str | Path,
-                 reference: bool = True):
+                 reference: bool = True, compare_monolithic: bool = False):
         self.pt, self.lowered, self.fc = pt, lowered, fc
         self.out = Path(output_dir)
         self.reference = reference
+        self.compare_monolithic = bool(compare_monolithic)
 
     def validate(self) -> None:
         """Refuse what this flow cannot build bit-exactly (nothing is written yet)."""
+        self._validate_compare()
+
+    def _validate_compare(self) -> None:
+        from ..errors import FxsplitError
+        if self.compare_monolithic and not self.can_compare_monolithic:
+            raise FxsplitError(f"compare_monolithic synthesizes the uncut design beside the partitions; the {self.name} "
+                               "flow synthesizes nothing here",
+                               hint="use flow='rtl' (Yosys) for the side-by-side table")
 
     def jobs(self) -> list:
         from .hls4ml.csim import csim_job

@@ -24,6 +24,7 @@ import numpy as np
 
 from ...errors import FxsplitError
 from ...verify import Mismatch, VerifyResult, compare
+from ...lower.convert import MONOLITHIC
 from ..base import Built, Flow
 from . import lower as rl
 
@@ -98,9 +99,15 @@ def _digest(obj) -> bytes:
 class RTLFlow(Flow):
     name = "rtl"
     job_modules = (*Flow.job_modules, __name__)
+    can_compare_monolithic = True
 
     def validate(self) -> None:
-        """Refuse unsupported layers/types (before any build) and extract one program per partition."""
+        """Refuse unsupported layers/types (before any build) and extract one program per partition (and one of
+        the uncut model with ``compare_monolithic``)."""
+        self._validate_compare()
+        if self.compare_monolithic and not self.fc.synth:
+            raise FxsplitError("compare_monolithic compares synthesized designs, and synthesis is off",
+                               hint="leave config['synth'] on (CLI: drop --no-synth)")
         if self.fc.io_type != "io_parallel":
             raise FxsplitError("flow='rtl' lowers fully parallel hls4ml models",
                                hint="use config io_type='io_parallel'")
@@ -113,6 +120,13 @@ class RTLFlow(Flow):
             self.programs[part.name] = rl.extract_program(
                 hm, part.name, input_names=[inv.get(v, v) for v in hm.inputs],
                 output_names=[p.name for p in part.outputs])
+        self.mono_program = None
+        if self.compare_monolithic:
+            mono, spec = self.lowered.mono, self.lowered.mono_spec
+            rl.check_rtl_supported(mono, MONOLITHIC)
+            inv = {v: k for k, v in spec.name_map.items()}
+            self.mono_program = rl.extract_program(mono, MONOLITHIC, input_names=[inv.get(v, v) for v in mono.inputs],
+                                                   output_names=[p.name for p in self.pt.outputs])
         self.cutoff = DEFAULT_LATENCY_CUTOFF if self.fc.latency_cutoff is None else self.fc.latency_cutoff
         self.dag = self.pt.dag()
 
@@ -120,8 +134,11 @@ class RTLFlow(Flow):
         from ...build import Job
         out = super().jobs()
         names = [p.name for p in self.pt.partitions]
-        for name in names:
-            prog = self.programs[name]
+        progs = dict(self.programs)
+        if self.mono_program is not None:        # the uncut design, emitted and synthesized like a partition
+            progs[MONOLITHIC] = self.mono_program
+        for name in progs:
+            prog = progs[name]
             rid = f"{name}/rtl"
             out.append(Job(id=rid, partition=name, step="rtl", fn=rtl_job,
                            params={"program": prog, "module": module_name(name), "latency_cutoff": self.cutoff},
@@ -153,6 +170,11 @@ class RTLFlow(Flow):
             rtl[name] = dict(r.meta, workdir=str(dest))
             if self.fc.synth:
                 synth[name] = _copy_synth(result[f"{name}/synth"], dest / "synth")
+        mono = None
+        if self.mono_program is not None:
+            r = result[f"{MONOLITHIC}/rtl"]
+            dest = copy_artifacts(Path(r.artifact_dir), self.out / MONOLITHIC / "rtl", r.key)
+            mono = dict(r.meta, workdir=str(dest), synth=_copy_synth(result[f"{MONOLITHIC}/synth"], dest / "synth"))
         st = result[f"{STITCHED}/rtl"]
         st_dir = copy_artifacts(Path(st.artifact_dir), self.out / STITCHED / "rtl", st.key)
         top_synth = _copy_synth(result[f"{STITCHED}/synth"], st_dir / "synth") if self.fc.synth else None
@@ -162,7 +184,8 @@ class RTLFlow(Flow):
         axis["files"] = part_files + [axis["file"]]
         built.rtl = RTLDesign(top=st.meta["top"], file=str(st_dir / st.meta["file"]), files=files,
                               latency=int(st.meta["latency"]), schedule=st.meta["schedule"], partitions=rtl,
-                              synth=synth, top_synth=top_synth, stitched_dir=str(self.out / STITCHED), axis=axis)
+                              synth=synth, top_synth=top_synth, stitched_dir=str(self.out / STITCHED), axis=axis,
+                              monolithic=mono)
         return built
 
 
@@ -210,6 +233,17 @@ class RTLDesign:
     top_synth: dict | None = None          # Yosys on the stitched top alone (partitions as black boxes)
     last_sim: dict = field(default_factory=dict)
     axis: dict | None = None               # the stream-stitched top: top, file, files, edges (with FIFO depths)
+    monolithic: dict | None = None         # compare_monolithic: the uncut design's emit_verilog metadata + synth
+
+    def monolithic_report(self) -> dict | None:
+        """The uncut design beside the stitched one: its latency, resources, Verilog and synthesis log."""
+        m = self.monolithic
+        if not m:
+            return None
+        s = m.get("synth") or {}
+        return {"latency": m.get("latency"), "resources": {k: s.get(v) for k, v in RESOURCES.items()},
+                "verilog": [os.path.join(m["workdir"], f) for f in m["files"]], "rtl_module": m.get("top"),
+                "synth_log": s.get("log"), "netlist": s.get("netlist")}
 
     def partition_report(self, name: str) -> dict:
         meta = self.partitions[name]

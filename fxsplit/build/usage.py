@@ -1,0 +1,159 @@
+"""What a job cost where it ran: the peak resident memory of the worker's whole process tree (the worker
+and every tool it started: g++, Yosys, Verilator, vitis_hls, vivado) and its CPU time.
+
+:class:`TreeMonitor` runs around a job in the worker (:func:`fxsplit.build.executors._execute`):
+
+- **peak memory**: a thread samples the resident set size of the worker and all its descendants every
+  ``interval`` seconds and keeps the largest sum. Each process' own peak (``VmHWM`` in ``/proc/<pid>/status``;
+  the worker's is reset at the start with ``/proc/self/clear_refs``, so an earlier job in a warm worker does
+  not count) is a lower bound that a short spike between two samples cannot escape: the reported peak is the
+  larger of the two. ``base_rss`` is the worker's own RSS when the job started (the interpreter, torch,
+  hls4ml), so ``peak_rss - base_rss`` is what the job added.
+- **CPU time**: ``getrusage`` of the worker (all its threads) and of its waited-for descendants, as deltas
+  over the job. A tool still running when the job returns is not counted (jobs wait for their tools).
+
+- **out of memory**: the kernel's count of OOM kills (``oom_kill`` in ``/proc/vmstat``: the system's OOM
+  killer and every memory cgroup's) before and after, so that a job whose tool was killed for memory is
+  reported as such (:func:`memory_failure`), not as a plain crash.
+
+With ``live_path``, the peak so far is also written there (JSON) as it grows: the engine reads it when a worker
+dies under a job, to report the last measured peak.
+
+Linux gives every figure; elsewhere the ``/proc`` parts are skipped (sampling alone).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import threading
+import time
+
+INTERVAL = 0.05
+
+
+def _hwm(pid: int | str) -> int | None:
+    """A process' own peak resident set size (bytes), from /proc; None where there is no /proc."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def oom_kills() -> int | None:
+    """The kernel's count of processes killed for memory since boot (None where /proc/vmstat has none)."""
+    try:
+        with open("/proc/vmstat", "rb") as f:
+            for line in f:
+                if line.startswith(b"oom_kill "):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+# what tools and Python print when an allocation fails (an address-space limit, no memory left)
+_NO_MEMORY = re.compile(r"MemoryError|std::bad_alloc|[Oo]ut of memory|Cannot allocate memory|"
+                        r"virtual memory exhausted|memory exhausted|ERROR: Out of Memory")
+
+
+def memory_failure(error: str | None, log_tail: str | None, usage: dict | None) -> str | None:
+    """Why a failed job ran out of memory, or None: the kernel killed a process for memory while it ran, or an
+    allocation failed (the error or the end of its log says so)."""
+    if usage and usage.get("oom_kills"):
+        return f"the kernel killed {usage['oom_kills']} process(es) for memory while it ran (OOM killer, SIGKILL)"
+    for text in (error, log_tail):
+        m = _NO_MEMORY.search(text or "")
+        if m:
+            return f"an allocation failed ({m.group(0)})"
+    return None
+
+
+class TreeMonitor:
+    def __init__(self, interval: float = INTERVAL, live_path: str | os.PathLike | None = None):
+        import psutil
+        self._psutil = psutil
+        self.interval = interval
+        self.live_path = live_path
+        self._written = 0
+        self.proc = psutil.Process()
+        self.peak = 0
+        self.peak_single = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "TreeMonitor":
+        try:        # the worker's own peak restarts now (a warm worker ran other jobs before)
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            pass
+        self.base_rss = self.proc.memory_info().rss
+        self.peak = self.peak_single = self.base_rss
+        self._oom0 = oom_kills()
+        self._t0 = time.perf_counter()
+        self._self0 = resource.getrusage(resource.RUSAGE_SELF)
+        self._children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self._thread = threading.Thread(target=self._run, name="fxsplit-usage", daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        ps = self._psutil
+        try:
+            procs = [self.proc, *self.proc.children(recursive=True)]
+        except ps.Error:
+            return
+        total = 0
+        for p in procs:
+            try:
+                total += p.memory_info().rss
+            except ps.Error:          # exited between the listing and the read
+                continue
+            hwm = _hwm(p.pid)
+            if hwm is not None and hwm > self.peak_single:
+                self.peak_single = hwm
+        self.samples += 1
+        if total > self.peak:
+            self.peak = total
+        peak = max(self.peak, self.peak_single)
+        if self.live_path is not None and peak > self._written * 1.05:
+            try:
+                tmp = f"{self.live_path}.tmp"
+                with open(tmp, "w") as f:
+                    json.dump({"peak_rss": int(peak), "base_rss": int(self.base_rss)}, f)
+                os.replace(tmp, self.live_path)
+                self._written = peak
+            except OSError:
+                pass
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._sample()
+        s1 = resource.getrusage(resource.RUSAGE_SELF)
+        c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.cpu_self = (s1.ru_utime - self._self0.ru_utime) + (s1.ru_stime - self._self0.ru_stime)
+        self.cpu_children = (c1.ru_utime - self._children0.ru_utime) + (c1.ru_stime - self._children0.ru_stime)
+        oom1 = oom_kills()
+        self.oom = (oom1 - self._oom0) if oom1 is not None and self._oom0 is not None else None
+
+    def result(self) -> dict:
+        """``peak_rss`` (bytes, the whole tree), ``base_rss`` (the worker at the start), ``cpu_seconds``
+        (worker + tools), ``cpu_tools_seconds`` (the tools alone), ``samples``, ``oom_kills`` (processes the
+        kernel killed for memory meanwhile, anywhere; None where unknown)."""
+        return {"peak_rss": int(max(self.peak, self.peak_single)), "base_rss": int(self.base_rss),
+                "cpu_seconds": round(self.cpu_self + self.cpu_children, 3),
+                "cpu_tools_seconds": round(self.cpu_children, 3), "samples": self.samples, "oom_kills": self.oom}
