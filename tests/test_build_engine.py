@@ -514,6 +514,30 @@ def test_dag_scheduling_is_not_in_waves(tmp_path):
     assert r["b/next"].start < r["a/slow"].end
 
 
+def test_ready_jobs_longest_predicted_path_first(tmp_path):
+    """Among ready jobs the engine starts the one with the longest predicted remaining path (the list scheduling
+    the report and the automatic split predict with), then the job order; without predictions, the job order."""
+    log = tmp_path / "stamps"
+
+    def job(jid, pred, deps=()):
+        j = Job(jid, jid.split("/")[0], jid.split("/")[1], stamp, {"name": jid, "log": str(log)}, jid,
+                deps=tuple(deps))
+        j.cost = None if pred is None else {"predicted": pred}
+        return j
+
+    jobs = [job("a/csim", 1.0), job("b/csim", 1.0), job("c/rtl", 0.5), job("c/synth", 50.0, ["c/rtl"]),
+            job("d/rtl", 0.5), job("d/synth", 20.0, ["d/rtl"])]
+    r = run_jobs(jobs, tmp_path / "c1", max_workers=1, progress=False)
+    assert r.ok
+    order = [j for j, _ in sorted(((x.id, x.start) for x in r), key=lambda t: t[1])]
+    assert order == ["c/rtl", "c/synth", "d/rtl", "d/synth", "a/csim", "b/csim"], order
+    plain = [job(j.id, None, j.deps) for j in jobs]
+    r2 = run_jobs([Job(j.id, j.partition, j.step, j.fn, j.params, b"plain" + j.id.encode(), deps=j.deps)
+                   for j in plain], tmp_path / "c2", max_workers=1, progress=False)
+    order2 = [j for j, _ in sorted(((x.id, x.start) for x in r2), key=lambda t: t[1])]
+    assert order2 == ["a/csim", "b/csim", "c/rtl", "c/synth", "d/rtl", "d/synth"], order2      # the job order
+
+
 def test_invalid_graphs_are_user_errors(tmp_path):
     j = lambda i, deps=(): Job(i, "p0", "csim", write_file, {}, b"", deps)  # noqa: E731
     with pytest.raises(FxsplitError, match="same id"):
@@ -985,6 +1009,39 @@ def dask_client(tmp_path_factory):
     yield client, wdir
     client.close()
     cluster.close()
+
+
+def test_dask_workers_memory_resource_holds(tmp_path, tmp_path_factory):
+    """On a Dask cluster whose workers declare MEMORY, every job asks for its predicted peak: no worker ever runs
+    jobs whose predictions add up past its MEMORY (checked per worker from the jobs' own start and end times),
+    though each worker has two threads; a job predicted above every worker runs alone, with a warning."""
+    from fxsplit.build.scheduler import MemoryBudgetWarning
+    wdir = tmp_path_factory.mktemp("dask-mem-workers")
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=2, processes=True, host="127.0.0.1",
+                                       dashboard_address=None, local_directory=str(wdir),
+                                       resources={"MEMORY": 1000 * MB})
+    client = distributed.Client(cluster)
+    try:
+        for p in (str(Path(__file__).parent), str(ROOT)):
+            client.run(lambda p: sys.path.insert(0, p) if p not in sys.path else None, p)
+        mbs = [600, 600, 600, 300, 300, 300, 300, 1500]
+        jobs = _mem_jobs("dask", mbs, seconds=0.8)
+        with pytest.warns(MemoryBudgetWarning, match="p7/synth is predicted to need 1.46 GiB.*any Dask worker"):
+            r = run_jobs(jobs, tmp_path / "c", executor=client.get_executor(), progress=False)
+        assert r.ok, [(x.id, x.error) for x in r.failed]
+        by_worker: dict[str, list[str]] = {}
+        for x in r:
+            by_worker.setdefault(x.worker, []).append(x.id)
+        assert len(by_worker) == 2
+        together_somewhere = False
+        for ids in by_worker.values():
+            for group in _overlaps(r, ids):
+                assert sum(min(mbs[int(i[1])], 1000) for i in group) <= 1000, group
+                together_somewhere |= len(group) >= 2
+        assert together_somewhere          # two 300 MiB jobs did share a worker's two threads
+    finally:
+        client.close()
+        cluster.close()
 
 
 def test_dask_executor_ships_artifacts_to_the_submitter(tmp_path, dask_client):

@@ -437,8 +437,25 @@ class Pool:
             self.own = True
         return self.executor
 
-    def submit(self, spec: dict) -> tuple[cf.Future, cf.Executor]:
-        """Submit ``_execute(spec)``; returns the future and the executor it went to."""
+    def dask_memory(self) -> int | None:
+        """On a Dask cluster whose workers declare a ``MEMORY`` resource (``dask worker --resources MEMORY=16e9``,
+        ``LocalCluster(resources={"MEMORY": ...})``): the largest one, in bytes; else None."""
+        client = getattr(self.executor, "_client", None)
+        if self.local or client is None:
+            return None
+        if not hasattr(self, "_dask_memory"):
+            try:
+                caps = [float((w.get("resources") or {}).get("MEMORY") or 0)
+                        for w in client.scheduler_info()["workers"].values()]
+            except Exception:                   # noqa: BLE001  (not a Dask client after all)
+                caps = []
+            self._dask_memory = int(max(caps)) if caps and max(caps) > 0 else None
+        return self._dask_memory
+
+    def submit(self, spec: dict, memory: int | None = None) -> tuple[cf.Future, cf.Executor]:
+        """Submit ``_execute(spec)``; returns the future and the executor it went to. ``memory`` (bytes, the job's
+        predicted peak): on a Dask cluster whose workers declare a ``MEMORY`` resource, the job asks for that
+        much of it (at most the largest worker's), so Dask never runs jobs together past a worker's memory."""
         pool = self._ensure()
         if isinstance(pool, cf.ProcessPoolExecutor):
             with _main_hidden():          # workers are launched lazily, by submit
@@ -453,7 +470,9 @@ class Pool:
             # while the main thread may be running or tracing a model (seen: a trace in the main thread
             # failing with "module is not installed as a submodule", and every later trace with it)
             import cloudpickle
-            fut = pool.submit(_execute_packed, cloudpickle.dumps(spec))
+            cap = self.dask_memory()
+            extra = {"resources": {"MEMORY": min(int(memory or 0), cap)}} if cap is not None else {}
+            fut = pool.submit(_execute_packed, cloudpickle.dumps(spec), **extra)
         return fut, pool
 
     def measure(self, tools: list[str]) -> dict:

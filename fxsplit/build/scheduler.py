@@ -14,7 +14,6 @@ import sys
 import time
 import uuid
 import warnings
-from collections import deque
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
@@ -148,6 +147,31 @@ class _Inflight:
         self.oom0 = oom_kills()       # the kernel's OOM-kill count when it was submitted
 
 
+class _Ready:
+    """The ready jobs: the one with the longest predicted remaining path first (its own predicted time,
+    ``Job.cost["predicted"]``, plus the longest chain of its dependents': the list scheduling
+    :func:`predict_wall_time` and the automatic split assume), then the job order (jobs without predictions keep
+    it); a job put back in front (a retry) goes before all."""
+
+    def __init__(self, prio: dict[str, float], index: dict[str, int]):
+        self.heap: list[tuple[float, int, str]] = []
+        self.prio, self.index = prio, index
+        self.front = 0
+
+    def append(self, jid: str) -> None:
+        heapq.heappush(self.heap, (-self.prio[jid], self.index[jid], jid))
+
+    def appendleft(self, jid: str) -> None:
+        self.front -= 1
+        heapq.heappush(self.heap, (float("-inf"), self.front, jid))
+
+    def popleft(self) -> str:
+        return heapq.heappop(self.heap)[2]
+
+    def __len__(self) -> int:
+        return len(self.heap)
+
+
 class _Engine:
     """One run: the ready queue, what is in flight, and each job's fate."""
 
@@ -181,6 +205,11 @@ class _Engine:
             for d in j.deps:
                 self.dependents[d].append(j.id)
         self.missing = {j.id: len(set(j.deps)) for j in self.order}
+        self.prio: dict[str, float] = {}
+        for j in reversed(self.order):
+            self.prio[j.id] = float((j.cost or {}).get("predicted") or 0.0) + max(
+                (self.prio[c] for c in self.dependents[j.id]), default=0.0)
+        self.index = {j.id: k for k, j in enumerate(self.order)}
         self.inflight: dict[cf.Future, _Inflight] = {}
         self.free_resubmits: dict[str, int] = {}
         self.startup_breaks = 0
@@ -220,7 +249,7 @@ class _Engine:
         return {"fxsplit": r.fxsplit, "tools": r.tools, "where": self.env.get("where")}
 
     # -- job lifecycle
-    def _release(self, jid: str, ready: deque) -> None:
+    def _release(self, jid: str, ready: _Ready) -> None:
         for c in self.dependents[jid]:
             self.missing[c] -= 1
             if self.missing[c] == 0:
@@ -267,12 +296,19 @@ class _Engine:
                 "tools": list(r.tools), "expect": self._expected(r)}
         if getattr(job.fn, "__module__", None) == "__main__" and paths:
             spec["fn"] = _ByValue(job.fn)
-        fut, pool = self.pool.submit(spec)
+        need = self._predicted_rss(jid)
+        cap = self.pool.dask_memory()
+        if cap is not None and need > cap:
+            msg = (f"{jid} is predicted to need {need / 2**30:.2f} GiB at its peak, more than any Dask worker declares "
+                   f"(MEMORY {cap / 2**30:.2f} GiB): it runs alone on the largest")
+            self.warnings.append(msg)
+            warnings.warn(msg, MemoryBudgetWarning, stacklevel=2)
+        fut, pool = self.pool.submit(spec, memory=need)
         r.attempts += 1
         self.inflight[fut] = _Inflight(jid, root, pool)
         self.progress.update(r, "running")
 
-    def _finish(self, fut: cf.Future, ready: deque) -> None:
+    def _finish(self, fut: cf.Future, ready: _Ready) -> None:
         info = self.inflight.pop(fut)
         r = self.results[info.job_id]
         try:
@@ -286,7 +322,7 @@ class _Engine:
         else:
             self._infra_failure(r, info, exc, ready, charged=True)
 
-    def _finish_ran(self, r: JobResult, info: _Inflight, res: dict, ready: deque) -> None:
+    def _finish_ran(self, r: JobResult, info: _Inflight, res: dict, ready: _Ready) -> None:
         """The worker returned: commit the entry, or keep the failed attempt."""
         r.start, r.end, r.worker = res["start"], res["end"], res["worker"]
         r.seconds = r.build_seconds = float(res["seconds"])
@@ -314,7 +350,7 @@ class _Engine:
         self.progress.update(r, "built")
         self._release(r.id, ready)
 
-    def _out_of_memory(self, r: JobResult, why: str, root: Path | None, ready: deque) -> None:
+    def _out_of_memory(self, r: JobResult, why: str, root: Path | None, ready: _Ready) -> None:
         """A job ran out of memory: retried once with nothing running beside it, then failed, saying so."""
         r.out_of_memory = why
         peak = "unknown" if r.peak_rss is None else f"{r.peak_rss / 2**30:.2f} GiB"
@@ -345,7 +381,7 @@ class _Engine:
         self.progress.update(r, "failed")
         self._skip_dependents(r.id)
 
-    def _infra_failure(self, r: JobResult, info: _Inflight, exc: BaseException, ready: deque,
+    def _infra_failure(self, r: JobResult, info: _Inflight, exc: BaseException, ready: _Ready,
                        charged: bool) -> None:
         """The worker under a job died / the task was lost. Retry or fail; never commit."""
         what = f"{type(exc).__name__}: {exc}".strip()
@@ -364,7 +400,7 @@ class _Engine:
                       f"gave up after {self.retries} retr{'y' if self.retries == 1 else 'ies'}",
                    info.root, fallback_tail=what)
 
-    def _pool_broken(self, fut: cf.Future, info: _Inflight, exc: BaseException, ready: deque) -> None:
+    def _pool_broken(self, fut: cf.Future, info: _Inflight, exc: BaseException, ready: _Ready) -> None:
         """A local worker died: every job in flight on that pool is lost. The one whose worker
         died is charged an attempt; bystanders (never started, or terminated by the pool
         because of the other's death: exit code -SIGTERM, or not yet exited) are resubmitted free."""
@@ -437,7 +473,10 @@ class _Engine:
         t0 = time.time()
         self.cache.sweep_tmp()
         self.progress.start(list(self.results.values()))
-        ready: deque[str] = deque(j.id for j in self.order if self.missing[j.id] == 0)
+        ready = _Ready(self.prio, self.index)
+        for j in self.order:
+            if self.missing[j.id] == 0:
+                ready.append(j.id)
         try:
             while ready or self.inflight:
                 deferred: list[str] = []      # ready, but their predicted peak does not fit in the budget now
@@ -451,7 +490,8 @@ class _Engine:
                         self._submit(jid)
                     else:
                         deferred.append(jid)
-                ready.extendleft(reversed(deferred))
+                for jid in deferred:
+                    ready.append(jid)
                 if not self.inflight:
                     continue
                 done, _ = cf.wait(list(self.inflight), timeout=0.5, return_when=cf.FIRST_COMPLETED)
@@ -498,7 +538,9 @@ def run_jobs(jobs: list[Job], cache_dir: str | Path, *, executor: cf.Executor | 
     memory_budget: bytes. A job starts only if its predicted peak memory (``Job.cost["predicted_rss"]``, the
       cost model's; 0 when a job has none) fits in the budget minus the predicted peaks of the jobs running;
       a job predicted above the whole budget runs alone (``MemoryBudgetWarning``, ``BuildResult.warnings``).
-      Cached jobs take no memory. None: no budget, jobs start by count alone.
+      Cached jobs take no memory. None: no budget, jobs start by count alone. For a local pool; on a Dask
+      cluster whose workers declare a ``MEMORY`` resource, every job asks for its predicted peak of it instead
+      (Dask then places jobs by each worker's memory), with or without this budget.
 
     Never raises for a failing job (see ``BuildResult.raise_for_failures``); raises
     FxsplitError for an invalid job graph and re-raises KeyboardInterrupt after cleaning up.
