@@ -708,10 +708,18 @@ def test_ctrl_c_at_random_moments(tmp_path):
         try:
             out, err = p.communicate(timeout=15)
         except subprocess.TimeoutExpired:
-            p.kill()
-            out, err = p.communicate()
-            pytest.fail(f"round {k} ({'group' if group else 'process'}): the build had not exited 15 s after "
-                        f"SIGINT\n{err[-3000:]}")
+            stack = ""
+            if shutil.which("py-spy"):      # where it hangs, if py-spy is installed
+                stack = subprocess.run(["py-spy", "dump", "--pid", str(p.pid)], capture_output=True, text=True,
+                                       timeout=60).stdout
+            for pid in tree + [c.pid for c in psutil.Process(p.pid).children(recursive=True)]:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(OSError):
+                os.killpg(p.pid, signal.SIGKILL)
+            out, err = p.communicate(timeout=30)      # the workers held the pipes: they are dead now
+            pytest.fail(f"round {k} ({'group' if group else 'process'}, progress={k % 4 >= 2}): the build had not "
+                        f"exited 15 s after SIGINT\n{stack}\n{err[-3000:]}")
         assert p.returncode != 0, (k, out, err[-2000:])
         _assert_dead(tree, timeout=10)
         if cache.exists():          # (SIGINT may come before the engine made it)

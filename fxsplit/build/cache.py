@@ -187,9 +187,9 @@ class Cache:
         """A fresh (not yet created) build directory under .tmp for ``key``."""
         return self.tmp / f"{key[:16]}-{uuid.uuid4().hex[:12]}"
 
-    def unpack(self, key: str, data: bytes) -> Path:
-        """A remote worker's tar of ``work/`` + ``job.log`` -> a build directory under .tmp."""
-        root = self.new_root(key)
+    @staticmethod
+    def unpack_into(root: Path, data: bytes) -> Path:
+        """A remote worker's tar of ``work/`` + ``job.log`` -> the build directory ``root`` (under .tmp)."""
         untar(data, root)
         (root / WORK).mkdir(exist_ok=True)
         return root

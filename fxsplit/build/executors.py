@@ -511,8 +511,8 @@ class Pool:
     def abort(self) -> None:
         """Ctrl-C: kill our pool's workers and the tools they started (a caller's pool is left alone)."""
         if self.own and self.executor is not None:
-            _kill(self.executor, self.procs)
-            self.executor = None
+            ex, self.executor = self.executor, None      # whatever happens below, shutdown() will not wait on it
+            _kill(ex, self.procs)
 
     def shutdown(self) -> None:
         """End of the run: park our pool warm for the next build (``keep_warm``, a local process pool

@@ -11,6 +11,7 @@ import json
 import shutil
 import signal
 import sys
+import threading
 import time
 import uuid
 import warnings
@@ -219,6 +220,9 @@ class _Engine:
         self.budget = int(memory_budget) if memory_budget is not None else None
         self.warnings: list[str] = []
         self.alone: set[str] = set()      # jobs that ran out of memory once: retried with nothing beside them
+        # every build directory this run made under cache/.tmp: an interrupted run removes those still there (one
+        # whose result was coming back or being committed is no longer in flight, but may be left half-made)
+        self.roots: set[Path] = set()
 
     # -- memory budget
     def _predicted_rss(self, jid: str) -> int:
@@ -290,7 +294,9 @@ class _Engine:
         inputs = {d: ("path", str(self.results[d].artifact_dir)) if paths
                   else ("tar", self.cache.tar_of(self.results[d].key))   # unpacks as <dst>/work
                   for d in job.deps}
-        root = self.cache.new_root(r.key) if paths else None
+        root = self.cache.new_root(r.key) if paths else None     # a path: the worker creates it
+        if root is not None:
+            self.roots.add(root)
         spec = {"id": jid, "fn": job.fn, "params": job.params, "inputs": inputs,
                 "root": str(root) if root else None, "nonce": uuid.uuid4().hex,
                 "tools": list(r.tools), "expect": self._expected(r)}
@@ -328,7 +334,9 @@ class _Engine:
         r.seconds = r.build_seconds = float(res["seconds"])
         _set_usage(r, res.get("usage"))
         if info.root is None:
-            info.root = self.cache.unpack(r.key, res["tar"])
+            info.root = self.cache.new_root(r.key)
+            self.roots.add(info.root)
+            self.cache.unpack_into(info.root, res["tar"])
         root = Path(res.get("root") or info.root)
         # built with another fxsplit / other tools than the key says: never commit it
         mismatch = environment_mismatch(self._expected(r), res.get("env") or {}, res["worker"])
@@ -461,13 +469,23 @@ class _Engine:
                  "or pass executor=concurrent.futures.ThreadPoolExecutor(1) to debug")
 
     def _abort(self) -> None:
-        for f in self.inflight:
-            f.cancel()
-        self.pool.abort()
-        for i in self.inflight.values():
-            if i.root is not None:
-                shutil.rmtree(i.root, ignore_errors=True)
-        self.inflight.clear()
+        """Ctrl-C (or any error): kill the workers and their tools, drop the unfinished builds. A second Ctrl-C
+        while this runs (a terminal's impatient user) is held back until it is done: it is short (the kills, then
+        at most a few seconds of waiting for the workers' exit), and cut short it would leave processes behind."""
+        held = None
+        if threading.current_thread() is threading.main_thread():
+            with contextlib.suppress(ValueError, OSError):
+                held = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            for f in self.inflight:
+                f.cancel()
+            self.pool.abort()
+            for root in {*self.roots, *(i.root for i in self.inflight.values() if i.root is not None)}:
+                shutil.rmtree(root, ignore_errors=True)       # committed ones were renamed away: not there
+            self.inflight.clear()
+        finally:
+            if held is not None:
+                signal.signal(signal.SIGINT, held)
 
     def run(self) -> BuildResult:
         t0 = time.time()
