@@ -4,7 +4,8 @@ The model is traced once (the markers stay in the graph: they are constraints, a
 user gives). Every position between two operations in program order is a candidate cut (the partitioner turns
 whatever tensors cross it into ports: skip connections too), except inside a group hls4ml fuses: a Linear or
 Conv followed by the BatchNorm that is its only user (hls4ml folds that BatchNorm into the weights; cutting
-between them would change the numerics against the uncut design).
+between them would change the numerics against the uncut design), or by a brevitas QuantIdentity/QuantHardTanh
+(hls4ml merges that linear quantizer into the layer's result type).
 
 For every number of partitions K, a dynamic program over the operations finds the cuts that minimise the
 slowest partition's predicted build time (:mod:`fxsplit.costmodel`: each partition's jobs for the flow,
@@ -148,8 +149,11 @@ def plan_auto(model, input_shape, workers: int, *, precision: str = "fixed<16,6>
         if a.op != "call_module" or b.op != "call_module":
             return False
         ma, mb = gm.get_submodule(a.target), gm.get_submodule(b.target)
-        return (isinstance(ma, (nn.Linear, nn.Conv1d, nn.Conv2d)) and
-                isinstance(mb, nn.modules.batchnorm._BatchNorm) and list(a.users) == [b])
+        # hls4ml folds a BatchNorm into the layer before it, and merges a linear activation (a brevitas
+        # QuantIdentity / QuantHardTanh quantizer) into it as its result type
+        return (isinstance(ma, (nn.Linear, nn.Conv1d, nn.Conv2d)) and list(a.users) == [b] and
+                (isinstance(mb, nn.modules.batchnorm._BatchNorm) or
+                 type(mb).__name__ in ("QuantIdentity", "QuantHardTanh")))
 
     names: dict[int, str] = {}
     for k in range(1, n):

@@ -47,6 +47,34 @@ class LeafTracer(torch.fx.Tracer):
         return type(m).__module__.startswith(_LEAF_PREFIXES)
 
 
+class _ShapeProp(ShapeProp):
+    """ShapeProp that reads a brevitas QuantTensor (a NamedTuple torch.fx would take apart and fail to rebuild)
+    by its value tensor."""
+
+    def run_node(self, n):
+        from torch.fx.node import map_aggregate
+        from torch.fx.passes.shape_prop import _extract_tensor_metadata
+        result = torch.fx.Interpreter.run_node(self, n)
+        plain = result.value if _is_quant_tensor(result) else result
+        found = False
+
+        def meta(obj):
+            nonlocal found
+            if isinstance(obj, torch.Tensor):
+                found = True
+                return _extract_tensor_metadata(obj)
+            return obj
+        m = map_aggregate(plain, meta)
+        if found:
+            n.meta["tensor_meta"] = m
+        n.meta["type"] = type(result)
+        return result
+
+
+def _is_quant_tensor(x) -> bool:
+    return isinstance(x, tuple) and hasattr(x, "_fields") and "value" in x._fields and "scale" in x._fields
+
+
 def normalize_shapes(input_shape) -> list[tuple[int, ...]]:
     """``(C, H, W)`` -> ``[(C, H, W)]``; a list of shapes stays a list (several inputs)."""
     if isinstance(input_shape, (list, tuple)) and input_shape and all(isinstance(d, int) for d in input_shape):
@@ -102,7 +130,7 @@ def trace(model: nn.Module, input_shape) -> torch.fx.GraphModule:
     _check_unused_markers(model, gm)
     try:
         with torch.no_grad(), count_marker_calls() as ran:
-            ShapeProp(gm).propagate(*examples)
+            _ShapeProp(gm).propagate(*examples)
     except Exception as e:
         fr = _user_frame(e.__traceback__)
         raise FxsplitError(

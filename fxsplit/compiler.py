@@ -192,6 +192,8 @@ def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", co
             design.report.setdefault(flow, {})["stitched"] = post
         if plan is not None:
             design.report["auto_split"] = plan.to_dict()
+        if lowered.brevitas is not None:
+            design.report["brevitas"] = lowered.brevitas.to_dict()
         design.report["numerics"] = {
             "config": "hls_config (the user's hls4ml config)" if fc.from_hls_config else "fxsplit config",
             "default_precision": fc.precision, "io_type": fc.io_type, "exact_accum": bool(fc.exact_accum)}

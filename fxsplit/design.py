@@ -40,6 +40,8 @@ class Design:
         out = []
         for arr, port in zip(xs, ports):
             arr = np.asarray(arr.detach().cpu().numpy() if isinstance(arr, torch.Tensor) else arr, dtype=np.float64)
+            if self.partitioning.float32_inputs:     # brevitas reads float32: the design reads the same values
+                arr = arr.astype(np.float32).astype(np.float64)
             if arr.shape == port.torch_shape:
                 arr = arr[None]
             if arr.shape[1:] != port.torch_shape:
@@ -127,10 +129,17 @@ class Design:
     def _torch(self, xs: list[np.ndarray]):
         xs = [torch.as_tensor(self._to_torch(a, p), dtype=torch.float32)
               for a, p in zip(xs, self.partitioning.inputs)]
-        with torch.no_grad():
-            y = self.partitioning.graph(*xs)
-        ys = y if isinstance(y, (tuple, list)) else [y]
-        ys = [t.numpy().astype(np.float64) for t in ys]
+        g = self.partitioning.graph
+        was = {m: m.training for m in g.modules()}
+        g.eval()                  # as traced (brevitas' quantizers collect statistics in training mode)
+        try:
+            with torch.no_grad():
+                y = g(*xs)
+        finally:
+            for m, t in was.items():
+                m.train(t)
+        ys = list(y) if isinstance(y, (tuple, list)) and not hasattr(y, "scale") else [y]
+        ys = [getattr(t, "value", t).detach().numpy().astype(np.float64) for t in ys]   # a brevitas QuantTensor
         return ys[0] if len(ys) == 1 else ys
 
     def verify(self, x, level: str = "csim", simulator: str | None = None, interface: str = "pipeline",
@@ -167,6 +176,10 @@ class Design:
                 stitched_update(self.report, self.rtl)
         else:
             res = compare(level, got, ref, [p.name for p in outs], err, decode=decode)
+        if self.partitioning.torch_exact is not None:
+            res.torch_exact = self.partitioning.torch_exact
+            res.torch_mismatches = sum(int(np.sum(d(g).reshape(n, -1) != t))
+                                       for d, g, t in zip(decode, got, torch_out))
         self.report["verification"] = res.to_dict()
         self.write_report()
         return res

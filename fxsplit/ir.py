@@ -69,6 +69,9 @@ class Partitioning:
     outputs: list[Port]                    # model outputs, in the order the model returns them
     output_sources: dict[str, str] = field(default_factory=dict)  # model output port -> producer partition
     channels_last: bool = True             # False: hls4ml's ChannelsLastConversion='off', ports in PyTorch layout
+    float32_inputs: bool = False           # brevitas model: inputs are rounded to float32 (what brevitas reads)
+    torch_exact: bool | None = None        # brevitas model: True if its own PyTorch output is exact (quantized, or
+                                           # float32 sums that fit), so the design must equal it bit for bit
     outputs_torch_layout: bool = True      # Design returns outputs in PyTorch's layout; False: as the ports
                                            # (hls4ml's TransposeOutputs=False, its default for a user's hls_config)
 

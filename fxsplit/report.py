@@ -397,6 +397,9 @@ def render_html(report: dict) -> str:
     num = report.get("numerics")
     if isinstance(num, dict) and num:
         h.append(f'<div class="muted">numerics: {_esc(_numerics(num))}</div>')
+    bq = report.get("brevitas")
+    if isinstance(bq, dict):
+        h.append("<h2>brevitas quantizers, read exactly</h2>" + _brevitas_html(bq))
     ver = report.get("verification")
     if isinstance(ver, dict) and ver:
         h.append("<h2>Verification</h2>" + _verification_html(ver))
@@ -493,6 +496,14 @@ def _verification_html(ver: dict) -> str:
             ("random samples", _fmt_n(ver.get("n_samples"))),
             ("max |design - PyTorch float|", f"{ver.get('max_abs_error_vs_torch', float('nan')):.4g} "
                                              "(quantization error, reported, not a failure)")]
+    if ver.get("torch_exact") is not None:
+        ok = ok and ver.get("matches_torch") is not False
+        rows[0] = ("result", rows[0][1] if ver.get("matches_torch") is not False else
+                   f"MISMATCH: {_fmt_n(ver.get('torch_mismatches'))} elements differ from the brevitas model")
+        rows.append(("vs the brevitas model",
+                     "equal bit for bit (brevitas' own arithmetic is exact here)" if ver.get("matches_torch") else
+                     f"{_fmt_n(ver.get('torch_mismatches'))} differing elements" if ver.get("torch_exact") else
+                     "brevitas rounds its float32 sums: the error above is reported, not checked"))
     rtl = extra.get("rtl_vs_csim")
     if isinstance(rtl, dict):
         rows.append(("RTL vs C simulation", f"{rtl.get('passed')} samples passed, {rtl.get('failed')} failed "
@@ -513,6 +524,22 @@ def _verification_html(ver: dict) -> str:
                     f"<td class=\"n\">{_esc(m.get('index'))}</td><td class=\"n\">{_esc(m.get('got'))}</td>"
                     f"<td class=\"n\">{_esc(m.get('expected'))}</td></tr>" for m in mm) + "</table>")
     return out
+
+
+def _brevitas_html(bq: dict) -> str:
+    rows = "".join(
+        f"<tr><td>{_esc(q.get('layer'))}</td><td>{_esc(q.get('kind'))}</td>"
+        f"<td class=\"n\">{_esc(q.get('bit_width', ''))}</td><td>{_esc(q.get('scale', q.get('weight_scale', '')))}</td>"
+        f"<td>{_esc(q.get('rounding', ''))}</td><td><code>{_esc(q.get('type'))}</code>"
+        f"{'' if not q.get('bias') else ' + bias <code>' + _esc(q.get('bias')) + '</code>'}</td></tr>"
+        for q in bq.get("quantizers") or [])
+    inputs = ", ".join(f"{k}: {v}" for k, v in (bq.get("input_precisions") or {}).items())
+    claim = ("brevitas' own arithmetic is exact: the design must equal it bit for bit" if bq.get("torch_exact") else
+             "brevitas rounds the float32 sums of " + ", ".join(bq.get("inexact_in_brevitas") or []) +
+             ": the error against it is reported")
+    return (f"<p>{_esc(claim)}. Model inputs: <code>{_esc(inputs or '-')}</code>.</p>"
+            "<table><tr><th>layer</th><th>kind</th><th>bits</th><th>scale</th><th>rounding</th><th>hls4ml type</th>"
+            f"</tr>{rows}</table>")
 
 
 def _numerics(num: dict) -> str:
@@ -658,6 +685,12 @@ def format_text(report: dict, width: int = 120) -> str:
               + (f", {c['skipped']} skipped" if c["skipped"] else ""), markup=False)
     if isinstance(report.get("numerics"), dict):
         con.print("numerics: " + _numerics(report["numerics"]), markup=False)
+    bq = report.get("brevitas")
+    if isinstance(bq, dict):
+        con.print(f"brevitas: {len(bq.get('quantizers') or [])} quantized layers read exactly; "
+                  + ("the design must equal brevitas' output bit for bit" if bq.get("torch_exact") else
+                     "brevitas rounds the float32 sums of " + ", ".join(bq.get("inexact_in_brevitas") or [])),
+                  markup=False, soft_wrap=True)
     if pw:
         con.print("predicted wall on " + ", ".join(f"{w}: {_fmt_s(v)}" for w, v in pw.items())
                   + " worker(s)", markup=False)

@@ -29,21 +29,40 @@ class VerifyResult:
     max_abs_error_vs_torch: float        # stitched design vs PyTorch float, reported not hidden
     details: list[Mismatch] = field(default_factory=list)   # first mismatches (at most 100)
     extra: dict[str, Any] = field(default_factory=dict)
+    # brevitas models: whether their own PyTorch output is exact (then the design must equal it bit for bit), and
+    # how many output elements of the design differ from it (None: a float model, nothing claimed)
+    torch_exact: bool | None = None
+    torch_mismatches: int | None = None
+
+    @property
+    def matches_torch(self) -> bool | None:
+        """brevitas model with an exact PyTorch output: the design equals it element for element."""
+        if not self.torch_exact:
+            return None
+        return self.torch_mismatches == 0
 
     def __bool__(self) -> bool:
-        return self.bit_exact
+        return self.bit_exact and self.matches_torch is not False
 
     def to_dict(self) -> dict:
         """JSON-able, for the report (at most the first 10 mismatches)."""
         return {"level": self.level, "n_samples": self.n_samples, "bit_exact": self.bit_exact,
                 "mismatches": self.mismatches, "max_abs_error_vs_torch": self.max_abs_error_vs_torch,
                 "summary": self.summary(), "first_mismatches": [m.__dict__ for m in self.details[:10]],
+                **({"torch_exact": self.torch_exact, "torch_mismatches": self.torch_mismatches,
+                    "matches_torch": self.matches_torch} if self.torch_exact is not None else {}),
                 **({"extra": self.extra} if self.extra else {})}
 
     def summary(self) -> str:
         state = "bit-exact" if self.bit_exact else f"{self.mismatches} mismatching elements"
-        return (f"{self.level}: {self.n_samples} samples, {state}; max |design - torch float| = "
+        text = (f"{self.level}: {self.n_samples} samples, {state}; max |design - torch float| = "
                 f"{self.max_abs_error_vs_torch:.4g}")
+        if self.torch_exact:
+            text += ("; equals the brevitas model bit for bit" if self.matches_torch else
+                     f"; {self.torch_mismatches} elements differ from the brevitas model")
+        elif self.torch_exact is False:
+            text += "; brevitas rounds its float32 sums, so only the error is reported"
+        return text
 
 
 def as_list(y) -> list:

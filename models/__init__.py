@@ -8,6 +8,7 @@ non-trivial values so the numerics are exercised.
 from .jet_tagger import JetTagger, WideMLP
 from .residual_cnn import ResidualCNN, BranchyCNN
 from .resnet20 import ResNet20
+from .qat_jet_tagger import QATJetTagger
 
 ZOO = {
     "jet_tagger": (JetTagger, (16,)),
@@ -15,6 +16,7 @@ ZOO = {
     "residual_cnn": (ResidualCNN, (3, 8, 8)),
     "branchy_cnn": (BranchyCNN, (4, 8, 8)),
     "resnet20": (ResNet20, (3, 32, 32)),
+    "qat_jet_tagger": (QATJetTagger, (16,)),       # brevitas, quantization-aware
 }
 
 
@@ -27,6 +29,9 @@ def build(name: str, seed: int = 0):
     torch.manual_seed(seed)
     model = factory()
     randomize_batchnorm(model, seed)
+    if any(type(m).__module__.startswith("brevitas.") for m in model.modules()):
+        from .qat_jet_tagger import calibrate
+        calibrate(model, shape, seed)       # the activation scales a quantization-aware training run learns
     return model.eval(), shape
 
 

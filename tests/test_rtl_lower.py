@@ -207,9 +207,9 @@ def test_unsupported_type_mode_is_refused(tmp_path):
     def over(cfg):
         for name in ('seq_0', 'seq.0'):
             if name in cfg['LayerName']:
-                cfg['LayerName'][name]['Precision'] = {'result': 'fixed<10,4,RND_CONV,SAT>'}
+                cfg['LayerName'][name]['Precision'] = {'result': 'fixed<10,4,TRN_ZERO,SAT>'}
     hm = _hls(TinyMLP(), (8,), 'badtype', tmp_path, over=over)
-    with pytest.raises(FxsplitError, match='RND_CONV'):
+    with pytest.raises(FxsplitError, match='TRN_ZERO'):
         rl.check_rtl_supported(hm, 'p0')
 
 
@@ -223,6 +223,9 @@ def test_raw_helpers():
     assert rl.quantize_raw([40.0], 'fixed<16,6,RND,SAT>').tolist() == [32767]
     assert rl.to_raw([3.0], 'ufixed<4,2>').tolist() == [12]
     assert rl.parse_precision('ap_fixed<8,3,AP_RND,AP_SAT>') == (1, 8, 3, 'RND', 'SAT')
+    # half to even (brevitas' round) and a narrow signed range
+    assert rl.quantize_raw([0.5, 1.5, 2.5, -0.5, -1.5, 0.75], 'fixed<8,8,RND_CONV,SAT>').tolist() == [0, 2, 2, 0, -2, 1]
+    assert rl.quantize_raw([-100.0, 100.0], 'fixed<4,4,RND_CONV,SAT_SYM>').tolist() == [-7, 7]
     assert rl.verilog_name('input') == 'port_input' and rl.verilog_name('add_1') == 'add_1'
 
 

@@ -24,6 +24,7 @@ import torch.fx
 from ..capture import node_source
 from ..errors import FxsplitError
 from ..ir import Partition, Partitioning
+from .brevitas import freeze_partitions
 from .config import FlowConfig
 
 MONOLITHIC = "monolithic"
@@ -31,6 +32,8 @@ MONOLITHIC = "monolithic"
 
 def _supported_ops() -> set[str]:
     from hls4ml.converters.pytorch_to_hls import get_supported_pytorch_layers
+
+    from . import quant  # noqa: F401  (registers fxsplit's exact quantized layers)
     return set(get_supported_pytorch_layers()) | {"Dropout", "Sequential", "getitem"}
 
 
@@ -229,6 +232,8 @@ def build_modelgraph(spec: ModelSpec, output_dir: str, log=None):
     from hls4ml.model import ModelGraph
     from hls4ml.utils.config import create_config
 
+    from . import quant  # noqa: F401  (fxsplit's exact quantized layers: their handlers in hls4ml's converter)
+
     kwargs = {"io_type": spec.io_type, "clock_period": spec.clock_period}
     if spec.part:
         kwargs["part"] = spec.part
@@ -270,6 +275,7 @@ class Lowered(NamedTuple):
     mono_spec: "ModelSpec"            # the uncut reference
     mono: Any                         # its ModelGraph
     logs: dict[str, str] = {}         # what hls4ml printed and warned while converting, by project name
+    brevitas: Any = None              # lower.brevitas.Plan: how the brevitas layers were read (None: no brevitas)
 
     def write_logs(self, log_dir) -> None:
         """``<log_dir>/<name>_lower.log``: hls4ml's conversion messages, where it printed or warned any
@@ -289,6 +295,9 @@ def lower(pt: Partitioning, fc: FlowConfig, output_dir: str) -> Lowered:
     A model input gets the type hls4ml gives it from the user's config (read back from the graphs, and
     checked equal in every partition that reads it and in the uncut model)."""
     uncut = pt.graph
+    bq = _brevitas_plan(pt, fc)
+    parts = pt.partitions if bq is None else freeze_partitions(pt, bq)
+    exact_uncut = uncut if bq is None else bq.freeze(uncut)
     if fc.model.get("ChannelsLastConversion") == "off":
         pt.keep_torch_layout()
     if fc.from_hls_config:
@@ -298,13 +307,13 @@ def lower(pt: Partitioning, fc: FlowConfig, output_dir: str) -> Lowered:
     model_inputs = {p.name for p in pt.inputs}
     specs, graphs = {}, {}
     logs: dict[str, io.StringIO] = {}
-    for part in pt.partitions:
-        check_layers(part, uncut)
+    for part in parts:
+        check_layers(part, exact_uncut)
         spec = make_spec(part.name, part.module, [p.name for p in part.inputs], [p.torch_shape for p in part.inputs],
                          [p.name for p in part.outputs],
                          {p.name: precisions[p.name] for p in part.inputs if p.name not in model_inputs}, fc)
         hm = _convert(spec, os.path.join(output_dir, part.name), logs, part.name)
-        _check_graph(hm, part, uncut, fc.backend)
+        _check_graph(hm, part, exact_uncut, fc.backend)
         for port in part.inputs:
             if port.name in model_inputs:
                 got = _layer_type(hm, spec.name_map[port.name])
@@ -319,7 +328,7 @@ def lower(pt: Partitioning, fc: FlowConfig, output_dir: str) -> Lowered:
         specs[part.name], graphs[part.name] = spec, hm
 
     placeholders = [n.name for n in uncut.graph.nodes if n.op == "placeholder"]
-    mono_spec = make_spec(MONOLITHIC, uncut, placeholders, [p.torch_shape for p in pt.inputs],
+    mono_spec = make_spec(MONOLITHIC, exact_uncut, placeholders, [p.torch_shape for p in pt.inputs],
                           [p.name for p in pt.outputs], {}, fc)
     mono_spec.hls_config = reference_config(mono_spec.hls_config)
     mono = _convert(mono_spec, os.path.join(output_dir, MONOLITHIC), logs, None)
@@ -331,7 +340,33 @@ def lower(pt: Partitioning, fc: FlowConfig, output_dir: str) -> Lowered:
                                "the uncut model", hint="give this input an explicit result precision in the config")
         p.precision = precisions.setdefault(p.name, got)
     _check_boundaries(pt, mono, mono_spec.name_map, graphs, specs, fc.io_type)
-    return Lowered(specs, graphs, mono_spec, mono, {k: v.getvalue() for k, v in logs.items()})
+    return Lowered(specs, graphs, mono_spec, mono, {k: v.getvalue() for k, v in logs.items()}, bq)
+
+
+def _brevitas_plan(pt: Partitioning, fc: FlowConfig):
+    """brevitas layers read exactly (``lower/brevitas.py``), their types pinned in the config; None without."""
+    from . import brevitas
+    bq = brevitas.plan(pt.graph, [p.torch_shape for p in pt.inputs])
+    if bq is None:
+        return None
+    nodes = {n.name: n for n in pt.graph.graph.nodes}
+    pinned = {**bq.precisions, **{name: {"result": t} for name, t in bq.input_precisions.items()}}
+    for name, prec in pinned.items():
+        lc = fc.layer_name.setdefault(name, {})
+        given = lc.get("Precision")
+        given = {"result": given} if isinstance(given, str) else dict(given or {})
+        clash = {k: v for k, v in given.items() if k in prec and str(v) != prec[k] and k != "accum"}
+        if clash or ("accum" in given and "accum" in prec and given["accum"] not in ("auto", prec["accum"])):
+            node = nodes[name]
+            what = "model input" if node.op == "placeholder" else "brevitas layer"
+            raise FxsplitError(f"the config sets {given} for {what} {name!r}, whose exact types fxsplit derives from "
+                               f"its quantizers ({prec})", module=str(node.target), source=node_source(node),
+                               hint="drop the precision of this layer from the config (and input_precision for a "
+                                    "brevitas model): the quantizers decide the types")
+        lc["Precision"] = {**given, **prec}
+    pt.float32_inputs = True
+    pt.torch_exact = bq.torch_exact
+    return bq
 
 
 _NO_CODE_OK = {"Input", "InputLayer", "Reshape", "Constant"}   # layers hls4ml implements without a function call
@@ -443,6 +478,13 @@ def _legal_cuts_near(node: torch.fx.Node, kept) -> str:
     return " or ".join(alt) + " instead, so that no group hls4ml merges is split"
 
 
+def _merged_quantizer(gm: torch.fx.GraphModule, node: torch.fx.Node | None) -> bool:
+    """``node`` is a brevitas linear quantizer (QuantIdentity, QuantHardTanh): hls4ml's MergeLinearActivation folds it
+    into a Dense/Conv before it as that layer's result type."""
+    return (node is not None and node.op == "call_module" and len(node.all_input_nodes) == 1 and
+            type(gm.get_submodule(node.target)).__name__ in ("QuantIdentity", "QuantHardTanh"))
+
+
 def _check_boundaries(pt: Partitioning, mono, nmap: dict[str, str], graphs: dict, specs: dict, io_type: str) -> None:
     """hls4ml must keep the same layers on both sides (no fusion across a cut), and each cut
     tensor must exist in the uncut model with the same type.
@@ -482,11 +524,19 @@ def _check_boundaries(pt: Partitioning, mono, nmap: dict[str, str], graphs: dict
                 "but not in the uncut model", partition=part.name, module=str(node.target), source=node_source(node),
                 hint=f"the partitioned design could not equal the uncut one bit for bit; "
                      f"{_legal_cuts_near(node, kept)}")
+    for part in pt.partitions:          # (every fusion first: a split group is named as such, not as a type)
         for port in part.outputs:
             node = uncut_nodes[port.name]
             type_width(port.precision, f"the tensor {port.name!r} leaving partition {part.name!r}")
             src = hls4ml_source(pt.graph, port.name)
             layer = _in_graph(mono, nmap.get(src, src), flat(src))
+            merged = uncut_nodes.get(src)
+            if layer is None and _merged_quantizer(pt.graph, merged):
+                # a brevitas quantizer hls4ml merged into its producer as the producer's result type (it is the
+                # producer's only user): the producer's output is its data
+                prod = merged.all_input_nodes[0]
+                if list(prod.users) == [merged] and prod.op != "placeholder":
+                    layer = _in_graph(mono, nmap.get(prod.name), flat(prod.name))
             if layer is not None:
                 mono_prec = str(layer.get_output_variable().type.precision)
             elif port.name in model_outputs:   # dropped by hls4ml in the uncut model too (a final Reshape)

@@ -42,8 +42,9 @@ from fxsplit.errors import FxsplitError
 # ----------------------------------------------------------------------------------------------
 # A type is a tuple (signed: int 0/1, width W, integer bits I (incl. sign), rounding, overflow)
 
-SUPPORTED_ROUNDING = ('TRN', 'RND')
-SUPPORTED_OVERFLOW = ('WRAP', 'SAT')
+SUPPORTED_ROUNDING = ('TRN', 'RND', 'RND_CONV')      # RND_CONV: half to even (brevitas' round)
+SUPPORTED_OVERFLOW = ('WRAP', 'SAT', 'SAT_SYM')      # SAT_SYM: a narrow signed range (min = -max)
+_SATURATING = ('SAT', 'SAT_SYM')
 
 _TYPE_RE = re.compile(r'^\s*(?:ap_)?(u?)(fixed|int)\s*<\s*([^>]*)>\s*$')
 
@@ -82,9 +83,9 @@ def parse_precision(s: Any) -> tuple[int, int, int, str, str]:
     if width <= 0:
         raise UnsupportedType(f'type {text!r} has no bits')
     if rnd not in SUPPORTED_ROUNDING:
-        raise UnsupportedType(f'type {text!r}: rounding mode {rnd} is not supported (only TRN and RND)')
+        raise UnsupportedType(f'type {text!r}: rounding mode {rnd} is not supported (only TRN, RND and RND_CONV)')
     if ovf not in SUPPORTED_OVERFLOW:
-        raise UnsupportedType(f'type {text!r}: overflow mode {ovf} is not supported (only WRAP and SAT)')
+        raise UnsupportedType(f'type {text!r}: overflow mode {ovf} is not supported (only WRAP, SAT and SAT_SYM)')
     if nbits != 0:
         raise UnsupportedType(f'type {text!r}: saturation bits N={nbits} are not supported')
     return (0 if unsigned else 1, width, integer, rnd, ovf)
@@ -118,11 +119,15 @@ def _quantize_scalar(v: float, t: tuple) -> int:
     x = math.ldexp(v, f)  # exact power-of-two scaling
     if t[3] == 'RND':
         raw = math.floor(x + 0.5) if abs(x) < 2**52 else int(x)
+    elif t[3] == 'RND_CONV':
+        raw = round(x)                      # Python rounds floats half to even, exactly
     else:
         raw = math.floor(x)
     raw = int(raw)
     lo, hi = type_raw_range(t)
-    if t[4] == 'SAT':
+    if t[4] == 'SAT_SYM' and t[0]:
+        lo = -hi
+    if t[4] in _SATURATING:
         raw = min(max(raw, lo), hi)
     else:
         span = 1 << t[1]
@@ -259,7 +264,8 @@ def _layer_error(msg: str, layer, partition: str | None, hint: str | None = None
         partition=partition,
         hint=hint
         or 'the open RTL flow (da4ml) supports Dense/Linear, Conv1d/Conv2d, ReLU, LeakyReLU, BatchNorm, Add, '
-        'Concatenate, Flatten/Reshape/Transpose and Max/Avg pooling with fixed-point TRN/RND and WRAP/SAT types; '
+        'Concatenate, Flatten/Reshape/Transpose and Max/Avg pooling with fixed-point TRN/RND/RND_CONV and '
+        'WRAP/SAT/SAT_SYM types; '
         'move this layer out of the partition or use the hls4ml (Vivado/Vitis) flow',
     )
 
@@ -270,7 +276,7 @@ def _ptype(obj, what: str, layer, partition):
         return parse_precision(prec)
     except UnsupportedType as e:
         raise _layer_error(f'{what}: {e}', layer, partition,
-                           hint='use fixed<W,I> types with TRN/RND rounding and WRAP/SAT overflow') from None
+                           hint='use fixed<W,I> types with TRN/RND/RND_CONV rounding and WRAP/SAT/SAT_SYM overflow') from None
 
 
 def _fmt_weight_values(data: np.ndarray, t: tuple) -> np.ndarray:
@@ -360,7 +366,7 @@ def extract_program(hls_model, partition: str | None = None, input_names: list[s
             else:
                 B = np.zeros(W.shape[-1])
             B_acc = _const_to_type(B, acc_t)
-            if acc_t[4] == 'SAT':
+            if acc_t[4] in _SATURATING:
                 bound = _type_max_abs(in_t) * np.abs(W).reshape(-1, W.shape[-1]).sum(axis=0) + np.abs(B_acc)
                 if not all(_sat_safe(float(b) + math.ldexp(1.0, -type_frac(acc_t)), acc_t) for b in bound):
                     raise _layer_error(f'accumulator type {type_str(acc_t)} saturates and may overflow during '
@@ -447,7 +453,7 @@ def extract_program(hls_model, partition: str | None = None, input_names: list[s
                 raise _layer_error(f'pooling operation {pool_op!r} is not supported', layer, partition)
             is_avg = pool_op == 'Average'
             count_pad = str(_attr(layer, 'count_pad', 'False')).lower() == 'true'
-            if is_avg and acc_t[4] == 'SAT':
+            if is_avg and acc_t[4] in _SATURATING:
                 n = geo['pool'][0] * geo['pool'][1]
                 if not _sat_safe(n * _type_max_abs(in_t) + 1e-300, acc_t):
                     raise _layer_error(f'saturating accumulator {type_str(acc_t)} may overflow', layer, partition,
@@ -532,7 +538,7 @@ def _q(v, t: tuple, overflow: str | None = None, rounding: str | None = None):
         from da4ml.trace import FixedVariable
 
         return FixedVariable.from_const(math.ldexp(_quantize_scalar(float(v), t), -f), hwconf=_HWCONF[0])
-    return v.quantize(k, i, f, overflow or t[4], rounding or t[3])
+    return _quantize_var(v, k, i, f, overflow or t[4], rounding or t[3])
 
 
 def _q_round_only(v, t: tuple):
@@ -541,7 +547,22 @@ def _q_round_only(v, t: tuple):
     f = type_frac(t)
     if _f <= f:
         return v
-    return v.quantize(1, max(_i, 0) + 2, f, 'WRAP', t[3])
+    return _quantize_var(v, 1, max(_i, 0) + 2, f, 'WRAP', t[3])
+
+
+def _quantize_var(v, k: int, i: int, f: int, overflow: str, rounding: str):
+    """da4ml's ``quantize`` plus RND_CONV (round half to even), which da4ml lacks: with ``ulp`` the input's own
+    last bit and ``lsb`` the kept part's last bit, ``TRN(v + 2**-(f+1) - ulp + lsb * ulp)`` rounds ties to the even
+    neighbour and everything else to the nearest one (an exact identity on v's grid)."""
+    if rounding != 'RND_CONV':
+        return v.quantize(k, i, f, overflow, rounding)
+    _k, _i, _f = v.kif
+    if _f <= f:
+        return v.quantize(k, i, f, overflow, 'TRN')
+    n = v.quantize(_k, _i, f, 'WRAP', 'TRN') * math.ldexp(1.0, f)      # the kept part, as an integer
+    lsb = n.quantize(0, 1, 0, 'WRAP', 'TRN')                            # its parity: 0 or 1
+    ulp = math.ldexp(1.0, -_f)
+    return (v + (math.ldexp(1.0, -f - 1) - ulp) + lsb * ulp).quantize(k, i, f, overflow, 'TRN')
 
 
 def _cmul(v, c: float):

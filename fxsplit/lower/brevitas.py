@@ -1,0 +1,419 @@
+"""brevitas quantization-aware models: every quantizer read exactly, or refused before any build.
+
+A traced model holding ``brevitas.nn`` layers is read once, on the uncut graph (:func:`plan`):
+
+- each activation quantizer (QuantIdentity, QuantReLU, QuantHardTanh) becomes an :class:`~.quant.FxsQuantAct`
+  whose hls4ml type holds exactly brevitas' grid: ``bit_width`` bits, signedness, ``scale = 2**-frac`` (a power
+  of two, or refused), zero point 0, round half to even (``RoundSte``) / floor / toward zero, clamped
+  (``SAT``, ``SAT_SYM`` for a narrow signed range);
+- each QuantLinear becomes an :class:`~.quant.FxsQuantDense` holding the values brevitas computes with: its
+  quantized weight (integers times power-of-two scales, per tensor or per output channel) and the bias its bias
+  quantizer hands the layer (or the float bias), each in the narrowest fixed-point type that holds every value;
+  the sum is exact (hls4ml's ``auto`` accumulator and result types);
+- a model input read by quantizers gets a type wide enough that every float32 value which can change their
+  rounding is held exactly (``fixed<W,I,TRN,SAT>``, 24 fractional bits below the finest quantizer's step).
+
+The reading is checked: the exact layers run on a random batch and must give brevitas' own outputs, bit for bit,
+wherever brevitas' float32 arithmetic is exact. ``Design.verify`` then compares the design to brevitas itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import operator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.fx
+
+from ..capture import node_source
+from ..errors import FxsplitError
+
+FLOAT32_BITS = 24                    # significant bits of a float32: a sum that fits is computed exactly
+MAX_WIDTH = 64                       # widest weight or bias type fxsplit derives
+_ACTS = {"QuantIdentity": "linear", "QuantReLU": "relu", "QuantHardTanh": "linear"}
+_ROUNDING = {"RoundSte": "RND_CONV", "FloorSte": "TRN", "RoundToZeroSte": "TRN_ZERO"}
+_CLAMPS = {"TensorClamp", "TensorClampSte"}
+_SAME_GRID_MODULES = {"Dropout", "Flatten", "Identity"}
+_SAME_GRID_FUNCS = {"flatten", "view", "reshape", "squeeze", "unsqueeze", "contiguous"}
+
+
+def is_brevitas(m) -> bool:
+    return type(m).__module__.startswith("brevitas.")
+
+
+def uses_brevitas(gm: torch.fx.GraphModule) -> bool:
+    return any(n.op == "call_module" and is_brevitas(gm.get_submodule(n.target)) for n in gm.graph.nodes)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The exact values a tensor can hold: ``raw * 2**-frac`` in an hls4ml type of ``width`` bits."""
+    width: int
+    integer: int
+    signed: bool
+
+    @property
+    def frac(self) -> int:
+        return self.width - self.integer
+
+
+@dataclass
+class Plan:
+    """What :func:`plan` read: the exact layers by fx node name, the hls4ml types to pin, and the claims."""
+    frozen: dict[str, torch.nn.Module] = field(default_factory=dict)
+    precisions: dict[str, dict[str, str]] = field(default_factory=dict)    # node -> hls4ml Precision section
+    input_precisions: dict[str, str] = field(default_factory=dict)          # model input -> type
+    inexact_in_brevitas: list[str] = field(default_factory=list)           # layers brevitas rounds in float32
+    quantizers: list[dict] = field(default_factory=list)                    # for the report
+
+    @property
+    def torch_exact(self) -> bool:
+        """brevitas' own output is exact (every layer's float32 arithmetic exact): the design must equal it."""
+        return not self.inexact_in_brevitas
+
+    def freeze(self, module: torch.fx.GraphModule) -> torch.fx.GraphModule:
+        """A copy of ``module`` (the uncut graph or a partition) with every brevitas layer replaced by its exact
+        fxsplit layer (same node names, same targets)."""
+        graph = torch.fx.Graph()
+        graph.output(graph.graph_copy(module.graph, {}))            # same node names and meta
+        gm = torch.fx.GraphModule(module, graph, type(module).__name__)   # new containers, shared leaves
+        for n in gm.graph.nodes:
+            if n.op == "call_module" and n.name in self.frozen:
+                _set_submodule(gm, str(n.target), self.frozen[n.name])
+        return gm
+
+    def to_dict(self) -> dict:
+        return {"quantizers": self.quantizers, "input_precisions": self.input_precisions,
+                "torch_exact": self.torch_exact, "inexact_in_brevitas": self.inexact_in_brevitas}
+
+
+def _set_submodule(root: torch.nn.Module, target: str, new: torch.nn.Module) -> None:
+    *path, last = target.split(".")
+    parent = root
+    for p in path:
+        parent = getattr(parent, p)
+    setattr(parent, last, new)
+
+
+def _err(msg: str, node: torch.fx.Node, hint: str) -> FxsplitError:
+    return FxsplitError(msg, module=str(node.target), source=node_source(node), hint=hint)
+
+
+def _scalar(t) -> float:
+    t = torch.as_tensor(getattr(t, "value", t)).detach()
+    if t.numel() != 1:
+        raise ValueError("not a scalar")
+    return float(t.reshape(()))
+
+
+def _po2_exponent(scale: float) -> int | None:
+    """``e`` with ``scale == 2**e`` exactly, else None."""
+    if not math.isfinite(scale) or scale <= 0:
+        return None
+    m, e = math.frexp(scale)
+    return e - 1 if m == 0.5 else None
+
+
+def exact_type(values: np.ndarray, what: str, node: torch.fx.Node, hint: str) -> Grid:
+    """The narrowest signed fixed-point type holding every value of ``values`` (float64, exact) exactly."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    if not np.all(np.isfinite(v)):
+        raise _err(f"{what} holds values that are not finite", node, hint)
+    nz = v[v != 0]
+    if nz.size == 0:
+        return Grid(1, 1, True)
+    frac = max(53 - math.frexp(float(x))[1] - _trailing_zero_bits(float(x)) for x in nz)
+    raws = [int(x * 2.0 ** frac) if frac >= 0 else int(x / 2.0 ** -frac) for x in nz.tolist()]
+    for x, r in zip(nz.tolist(), raws):       # exact by construction; never trust it silently
+        if math.ldexp(r, -frac) != x:
+            raise FxsplitError(f"internal: {what}: {x!r} is not {r} * 2**-{frac}")
+    # shrink frac while every raw stays an integer (frexp-based frac is an upper bound)
+    while all(r % 2 == 0 for r in raws) and any(raws):
+        raws = [r // 2 for r in raws]
+        frac -= 1
+    width = max(max(r.bit_length() for r in raws if r > 0) if any(r > 0 for r in raws) else 0,
+                max((-r - 1).bit_length() for r in raws if r < 0) if any(r < 0 for r in raws) else 0) + 1
+    if width > MAX_WIDTH:
+        raise _err(f"{what} needs a {width}-bit fixed-point type to be held exactly (fxsplit allows {MAX_WIDTH})",
+                   node, hint)
+    return Grid(width, width - frac, True)
+
+
+def _trailing_zero_bits(x: float) -> int:
+    """Trailing zero bits of the 53-bit mantissa of ``x`` (x != 0)."""
+    m, _ = math.frexp(abs(x))
+    mant = int(m * 2 ** 53)
+    return (mant & -mant).bit_length() - 1
+
+
+def _fixed(g: Grid, modes: str = "") -> str:
+    return f"{'' if g.signed else 'u'}fixed<{g.width},{g.integer}{modes}>"
+
+
+# ---- reading one brevitas layer
+
+def _int_quant(proxy):
+    """The IntQuant inside a brevitas quant proxy (None if it has none: binary, float or other quantizers)."""
+    for m in proxy.modules():
+        if type(m).__name__ == "IntQuant":
+            return m
+    return None
+
+
+def _read_act(node: torch.fx.Node, mod) -> tuple[torch.nn.Module, Grid, dict]:
+    from .quant import FxsQuantAct
+    cls = type(mod).__name__
+    where = f"{cls} {node.target!r}"
+    proxy = getattr(mod, "act_quant", None)
+    if getattr(mod, "input_quant", None) is not None and mod.input_quant.is_quant_enabled:
+        raise _err(f"{where} quantizes its input too (input_quant): fxsplit reads one quantizer per layer", node,
+                   "put a QuantIdentity before the layer instead of input_quant")
+    if proxy is None or not proxy.is_quant_enabled:
+        raise _err(f"{where} has no activation quantizer (act_quant=None): brevitas computes it in float, which no "
+                   "fixed-point type reproduces", node, "give it an act_quant, e.g. Uint8ActPerTensorFixedPoint "
+                                                        "(QuantReLU) or Int8ActPerTensorFixedPoint")
+    q = _int_quant(proxy)
+    quantizer = f"{where}'s act_quant"
+    if q is None:
+        raise _err(f"{quantizer} is not an integer quantizer (binary, ternary and float quantizers are not read "
+                   "exactly yet)", node, "use an integer quantizer with a power-of-two scale, e.g. "
+                                         "Int8ActPerTensorFixedPoint with bit_width=2..8")
+    act_impl = getattr(getattr(proxy, "fused_activation_quant_proxy", None), "activation_impl", None)
+    act_name = type(act_impl).__name__ if act_impl is not None else "Identity"
+    if act_name not in ("Identity", "ReLU"):
+        raise _err(f"{where} applies {act_name} before quantizing: fxsplit reads Identity and ReLU only", node,
+                   "use QuantIdentity / QuantReLU, or QuantHardTanh with an integer quantizer that clamps")
+    activation = "relu" if act_name == "ReLU" else "linear"
+    rounding = _ROUNDING.get(type(q.float_to_int_impl).__name__)
+    if rounding is None:
+        raise _err(f"{quantizer} rounds with {type(q.float_to_int_impl).__name__}, which no hls4ml rounding mode "
+                   "reproduces", node, "use float_to_int_impl_type ROUND (half to even), FLOOR or ROUND_TO_ZERO")
+    if type(q.tensor_clamp_impl).__name__ not in _CLAMPS:
+        raise _err(f"{quantizer} clamps with {type(q.tensor_clamp_impl).__name__}", node,
+                   "use brevitas' TensorClamp (the default of its integer quantizers)")
+    with torch.no_grad():
+        try:
+            scale, zp, bits = _scalar(proxy.scale()), _scalar(proxy.zero_point()), _scalar(proxy.bit_width())
+        except ValueError:
+            raise _err(f"{quantizer} has a scale per channel: hls4ml's types are one per layer", node,
+                       "use a per-tensor activation quantizer (scaling_per_output_channel=False)") from None
+    signed, narrow = bool(proxy.is_signed), bool(proxy.is_narrow_range)
+    e = _po2_exponent(scale)
+    if e is None:
+        raise _err(f"{quantizer} has scale {scale!r}, not a power of two: no fixed-point type holds its values",
+                   node, "use a power-of-two scale: a *FixedPoint quantizer (e.g. Int8ActPerTensorFixedPoint, "
+                         "Uint8ActPerTensorFixedPoint) or restrict_scaling_type=RestrictValueType.POWER_OF_TWO")
+    if zp != 0:
+        raise _err(f"{quantizer} has zero point {zp!r}: fxsplit reads symmetric quantizers only", node,
+                   "use a quantizer with zero_point 0 (the *FixedPoint quantizers)")
+    if bits != int(bits) or bits < 1:
+        raise _err(f"{quantizer} has bit width {bits!r}", node, "use a whole bit width")
+    b = int(bits)
+    if not signed and narrow:
+        raise _err(f"{quantizer} is unsigned with a narrow range (max 2**{b} - 2): no hls4ml saturation mode "
+                   "stops there", node, "use narrow_range=False for an unsigned quantizer")
+    qmin, qmax = (-(2 ** (b - 1)) + int(narrow), 2 ** (b - 1) - 1) if signed else (0, 2 ** b - 1)
+    frac = -e
+    grid = Grid(b, b - frac, signed)
+    sat = "SAT_SYM" if signed and narrow else "SAT"
+    prec = _fixed(grid, f",{rounding},{sat}")
+    info = {"layer": str(node.target), "kind": cls, "quantizer": type(proxy).__name__, "bit_width": b,
+            "signed": signed, "narrow_range": narrow, "scale": scale, "rounding": rounding, "type": prec}
+    return FxsQuantAct(activation, prec, frac, qmin, qmax, rounding, f"{cls} {node.target}"), grid, info
+
+
+
+def _read_linear(node: torch.fx.Node, mod, in_grid: Grid, bias_value) -> tuple[torch.nn.Module, Grid, dict]:
+    from .quant import FxsQuantDense
+    where = f"QuantLinear {node.target!r}"
+    for attr in ("input_quant", "output_quant"):
+        proxy = getattr(mod, attr, None)
+        if proxy is not None and proxy.is_quant_enabled:
+            raise _err(f"{where} has {attr} enabled: fxsplit reads the weight and bias quantizers of a layer, its "
+                       "activations come from separate quantizer layers", node,
+                       f"drop {attr} and put a QuantIdentity {'before' if attr == 'input_quant' else 'after'} it")
+    if not mod.weight_quant.is_quant_enabled:
+        raise _err(f"{where} has no weight quantizer: its float weights are not on a fixed-point grid", node,
+                   "give it weight_quant, e.g. Int8WeightPerTensorFixedPoint with weight_bit_width=2..8")
+    with torch.no_grad():
+        qw = mod.quant_weight()
+    scale = torch.as_tensor(qw.scale).detach().reshape(-1)
+    exps = [_po2_exponent(float(s)) for s in scale]
+    if any(e is None for e in exps):
+        bad = next(float(s) for s, e in zip(scale, exps) if e is None)
+        raise _err(f"{where}'s weight_quant has scale {bad!r}, not a power of two: its weights times the input do "
+                   "not stay on a fixed-point grid", node,
+                   "use a power-of-two weight scale: Int8WeightPerTensorFixedPoint (or per channel with "
+                   "restrict_scaling_type=RestrictValueType.POWER_OF_TWO)")
+    if torch.any(torch.as_tensor(qw.zero_point) != 0):
+        raise _err(f"{where}'s weight_quant has a nonzero zero point", node, "use a symmetric weight quantizer")
+    w = qw.value.detach().to(torch.float64)
+    hint = "quantize it with fewer bits or a coarser power-of-two scale"
+    wg = exact_type(w.numpy(), f"{where}'s quantized weight", node, hint)
+    b = None
+    bg = None
+    if mod.bias is not None:
+        b = torch.as_tensor(getattr(bias_value, "value", bias_value)).detach().to(torch.float64).reshape(-1)
+        bg = exact_type(b.numpy(), f"{where}'s bias", node,
+                        "quantize the bias (bias_quant=Int16Bias or Int32Bias: an integer times the input scale "
+                        "times the weight scale)")
+    # an upper bound of every partial sum's bits (hls4ml's 'auto' accumulator is sized the same way): where it fits
+    # in float32's 24 significant bits, brevitas' own float32 sum is exact too
+    n = int(w.shape[1])
+    log_n = math.ceil(math.log2(n)) if n > 1 else 0
+    frac = in_grid.frac + wg.frac
+    integer = in_grid.integer + wg.integer + log_n + 1
+    if bg is not None:
+        frac, integer = max(frac, bg.frac), max(integer, bg.integer + 1) + 1
+    out = Grid(integer + frac, integer, True)
+    dense = FxsQuantDense(w, b, _fixed(wg), _fixed(bg) if bg is not None else None, f"QuantLinear {node.target}")
+    info = {"layer": str(node.target), "kind": "QuantLinear", "quantizer": "weight_quant",
+            "weight_scale": [float(s) for s in scale[:4]] + (["..."] if scale.numel() > 4 else []),
+            "type": dense.weight_precision, "bias": dense.bias_precision,
+            "bias_quant": bool(getattr(mod.bias_quant, "is_quant_enabled", False)), "sum_bits": out.width}
+    return dense, out, info
+
+
+# ---- the whole model
+
+def _calibrate(gm: torch.fx.GraphModule, examples: list[torch.Tensor]) -> tuple[dict, dict]:
+    """brevitas' own values on a random batch: every node's output, and the bias each QuantLinear adds."""
+    biases: dict[str, object] = {}
+    hooks = []
+    for n in gm.graph.nodes:
+        if n.op == "call_module":
+            m = gm.get_submodule(n.target)
+            if type(m).__name__ == "QuantLinear" and m.bias is not None:
+                hooks.append(m.bias_quant.register_forward_hook(
+                    lambda _m, _i, out, name=n.name: biases.__setitem__(name, out)))
+    values: dict[str, object] = {}
+
+    class Rec(torch.fx.Interpreter):
+        def run_node(self, n):
+            out = super().run_node(n)
+            values[n.name] = out
+            return out
+    was = {m: m.training for m in gm.modules()}
+    gm.eval()
+    try:
+        with torch.no_grad():
+            Rec(gm).run(*examples)
+    finally:
+        for h in hooks:
+            h.remove()
+        for m, t in was.items():
+            m.train(t)
+    return values, biases
+
+
+def plan(gm: torch.fx.GraphModule, input_shapes: list[tuple[int, ...]]) -> Plan | None:
+    """Read every brevitas layer of the uncut graph ``gm`` exactly (see the module doc); None for a model
+    without brevitas layers. Raises :class:`FxsplitError` naming the layer, its quantizer and what to change."""
+    if not uses_brevitas(gm):
+        return None
+    gen = torch.Generator().manual_seed(0)
+    examples = [torch.randn((64, *s), generator=gen) * 4 for s in input_shapes]
+    values, biases = _calibrate(gm, examples)
+    p = Plan()
+    grid: dict[str, Grid | str | None] = {}       # Grid: exact; "input:<name>": a model input, float; None: float
+    needs: dict[str, list[tuple[int, int, torch.fx.Node]]] = {}   # model input -> (frac, qmax + 1) of its quantizers
+    for n in gm.graph.nodes:
+        if n.op == "placeholder":
+            grid[n.name] = f"input:{n.name}"
+            continue
+        if n.op == "output":
+            continue
+        if n.op == "get_attr":
+            raise _err("a brevitas model whose graph reads a tensor attribute: fxsplit reads brevitas layers, "
+                       "reshapes and dropout only (yet)", n, "compute constants in the layers' quantizers")
+        srcs = [a for a in n.all_input_nodes]
+        src = grid.get(srcs[0].name) if srcs else None
+        if n.op == "call_module":
+            m = gm.get_submodule(n.target)
+            cls = type(m).__name__
+            if cls in _ACTS:
+                frozen, g, info = _read_act(n, m)
+                if cls == "QuantHardTanh" and frozen.activation != "linear":
+                    raise _err(f"QuantHardTanh {n.target!r} applies an activation fxsplit cannot read", n,
+                               "use QuantIdentity")
+                if isinstance(src, str):
+                    needs.setdefault(src[len("input:"):], []).append((frozen.frac, frozen.qmax + 1, n))
+                p.frozen[n.name] = frozen
+                p.precisions[n.name] = {"result": frozen.precision}
+                p.quantizers.append(info)
+                grid[n.name] = g
+                continue
+            if cls == "QuantLinear":
+                if not isinstance(src, Grid):
+                    raise _err(f"the input of QuantLinear {n.target!r} is {_describe(src, srcs[0])}: brevitas "
+                               "multiplies float values there, which no fixed-point type holds exactly", n,
+                               "quantize its input first (a QuantIdentity, or return_quant_tensor=True from a "
+                               "quantizer layer before it)")
+                frozen, g, info = _read_linear(n, m, src, biases.get(n.name))
+                p.frozen[n.name] = frozen
+                prec = {"weight": frozen.weight_precision, "accum": "auto", "result": "auto"}
+                if frozen.bias_precision is not None:
+                    prec["bias"] = frozen.bias_precision
+                p.precisions[n.name] = prec
+                p.quantizers.append(info)
+                if g.width > FLOAT32_BITS:
+                    p.inexact_in_brevitas.append(str(n.target))
+                grid[n.name] = g
+                continue
+            if cls in _SAME_GRID_MODULES:
+                grid[n.name] = src
+                continue
+            raise _err(f"{cls} {n.target!r} in a brevitas model: fxsplit reads QuantIdentity, QuantReLU, "
+                       "QuantHardTanh, QuantLinear, Dropout and Flatten exactly (convolutions, pooling, BatchNorm "
+                       "and float layers: not yet)", n, "keep this layer out of the model you compile, or replace "
+                                                       "it with one of those")
+        name = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", str(n.target))
+        if name in _SAME_GRID_FUNCS and len(srcs) == 1:
+            grid[n.name] = src
+            continue
+        if n.target is operator.getitem:
+            raise _err(f"indexing ({n.name}) in a brevitas model: not read exactly yet", n,
+                       "index outside the compiled model")
+        raise _err(f"operation {n.name!r} ({name}) in a brevitas model: fxsplit reads brevitas layers, reshapes "
+                   "and dropout only (yet)", n, "keep this operation out of the model you compile")
+    for inp, qs in needs.items():
+        frac = max(f for f, _, _ in qs) + FLOAT32_BITS
+        integer = max(int(top).bit_length() - f for f, top, _ in qs) + 1
+        p.input_precisions[inp] = f"fixed<{integer + frac},{integer},TRN,SAT>"
+    _check_reading(gm, p, values)
+    return p
+
+
+def _describe(src, node: torch.fx.Node) -> str:
+    if isinstance(src, str):
+        return f"the model input {src[len('input:'):]!r} (float)"
+    return f"the float output of {node.name!r}"
+
+
+def _check_reading(gm: torch.fx.GraphModule, p: Plan, values: dict) -> None:
+    """Every exact layer, fed brevitas' own input from the calibration batch, must give brevitas' own output bit for
+    bit (a QuantLinear only where brevitas' float32 sum is exact). A difference means fxsplit read a quantizer
+    wrongly: raise, never build on it."""
+    inexact = set(p.inexact_in_brevitas)
+    for n in gm.graph.nodes:
+        mod = p.frozen.get(n.name)
+        if mod is None or str(n.target) in inexact:
+            continue
+        inp = values[n.all_input_nodes[0].name]
+        with torch.no_grad():
+            got = mod(getattr(inp, "value", inp).detach())
+        ref = getattr(values[n.name], "value", values[n.name]).detach().to(torch.float64)
+        if ref.shape != got.shape or not torch.equal(ref, got):
+            bad = int((ref != got).sum()) if ref.shape == got.shape else -1
+            raise FxsplitError(f"internal: fxsplit's exact reading of {mod.source} differs from brevitas' own output "
+                               f"on a random batch ({bad} elements): its quantizer holds something fxsplit does not "
+                               "read", module=str(n.target), source=node_source(n),
+                               hint="please report this model; meanwhile compile without this layer")
+
+
+def freeze_partitions(pt, p: Plan):
+    """Copies of ``pt``'s partitions with their brevitas layers replaced by the exact ones."""
+    return [dataclasses.replace(part, module=p.freeze(part.module)) for part in pt.partitions]
