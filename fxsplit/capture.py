@@ -44,7 +44,7 @@ class LeafTracer(torch.fx.Tracer):
             return True
         if isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
             return False
-        return type(m).__module__.startswith(_LEAF_PREFIXES)
+        return type(m).__module__.startswith(_LEAF_PREFIXES) or _is_tensor_norm(m)
 
 
 class _ShapeProp(ShapeProp):
@@ -73,6 +73,12 @@ class _ShapeProp(ShapeProp):
 
 def _is_quant_tensor(x) -> bool:
     return isinstance(x, tuple) and hasattr(x, "_fields") and "value" in x._fields and "scale" in x._fields
+
+
+def _is_tensor_norm(m: nn.Module) -> bool:
+    """brevitas_examples' TensorNorm (the float affine its bnn_pynq models end with): one leaf, read by
+    ``lower/brevitas.py`` as a whole."""
+    return type(m).__name__ == "TensorNorm" and type(m).__module__.startswith("brevitas_examples.")
 
 
 def normalize_shapes(input_shape) -> list[tuple[int, ...]]:

@@ -503,7 +503,7 @@ def _verification_html(ver: dict) -> str:
         rows.append(("vs the brevitas model",
                      "equal bit for bit (brevitas' own arithmetic is exact here)" if ver.get("matches_torch") else
                      f"{_fmt_n(ver.get('torch_mismatches'))} differing elements" if ver.get("torch_exact") else
-                     "brevitas rounds its float32 sums: the error above is reported, not checked"))
+                     "brevitas rounds in float32 (a sum past 24 bits or a float layer): the error above is reported, not checked"))
     rtl = extra.get("rtl_vs_csim")
     if isinstance(rtl, dict):
         rows.append(("RTL vs C simulation", f"{rtl.get('passed')} samples passed, {rtl.get('failed')} failed "
@@ -535,7 +535,7 @@ def _brevitas_html(bq: dict) -> str:
         for q in bq.get("quantizers") or [])
     inputs = ", ".join(f"{k}: {v}" for k, v in (bq.get("input_precisions") or {}).items())
     claim = ("brevitas' own arithmetic is exact: the design must equal it bit for bit" if bq.get("torch_exact") else
-             "brevitas rounds the float32 sums of " + ", ".join(bq.get("inexact_in_brevitas") or []) +
+             "brevitas rounds in float32 in " + ", ".join(bq.get("inexact_in_brevitas") or []) +
              ": the error against it is reported")
     return (f"<p>{_esc(claim)}. Model inputs: <code>{_esc(inputs or '-')}</code>.</p>"
             "<table><tr><th>layer</th><th>kind</th><th>bits</th><th>scale</th><th>rounding</th><th>hls4ml type</th>"
@@ -689,7 +689,7 @@ def format_text(report: dict, width: int = 120) -> str:
     if isinstance(bq, dict):
         con.print(f"brevitas: {len(bq.get('quantizers') or [])} quantized layers read exactly; "
                   + ("the design must equal brevitas' output bit for bit" if bq.get("torch_exact") else
-                     "brevitas rounds the float32 sums of " + ", ".join(bq.get("inexact_in_brevitas") or [])),
+                     "brevitas rounds in float32 in " + ", ".join(bq.get("inexact_in_brevitas") or [])),
                   markup=False, soft_wrap=True)
     if pw:
         con.print("predicted wall on " + ", ".join(f"{w}: {_fmt_s(v)}" for w, v in pw.items())

@@ -61,7 +61,7 @@ class VerifyResult:
             text += ("; equals the brevitas model bit for bit" if self.matches_torch else
                      f"; {self.torch_mismatches} elements differ from the brevitas model")
         elif self.torch_exact is False:
-            text += "; brevitas rounds its float32 sums, so only the error is reported"
+            text += "; brevitas rounds in float32 (a sum past 24 bits or a float layer), so only the error is reported"
         return text
 
 

@@ -8,7 +8,7 @@ non-trivial values so the numerics are exercised.
 from .jet_tagger import JetTagger, WideMLP
 from .residual_cnn import ResidualCNN, BranchyCNN
 from .resnet20 import ResNet20
-from .qat_jet_tagger import QATJetTagger
+from .qat import QATJetTagger, QATResidualCNN
 
 ZOO = {
     "jet_tagger": (JetTagger, (16,)),
@@ -17,6 +17,7 @@ ZOO = {
     "branchy_cnn": (BranchyCNN, (4, 8, 8)),
     "resnet20": (ResNet20, (3, 32, 32)),
     "qat_jet_tagger": (QATJetTagger, (16,)),       # brevitas, quantization-aware
+    "qat_residual_cnn": (QATResidualCNN, (3, 8, 8)),
 }
 
 
@@ -30,7 +31,7 @@ def build(name: str, seed: int = 0):
     model = factory()
     randomize_batchnorm(model, seed)
     if any(type(m).__module__.startswith("brevitas.") for m in model.modules()):
-        from .qat_jet_tagger import calibrate
+        from .qat import calibrate
         calibrate(model, shape, seed)       # the activation scales a quantization-aware training run learns
     return model.eval(), shape
 

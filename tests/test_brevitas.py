@@ -15,7 +15,7 @@ import fxsplit
 from conftest import FAST
 from fxsplit.fixed import layout
 from models import build
-from models.qat_jet_tagger import calibrate
+from models.qat import calibrate
 
 
 
@@ -60,6 +60,25 @@ def test_qat_jet_tagger_csim_equals_brevitas_bit_for_bit(tmp_path):
     with torch.no_grad():
         q_in = model.inp(x).value
     assert float(q_in.max()) == 31 * step and float(q_in.min()) == -32 * step
+
+
+@pytest.mark.parametrize("io_type", ["io_parallel", "io_stream"])
+def test_qat_residual_cnn_cut_inside_its_block_equals_brevitas(tmp_path, io_type):
+    """QuantConv2d layers, a residual sum of QuantTensors (one shared quantizer), max pooling, a Cut inside the
+    block: the skip tensor crosses the cut with relu1's exact type."""
+    model, shape = build("qat_residual_cnn")
+    d = fxsplit.compile(model, shape, flow="hls4ml", config={**FAST, "io_type": io_type}, output_dir=tmp_path / "o",
+                        jobs=2, progress=False)
+    block = next(p for p in d.partitions if p.name == "block")
+    assert {p.name for p in block.inputs} == {"relu1", "relu2"}       # the skip crosses the cut
+    skip = next(p for p in block.inputs if p.name == "relu1")
+    assert layout(skip.precision) == (False, 4, 2) and "RND_CONV" in skip.precision
+    g = torch.Generator().manual_seed(4)
+    x = torch.cat([torch.randn(60, *shape, generator=g) * s for s in (0.3, 1.0, 4.0, 40.0)])
+    r = d.verify(x)
+    assert r.bit_exact and r.matches_torch, r.summary()
+    kinds = {q["kind"] for q in d.report["brevitas"]["quantizers"]}
+    assert {"QuantConv2d", "QuantLinear", "QuantReLU", "QuantIdentity"} <= kinds
 
 
 def test_quantized_tensors_cross_cuts_with_the_producers_exact_type(tmp_path):
@@ -140,7 +159,7 @@ def test_float_bias_is_held_exactly_and_brevitas_rounding_is_reported(tmp_path):
     r = d.verify(x)
     assert r.bit_exact                                   # partitioned == uncut, always
     assert r.torch_exact is False and r.matches_torch is None
-    assert "brevitas rounds its float32 sums" in r.summary()
+    assert "brevitas rounds in float32" in r.summary()
     assert set(d.report["brevitas"]["inexact_in_brevitas"]) >= {"fc2"}
     y = d.predict(x)
     with torch.no_grad():
@@ -182,17 +201,20 @@ class _Variants(nn.Module):
         elif kind == "narrow_unsigned":
             self.act = QuantReLU(act_quant=Uint8ActPerTensorFixedPoint, bit_width=4, narrow_range=True)
         elif kind == "float_layer":
-            self.act = nn.ReLU()
+            self.act = nn.Sigmoid()
+        elif kind == "batchnorm":
+            self.act = nn.BatchNorm1d(4)
         else:
             self.act = QuantReLU(act_quant=Uint8ActPerTensorFixedPoint, bit_width=4)
-        self.conv = QuantConv2d(1, 1, 1, weight_quant=Int8WeightPerTensorFixedPoint) if kind == "conv" else None
+        self.conv = QuantConv2d(4, 4, 1, groups=2, weight_quant=Int8WeightPerTensorFixedPoint, bias=False) \
+            if kind == "conv" else None
 
     def forward(self, x):
         if self.kind == "float_input":
             return self.act(self.fc(x))
         y = self.act(self.fc(self.inp(x)))
         if self.conv is not None:
-            y = self.conv(y.reshape(-1, 1, 2, 2))
+            y = self.conv(y.reshape(-1, 4, 1, 1))
         return y
 
 
@@ -201,8 +223,9 @@ class _Variants(nn.Module):
     ("no_act_quant", "no activation quantizer", "act"),
     ("narrow_unsigned", "unsigned with a narrow range", "act"),
     ("output_quant", "has output_quant enabled", "fc"),
-    ("float_layer", "ReLU 'act' in a brevitas model", "act"),
-    ("conv", "QuantConv2d 'conv' in a brevitas model", "conv"),
+    ("float_layer", "Sigmoid 'act' in a brevitas model", "act"),
+    ("batchnorm", "BatchNorm1d 'act' is not followed by a brevitas quantizer", "act"),
+    ("conv", "groups=2", "conv"),
 ])
 def test_refusals_name_the_layer_and_what_to_change(tmp_path, kind, match, module):
     msg = _refusal(tmp_path, _Variants(kind), match)
@@ -294,3 +317,95 @@ def test_a_cut_inside_a_merged_quantizer_is_refused_and_auto_split_avoids_it(tmp
     r = d.verify(hard_inputs(12, [step], seed=11))
     assert r.bit_exact and r.matches_torch, r.summary()
     assert len(d.partitions) == 3
+
+
+class _BNMLP(nn.Module):
+    """QuantLinear -> BatchNorm -> quantizer, twice (a signed QuantIdentity, then a QuantReLU), a Cut between."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = QuantIdentity(act_quant=Int8ActPerTensorFixedPoint, bit_width=4, return_quant_tensor=True)
+        self.fc1 = QuantLinear(12, 16, bias=False, weight_quant=Int8WeightPerTensorFixedPoint, weight_bit_width=3)
+        self.bn1 = nn.BatchNorm1d(16)
+        self.q1 = QuantIdentity(act_quant=Int8ActPerTensorFixedPoint, bit_width=3, return_quant_tensor=True)
+        self.cut = fxsplit.Cut("b")
+        self.fc2 = QuantLinear(16, 8, bias=False, weight_quant=Int8WeightPerTensorFixedPoint, weight_bit_width=3)
+        self.bn2 = nn.BatchNorm1d(8)
+        self.r2 = QuantReLU(act_quant=Uint8ActPerTensorFixedPoint, bit_width=3, return_quant_tensor=True)
+        self.fc3 = QuantLinear(8, 4, bias=False, weight_quant=Int8WeightPerTensorFixedPoint, weight_bit_width=4)
+
+    def forward(self, x):
+        x = self.cut(self.q1(self.bn1(self.fc1(self.inp(x)))))
+        return self.fc3(self.r2(self.bn2(self.fc2(x))))
+
+
+def _bn_mlp():
+    from models import randomize_batchnorm
+    torch.manual_seed(0)
+    m = _BNMLP()
+    randomize_batchnorm(m, 3)
+    with torch.no_grad():                        # statistics far from the identity
+        for bn in (m.bn1, m.bn2):
+            bn.weight.mul_(3)
+            bn.running_mean.mul_(10)
+    return calibrate(m, (12,))
+
+
+@pytest.mark.parametrize("flow", ["hls4ml", "rtl"])
+def test_batchnorm_before_a_quantizer_is_exact_on_every_input(tmp_path, flow):
+    """BatchNorm + quantizer: a fixed-point affine map found so that every input the channel can receive gets
+    brevitas' level (checked exhaustively before building), through the C simulation and the RTL."""
+    model = _bn_mlp()
+    d = fxsplit.compile(model, (12,), flow=flow, config={**FAST, "synth": False} if flow == "rtl" else FAST,
+                        output_dir=tmp_path / "o", jobs=2, progress=False)
+    bns = {q["layer"]: q for q in d.report["brevitas"]["quantizers"] if q["kind"] == "BatchNorm1d"}
+    assert set(bns) == {"bn1", "bn2"} and all(q["checked_inputs"] > 1000 for q in bns.values())
+    x = hard_inputs(12, [float(model.inp.act_quant.scale())])
+    r = d.verify(x, **({"level": "rtl"} if flow == "rtl" else {}))
+    assert r.bit_exact and r.matches_torch, r.summary()
+
+
+class _Features(nn.Module):
+    """brevitas_examples' bnn_pynq networks without their input scaling (``2 * x - 1``, done by the caller: brevitas
+    rounds it in float32, outside the quantized network)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.features = net.features
+
+    def forward(self, x):
+        for m in self.features:
+            x = m(x)
+        return x
+
+
+def test_brevitas_examples_tfc_w2a2_with_splits(tmp_path):
+    from brevitas_examples.bnn_pynq.models import model_with_cfg
+
+    from models import randomize_batchnorm
+    torch.manual_seed(0)
+    net, _ = model_with_cfg("TFC_2W2A", pretrained=False)
+    randomize_batchnorm(net, 0)
+    model = _Features(net).eval()
+    d = fxsplit.compile(model, (784,), splits=["features.6", "features.10", "features.15"], flow="hls4ml",
+                        config=FAST, output_dir=tmp_path / "o", jobs=2, progress=False)
+    assert len(d.partitions) == 4
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.rand(60, 784, generator=g) * 2 - 1, torch.randn(60, 784, generator=g) * 3,
+                   torch.randint(-3, 3, (60, 784), generator=g) + 0.5])          # the 2-bit quantizer's ties
+    r = d.verify(x)
+    assert r.bit_exact, r.summary()                      # stitched == uncut, bit for bit
+    # everything up to the final float TensorNorm equals brevitas bit for bit
+    with torch.no_grad():
+        h = x
+        for m in net.features[:15]:
+            h = m(h)
+        ref = model(x).numpy()
+    pre = getattr(h, "value", h).numpy()
+    np.testing.assert_array_equal(d.port_values(x)["features_14"], pre)
+    # the TensorNorm: a float affine; the design is within float32 rounding of brevitas' own output
+    assert r.torch_exact is False and d.report["brevitas"]["inexact_in_brevitas"] == ["features.15"]
+    y = d.predict(x)
+    a = float(net.features[15].weight) / float(torch.sqrt(net.features[15].running_var + net.features[15].eps))
+    bound = 4 * float(np.spacing(np.float32(np.abs(ref).max()))) + np.abs(pre).max() * abs(a) * 2.0 ** -23
+    assert np.abs(y - ref).max() <= bound and r.max_abs_error_vs_torch <= bound, (np.abs(y - ref).max(), bound)

@@ -406,3 +406,15 @@ def test_cut_right_after_layernorm_is_refused(tmp_path):
     err_first = np.abs(y - t.reshape(20, -1)).max()
     err_last = np.abs(y - np.moveaxis(t, 1, -1).reshape(20, -1)).max()
     assert err_first < 0.2 < err_last, (err_first, err_last)
+
+
+def test_cut_right_after_a_dropout(tmp_path):
+    """hls4ml skips Dropout: a cut right after one hands on the dropout's input (its tensor has no hls4ml layer)."""
+    import numpy as np
+    from conftest import FAST
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Dropout(0.3), nn.Linear(8, 3)).eval()
+    d = fxsplit.compile(model, (6,), splits=["3"], config=FAST, output_dir=tmp_path / "o", jobs=2, progress=False)
+    assert [p.name for p in d.partitions[0].outputs] == ["_2"]
+    r = d.verify(np.random.default_rng(0).uniform(-4, 4, (50, 6)))
+    assert r.bit_exact and r.max_abs_error_vs_torch < 0.05

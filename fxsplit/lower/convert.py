@@ -116,13 +116,14 @@ def _safe_placeholders(module: torch.fx.GraphModule) -> tuple[torch.fx.GraphModu
 
 def hls4ml_source(module: torch.fx.GraphModule, name: str) -> str:
     """The node whose hls4ml layer holds tensor ``name``: hls4ml's parser has no layer for ``getitem`` (it
-    reads the indexed node's layer instead, e.g. ``lstm(x)[0][:, -1, :]`` is the LSTM layer's output), so
-    ``getitem`` chains resolve to their source, as hls4ml resolves them."""
+    reads the indexed node's layer instead, e.g. ``lstm(x)[0][:, -1, :]`` is the LSTM layer's output) nor for a
+    ``Dropout`` (skipped), so those resolve to their source, as hls4ml resolves them."""
     import operator
     node = next((n for n in module.graph.nodes if n.name == name), None)
-    while node is not None and node.op == "call_function" and node.target is operator.getitem \
-            and isinstance(node.args[0], torch.fx.Node):
-        node = node.args[0]
+    while node is not None and isinstance(node.args[0] if node.args else None, torch.fx.Node) and (
+            (node.op == "call_function" and node.target is operator.getitem) or
+            (node.op == "call_module" and type(module.get_submodule(node.target)).__name__ == "Dropout")):
+        node = node.args[0]         # (hls4ml skips a Dropout: its consumers read its input)
     return node.name if node is not None else name
 
 

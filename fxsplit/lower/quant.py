@@ -36,8 +36,38 @@ class FxsQuantAct(HLS4MLModule):
         q = _ROUND[self.rounding](x * 2.0 ** self.frac).clamp(self.qmin, self.qmax)
         return q * 2.0 ** -self.frac
 
+    @property
+    def step(self) -> float:
+        return 2.0 ** -self.frac
+
     def extra_repr(self) -> str:
         return f"{self.activation}, {self.precision}, from {self.source}"
+
+
+class FxsQuantBatchNorm(HLS4MLModule):
+    """A BatchNorm and the brevitas quantizer after it, as one exact affine map per channel: ``scale`` and ``bias``
+    (float64 buffers, dyadic) found so that rounding ``x * scale + bias`` onto the quantizer's grid (``precision``,
+    its hls4ml type) gives brevitas' level for every input the channel can receive (checked exhaustively)."""
+
+    def __init__(self, scale: torch.Tensor, bias: torch.Tensor, scale_precision: str, bias_precision: str,
+                 act: FxsQuantAct, source: str):
+        super().__init__()
+        self.num_features = int(scale.numel())
+        self.register_buffer("scale", scale.detach().to(torch.float64).clone())
+        self.register_buffer("bias", bias.detach().to(torch.float64).clone())
+        self.scale_precision, self.bias_precision, self.source = scale_precision, bias_precision, source
+        self.precision, self.frac, self.qmin, self.qmax = act.precision, act.frac, act.qmin, act.qmax
+        self.rounding, self.activation = act.rounding, act.activation
+
+    def forward(self, x):
+        x = getattr(x, "value", x).to(torch.float64)
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        y = x * self.scale.reshape(shape) + self.bias.reshape(shape)        # exact for the sizes fxsplit derives
+        return _ROUND[self.rounding](y * 2.0 ** self.frac).clamp(self.qmin, self.qmax) * 2.0 ** -self.frac
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features} channels, scale {self.scale_precision}, bias {self.bias_precision} -> "
+                f"{self.precision}, from {self.source}")
 
 
 class FxsQuantDense(HLS4MLModule):
@@ -59,6 +89,36 @@ class FxsQuantDense(HLS4MLModule):
     def extra_repr(self) -> str:
         return (f"{self.in_features} -> {self.out_features}, weight {self.weight_precision}, "
                 f"bias {self.bias_precision}, from {self.source}")
+
+
+class FxsQuantConv(HLS4MLModule):
+    """A brevitas QuantConv1d / QuantConv2d read exactly (as :class:`FxsQuantDense`), with the attributes of a
+    ``torch.nn.Conv1d/2d`` that hls4ml's convolution parser reads."""
+
+    padding_mode = "zeros"
+    groups = 1
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, weight_precision: str,
+                 bias_precision: str | None, source: str, stride, padding, dilation):
+        super().__init__()
+        self.n_dim = weight.dim() - 2
+        self.out_channels, self.in_channels = int(weight.shape[0]), int(weight.shape[1])
+        self.kernel_size = tuple(int(k) for k in weight.shape[2:])
+        as_tuple = (lambda v: tuple(int(x) for x in v) if isinstance(v, (tuple, list)) else (int(v),) * self.n_dim)
+        self.stride, self.padding, self.dilation = as_tuple(stride), as_tuple(padding), as_tuple(dilation)
+        self.register_buffer("weight", weight.detach().to(torch.float64).clone())
+        self.register_buffer("bias", None if bias is None else bias.detach().to(torch.float64).clone())
+        self.weight_precision, self.bias_precision, self.source = weight_precision, bias_precision, source
+
+    def forward(self, x):
+        x = getattr(x, "value", x).to(torch.float64)
+        conv = torch.nn.functional.conv1d if self.n_dim == 1 else torch.nn.functional.conv2d
+        return conv(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels} -> {self.out_channels}, kernel {self.kernel_size}, stride {self.stride}, "
+                f"padding {self.padding}, weight {self.weight_precision}, bias {self.bias_precision}, "
+                f"from {self.source}")
 
 
 # ---- hls4ml's PyTorch converter: one handler per class (its registry is keyed by the class name)
@@ -85,7 +145,26 @@ def _parse_dense(operation, layer_name, input_names, input_shapes, node, class_o
     return layer, shape
 
 
-HANDLERS = {"FxsQuantAct": _parse_act, "FxsQuantDense": _parse_dense}
+def _parse_conv(operation, layer_name, input_names, input_shapes, node, class_object, data_reader, config):
+    from hls4ml.converters.pytorch.convolution import parse_conv1d_layer, parse_conv2d_layer
+    parse, op = (parse_conv1d_layer, "Conv1d") if class_object.n_dim == 1 else (parse_conv2d_layer, "Conv2d")
+    return parse(op, layer_name, input_names, input_shapes, node, class_object, data_reader, config)
+
+
+def _parse_batchnorm(operation, layer_name, input_names, input_shapes, node, class_object, data_reader, config):
+    m = class_object
+    size = 1
+    for d in input_shapes[0][1:]:
+        size *= d
+    layer = {"class_name": "BatchNormalization", "data_format": "channels_first", "name": layer_name,
+             "inputs": input_names, "scale_data": m.scale.numpy(), "bias_data": m.bias.numpy(), "n_in": size,
+             "n_out": size, "n_filt": -1 if len(input_shapes[0]) == 2 else input_shapes[0][1],
+             "use_gamma": True, "use_beta": True}
+    return layer, list(input_shapes[0])
+
+
+HANDLERS = {"FxsQuantAct": _parse_act, "FxsQuantDense": _parse_dense, "FxsQuantConv": _parse_conv,
+            "FxsQuantBatchNorm": _parse_batchnorm}
 
 
 def register_handlers() -> None:
