@@ -79,6 +79,21 @@ def test_qat_residual_cnn_cut_inside_its_block_equals_brevitas(tmp_path, io_type
     assert r.bit_exact and r.matches_torch, r.summary()
     kinds = {q["kind"] for q in d.report["brevitas"]["quantizers"]}
     assert {"QuantConv2d", "QuantLinear", "QuantReLU", "QuantIdentity"} <= kinds
+    if io_type == "io_parallel":
+        _check_onnx_export(d, tmp_path)
+
+
+def _check_onnx_export(d, tmp_path):
+    """Every partition and the uncut model as QONNX, each run by qonnx's executor and equal to the design."""
+    import onnx
+    res = d.export_onnx(tmp_path / "onnx", samples=8)
+    assert set(res["partitions"]) == {p.name for p in d.partitions} and res["exact"]
+    for r in [*res["partitions"].values(), res["monolithic"]]:
+        assert r["equals_design"] is True and r["max_abs_error_vs_torch"] == 0.0 and r["quant_nodes"] > 0
+        m = onnx.load(r["file"])
+        assert "Quant" in {n.op_type for n in m.graph.node}          # brevitas' quantizers as QONNX Quant nodes
+    assert (tmp_path / "onnx" / "onnx.json").exists() and d.report["onnx"]["dir"] == res["dir"]
+    assert not any(p.name.startswith(".export-") for p in (tmp_path / "onnx").iterdir())
 
 
 def test_quantized_tensors_cross_cuts_with_the_producers_exact_type(tmp_path):
@@ -98,6 +113,7 @@ def test_quantized_tensors_cross_cuts_with_the_producers_exact_type(tmp_path):
     lay = layout(d.partitioning.inputs[0].precision)
     assert lay.frac == -int(np.log2(float(model.inp.act_quant.scale()))) + 24
     report = d.report
+    _check_onnx_export(d, tmp_path)
     assert report["brevitas"]["torch_exact"] is True
     assert {q["layer"] for q in report["brevitas"]["quantizers"]} >= {"inp", "fc1", "relu1", "fc4"}
 
@@ -409,3 +425,22 @@ def test_brevitas_examples_tfc_w2a2_with_splits(tmp_path):
     a = float(net.features[15].weight) / float(torch.sqrt(net.features[15].running_var + net.features[15].eps))
     bound = 4 * float(np.spacing(np.float32(np.abs(ref).max()))) + np.abs(pre).max() * abs(a) * 2.0 ** -23
     assert np.abs(y - ref).max() <= bound and r.max_abs_error_vs_torch <= bound, (np.abs(y - ref).max(), bound)
+
+
+def test_onnx_export_refuses_a_cut_on_an_exact_sum_and_its_check_can_fail(tmp_path):
+    from fxsplit import onnx_export
+    model = calibrate(_MLP(), (12,))
+    d = fxsplit.compile(model, (12,), splits=["relu"], flow="hls4ml", config=FAST, output_dir=tmp_path / "o", jobs=2,
+                        progress=False)
+    with pytest.raises(fxsplit.FxsplitError, match="crosses a cut as the exact output of 'fc1'") as e:
+        d.export_onnx(tmp_path / "onnx")
+    assert "cut after the quantizer" in str(e.value) and not (tmp_path / "onnx").exists()
+    # the comparison with the design is a real one: a design value off by one step fails the export
+    xs = [torch.randn(4, 12)]
+    right = d.predict(xs[0])                     # the design's output equals brevitas' here (exact arithmetic)
+    wrong = [right.copy()]
+    wrong[0][0, 0] += 1.0
+    with pytest.raises(fxsplit.FxsplitError, match="differs from the design in 1 elements"):
+        onnx_export._export_and_check(d.partitioning.graph, xs, wrong, tmp_path / "m.onnx", "the uncut model")
+    assert onnx_export._export_and_check(d.partitioning.graph, xs, [right], tmp_path / "m.onnx",
+                                         "the uncut model")["equals_design"] is True
