@@ -62,7 +62,7 @@ def test_qat_jet_tagger_csim_equals_brevitas_bit_for_bit(tmp_path):
     assert float(q_in.max()) == 31 * step and float(q_in.min()) == -32 * step
 
 
-@pytest.mark.parametrize("io_type", ["io_parallel", "io_stream"])
+@pytest.mark.parametrize("io_type", ["io_parallel"])          # (io_stream: the CNV test below)
 def test_qat_residual_cnn_cut_inside_its_block_equals_brevitas(tmp_path, io_type):
     """QuantConv2d layers, a residual sum of QuantTensors (one shared quantizer), max pooling, a Cut inside the
     block: the skip tensor crosses the cut with relu1's exact type."""
@@ -444,3 +444,56 @@ def test_onnx_export_refuses_a_cut_on_an_exact_sum_and_its_check_can_fail(tmp_pa
         onnx_export._export_and_check(d.partitioning.graph, xs, wrong, tmp_path / "m.onnx", "the uncut model")
     assert onnx_export._export_and_check(d.partitioning.graph, xs, [right], tmp_path / "m.onnx",
                                          "the uncut model")["equals_design"] is True
+
+
+class _CNVFeatures(nn.Module):
+    """brevitas_examples' CNV without its input scaling (as :class:`_Features`)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.conv_features, self.linear_features = net.conv_features, net.linear_features
+
+    def forward(self, x):
+        for m in self.conv_features:
+            x = m(x)
+        x = x.flatten(1)
+        for m in self.linear_features:
+            x = m(x)
+        return x
+
+
+def test_brevitas_examples_cnv_w2a2_with_splits(tmp_path):
+    """CNV w2a2 (six 2-bit convolutions with BatchNorm, max pooling, three linear layers, TensorNorm), cut at its
+    poolings and before the classifier, through the C simulation (io_stream)."""
+    from brevitas_examples.bnn_pynq.models import model_with_cfg
+
+    from models import randomize_batchnorm
+    torch.manual_seed(0)
+    net, _ = model_with_cfg("CNV_2W2A", pretrained=False)
+    randomize_batchnorm(net, 0)
+    model = _CNVFeatures(net).eval()
+    d = fxsplit.compile(model, (3, 32, 32), splits=["conv_features.8", "conv_features.15", "linear_features.0",
+                                                    "linear_features.7"], flow="hls4ml",
+                        config={"csim_opt": "-O2", "io_type": "io_stream"}, output_dir=tmp_path / "o", jobs=2,
+                        progress=False)
+    assert len(d.partitions) == 5
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.rand(3, 3, 32, 32, generator=g) * 2 - 1, torch.randn(3, 3, 32, 32, generator=g) * 3])
+    r = d.verify(x)
+    assert r.bit_exact, r.summary()
+    with torch.no_grad():
+        h = x
+        for m in net.conv_features:
+            h = m(h)
+        h = h.flatten(1)
+        for m in net.linear_features[:7]:
+            h = m(h)
+        ref = model(x).numpy()
+    pre = getattr(h, "value", h).numpy()
+    np.testing.assert_array_equal(d.port_values(x)["linear_features_6"], pre)     # bit for bit up to TensorNorm
+    bns = [q for q in d.report["brevitas"]["quantizers"] if q["kind"].startswith("BatchNorm")]
+    assert len(bns) == 8 and all(q["checked_inputs"] > 0 for q in bns)
+    tn = net.linear_features[7]
+    a = float(tn.weight) / float(torch.sqrt(tn.running_var + tn.eps))
+    bound = 4 * float(np.spacing(np.float32(np.abs(ref).max()))) + np.abs(pre).max() * abs(a) * 2.0 ** -23
+    assert r.max_abs_error_vs_torch <= bound, (r.max_abs_error_vs_torch, bound)

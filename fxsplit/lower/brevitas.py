@@ -428,8 +428,8 @@ def _read_tensor_norm(node: torch.fx.Node, mod, src):
                    "put it after a quantized layer")
     if mod.training:
         raise _err(f"{where} is in training mode", node, "compile the model in eval mode")
-    m, v = float(mod.running_mean.reshape(())), float(mod.running_var.reshape(()))
-    w, b = float(mod.weight.reshape(())), float(mod.bias.reshape(()))
+    m, v = float(mod.running_mean.detach().reshape(())), float(mod.running_var.detach().reshape(()))
+    w, b = float(mod.weight.detach().reshape(())), float(mod.bias.detach().reshape(()))
     a = _round_significant(w / math.sqrt(v + mod.eps), AFFINE_BITS)
     c = _round_significant(b - m * w / math.sqrt(v + mod.eps), AFFINE_BITS)
     hint = "use fewer bits before the TensorNorm"
