@@ -100,8 +100,12 @@ def test_quantized_tensors_cross_cuts_with_the_producers_exact_type(tmp_path):
     model, shape = build("qat_jet_tagger")
     pt = fxsplit.partition(model, shape)
     assert [p.name for p in pt.partitions] == ["p0", "hidden", "head"]
+    model.train()          # a model left in training mode is read as traced, in eval mode, and left as it was
     d = fxsplit.compile(model, shape, flow="hls4ml", config=FAST, output_dir=tmp_path / "o", jobs=2,
                         progress=False)
+    assert model.training and all(m.training for m in model.modules())
+    r = d.verify(hard_inputs(16, [float(model.inp.act_quant.scale())]))
+    assert r.matches_torch and model.training, r.summary()
     ports = {p.name: p for p in d.partitioning.ports().values()}
     # relu1 leaves p0 as QuantReLU's grid: 5 unsigned bits, scale 2**-3 -> ufixed<5,2>, rounded half to even
     for name, mod, bits in (("relu1", model.relu1, 5), ("relu3", model.relu3, 4)):

@@ -344,35 +344,35 @@ def _read_batchnorm(gm: torch.fx.GraphModule, node: torch.fx.Node, bn, src, p: P
         raise _err(f"{where} is not followed by a brevitas quantizer: its float output is not on a grid", node,
                    "follow it with a QuantIdentity / QuantReLU / QuantHardTanh (brevitas' usual BatchNorm -> "
                    "quantizer pattern)")
-    if bn.training or not bn.track_running_stats or bn.running_mean is None:
-        raise _err(f"{where} has no running statistics (or is in training mode)", node,
-                   "compile the model in eval mode with track_running_stats=True")
+    if not bn.track_running_stats or bn.running_mean is None:
+        raise _err(f"{where} has no running statistics", node, "train it with track_running_stats=True")
     frozen_act, g_out, _ = _read_act(act_node, act)
     prod = node.all_input_nodes[0]
     prod = prod if prod.op == "call_module" and prod.name in p.frozen and len(prod.users) == 1 else None
     C = int(bn.num_features)
     lo_c, hi_c = _channel_bounds(gm, prod, p, src, C, grids)
-    span = int(max(hi_c - lo_c)) + 1
+    base = int(min(lo_c))
+    span = int(max(hi_c)) - base + 1                                    # every channel's range lies in it
     if span * C > MAX_DOMAIN:
         raise _err(f"{where}: its input can take {span} values per channel, too many to check every one "
                    f"(fxsplit checks up to {MAX_DOMAIN} inputs x channels)", node,
                    "use fewer bits before the BatchNorm, or fold it into the layer's weights while training")
-    base = int(min(lo_c))
     ks = torch.arange(span, dtype=torch.float64) + base                # raw inputs, shared by every channel
     x = (ks * 2.0 ** -src.frac).to(torch.float32)
     if not torch.equal(x.to(torch.float64), ks * 2.0 ** -src.frac):
         raise _err(f"{where}: its inputs are not all float32 values, so brevitas itself would round them", node,
                    "use fewer bits before the BatchNorm")
-    shape = (span, C) if cls == "BatchNorm1d" else (span, C, 1, 1)
+    extra = (1,) if cls == "BatchNorm2d" else ()
     levels = []
     with torch.no_grad():
-        for layout in (0, 1):             # two memory layouts: brevitas' float32 result must not depend on it
-            xx = x[:, None].expand(span, C).contiguous()
-            if layout:
-                xx = xx.flip(0)
-            y = act(bn(xx.reshape(shape)))
-            q = getattr(y, "value", y).reshape(span, C) / frozen_act.step
-            levels.append(q.flip(0) if layout else q)
+        # two memory layouts: every input value once per channel as a batch (a spatial size of 1: torch's scalar
+        # loop), and as one long channel plane (its vectorized loop, as in a real feature map); brevitas' float32
+        # levels must not depend on it
+        xx = x[:, None].expand(span, C).contiguous()
+        y = act(bn(xx.reshape(span, C, *extra, *extra)))
+        levels.append(getattr(y, "value", y).reshape(span, C) / frozen_act.step)
+        y = act(bn(xx.T.contiguous().reshape(1, C, span, *extra)))
+        levels.append(getattr(y, "value", y).reshape(C, span).T / frozen_act.step)
     if not torch.equal(levels[0], levels[1]):
         raise _err(f"{where}: brevitas' float32 BatchNorm gives different results for the same input in two memory "
                    "layouts, so no design can equal it", node, "fold the BatchNorm into the layer while training")
@@ -383,6 +383,9 @@ def _read_batchnorm(gm: torch.fx.GraphModule, node: torch.fx.Node, bn, src, p: P
     valid = np.zeros((C, span), dtype=bool)
     for c in range(C):
         valid[c, int(lo_c[c]) - base:int(hi_c[c]) - base + 1] = True
+    if int(valid.sum()) != sum(int(h) - int(lo) + 1 for lo, h in zip(lo_c, hi_c)):
+        raise FxsplitError(f"internal: {where}: the checked inputs do not cover every channel's range",
+                           module=str(node.target))
     var = bn.running_var.detach().to(torch.float64)
     alpha = (bn.weight.detach().to(torch.float64) if bn.affine else torch.ones(C, dtype=torch.float64)) / \
         torch.sqrt(var + bn.eps)
@@ -454,8 +457,9 @@ def _fit_affine(alpha, beta, ks, valid, L, frac, act):
     shift_base = frac - act.frac
     for P in _BN_PRECISIONS:
         sh = P + shift_base                     # raw (k * S + B) has P + frac fractional bits; the level has act.frac
-        if sh < 1 or np.max(np.abs(ks)) * (np.max(np.abs(alpha)) + 1) * 2.0 ** P > 2.0 ** 61:
-            continue
+        if sh < 1 or (np.max(np.abs(ks)) * (np.max(np.abs(alpha)) + 1) + np.max(np.abs(beta)) * 2.0 ** frac
+                      ) * 2.0 ** P > 2.0 ** 61:
+            continue                            # (int64 arithmetic below: never near overflow)
         S = np.round(alpha * 2.0 ** P).astype(np.int64)
         B = np.round(beta * 2.0 ** (P + frac)).astype(np.int64)
         ok = True
@@ -530,6 +534,16 @@ def plan(gm: torch.fx.GraphModule, input_shapes: list[tuple[int, ...]]) -> Plan 
     without brevitas layers. Raises :class:`FxsplitError` naming the layer, its quantizer and what to change."""
     if not uses_brevitas(gm):
         return None
+    was = {m: m.training for m in gm.modules()}
+    gm.eval()               # as traced: brevitas' quantizers use runtime statistics in training mode
+    try:
+        return _plan(gm, input_shapes)
+    finally:
+        for m, t in was.items():
+            m.train(t)
+
+
+def _plan(gm: torch.fx.GraphModule, input_shapes: list[tuple[int, ...]]) -> Plan:
     gen = torch.Generator().manual_seed(0)
     examples = [torch.randn((64, *s), generator=gen) * 4 for s in input_shapes]
     values, biases = _calibrate(gm, examples)
