@@ -1,4 +1,5 @@
-"""Property: for random small DAG models and random cut sets, partitioned == uncut, bit for bit."""
+"""Property: for random small DAG models and random cut sets, partitioned == uncut, bit for bit (float models, and
+brevitas models with random bit widths, which must also equal brevitas itself)."""
 
 import numpy as np
 import torch
@@ -108,3 +109,83 @@ def test_random_dag_partitioned_equals_uncut(case, seed, tmp_path_factory):
     x = np.random.default_rng(seed).uniform(-8, 8, size=(200, WIDTH))
     res = design.verify(x)
     assert res.bit_exact, (program, cuts, res.details[:3])
+
+
+class RandomQuantDAG(nn.Module):
+    """The same straight-line programs in brevitas: a QuantIdentity input quantizer, quantized linear layers each
+    followed by a quantizer (QuantReLU or a signed QuantIdentity) with drawn bit widths, residual sums of two
+    earlier tensors (both requantized by one shared quantizer, as brevitas adds QuantTensors of one scale), Cut
+    markers between ops."""
+
+    def __init__(self, program, cuts, in_bits):
+        from brevitas.nn import QuantIdentity, QuantLinear, QuantReLU
+        from brevitas.quant import (Int8ActPerTensorFixedPoint, Int8WeightPerTensorFixedPoint, Int16Bias,
+                                    Uint8ActPerTensorFixedPoint)
+        super().__init__()
+        self.program = program
+        self.inp = QuantIdentity(act_quant=Int8ActPerTensorFixedPoint, bit_width=in_bits, return_quant_tensor=True)
+        self.join = QuantIdentity(act_quant=Int8ActPerTensorFixedPoint, bit_width=6, return_quant_tensor=True)
+        self.cuts = nn.ModuleDict({f"c{i}": fxsplit.Cut(f"cut{i}") for i in cuts})
+        self.layers = nn.ModuleList()
+        for op, _args, w_bits, a_bits in program:
+            if op == "add":
+                self.layers.append(nn.Identity())
+                continue
+            act = (QuantReLU(act_quant=Uint8ActPerTensorFixedPoint, bit_width=a_bits, return_quant_tensor=True)
+                   if op == "qlinear_relu" else
+                   QuantIdentity(act_quant=Int8ActPerTensorFixedPoint, bit_width=a_bits, return_quant_tensor=True))
+            self.layers.append(nn.Sequential(
+                QuantLinear(WIDTH, WIDTH, bias=True, weight_quant=Int8WeightPerTensorFixedPoint,
+                            weight_bit_width=w_bits, bias_quant=Int16Bias, return_quant_tensor=True), act))
+        self.head = QuantLinear(WIDTH, 3, bias=True, weight_quant=Int8WeightPerTensorFixedPoint, weight_bit_width=6,
+                                bias_quant=Int16Bias, return_quant_tensor=False)
+
+    def forward(self, x):
+        ts = [self.inp(x)]
+        for i, ((op, args, _w, _a), layer) in enumerate(zip(self.program, self.layers)):
+            if f"c{i}" in self.cuts:
+                ts[-1] = self.cuts[f"c{i}"](ts[-1])
+            ts.append(self.join(ts[args[0]]) + self.join(ts[args[1]]) if op == "add" else layer(ts[args[0]]))
+        return self.head(ts[-1])
+
+
+@st.composite
+def quant_dag_and_cuts(draw):
+    n = draw(st.integers(2, 5))
+    bits = st.integers(2, 8)
+    program = [("qlinear_relu", (0,), draw(bits), draw(bits))]
+    for i in range(1, n):
+        op = draw(st.sampled_from(["qlinear_relu", "qlinear_id", "add"]))
+        # every op reads the latest tensor (no dead values, so no marker can fall away); a sum adds an earlier one
+        if op == "add":
+            program.append((op, (i, draw(st.integers(0, i - 1))), 0, 0))
+        else:
+            program.append((op, (i,), draw(bits), draw(bits)))
+    cuts = draw(st.sets(st.integers(1, len(program) - 1), min_size=1, max_size=2))
+    return program, sorted(cuts), draw(bits)
+
+
+@settings(max_examples=4, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate],
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=quant_dag_and_cuts(), seed=st.integers(0, 2 ** 16))
+def test_random_brevitas_dag_equals_uncut_and_brevitas(case, seed, tmp_path_factory):
+    """Random brevitas DAGs with random bit widths (2-8) and cuts: partitioned == uncut, and == brevitas' own output
+    bit for bit wherever brevitas' float32 arithmetic is exact (else its error is reported and the layers named)."""
+    from models.qat import calibrate
+    program, cuts, in_bits = case
+    torch.manual_seed(seed)
+    model = calibrate(RandomQuantDAG(program, cuts, in_bits), (WIDTH,), seed=seed)
+    out = tmp_path_factory.mktemp("qdag")
+    try:
+        design = fxsplit.compile(model, (WIDTH,), config=FAST, output_dir=out, progress=False,
+                                 cache_dir=tmp_path_factory.getbasetemp() / "shared-qcache")
+    except fxsplit.FxsplitError as e:
+        # cuts sit between whole layers (never between a QuantLinear and its quantizer): any refusal is a bug
+        raise AssertionError(f"compile refused a valid brevitas model: {e}") from e
+    assert len(design.partitions) == len(cuts) + 1
+    g = torch.Generator().manual_seed(seed)
+    x = torch.cat([torch.randn(100, WIDTH, generator=g) * s for s in (0.5, 2.0, 20.0)])
+    res = design.verify(x)
+    assert res.bit_exact, (program, cuts, res.details[:3])
+    assert res.matches_torch if res.torch_exact else design.report["brevitas"]["inexact_in_brevitas"], \
+        (program, cuts, in_bits, res.summary())
