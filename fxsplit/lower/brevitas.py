@@ -1,20 +1,26 @@
 """brevitas quantization-aware models: every quantizer read exactly, or refused before any build.
 
-A traced model holding ``brevitas.nn`` layers is read once, on the uncut graph (:func:`plan`):
+A traced model holding ``brevitas.nn`` layers is read once, on the uncut graph, in eval mode (:func:`plan`), into
+fxsplit's exact layers (``lower/quant.py``), which hls4ml's PyTorch converter takes through fxsplit's handlers:
 
-- each activation quantizer (QuantIdentity, QuantReLU, QuantHardTanh) becomes an :class:`~.quant.FxsQuantAct`
-  whose hls4ml type holds exactly brevitas' grid: ``bit_width`` bits, signedness, ``scale = 2**-frac`` (a power
-  of two, or refused), zero point 0, round half to even (``RoundSte``) / floor / toward zero, clamped
-  (``SAT``, ``SAT_SYM`` for a narrow signed range);
-- each QuantLinear becomes an :class:`~.quant.FxsQuantDense` holding the values brevitas computes with: its
-  quantized weight (integers times power-of-two scales, per tensor or per output channel) and the bias its bias
-  quantizer hands the layer (or the float bias), each in the narrowest fixed-point type that holds every value;
-  the sum is exact (hls4ml's ``auto`` accumulator and result types);
+- each activation quantizer (QuantIdentity, QuantReLU, QuantHardTanh) becomes an ``FxsQuantAct`` whose hls4ml type
+  holds exactly brevitas' grid: ``bit_width`` bits, signedness, ``scale = 2**-frac`` (a power of two, or refused),
+  zero point 0, round half to even (``RoundSte``) / floor / toward zero, clamped (``SAT``, ``SAT_SYM`` for a
+  narrow signed range);
+- each QuantLinear / QuantConv1d / QuantConv2d becomes an ``FxsQuantDense`` / ``FxsQuantConv`` holding the values
+  brevitas computes with: its quantized weight (integers times power-of-two scales, per tensor or per output
+  channel) and the bias its bias quantizer hands the layer (or the float bias), each in the narrowest fixed-point
+  type that holds every value; the sum is exact (hls4ml's ``auto`` accumulator);
+- a BatchNorm followed by a quantizer becomes an ``FxsQuantBatchNorm``: a fixed-point scale and bias per channel,
+  found so that every input the channel can receive gets brevitas' level (checked exhaustively, else refused);
+- ReLU and max pooling of quantized values, reshapes and dropout keep the grid; the sum of two quantized tensors is
+  exact; brevitas_examples' TensorNorm is a float affine, computed exactly from 24-bit coefficients and reported;
 - a model input read by quantizers gets a type wide enough that every float32 value which can change their
   rounding is held exactly (``fixed<W,I,TRN,SAT>``, 24 fractional bits below the finest quantizer's step).
 
-The reading is checked: the exact layers run on a random batch and must give brevitas' own outputs, bit for bit,
-wherever brevitas' float32 arithmetic is exact. ``Design.verify`` then compares the design to brevitas itself.
+The reading is checked: every exact layer, fed brevitas' own input from a random batch, must give brevitas' own
+output bit for bit wherever brevitas' float32 arithmetic is exact (``Plan.inexact_in_brevitas`` names where it is
+not). ``Design.verify`` then compares the design to brevitas itself.
 """
 
 from __future__ import annotations
@@ -87,20 +93,12 @@ class Plan:
         gm = torch.fx.GraphModule(module, graph, type(module).__name__)   # new containers, shared leaves
         for n in gm.graph.nodes:
             if n.op == "call_module" and n.name in self.frozen:
-                _set_submodule(gm, str(n.target), self.frozen[n.name])
+                gm.set_submodule(str(n.target), self.frozen[n.name])
         return gm
 
     def to_dict(self) -> dict:
         return {"quantizers": self.quantizers, "input_precisions": self.input_precisions,
                 "torch_exact": self.torch_exact, "inexact_in_brevitas": self.inexact_in_brevitas}
-
-
-def _set_submodule(root: torch.nn.Module, target: str, new: torch.nn.Module) -> None:
-    *path, last = target.split(".")
-    parent = root
-    for p in path:
-        parent = getattr(parent, p)
-    setattr(parent, last, new)
 
 
 def _err(msg: str, node: torch.fx.Node, hint: str) -> FxsplitError:
@@ -424,7 +422,7 @@ def _read_tensor_norm(node: torch.fx.Node, mod, src):
     its models end with. fxsplit computes ``x * a + c`` exactly, with ``a`` and ``c`` rounded to float32's 24
     significant bits, into a type that holds every result: the design differs from brevitas by brevitas' own float32
     rounding and that of the two coefficients, and ``verify`` reports it (no bit-for-bit claim)."""
-    from .quant import FxsQuantBatchNorm
+    from .quant import FxsQuantAct, FxsQuantBatchNorm
     where = f"TensorNorm {node.target!r}"
     if not isinstance(src, Grid):
         raise _err(f"{where} normalizes {_describe(src, node.all_input_nodes[0])}", node,
@@ -442,10 +440,10 @@ def _read_tensor_norm(node: torch.fx.Node, mod, src):
     integer = max(src.integer + ag.integer, cg.integer) + 1
     out = Grid(integer + frac, integer, True)
     n = int(node.meta["tensor_meta"].shape[-1]) if "tensor_meta" in node.meta else 1
-    act = type("Affine", (), {"precision": _fixed(out), "frac": out.frac, "qmin": -(2 ** (out.width - 1)),
-                              "qmax": 2 ** (out.width - 1) - 1, "rounding": "TRN", "activation": "linear"})()
+    exact = FxsQuantAct("linear", _fixed(out), out.frac, -(2 ** (out.width - 1)), 2 ** (out.width - 1) - 1, "TRN",
+                        f"TensorNorm {node.target}")       # a type that holds every result: no rounding, no clamp
     frozen = FxsQuantBatchNorm(torch.full((n,), a, dtype=torch.float64), torch.full((n,), c, dtype=torch.float64),
-                               _fixed(ag), _fixed(cg), act, f"TensorNorm {node.target}")
+                               _fixed(ag), _fixed(cg), exact, f"TensorNorm {node.target}")
     info = {"layer": str(node.target), "kind": "TensorNorm", "quantizer": "(float affine)", "type": _fixed(out),
             "scale": f"{a!r} ({_fixed(ag)})", "bias": f"{c!r} ({_fixed(cg)})"}
     return frozen, out, info
