@@ -8,6 +8,7 @@ module and the source line, with advice.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import traceback
@@ -73,6 +74,26 @@ class _ShapeProp(ShapeProp):
 
 def _is_quant_tensor(x) -> bool:
     return isinstance(x, tuple) and hasattr(x, "_fields") and "value" in x._fields and "scale" in x._fields
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module):
+    """``module`` in eval mode (as fxsplit traces it: brevitas' quantizers use runtime statistics in training mode),
+    every submodule's own training flag restored afterwards."""
+    was = {m: m.training for m in module.modules()}
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, t in was.items():
+            m.train(t)
+
+
+def output_arrays(y) -> list:
+    """A module's output (a tensor, a brevitas QuantTensor, or a tuple/list of them) as float64 numpy arrays."""
+    import numpy as np
+    ys = list(y) if isinstance(y, (tuple, list)) and not _is_quant_tensor(y) else [y]
+    return [(t.value if _is_quant_tensor(t) else t).detach().numpy().astype(np.float64) for t in ys]
 
 
 def _is_tensor_norm(m: nn.Module) -> bool:

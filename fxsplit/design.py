@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .capture import to_channels_first, to_channels_last
+from .capture import eval_mode, output_arrays, to_channels_first, to_channels_last
 from .errors import FxsplitError
 from .fixed import raw_to_float, words_to_float, words_to_raw
 from .flows.hls4ml.csim import CSim
@@ -129,17 +129,8 @@ class Design:
     def _torch(self, xs: list[np.ndarray]):
         xs = [torch.as_tensor(self._to_torch(a, p), dtype=torch.float32)
               for a, p in zip(xs, self.partitioning.inputs)]
-        g = self.partitioning.graph
-        was = {m: m.training for m in g.modules()}
-        g.eval()                  # as traced (brevitas' quantizers collect statistics in training mode)
-        try:
-            with torch.no_grad():
-                y = g(*xs)
-        finally:
-            for m, t in was.items():
-                m.train(t)
-        ys = list(y) if isinstance(y, (tuple, list)) and not hasattr(y, "scale") else [y]
-        ys = [getattr(t, "value", t).detach().numpy().astype(np.float64) for t in ys]   # a brevitas QuantTensor
+        with eval_mode(self.partitioning.graph) as g, torch.no_grad():
+            ys = output_arrays(g(*xs))
         return ys[0] if len(ys) == 1 else ys
 
     def verify(self, x, level: str = "csim", simulator: str | None = None, interface: str = "pipeline",

@@ -20,16 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .capture import eval_mode, output_arrays
 from .errors import FxsplitError
-
-_SAME_GRID = {"Dropout", "Flatten", "Identity", "MaxPool1d", "MaxPool2d", "ReLU"}
-_SAME_GRID_FUNCS = {"flatten", "view", "reshape", "squeeze", "unsqueeze", "contiguous"}
-
 
 def _quantizer_of(gm: torch.fx.GraphModule, name: str):
     """The brevitas quantizer module whose grid the tensor ``name`` is on (walking back through reshapes, pooling,
     ReLU and dropout), or None for a float tensor of a float model; raises where the tensor is an exact sum."""
-    from .lower.brevitas import _ACTS, uses_brevitas
+    from .lower.brevitas import _ACTS, _GRID_MODULES, _SAME_GRID_FUNCS, _SAME_GRID_MODULES, uses_brevitas
     node = next(n for n in gm.graph.nodes if n.name == name)
     start = node
     while True:
@@ -38,7 +35,7 @@ def _quantizer_of(gm: torch.fx.GraphModule, name: str):
             cls = type(m).__name__
             if cls in _ACTS:
                 return m
-            if cls not in _SAME_GRID:
+            if cls not in _SAME_GRID_MODULES | _GRID_MODULES:
                 break
         elif node.op in ("call_function", "call_method"):
             fn = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
@@ -67,11 +64,6 @@ class _WithInputQuant(torch.nn.Module):
         return self.module(*[q(x) for q, x in zip(self.quants, xs)])
 
 
-def _plain(y) -> list[np.ndarray]:
-    ys = list(y) if isinstance(y, (tuple, list)) and not hasattr(y, "scale") else [y]
-    return [getattr(t, "value", t).detach().numpy().astype(np.float64) for t in ys]
-
-
 def _export_and_check(module, xs: list[torch.Tensor], expected: list[np.ndarray] | None, path: Path,
                       what: str) -> dict:
     """Export ``module`` on inputs ``xs`` to ``path``, run the file through qonnx's executor, and compare with
@@ -81,11 +73,11 @@ def _export_and_check(module, xs: list[torch.Tensor], expected: list[np.ndarray]
     from qonnx.core.onnx_exec import execute_onnx
     from qonnx.util.cleanup import cleanup_model
 
-    module.eval()
-    with torch.no_grad():
-        ref = _plain(module(*xs))
     log = io.StringIO()
-    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+    # in eval mode, as traced; the user's modules (shared with the partitions) keep their own flags afterwards
+    with eval_mode(module), contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        with torch.no_grad():
+            ref = output_arrays(module(*xs))
         try:
             export_qonnx(module, input_t=tuple(xs) if len(xs) > 1 else xs[0], export_path=str(path))
         except Exception as e:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.fx
 
-from ..capture import node_source
+from ..capture import eval_mode, node_source
 from ..errors import FxsplitError
 
 FLOAT32_BITS = 24                    # significant bits of a float32: a sum that fits is computed exactly
@@ -514,16 +514,12 @@ def _calibrate(gm: torch.fx.GraphModule, examples: list[torch.Tensor]) -> tuple[
             out = super().run_node(n)
             values[n.name] = out
             return out
-    was = {m: m.training for m in gm.modules()}
-    gm.eval()
     try:
         with torch.no_grad():
-            Rec(gm).run(*examples)
+            Rec(gm).run(*examples)           # (plan() holds the model in eval mode)
     finally:
         for h in hooks:
             h.remove()
-        for m, t in was.items():
-            m.train(t)
     return values, biases
 
 
@@ -532,13 +528,8 @@ def plan(gm: torch.fx.GraphModule, input_shapes: list[tuple[int, ...]]) -> Plan 
     without brevitas layers. Raises :class:`FxsplitError` naming the layer, its quantizer and what to change."""
     if not uses_brevitas(gm):
         return None
-    was = {m: m.training for m in gm.modules()}
-    gm.eval()               # as traced: brevitas' quantizers use runtime statistics in training mode
-    try:
+    with eval_mode(gm):
         return _plan(gm, input_shapes)
-    finally:
-        for m, t in was.items():
-            m.train(t)
 
 
 def _plan(gm: torch.fx.GraphModule, input_shapes: list[tuple[int, ...]]) -> Plan:
