@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -220,8 +221,15 @@ def test_workers_stay_light(tmp_path):
 WARMED: list[int] = []
 
 
+WARM_PROBE = Path(tempfile.gettempdir()) / "fxsplit-test-slow-warm-up.json"
+
+
 def warm_worker():
     WARMED.append(os.getpid())
+    if WARM_PROBE.is_file():     # test_prewarm_can_wait_for_every_worker: a slow warm-up that leaves a trace
+        probe = json.loads(WARM_PROBE.read_text())
+        time.sleep(probe["sleep"])
+        Path(probe["dir"], str(os.getpid())).write_text(str(time.time()))
 
 
 def warm_probe(workdir, inputs, tag):
@@ -1156,3 +1164,32 @@ def test_predict_wall_time_bounds(durs, data, w):
     assert max(cp, total / w) - 1e-6 <= t <= total + 1e-6
     assert predict_wall_time(rows, 1) == pytest.approx(total)
     assert predict_wall_time(rows, len(ids)) == pytest.approx(cp)
+
+
+def test_prewarm_can_wait_for_every_worker(tmp_path):
+    """prewarm(wait=True) returns only once every worker has run its imports (here a warm-up that takes 1.5 s
+    and leaves a file): the next run's jobs find the workers warm. Without wait it returns at once."""
+    from fxsplit.build import executors
+    traces = tmp_path / "warmed"
+    traces.mkdir()
+    WARM_PROBE.write_text(json.dumps({"sleep": 1.5, "dir": str(traces)}))
+    try:
+        executors.discard_warm_pool()
+        t0 = time.time()
+        executors.prewarm(2, ["test_build_engine"])
+        assert time.time() - t0 < 1.5 and len(list(traces.iterdir())) == 0     # not waited for
+        executors.discard_warm_pool()
+        for f in traces.iterdir():
+            f.unlink()
+        executors.prewarm(2, ["test_build_engine"], wait=True)
+        pids = executors.warm_pool_pids()
+        assert len(pids) == 2
+        assert sorted(int(f.name) for f in traces.iterdir()) == pids      # both warmed before prewarm returned
+        t1 = time.time()
+        r = run_jobs([Job(f"p{i}/csim", f"p{i}", "csim", warm_probe, {"tag": "v"}, b"v%d" % i) for i in range(2)],
+                     tmp_path / "cache", max_workers=2, progress=False)
+        assert r.ok and _pids(r) <= set(pids) and all(x.meta["warmed"] for x in r)
+        assert max(x.start for x in r) - t1 < 1.5, "a job waited for a worker's warm-up"
+    finally:
+        WARM_PROBE.unlink(missing_ok=True)
+        executors.discard_warm_pool()

@@ -161,3 +161,42 @@ def test_pch_off_by_config(tmp_path):
     with pytest.raises(fxsplit.FxsplitError, match="csim_pch"):
         model, shape = build_model("jet_tagger")
         fxsplit.compile(model, shape, output_dir=tmp_path / "o", config={"csim_pch": "yes"})
+
+
+def test_project_is_hls4mls_own_and_library_is_exact_only(tmp_path):
+    """What the csim job writes besides hls4ml's files: the project's hls4ml_config.yml names the partition's
+    module instead of pickling it (loadable without constructing Python objects); hls4ml's float/double wrappers stay in the bridge
+    file, guarded, so the file still compiles as hls4ml wrote it, but fxsplit's library leaves them out and
+    exports only its exact bridge."""
+    import ctypes
+    import subprocess
+
+    import yaml
+
+    _pt, low = _specs(tmp_path)
+    spec = dataclasses.replace(low.mono_spec, csim_pch=False)
+    wd = tmp_path / "job"
+    wd.mkdir()
+    meta = csim_job(str(wd), {}, spec)
+    proj = wd / spec.name
+    # FullLoader refuses the !!python/object/apply hls4ml's writer gives a module (it takes hls4ml's tuples)
+    cfg = yaml.load((proj / "hls4ml_config.yml").read_text(), Loader=yaml.FullLoader)
+    assert isinstance(cfg["PytorchModel"], str) and repr(spec.name) in cfg["PytorchModel"]
+    assert cfg["ProjectName"] == spec.name and cfg["IOType"] == "io_stream" and cfg["HLSConfig"]["Model"]
+    assert (proj / "hls4ml_config.yml").stat().st_size < 20_000
+
+    bridge = (proj / f"{spec.name}_bridge.cpp").read_text()
+    for fn in ("float", "double"):
+        assert f"#ifndef FXSPLIT_EXACT_BRIDGE_ONLY\nvoid {spec.name}_{fn}(" in bridge
+    flags = subprocess.run(["bash", "./build_lib.sh", "--print-flags"], cwd=proj, capture_output=True, text=True,
+                           check=True).stdout.strip().split("|")
+    # hls4ml's own bridge translation unit, wrappers included (the macro unset), still compiles
+    r = subprocess.run([flags[0], *flags[1].split(), "-fsyntax-only", "-Ifirmware/ap_types/", "-Ifirmware",
+                        f"-DWEIGHTS_DIR=\"{proj / 'firmware' / 'weights'}\"", f"{spec.name}_bridge.cpp"],
+                       cwd=proj, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+    lib = ctypes.CDLL(str(wd / meta["lib"]))
+    assert hasattr(lib, f"fxsplit_raw_{spec.name}") and hasattr(lib, f"fxsplit_quantize_{spec.name}_0")
+    for fn in ("float", "double"):
+        assert not hasattr(lib, f"{spec.name}_{fn}")

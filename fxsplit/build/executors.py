@@ -381,17 +381,32 @@ def warm_pool_pids() -> list[int]:
         return sorted(_parked["procs"]) if _parked is not None else []
 
 
-def prewarm(max_workers: int | None, warm: tuple[str, ...] | list[str], mp_context: Any = None) -> None:
-    """Start (or keep) a warm pool of ``max_workers`` workers that preload the modules ``warm``, without
-    waiting for it: its workers import while the caller goes on (``compile`` lowers the model meanwhile).
-    The next :func:`run_jobs` with the same workers takes it."""
+def prewarm(max_workers: int | None, warm: tuple[str, ...] | list[str], mp_context: Any = None,
+            wait: bool = False) -> None:
+    """Start (or keep) a warm pool of ``max_workers`` workers that preload the modules ``warm``. By default
+    without waiting for it: its workers import while the caller goes on (``compile`` lowers the model
+    meanwhile). ``wait=True`` returns once every worker has started and imported them (a notebook session
+    or a benchmark that wants its next build to measure the build alone). The next :func:`run_jobs` with
+    the same workers takes the pool."""
     pool = Pool(None, max_workers, mp_context, warm=warm)
     ex = pool._ensure()
     with _main_hidden():
-        for _ in range(pool.max_workers):     # each submit to a pool with no idle worker starts one
-            ex.submit(os.getpid)
+        # each submit to a pool with no idle worker starts one (a worker runs a task only after its initializer)
+        futs = [ex.submit(os.getpid) for _ in range(pool.max_workers)]
+        seen: set[int] = set()
+        while wait:
+            # a worker that finished its imports first may have taken two: ping until every worker answered
+            seen |= {f.result() for f in futs}      # a worker that died while starting raises here
+            if len(seen) >= pool.max_workers:
+                break
+            futs = [ex.submit(_ping, 0.05) for _ in range(pool.max_workers)]
     pool.procs = getattr(ex, "_processes", None)
     pool.shutdown()
+
+
+def _ping(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
 
 
 class Pool:

@@ -25,7 +25,7 @@ import numpy as np
 from ...fixed import layout, words_to_float
 
 from ...errors import FxsplitError
-from ...lower.convert import ModelSpec, build_modelgraph
+from ...lower.convert import ModelSpec, build_modelgraph, write_project
 
 _WDIR_HEADER = """#ifndef FXSPLIT_WDIR_H_
 #define FXSPLIT_WDIR_H_
@@ -65,7 +65,8 @@ def _relocatable_build_script(proj: str, project: str, opt: str) -> None:
     with open(os.path.join(proj, "firmware", "fxsplit_wdir.h"), "w") as f:
         f.write(_WDIR_HEADER)
     with open(os.path.join(proj, "fxsplit_unity.cpp"), "w") as f:
-        f.write(f'// fxsplit: the model and its bridge in one translation unit\n#include "firmware/fxsplit_wdir.h"\n'
+        f.write(f'// fxsplit: the model and its bridge in one translation unit (fxsplit calls only its exact bridge)\n'
+                f'#define FXSPLIT_EXACT_BRIDGE_ONLY 1\n#include "firmware/fxsplit_wdir.h"\n'
                 f'#include "firmware/{project}.cpp"\n#include "{project}_bridge.cpp"\n')
     script = os.path.join(proj, "build_lib.sh")
     with open(script) as f:
@@ -161,6 +162,15 @@ def add_raw_bridge(proj: str, project: str) -> None:
     m = _DOUBLE_FN.search(text)
     if m is None or m.group(1) != project:
         raise RuntimeError(f"hls4ml's {project}_bridge.cpp has no {project}_double wrapper in the expected form")
+    # hls4ml's float and double wrappers, which fxsplit never calls, are left out of fxsplit's library (each
+    # instantiates the top function's callers and the float/double conversions of every port: measured
+    # 0.3-1.2 s of g++ -O3 per library); the file still builds them when FXSPLIT_EXACT_BRIDGE_ONLY is unset
+    wrappers = re.compile(rf"^void {re.escape(project)}_(?:float|double)\([^)]*\)\s*\{{.*?\n\}}", re.S | re.M)
+    text, n = wrappers.subn(lambda w: f"#ifndef FXSPLIT_EXACT_BRIDGE_ONLY\n{w.group(0)}\n#endif", text)
+    if n != 2:
+        raise RuntimeError(f"hls4ml's {project}_bridge.cpp has {n} float/double wrappers, expected 2")
+    with open(path, "w") as f:
+        f.write(text)
     params = [p.replace("double", "").replace("*", "").strip() for p in m.group(2).split(",") if p.strip()]
     body = m.group(3)
     ins = _IN_CONV.findall(body)      # (type, size, param, variable)
@@ -217,7 +227,7 @@ def csim_job(workdir: str, inputs: dict[str, str], spec: ModelSpec) -> dict:
     proj = os.path.join(workdir, spec.name)
     t0 = time.time()
     hm = build_modelgraph(spec, proj)
-    hm.write()
+    write_project(hm, spec)
     t1 = time.time()
     print(f"[fxsplit] wrote hls4ml project {spec.name} in {t1 - t0:.1f} s", flush=True)
     _relocatable_build_script(proj, spec.name, spec.csim_opt)

@@ -51,11 +51,11 @@ def missing_tools(names=VITIS_TOOLS) -> list[str]:
 def hls_job(workdir: str, inputs: dict, spec, ports: dict, run_vitis: bool) -> dict:
     """Write the partition's Vitis-backend hls4ml project; with ``run_vitis``, run C synthesis and IP export
     and read the synthesis report."""
-    from ...lower.convert import build_modelgraph
+    from ...lower.convert import build_modelgraph, write_project
     from .interface import read_interface
     proj = os.path.join(workdir, spec.name)
     hm = build_modelgraph(spec, proj)
-    hm.write()
+    write_project(hm, spec)
     with open(os.path.join(proj, "firmware", f"{spec.name}.cpp")) as f:
         iface = read_interface(f.read(), spec.name, spec.io_type, ports["inputs"], ports["outputs"])
     meta = {"project": spec.name, "interface": iface, "ran_vitis": False}
