@@ -563,7 +563,8 @@ def _prediction_html(report: dict, jobs: list[dict]) -> str:
                  f"<code>{_esc(', '.join(au.get('splits') or []) or '(none)')}</code> "
                  f"({_esc(au.get('candidates'))} candidates, {_esc(_fmt_n(au.get('crossing_bits')))} bits on the "
                  f"added cuts). Predicted build wall {_esc(_fmt_s(au.get('predicted_wall')))}; with the markers "
-                 f"alone ({_esc(mo.get('partitions'))} partitions) {_esc(_fmt_s(mo.get('predicted_wall')))}.</p>")
+                 f"alone ({_esc(mo.get('partitions'))} partition{'' if mo.get('partitions') == 1 else 's'}) "
+                 f"{_esc(_fmt_s(mo.get('predicted_wall')))}.</p>")
         model = au.get("model") or {}
         if model:
             h.append('<p class="muted">cost model: ' + _esc("; ".join(
