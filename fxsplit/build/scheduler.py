@@ -141,11 +141,11 @@ def _set_usage(r: JobResult, usage: dict | None) -> None:
 class _Inflight:
     __slots__ = ("job_id", "root", "pool", "oom0")
 
-    def __init__(self, job_id: str, root: Path | None, pool: Any):
+    def __init__(self, job_id: str, root: Path | None, pool: Any, oom0: int | None):
         self.job_id = job_id
         self.root = root              # the build directory (paths mode: known at submission)
         self.pool = pool              # the executor it went to
-        self.oom0 = oom_kills()       # the kernel's OOM-kill count when it was submitted
+        self.oom0 = oom0              # the kernel's OOM-kill count read before it was submitted
 
 
 class _Ready:
@@ -309,9 +309,11 @@ class _Engine:
                    f"(MEMORY {cap / 2**30:.2f} GiB): it runs alone on the largest")
             self.warnings.append(msg)
             warnings.warn(msg, MemoryBudgetWarning, stacklevel=2)
+        # read before submitting: on a loaded machine the worker can start, run and be killed before submit returns
+        oom0 = oom_kills()
         fut, pool = self.pool.submit(spec, memory=need)
         r.attempts += 1
-        self.inflight[fut] = _Inflight(jid, root, pool)
+        self.inflight[fut] = _Inflight(jid, root, pool, oom0)
         self.progress.update(r, "running")
 
     def _finish(self, fut: cf.Future, ready: _Ready) -> None:
