@@ -134,6 +134,24 @@ def _module_of_frame(root: nn.Module, tb) -> str | None:
     return found
 
 
+def _keep_origin(old: torch.fx.Graph, new: torch.fx.Graph) -> None:
+    """Tracing a GraphModule (``strip_markers``' result, or one the user traced) runs its generated code:
+    every node would seem to come from that code, with no enclosing modules. Give each node of the new
+    graph the module path and source line of its twin in the GraphModule's own graph (same name, op and
+    target), so that container names (``splits=['layer2']``) and error messages still refer to the user's
+    model."""
+    twins = {n.name: n for n in old.nodes}
+    for n in new.nodes:
+        o = twins.get(n.name)
+        if o is None or o.op != n.op or o.target != n.target:
+            continue
+        if o.meta.get("nn_module_stack"):
+            n.meta["nn_module_stack"] = dict(o.meta["nn_module_stack"])
+        st = o.stack_trace or o.meta.get("stack_trace")
+        if st:
+            n.stack_trace = st
+
+
 def trace(model: nn.Module, input_shape) -> torch.fx.GraphModule:
     """Trace ``model`` into a GraphModule whose nodes carry ``tensor_meta`` shapes."""
     shapes = normalize_shapes(input_shape)
@@ -148,6 +166,8 @@ def trace(model: nn.Module, input_shape) -> torch.fx.GraphModule:
             module=_module_of_frame(model, e.__traceback__), source=src,
             hint="data-dependent control flow (if/for on tensor values or shapes) cannot be traced; make it "
                  "static (decide it in __init__), or move it into a torch.nn leaf module") from e
+    if isinstance(model, torch.fx.GraphModule):
+        _keep_origin(model.graph, graph)
     gm = torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
     n_placeholders = sum(1 for n in gm.graph.nodes if n.op == "placeholder")
     if n_placeholders != len(shapes):

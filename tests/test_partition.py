@@ -418,3 +418,33 @@ def test_cut_right_after_a_dropout(tmp_path):
     assert [p.name for p in d.partitions[0].outputs] == ["_2"]
     r = d.verify(np.random.default_rng(0).uniform(-4, 4, (50, 6)))
     assert r.bit_exact and r.max_abs_error_vs_torch < 0.05
+
+
+def test_container_split_on_a_model_without_its_markers_cuts_where_it_does_on_the_model():
+    """strip_markers returns a GraphModule; tracing it again keeps every node's module path and source line, so
+    a container name ('stage2.1', a ResNet block) cuts at the same operation as on the model itself."""
+    from fxsplit.capture import node_source
+    from fxsplit.partitioner import strip_markers
+    model, shape = build("resnet20")
+    a = fxsplit.partition(model, shape, splits=["stage1.1", "stage2.1"])
+    b = fxsplit.partition(strip_markers(model, shape), shape, splits=["stage1.1", "stage2.1"])
+    starts = [p.nodes[0] for p in b.partitions]
+    assert starts == ["conv", "stage1_1_conv1", "stage2_1_conv1"]
+    assert set(starts) <= {p.nodes[0] for p in a.partitions}       # the model's own cuts there, plus its markers
+    conv = next(n for n in b.graph.graph.nodes if n.name == "stage2_1_conv1")
+    assert "models/resnet20.py" in (node_source(conv) or "")
+
+
+def test_split_naming_a_container_no_operation_is_attributed_to_says_so():
+    """A GraphModule whose nodes carry no module paths (built by a tool that drops node meta): a container name
+    exists in named_modules() but nothing says which operations it ran. Refused as such, not 'did you mean'
+    the very same name."""
+    from fxsplit.partitioner import strip_markers
+    model, shape = build("resnet20")
+    gm = strip_markers(model, shape)
+    for n in gm.graph.nodes:
+        n.meta.pop("nn_module_stack", None)
+    with pytest.raises(FxsplitError, match="no traced operation is attributed to it") as e:
+        fxsplit.partition(gm, shape, splits=["stage2.1"])
+    assert "did you mean" not in str(e.value)
+    fxsplit.partition(gm, shape, splits=["stage2.1.conv1"])     # a leaf name still works
