@@ -18,7 +18,7 @@ import pytest
 import fxsplit
 from fxsplit import partition
 from fxsplit.flows.hls4ml import pch as pch_mod
-from fxsplit.flows.hls4ml.csim import CSim, csim_job, _RAW_HEADER, _WDIR_HEADER, WEIGHTS_DIR
+from fxsplit.flows.hls4ml.csim import CSim, PCH_EXTRA, csim_job, WEIGHTS_DIR
 from fxsplit.lower import lower, normalize_config
 
 from models import build as build_model
@@ -132,12 +132,12 @@ def test_pch_that_cannot_build_falls_back_and_is_remembered(tmp_path, pch_dir):
     wd.mkdir()
     m = csim_job(str(wd), {}, low.mono_spec)            # writes the project; its header builds fine
     proj = str(wd / low.mono_spec.name)
-    bad = {"fxsplit_wdir.h": _WDIR_HEADER, "fxsplit_raw.h": _RAW_HEADER, "broken.h": "#error not a header\n"}
+    bad = {**PCH_EXTRA, "broken.h": "#error not a header\n"}
     r1 = pch_mod.ensure_pch(proj, bad, WEIGHTS_DIR, log=lambda s: None)
     assert r1["header"] is None and "not a header" in r1["error"]
     r2 = pch_mod.ensure_pch(proj, bad, WEIGHTS_DIR, log=lambda s: None)     # not retried on every job
     assert r2["header"] is None and r2["key"] == r1["key"] and "not a header" in r2["error"]
-    good = pch_mod.ensure_pch(proj, {"fxsplit_wdir.h": _WDIR_HEADER, "fxsplit_raw.h": _RAW_HEADER}, WEIGHTS_DIR)
+    good = pch_mod.ensure_pch(proj, PCH_EXTRA, WEIGHTS_DIR)
     assert good["header"] and good["key"] == m["pch"]["key"] and not good["built"]
 
 
@@ -150,7 +150,7 @@ def test_pch_key_follows_header_content(tmp_path, pch_dir):
     proj = wd / low.mono_spec.name
     h = proj / "firmware" / "nnet_utils" / "nnet_dense.h"
     h.write_text(h.read_text() + "\n// patched\n")
-    extra = {"fxsplit_wdir.h": _WDIR_HEADER, "fxsplit_raw.h": _RAW_HEADER}
+    extra = PCH_EXTRA
     files, includes = pch_mod._headers(str(proj), extra)
     assert "nnet_utils/nnet_code_gen.h" not in includes and "nnet_utils/nnet_dense.h" in includes
     r = pch_mod.ensure_pch(str(proj), extra, WEIGHTS_DIR, log=lambda s: None)
@@ -200,3 +200,41 @@ def test_project_is_hls4mls_own_and_library_is_exact_only(tmp_path):
     assert hasattr(lib, f"fxsplit_raw_{spec.name}") and hasattr(lib, f"fxsplit_quantize_{spec.name}_0")
     for fn in ("float", "double"):
         assert not hasattr(lib, f"{spec.name}_{fn}")
+
+
+def test_weights_loaded_once_per_type_give_hls4mls_bits(tmp_path):
+    """fxsplit's library loads the weights with hls4ml's loader body compiled once per element type (the
+    size an argument); the same project built with hls4ml's own per-size loader gives the same bits."""
+    import re
+    import subprocess
+
+    pt, low = _specs(tmp_path)
+    spec = dataclasses.replace(low.mono_spec, csim_pch=False)
+    wd = tmp_path / "job"
+    wd.mkdir()
+    meta = csim_job(str(wd), {}, spec)
+    proj = wd / spec.name
+    model_cpp = (proj / "firmware" / f"{spec.name}.cpp").read_text()
+    sizes = set(re.findall(r"nnet::load_weights_from_txt<([^,]+), (\d+)>", model_cpp))
+    assert len(sizes) >= 3                         # the project as hls4ml wrote it: one instantiation per size
+
+    def symbols(lib):
+        out = subprocess.run(["nm", "-C", str(lib)], capture_output=True, text=True, check=True).stdout
+        return {m for m in re.findall(r"(\w+)::load_weights_from_txt<", out)}
+
+    assert symbols(wd / meta["lib"]) == {"fxsplit"}
+    # hls4ml's own loader: the unity file without the rename, built into a second library
+    unity = (proj / "fxsplit_unity.cpp").read_text()
+    assert "#define load_weights_from_txt fxsplit_load_weights_from_txt" in unity
+    (proj / "fxsplit_unity.cpp").write_text(unity.replace("#define load_weights_from_txt", "#define fxsplit_unused"))
+    lib_dir = proj / "firmware"
+    before = set(lib_dir.glob("*.so"))
+    subprocess.run(["sed", "-i", "s/^LIB_STAMP=.*/LIB_STAMP=hls4mlloader/", "build_lib.sh"], cwd=proj, check=True)
+    subprocess.run(["bash", "./build_lib.sh"], cwd=proj, check=True, capture_output=True)
+    theirs_lib, = set(lib_dir.glob("*.so")) - before
+    assert symbols(theirs_lib) == {"nnet"}
+    ours = _csim(str(wd), meta, pt.inputs, pt.outputs)
+    theirs = _csim(str(wd), {**meta, "lib": os.path.relpath(theirs_lib, wd)}, pt.inputs, pt.outputs)
+    x = np.random.default_rng(5).uniform(-40, 40, size=(64, *pt.inputs[0].shape))
+    a, b = _run(ours, x), _run(theirs, x)
+    assert all(np.array_equal(u, v) for u, v in zip(a, b)) and len(np.unique(a[0])) > 10

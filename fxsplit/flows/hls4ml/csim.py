@@ -45,6 +45,54 @@ static inline std::string fxsplit_weights_dir() {
 """
 WEIGHTS_DIR = "fxsplit_weights_dir()"
 
+# hls4ml's loader ``nnet::load_weights_from_txt<T, SIZE>`` is a template of the array size too: every size a
+# project loads instantiates (and g++ -O3 optimizes) its whole body again, text parsing and the double -> T
+# conversion included (ResNet20: 34 distinct instantiations in one library, 18 in each half). fxsplit's
+# library compiles hls4ml's body once per element type: ``fxsplit::load_weights_from_txt<T>`` is that body
+# verbatim with the size as an argument (the same ``std::istringstream(token) >> w[i]``, so the same bits),
+# and the unity file renames the project's calls to a one-line forwarder. The project's own files are left
+# as hls4ml wrote them.
+_LOADER_HEADER = """#ifndef FXSPLIT_WEIGHTS_H_
+#define FXSPLIT_WEIGHTS_H_
+// fxsplit: hls4ml's nnet::load_weights_from_txt (nnet_utils/nnet_helpers.h), the array size at run time
+// instead of a template argument, so that its body is compiled once per element type, not once per size.
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <string>
+namespace fxsplit {
+template <class T> void load_weights_from_txt(T *w, size_t SIZE, const char *fname) {
+    std::string full_path = std::string(WEIGHTS_DIR) + "/" + std::string(fname);
+    std::ifstream infile(full_path.c_str(), std::ios::binary);
+    if (infile.fail()) {
+        std::cerr << "ERROR: file " << std::string(full_path) << " does not exist" << std::endl;
+        exit(1);
+    }
+    std::string line;
+    if (std::getline(infile, line)) {
+        std::istringstream iss(line);
+        std::string token;
+        size_t i = 0;
+        while (std::getline(iss, token, ',')) {
+            std::istringstream(token) >> w[i];
+            i++;
+        }
+        if (SIZE != i) {
+            std::cerr << "ERROR: Expected " << SIZE << " values";
+            std::cerr << " but read only " << i << " values" << std::endl;
+        }
+    }
+}
+} // namespace fxsplit
+namespace nnet {
+template <class T, size_t SIZE> inline void fxsplit_load_weights_from_txt(T *w, const char *fname) {
+    fxsplit::load_weights_from_txt<T>(w, SIZE, fname);
+}
+} // namespace nnet
+#endif
+"""
+
 # build_lib.sh, after hls4ml's flag probes: fxsplit's --print-flags mode (the flags a precompiled header
 # must be built with), then ONE translation unit (the model and its bridge: the headers are parsed once,
 # not twice), with the host's precompiled hls4ml headers when the job passes them in FXSPLIT_PCH.
@@ -64,10 +112,17 @@ def _relocatable_build_script(proj: str, project: str, opt: str) -> None:
     unit ``fxsplit_unity.cpp`` and the optional precompiled header (``_BUILD_TAIL``)."""
     with open(os.path.join(proj, "firmware", "fxsplit_wdir.h"), "w") as f:
         f.write(_WDIR_HEADER)
+    with open(os.path.join(proj, "firmware", "fxsplit_weights.h"), "w") as f:
+        f.write(_LOADER_HEADER)
     with open(os.path.join(proj, "fxsplit_unity.cpp"), "w") as f:
         f.write(f'// fxsplit: the model and its bridge in one translation unit (fxsplit calls only its exact bridge)\n'
                 f'#define FXSPLIT_EXACT_BRIDGE_ONLY 1\n#include "firmware/fxsplit_wdir.h"\n'
-                f'#include "firmware/{project}.cpp"\n#include "{project}_bridge.cpp"\n')
+                f'// the project\'s own includes first, in its order (hls4ml\'s weight loader among them), then the\n'
+                f'// loader\'s calls in the model renamed to fxsplit\'s, compiled once per element type\n'
+                f'#include <iostream>\n#include "firmware/{project}.h"\n#include "firmware/parameters.h"\n'
+                f'#include "firmware/fxsplit_weights.h"\n'
+                f'#define load_weights_from_txt fxsplit_load_weights_from_txt\n'
+                f'#include "firmware/{project}.cpp"\n#undef load_weights_from_txt\n#include "{project}_bridge.cpp"\n')
     script = os.path.join(proj, "build_lib.sh")
     with open(script) as f:
         text = f.read()
@@ -139,6 +194,9 @@ template <class E> void quantize(long n, const double *x, uint64_t *raw) {
 } // namespace fxsplit
 #endif
 """
+
+# fxsplit's own headers of every C-simulation library, precompiled with hls4ml's (included first, in this order)
+PCH_EXTRA = {"fxsplit_wdir.h": _WDIR_HEADER, "fxsplit_raw.h": _RAW_HEADER, "fxsplit_weights.h": _LOADER_HEADER}
 
 _DOUBLE_FN = re.compile(r"void (\w+)_double\(([^)]*)\)\s*\{(.*?)\n\}", re.S)
 _SIZE = r"([\d\s*+()]+)"      # hls4ml writes sizes as products, e.g. 14*6
@@ -236,7 +294,7 @@ def csim_job(workdir: str, inputs: dict[str, str], spec: ModelSpec) -> dict:
     env.pop("FXSPLIT_PCH", None)
     pch: dict = {"used": False}
     if spec.csim_pch:
-        pch.update(ensure_pch(proj, {"fxsplit_wdir.h": _WDIR_HEADER, "fxsplit_raw.h": _RAW_HEADER}, WEIGHTS_DIR))
+        pch.update(ensure_pch(proj, PCH_EXTRA, WEIGHTS_DIR))
         if pch.get("header"):
             env["FXSPLIT_PCH"] = pch["header"]
     t2 = time.time()
