@@ -47,6 +47,15 @@ def _csim(workdir, meta, inputs, outputs):
                 [math.prod(s) for s in meta["outputs"]])
 
 
+def _built_without_pch(tmp_path):
+    """The residual CNN's uncut C simulation, built by the real csim job without precompiled headers."""
+    pt, low = _specs(tmp_path)
+    spec = dataclasses.replace(low.mono_spec, csim_pch=False)
+    wd = tmp_path / "job"
+    wd.mkdir()
+    return pt, spec, wd, csim_job(str(wd), {}, spec)
+
+
 def _run(sim, x):
     return sim.run([sim.quantize(0, x.reshape(len(x), -1))])
 
@@ -173,11 +182,7 @@ def test_project_is_hls4mls_own_and_library_is_exact_only(tmp_path):
 
     import yaml
 
-    _pt, low = _specs(tmp_path)
-    spec = dataclasses.replace(low.mono_spec, csim_pch=False)
-    wd = tmp_path / "job"
-    wd.mkdir()
-    meta = csim_job(str(wd), {}, spec)
+    _pt, spec, wd, meta = _built_without_pch(tmp_path)
     proj = wd / spec.name
     # FullLoader refuses the !!python/object/apply hls4ml's writer gives a module (it takes hls4ml's tuples)
     cfg = yaml.load((proj / "hls4ml_config.yml").read_text(), Loader=yaml.FullLoader)
@@ -208,11 +213,7 @@ def test_weights_loaded_once_per_type_give_hls4mls_bits(tmp_path):
     import re
     import subprocess
 
-    pt, low = _specs(tmp_path)
-    spec = dataclasses.replace(low.mono_spec, csim_pch=False)
-    wd = tmp_path / "job"
-    wd.mkdir()
-    meta = csim_job(str(wd), {}, spec)
+    pt, spec, wd, meta = _built_without_pch(tmp_path)
     proj = wd / spec.name
     model_cpp = (proj / "firmware" / f"{spec.name}.cpp").read_text()
     sizes = set(re.findall(r"nnet::load_weights_from_txt<([^,]+), (\d+)>", model_cpp))
