@@ -489,7 +489,44 @@ class _Engine:
             if held is not None:
                 signal.signal(signal.SIGINT, held)
 
+    @contextlib.contextmanager
+    def _sigint_noted(self):
+        """Ctrl-C during the run is noted as well as raised. Python drops a KeyboardInterrupt that lands in a
+        weakref callback or a ``__del__`` (it prints "Exception ignored in ..."; seen in an import lock's callback
+        while the progress display imported its modules); the run loop then raises it itself, at its next turn
+        (within 0.5 s), instead of building on. The caller's own handler still runs; one that ignores SIGINT
+        is respected."""
+        self.interrupted = False
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        prev = signal.getsignal(signal.SIGINT)
+        if prev is signal.SIG_IGN:
+            yield
+            return
+
+        def noted(signum, frame):
+            self.interrupted = True
+            if callable(prev):
+                prev(signum, frame)      # Python's default handler raises KeyboardInterrupt
+            else:
+                raise KeyboardInterrupt
+        try:
+            signal.signal(signal.SIGINT, noted)
+        except (ValueError, OSError):
+            yield
+            return
+        try:
+            yield
+        finally:
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(signal.SIGINT, prev)
+
     def run(self) -> BuildResult:
+        with self._sigint_noted():
+            return self._run()
+
+    def _run(self) -> BuildResult:
         t0 = time.time()
         self.cache.sweep_tmp()
         self.progress.start(list(self.results.values()))
@@ -499,6 +536,8 @@ class _Engine:
                 ready.append(j.id)
         try:
             while ready or self.inflight:
+                if self.interrupted:
+                    raise KeyboardInterrupt
                 deferred: list[str] = []      # ready, but their predicted peak does not fit in the budget now
                 while ready and (self.pool.limit is None or len(self.inflight) < self.pool.limit):
                     jid = ready.popleft()
@@ -515,6 +554,8 @@ class _Engine:
                 if not self.inflight:
                     continue
                 done, _ = cf.wait(list(self.inflight), timeout=0.5, return_when=cf.FIRST_COMPLETED)
+                if self.interrupted:
+                    raise KeyboardInterrupt
                 for f in done:
                     if f in self.inflight:
                         self._finish(f, ready)
