@@ -493,7 +493,7 @@ class _Engine:
     def _sigint_noted(self):
         """Ctrl-C during the run is noted as well as raised. Python drops a KeyboardInterrupt that lands in a
         weakref callback or a ``__del__`` (it prints "Exception ignored in ..."; seen in an import lock's callback
-        while the progress display imported its modules); the run loop then raises it itself, at its next turn
+        during a run); the run loop then raises it itself, at its next turn
         (within 0.5 s), instead of building on. The caller's own handler still runs; one that ignores SIGINT
         is respected."""
         self.interrupted = False
@@ -501,7 +501,7 @@ class _Engine:
             yield
             return
         prev = signal.getsignal(signal.SIGINT)
-        if prev is signal.SIG_IGN:
+        if prev is signal.SIG_IGN or prev is None:      # None: a handler not set from Python, which we could not restore
             yield
             return
 
