@@ -67,11 +67,12 @@ def _resolve_split(gm: torch.fx.GraphModule, nodes: list[torch.fx.Node], name: s
     for i, n in enumerate(nodes):
         if n.name == name and n.op in _COMPUTE_OPS:
             return i
-    known = _module_names(gm) + [n.name for n in nodes if n.op in _COMPUTE_OPS]
-    if name in known:
+    modules = _module_names(gm)
+    if name in modules:
         raise FxsplitError(f"splits names {name!r}, a module of the model, but no traced operation is attributed to "
                            "it (its forward never runs, or the graph was traced without module paths)",
                            module=name, hint="name a module whose forward runs, e.g. its first layer")
+    known = modules + [n.name for n in nodes if n.op in _COMPUTE_OPS]
     close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
     hint = (f"did you mean {', '.join(repr(c) for c in close)}?" if close else
             "use a qualified module name as in model.named_modules(), e.g. 'layer2.0.conv1'")

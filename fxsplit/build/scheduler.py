@@ -493,34 +493,24 @@ class _Engine:
     def _sigint_noted(self):
         """Ctrl-C during the run is noted as well as raised. Python drops a KeyboardInterrupt that lands in a
         weakref callback or a ``__del__`` (it prints "Exception ignored in ..."; seen in an import lock's callback
-        during a run); the run loop then raises it itself, at its next turn
-        (within 0.5 s), instead of building on. The caller's own handler still runs; one that ignores SIGINT
-        is respected."""
+        during a run); the run loop then raises it itself, at its next turn (within 0.5 s), instead of building
+        on. The caller's own handler still runs; one that ignores SIGINT is respected, and one not set from
+        Python (``getsignal`` None, which could not be restored) is left alone."""
         self.interrupted = False
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
         prev = signal.getsignal(signal.SIGINT)
-        if prev is signal.SIG_IGN or prev is None:      # None: a handler not set from Python, which we could not restore
+        if threading.current_thread() is not threading.main_thread() or prev is signal.SIG_IGN or prev is None:
             yield
             return
 
         def noted(signum, frame):
             self.interrupted = True
-            if callable(prev):
-                prev(signum, frame)      # Python's default handler raises KeyboardInterrupt
-            else:
-                raise KeyboardInterrupt
-        try:
-            signal.signal(signal.SIGINT, noted)
-        except (ValueError, OSError):
-            yield
-            return
+            (prev if callable(prev) else signal.default_int_handler)(signum, frame)   # SIG_DFL: raise as Python does
+
+        signal.signal(signal.SIGINT, noted)
         try:
             yield
         finally:
-            with contextlib.suppress(ValueError, OSError):
-                signal.signal(signal.SIGINT, prev)
+            signal.signal(signal.SIGINT, prev)
 
     def run(self) -> BuildResult:
         with self._sigint_noted():
@@ -554,8 +544,6 @@ class _Engine:
                 if not self.inflight:
                     continue
                 done, _ = cf.wait(list(self.inflight), timeout=0.5, return_when=cf.FIRST_COMPLETED)
-                if self.interrupted:
-                    raise KeyboardInterrupt
                 for f in done:
                     if f in self.inflight:
                         self._finish(f, ready)
