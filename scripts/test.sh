@@ -6,4 +6,10 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 VENV=${FXSPLIT_VENV:-.venv}
 export VIRTUAL_ENV="$PWD/$VENV" PATH="$PWD/$VENV/bin:$PATH"
-exec "$VENV/bin/python" -m pytest -q -ra --durations=15 "$@"
+# Two pytest workers (pytest-xdist), a test file per worker at a time (its module fixtures built once): most
+# tests spend long stretches on one core (a g++, Yosys or simulator run, Python start-up), so the second core
+# would sit idle in a serial run. FXSPLIT_TEST_WORKERS=0 runs serially.
+N=${FXSPLIT_TEST_WORKERS:-2}
+XDIST=()
+if [ "$N" != 0 ]; then XDIST=(-n "$N" --dist loadfile); fi
+exec "$VENV/bin/python" -m pytest -q -ra --durations=15 "${XDIST[@]}" "$@"

@@ -26,8 +26,17 @@ def _check_three_way(design, res, n):
     assert res.max_abs_error_vs_torch > 0
 
 
-def test_jet_tagger_rtl_synth_verilator_and_icarus(tmp_path, rng):
-    design, shape = _compile("jet_tagger", tmp_path, synth=True)
+def test_jet_tagger_rtl_synth_compare_monolithic_verilator_and_icarus(tmp_path, rng):
+    """The jet tagger through the whole open RTL flow in ONE build (a Yosys run of the uncut design costs about
+    a minute; one build serves every check): every partition emitted and synthesized as its own job, the stitched
+    top synthesized, and with compare_monolithic the uncut design emitted and synthesized beside it; then the
+    stitched RTL simulated by Verilator and Icarus against the C simulations."""
+    from fxsplit.report import format_text
+    model, shape = build("jet_tagger")
+    cfg = {**FAST, "precision": "fixed<8,3>"}
+    out = tmp_path / "jet_tagger"
+    design = fxsplit.compile(model, shape, flow="rtl", config={**cfg, "synth": True}, output_dir=out,
+                             compare_monolithic=True, progress=False, jobs=2)
     # every partition was emitted and synthesized as its own job
     steps = {(r.partition, r.step) for r in design.build}
     for p in design.partitions:
@@ -44,10 +53,30 @@ def test_jet_tagger_rtl_synth_verilator_and_icarus(tmp_path, rng):
     assert st["resources_top"]["FF"] + st["resources_top"]["SRL"] >= 1
     # each partition's synthesis log and netlist sit next to its RTL; so do the top's
     for part in rep["partitions"]:
-        assert os.path.dirname(part["synth_log"]) == str(tmp_path / "jet_tagger" / part["name"] / "rtl" / "synth")
+        assert os.path.dirname(part["synth_log"]) == str(out / part["name"] / "rtl" / "synth")
         assert "Time spent" in open(part["synth_log"]).read() and "module fxs_" in open(part["netlist"]).read()
     assert os.path.exists(st["top_synth_log"])
     assert os.path.exists(st["file"]) and "fxs_hidden" in open(st["file"]).read()
+
+    # compare_monolithic: the uncut design was emitted and synthesized in the same build, and the report puts it
+    # beside the stitched one: wall on the build's workers, CPU, peak memory, resources, latency
+    ids = {r.id for r in design.build}
+    assert {"monolithic/csim", "monolithic/rtl", "monolithic/synth"} <= ids
+    cmp = rep["compare_monolithic"]
+    u, s = cmp["uncut"], cmp["stitched"]
+    assert u["jobs"] == 2 and s["jobs"] == 2 * len(design.partitions) + 2 and cmp["workers"] == 2
+    for side in (u, s):
+        assert side["wall_seconds"] > 0 and side["cpu_seconds"] > 0 and side["peak_rss_max"] > 0
+        assert side["resources"]["LUT"] > 0 and side["resources"]["FF"] > 0 and side["latency"] >= 1
+    # the uncut wall is its chain (da4ml then Yosys); the stitched one is never more than the sum of its jobs
+    assert u["wall_seconds"] == pytest.approx(u["job_seconds"], rel=1e-3)
+    assert s["wall_seconds"] <= s["job_seconds"] + 1e-6
+    assert s["latency"] == st["latency"] and "Time spent" in open(u["synth_log"]).read()
+    assert os.path.dirname(u["synth_log"]) == str(out / "monolithic" / "rtl" / "synth")
+    html = (out / "report.html").read_text()
+    assert "<h2>Uncut vs stitched</h2>" in html
+    assert f"LUT {u['resources']['LUT']:,} vs {s['resources']['LUT']:,}" in format_text(rep)
+
     n = 300
     x = random_inputs(rng, shape, n=n, scale=16.0)      # fixed<8,3> holds [-4, 4): most inputs wrap
     _check_three_way(design, design.verify(x, level="rtl", simulator="verilator"), n)
@@ -58,36 +87,14 @@ def test_jet_tagger_rtl_synth_verilator_and_icarus(tmp_path, rng):
     assert f"{n} passed, 0 failed" in design.rtl.last_sim["log"]
 
 
-def test_compare_monolithic_puts_uncut_beside_stitched(tmp_path):
-    """compare_monolithic: the uncut jet tagger is emitted and synthesized in the same build, and the report puts
-    it beside the stitched design: wall on the build's workers, CPU, peak memory, resources, latency."""
-    from fxsplit.report import format_text
+def test_compare_monolithic_refused_where_nothing_is_synthesized(tmp_path):
+    """Flows that synthesize nothing refuse compare_monolithic before any build, and write nothing."""
     model, shape = build("jet_tagger")
-    cfg = {**FAST, "precision": "fixed<8,3>"}
-    d = fxsplit.compile(model, shape, flow="rtl", config=cfg, output_dir=tmp_path / "j", compare_monolithic=True,
-                        progress=False, jobs=2)
-    ids = {r.id for r in d.build}
-    assert {"monolithic/csim", "monolithic/rtl", "monolithic/synth"} <= ids
-    cmp = d.report["compare_monolithic"]
-    u, s = cmp["uncut"], cmp["stitched"]
-    assert u["jobs"] == 2 and s["jobs"] == 2 * len(d.partitions) + 2 and cmp["workers"] == 2
-    for side in (u, s):
-        assert side["wall_seconds"] > 0 and side["cpu_seconds"] > 0 and side["peak_rss_max"] > 0
-        assert side["resources"]["LUT"] > 0 and side["resources"]["FF"] > 0 and side["latency"] >= 1
-    # the uncut wall is its chain (da4ml then Yosys); the stitched one is never more than the sum of its jobs
-    assert u["wall_seconds"] == pytest.approx(u["job_seconds"], rel=1e-3)
-    assert s["wall_seconds"] <= s["job_seconds"] + 1e-6
-    assert s["latency"] == d.report["stitched"]["latency"] and "Time spent" in open(u["synth_log"]).read()
-    assert os.path.dirname(u["synth_log"]) == str(tmp_path / "j" / "monolithic" / "rtl" / "synth")
-    html = (tmp_path / "j" / "report.html").read_text()
-    assert "<h2>Uncut vs stitched</h2>" in html
-    assert f"LUT {u['resources']['LUT']:,} vs {s['resources']['LUT']:,}" in format_text(d.report)
-    # flows that synthesize nothing refuse it before any build
     with pytest.raises(fxsplit.FxsplitError, match="synthesizes nothing here"):
         fxsplit.compile(model, shape, config=FAST, output_dir=tmp_path / "h", compare_monolithic=True)
     with pytest.raises(fxsplit.FxsplitError, match="synthesis is off"):
-        fxsplit.compile(model, shape, flow="rtl", config={**cfg, "synth": False}, output_dir=tmp_path / "n",
-                        compare_monolithic=True)
+        fxsplit.compile(model, shape, flow="rtl", config={**FAST, "precision": "fixed<8,3>", "synth": False},
+                        output_dir=tmp_path / "n", compare_monolithic=True)
     assert not (tmp_path / "h").exists() and not (tmp_path / "n").exists()
 
 
