@@ -44,13 +44,15 @@ class AutoPlan:
     model: dict = field(default_factory=dict)            # the cost model used (its source per step)
     max_job_memory: int | None = None                    # bytes: the per-job limit the cuts respect
     predicted_rss: list[int] = field(default_factory=list)   # bytes, per partition: its largest job's predicted peak
+    layer_splits: dict[str, list[int]] = field(default_factory=dict)   # layer -> first outputs of its later pieces
 
     def to_dict(self) -> dict:
         return {"splits": list(self.splits), "workers": self.workers, "partitions": self.partitions,
                 "predicted_wall": round(self.predicted_wall, 3),
                 "predicted": [round(t, 3) for t in self.predicted], "crossing_bits": self.crossing_bits,
                 "markers_only": self.markers_only, "candidates": self.candidates, "model": self.model,
-                "max_job_memory": self.max_job_memory, "predicted_rss": list(self.predicted_rss)}
+                "max_job_memory": self.max_job_memory, "predicted_rss": list(self.predicted_rss),
+                "layer_splits": {k: list(v) for k, v in self.layer_splits.items()}}
 
 
 def flow_steps(flow: str, synth: bool = True) -> list[tuple[str, tuple[str, ...]]]:
@@ -96,8 +98,10 @@ def _size(n: float) -> str:
 def plan_auto(model, input_shape, workers: int, *, precision: str = "fixed<16,6>",
               input_precision: str | None = None, flow: str = "rtl", synth: bool = True, reference: bool = True,
               splits=None, cost_model: CostModel | None = None, max_partitions: int | None = None,
-              max_job_memory: int | None = None, memory_model: CostModel | None = None) -> AutoPlan:
+              max_job_memory: int | None = None, memory_model: CostModel | None = None,
+              split_layers: bool = False) -> AutoPlan:
     """Choose the cuts (see the module docstring). ``splits``: names that must be cut too (as for compile).
+    ``split_layers``: cuts inside a wide Linear layer (by outputs, :mod:`fxsplit.layersplit`) are candidates too.
     ``max_job_memory`` (bytes): only plans whose every partition job is predicted (``memory_model``, default the
     shipped peak-memory model) to peak under it; a single operation predicted above it is an error."""
     from torch import nn
@@ -115,7 +119,17 @@ def plan_auto(model, input_shape, workers: int, *, precision: str = "fixed<16,6>
     if max_job_memory is not None and (isinstance(max_job_memory, bool) or not isinstance(max_job_memory, int)
                                        or max_job_memory <= 0):
         raise FxsplitError(f"max_job_memory must be a positive number of bytes, got {max_job_memory!r}")
+    from . import layersplit
     gm = trace_eval(model, input_shape)
+    user = [s for s in ([splits] if isinstance(splits, str) else list(splits or []))]
+    required = layersplit.resolve(gm, [(*layersplit.parse(s), s) for s in user if layersplit.parse(s) is not None])
+    pieces = _offer_layer_splits(gm, workers if split_layers else 0, cm, precision, input_precision, flow, synth,
+                                 required)
+    inside = {}                                          # piece node name -> its 'layer@first output' split name
+    cats = set()
+    for e in pieces.values():
+        inside.update({nm: f"{e['module']}@{a}" for a, nm in e["starts"].items() if a > 0})
+        cats.update(e["cats"])
     nodes = list(gm.graph.nodes)
     index = {n.name: i for i, n in enumerate(nodes)}
     ops = [i for i, n in enumerate(nodes) if n.op in _COMPUTE_OPS and not is_cut_node(n, gm)]
@@ -139,8 +153,14 @@ def plan_auto(model, input_shape, workers: int, *, precision: str = "fixed<16,6>
     for i, nd in enumerate(nodes):
         if is_cut_node(nd, gm):
             forced.add(first_op_at_or_after(i))
-    for s in ([splits] if isinstance(splits, str) else list(splits or [])):
-        forced.add(first_op_at_or_after(_resolve_split(gm, nodes, s)))
+    node_index = {nd.name: i for i, nd in enumerate(nodes)}
+    for s in user:
+        at = layersplit.parse(s)
+        whole = next((e for name, e in pieces.items() if (at[0] if at else s) in (name, e["module"])), None)
+        if whole is not None:                          # a split layer: before the piece, or before the layer
+            forced.add(first_op_at_or_after(node_index[whole["starts"][at[1] if at else 0]]))
+        else:
+            forced.add(first_op_at_or_after(_resolve_split(gm, nodes, s)))
     forced = {k for k in forced if 0 < k < n}
 
     # candidates: between any two operations, except inside a group hls4ml fuses, and nameable
@@ -160,6 +180,15 @@ def plan_auto(model, input_shape, workers: int, *, precision: str = "fixed<16,6>
         if k in forced or fused(k):
             continue
         nd = nodes[ops[k]]
+        if nd.name in inside:                          # inside a split layer: before one of its pieces
+            names[k] = inside[nd.name]
+            continue
+        if nd.name in cats:                            # before a Concatenate of pieces: nothing to gain
+            continue
+        whole = next((e["module"] for e in pieces.values() if e["pieces"][0] == nd.name), None)
+        if whole is not None:                          # before a split layer's first piece: before the layer
+            names[k] = whole
+            continue
         for cand in ([nd.target] if nd.op == "call_module" else []) + [nd.name]:
             try:
                 if first_op_at_or_after(_resolve_split(gm, nodes, str(cand))) == k:
@@ -243,8 +272,10 @@ def plan_auto(model, input_shape, workers: int, *, precision: str = "fixed<16,6>
     k_min = len(forced) + 1
     k_max = min(len(bounds) - 1, max_partitions or (len(bounds) - 1 if max_job_memory is not None
                                                      else max(k_min, len(forced) + 1 + 4 * workers)))
-    # dp[b] = (key, max time, crossing bits, previous bound) for the best way to cover ops[0:b] with k segments
-    dp = {0: ((0, 0), 0.0, 0, None)}
+    # dp[b] = (key, max time, crossing bits, previous bound) for the best way to cover ops[0:b] with k segments;
+    # among plans as fast (TIE_MAX), the fewest cuts inside layers, then the fewest crossing bits
+    is_inside = {k: 1 if names.get(k, "") and "@" in names[k] else 0 for k in range(n + 1)}
+    dp = {0: ((0, 0, 0), 0.0, 0, None)}
     best = None
     plans = {}
     for k in range(1, k_max + 1):
@@ -256,7 +287,7 @@ def plan_auto(model, input_shape, workers: int, *, precision: str = "fixed<16,6>
                     continue
                 mx = max(mx_a, cost[a, b])
                 cb = bits_a + (cross[b] if b < n else 0)
-                key = (round(math.log(max(mx, 1e-9)) / math.log1p(TIE_MAX)), cb)
+                key = (round(math.log(max(mx, 1e-9)) / math.log1p(TIE_MAX)), key_a[1] + is_inside[b], cb)
                 if cand is None or key < cand[0]:
                     cand = (key, mx, cb, a)
             if cand is not None:
@@ -283,7 +314,13 @@ def plan_auto(model, input_shape, workers: int, *, precision: str = "fixed<16,6>
     chosen = [b for b in cuts[1:-1] if b not in forced]
     req = sorted({0, n, *forced})
     m_wall, m_per = evaluate(req)
+    layer_splits: dict[str, list[int]] = {}
+    for b in chosen:
+        if "@" in names[b]:
+            layer, at = names[b].rsplit("@", 1)
+            layer_splits.setdefault(layer, []).append(int(at))
     return AutoPlan(splits=[names[b] for b in chosen], workers=workers, partitions=len(cuts) - 1,
+                    layer_splits={k: sorted(v) for k, v in layer_splits.items()},
                     predicted_wall=wall, predicted=per, crossing_bits=sum(cross[b] for b in chosen),
                     markers_only={"partitions": len(req) - 1, "predicted_wall": round(m_wall, 3),
                                   "predicted": [round(t, 3) for t in m_per]},
@@ -291,17 +328,58 @@ def plan_auto(model, input_shape, workers: int, *, precision: str = "fixed<16,6>
                     predicted_rss=[seg_mem(a, b) for a, b in zip(cuts, cuts[1:])])
 
 
+MIN_PIECE_OUTPUTS = 4     # a piece of a split layer computes at least this many outputs
+MAX_PIECES = 8
+
+
+def _offer_layer_splits(gm, workers: int, cm: CostModel, precision: str, input_precision: str | None, flow: str,
+                        synth: bool, required: dict[str, list[int]]) -> dict:
+    """Rewrite ``gm`` with every Linear whose own build is predicted above a quarter of a worker's fair share
+    (the whole model's predicted time / (4 W)) cut into pieces of about that share (equal output ranges, at most
+    :data:`MAX_PIECES`, at least :data:`MIN_PIECE_OUTPUTS` outputs each): the dynamic program may then cut between
+    pieces; bounds it does not cut at are not applied. Returns ``layersplit.apply``'s description."""
+    from . import layersplit
+    lf = layer_features(gm, precision, input_precision)
+    steps = flow_steps(flow, synth)
+
+    def t(f: dict) -> float:
+        return sum(cm.predict(model_name(s, "p"), {**f, "ports": 0}) for s, _ in steps)
+
+    bounds = {k: list(v) for k, v in required.items()}            # the user's own cuts inside layers
+    if workers:                                                     # 0: offer none
+        per = {name: t(f) for name, f in lf.items()}
+        share = sum(per.values()) / (4 * workers)
+        for nd in gm.graph.nodes:
+            if nd.name not in per or per[nd.name] <= share or layersplit.why_not(gm, nd) is not None:
+                continue
+            width = gm.get_submodule(nd.target).out_features
+            m = min(MAX_PIECES, width // MIN_PIECE_OUTPUTS, math.ceil(per[nd.name] / share))
+            if m >= 2:
+                bounds[nd.name] = sorted({*bounds.get(nd.name, []), *(round(i * width / m) for i in range(1, m))})
+    return layersplit.apply(gm, bounds) if bounds else {}
+
+
+def splits_layers_by_default(flow: str, exact_accum: bool, io_type: str) -> bool:
+    """``split_layers=None``: auto cuts inside wide Linear layers in the open RTL flow with exact accumulation (its
+    default), where a layer's Yosys time is the build's; elsewhere only when asked (``split_layers=True``)."""
+    return flow == "rtl" and bool(exact_accum) and io_type == "io_parallel"
+
+
 def auto_splits(model, input_shape, workers: int | None = None, config: dict | None = None, flow: str = "rtl",
-                splits=None, cache_dir=None, reference: bool = True) -> list[str]:
+                splits=None, cache_dir=None, reference: bool = True, split_layers: bool | None = None) -> list[str]:
     """The names to pass as ``splits`` (besides the model's markers) for a build balanced on ``workers``
     workers (default: this machine's CPUs), with the cost model fitted from ``cache_dir`` (else the shipped
-    defaults). ``config``: the fxsplit config of the build (its precision sizes the datapath)."""
+    defaults). ``config``: the fxsplit config of the build (its precision sizes the datapath). ``split_layers``:
+    may the cuts go inside a wide Linear layer (``"fc2@32"``, :mod:`fxsplit.layersplit`); None: as ``compile``."""
     import os
     cfg = dict(config or {})
+    if split_layers is None:
+        split_layers = splits_layers_by_default(flow, cfg.get("exact_accum", flow == "rtl"),
+                                                cfg.get("io_type", "io_parallel"))
     plan = plan_auto(model, input_shape, workers or os.cpu_count() or 1,
                      precision=str(cfg.get("precision", "fixed<16,6>")), input_precision=cfg.get("input_precision"),
                      flow=flow, synth=bool(cfg.get("synth", True)), reference=reference, splits=splits,
-                     cost_model=CostModel.from_cache(cache_dir))
+                     cost_model=CostModel.from_cache(cache_dir), split_layers=bool(split_layers))
     return plan.splits
 
 

@@ -78,9 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-sample input shape, PyTorch layout (16 or 3,8,8); once per input "
                         "(optional for zoo models)")
     c.add_argument("--splits", nargs="+", default=None, metavar="NAME",
-                   help="also split before these modules / nodes (in addition to the Cut markers)")
+                   help="also split before these modules / nodes (in addition to the Cut markers); LAYER@K cuts "
+                        "inside Linear layer LAYER, before its output K (its outputs built as separate partitions)")
     c.add_argument("--auto-split", type=_positive, default=None, metavar="W",
                    help="add balanced cuts (to the markers) for the shortest predicted build on W workers")
+    c.add_argument("--split-layers", choices=("on", "off"), default=None,
+                   help="with --auto-split: may the cuts go inside a wide Linear layer (default: in the rtl flow "
+                        "with exact accumulation)")
     c.add_argument("--flow", choices=("hls4ml", "rtl", "vitis"), default="hls4ml")
     c.add_argument("--emit-only", action="store_true",
                    help="vitis flow: write every Vitis HLS project, the DAG description, test vectors and the run "
@@ -260,7 +264,8 @@ def _compile(state: dict, progress: bool | None):
                                  emit_only=bool(state.get("emit_only")), memory=state.get("memory"),
                                  compare_monolithic=bool(state.get("compare_monolithic")),
                                  workers=state.get("workers") if state.get("splits") == "auto" else None,
-                                 max_job_memory=state.get("max_job_memory") if state.get("splits") == "auto" else None)
+                                 max_job_memory=state.get("max_job_memory") if state.get("splits") == "auto" else None,
+                                 split_layers=state.get("split_layers") if state.get("splits") == "auto" else None)
     finally:
         if client is not None:
             client.close()
@@ -307,6 +312,9 @@ def cmd_compile(args) -> int:
         raise _Usage("--verify N needs N >= 0")
     if args.max_job_memory and not args.auto_split:
         raise _Usage("--max-job-memory limits the jobs of an automatic split: give --auto-split W too")
+    if args.split_layers and not args.auto_split:
+        raise _Usage("--split-layers says whether an automatic split may cut inside a layer: give --auto-split W too "
+                     "(to cut inside a layer yourself: --splits LAYER@K)")
     if args.auto_split and args.splits:
         raise _Usage("--auto-split chooses the cuts besides the markers; give it or --splits, not both")
     state = {
@@ -319,6 +327,7 @@ def cmd_compile(args) -> int:
         "cache_dir": str(Path(args.cache_dir).resolve()) if args.cache_dir else None,
         "seed": args.seed, "simulator": args.simulator, "emit_only": args.emit_only, "scheduler": args.scheduler,
         "memory": args.memory, "max_job_memory": args.max_job_memory,
+        "split_layers": None if args.split_layers is None else args.split_layers == "on",
         "compare_monolithic": args.compare_monolithic,
     }
     design, shapes = _compile(state, None if not args.no_progress else False)

@@ -12,7 +12,7 @@ from .errors import FxsplitError
 from .flows import FLOWS, get_flow
 from .ir import Partitioning
 from .lower import hls4ml_layer_names, lower, normalize_config
-from .autosplit import plan_auto
+from .autosplit import plan_auto, splits_layers_by_default
 from .costmodel import CostModel, annotate, partition_features
 from .partitioner import partition as make_partitioning
 from .summary import build_report
@@ -55,7 +55,8 @@ def memory_budget(memory) -> int | None:
 def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", config: dict | None = None,
             output_dir=None, jobs: int | None = None, executor=None, progress: bool | None = None,
             cache_dir=None, reference: bool = True, hls_config: dict | None = None, emit_only: bool = False,
-            workers: int | None = None, memory=None, max_job_memory=None, compare_monolithic: bool = False):
+            workers: int | None = None, memory=None, max_job_memory=None, compare_monolithic: bool = False,
+            split_layers: bool | None = None):
     """Partition ``model``, build every partition (in parallel, cached) and return a :class:`Design`.
 
     Everything (tracing, cuts, names, config, layer support, types) is validated before
@@ -85,7 +86,12 @@ def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", co
     memory, resources, latency): what splitting costs and saves, measured in the same run.
 
     ``max_job_memory`` (with ``splits="auto"``; bytes or "4GiB"): the automatic cuts also make every partition's
-    jobs predicted to peak under it (a single layer predicted above it is an error)."""
+    jobs predicted to peak under it (a single layer predicted above it is an error).
+
+    ``split_layers`` (with ``splits="auto"``): may the automatic cuts go inside a wide Linear layer, building ranges
+    of its outputs as separate partitions (``"fc2@32"`` in ``splits`` does it by hand; :mod:`fxsplit.layersplit`)?
+    None (default): in the open RTL flow with exact accumulation and io_parallel; True: wherever the layer allows
+    it; False: never. The report's ``auto_split.layer_splits`` lists what it split."""
     from .build import output_dir_lock, run_jobs
     from .design import Design
 
@@ -108,6 +114,9 @@ def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", co
     if workers is not None and not auto:
         raise FxsplitError("workers= sizes an automatic split; it applies to splits='auto' only",
                            hint="the build's parallelism is jobs= (or the executor)")
+    if split_layers is not None and (not auto or not isinstance(split_layers, bool)):
+        raise FxsplitError("split_layers= (True/False) says whether splits='auto' may cut inside a layer; it applies to "
+                           "splits='auto' only", hint="to cut inside a layer yourself, give splits=['<layer>@<output>']")
     if max_job_memory is not None:
         if not auto:
             raise FxsplitError("max_job_memory= limits the jobs of an automatic split; it applies to splits='auto' "
@@ -146,7 +155,9 @@ def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", co
         plan = plan_auto(model, input_shape, workers or jobs or os.cpu_count() or 1, precision=fc0.precision,
                          input_precision=fc0.input_precision, flow=flow, synth=fc0.synth,
                          reference=reference, cost_model=costs, max_job_memory=max_job_memory,
-                         memory_model=mem_model)
+                         memory_model=mem_model,
+                         split_layers=(splits_layers_by_default(flow, fc0.exact_accum, fc0.io_type)
+                                       if split_layers is None else split_layers))
         splits = plan.splits
     pt: Partitioning = make_partitioning(model, input_shape, splits)
     if not auto:
@@ -192,6 +203,8 @@ def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", co
             design.report.setdefault(flow, {})["stitched"] = post
         if plan is not None:
             design.report["auto_split"] = plan.to_dict()
+        if pt.layer_splits:             # cuts inside layers: each layer's output ranges, one partition each
+            design.report["layer_splits"] = {e["module"]: list(e["bounds"]) for e in pt.layer_splits.values()}
         if lowered.brevitas is not None:
             design.report["brevitas"] = lowered.brevitas.to_dict()
         design.report["numerics"] = {

@@ -129,7 +129,7 @@ class Design:
     def _torch(self, xs: list[np.ndarray]):
         xs = [torch.as_tensor(self._to_torch(a, p), dtype=torch.float32)
               for a, p in zip(xs, self.partitioning.inputs)]
-        with eval_mode(self.partitioning.graph) as g, torch.no_grad():
+        with eval_mode(self.partitioning.uncut) as g, torch.no_grad():
             ys = output_arrays(g(*xs))
         return ys[0] if len(ys) == 1 else ys
 

@@ -63,7 +63,7 @@ class Partition:
 
 @dataclass
 class Partitioning:
-    graph: torch.fx.GraphModule            # the uncut traced graph (markers erased)
+    graph: torch.fx.GraphModule            # the traced graph the partitions are cut from (markers erased)
     partitions: list[Partition]
     inputs: list[Port]                     # model inputs
     outputs: list[Port]                    # model outputs, in the order the model returns them
@@ -74,6 +74,21 @@ class Partitioning:
                                            # float32 sums that fit), so the design must equal it bit for bit
     outputs_torch_layout: bool = True      # Design returns outputs in PyTorch's layout; False: as the ports
                                            # (hls4ml's TransposeOutputs=False, its default for a user's hls_config)
+    original: torch.fx.GraphModule | None = None   # with layer splits: the uncut graph as the model is written
+                                                   # (``graph`` then holds the pieces; see fxsplit.layersplit)
+    layer_splits: dict[str, dict] = field(default_factory=dict)   # original Linear node -> its pieces and cats
+
+    @property
+    def uncut(self) -> torch.fx.GraphModule:
+        """The model as written, markers erased: the uncut reference is built from it."""
+        return self.original if self.original is not None else self.graph
+
+    def origin(self, name: str) -> str:
+        """The uncut graph's node that a node of ``graph`` computes (a piece or cat of a split layer: the layer)."""
+        for layer, e in self.layer_splits.items():
+            if name in e["pieces"] or name in e["cats"]:
+                return layer
+        return name
 
     def keep_torch_layout(self) -> None:
         """ChannelsLastConversion='off': every port keeps PyTorch's layout."""

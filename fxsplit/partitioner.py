@@ -124,18 +124,23 @@ def strip_markers(model: nn.Module, input_shape) -> torch.fx.GraphModule:
     """``model`` without its Cut markers: its traced graph with the marker nodes erased, a GraphModule that
     fxsplit traces like any module (so that ``splits`` or ``splits="auto"`` alone decide the cuts)."""
     gm = trace_eval(model, input_shape)
-    for n in list(gm.graph.nodes):
-        if is_cut_node(n, gm):
-            n.replace_all_uses_with(n.args[0])
-            gm.graph.erase_node(n)
-    gm.delete_all_unused_submodules()
-    gm.recompile()
+    _erase_markers(gm)
     return torch.fx.GraphModule(gm, gm.graph, type(model).__name__)
 
 
 def partition_graph(gm: torch.fx.GraphModule, splits: Sequence[str]) -> Partitioning:
+    from . import layersplit
+    if isinstance(splits, str):
+        splits = [splits]
+    inside = [(*layersplit.parse(s), s) for s in splits if layersplit.parse(s) is not None]
+    original, pieces = None, {}
+    if inside:                         # cuts inside a layer (splits=["fc2@32"]): the layer becomes its pieces
+        bounds = layersplit.resolve(gm, inside)
+        original = layersplit.copy_graph(gm)
+        pieces = layersplit.apply(gm, bounds)
     graph = gm.graph
     nodes = list(graph.nodes)
+    index = {n.name: i for i, n in enumerate(nodes)}
     boundaries: list[_Boundary] = []
     for i, n in enumerate(nodes):
         if is_cut_node(n, gm):
@@ -143,7 +148,15 @@ def partition_graph(gm: torch.fx.GraphModule, splits: Sequence[str]) -> Partitio
             what = f"Cut marker {n.target!r}" if n.op == "call_module" else "cut() call"
             boundaries.append(_Boundary(i, nm, what, node_source(n)))
     for s in splits:
-        i = _resolve_split(gm, nodes, s)
+        at = layersplit.parse(s)
+        if at is not None:
+            layer = next(name for name, e in pieces.items() if at[0] in (name, e["module"]))
+            i = index[pieces[layer]["starts"][at[1]]]
+            boundaries.append(_Boundary(i, None, f"split inside {pieces[layer]['module']!r} at output {at[1]}",
+                                        node_source(nodes[i]), from_splits=True))
+            continue
+        whole = next((e for name, e in pieces.items() if s in (name, e["module"])), None)
+        i = index[whole["pieces"][0]] if whole is not None else _resolve_split(gm, nodes, s)
         boundaries.append(_Boundary(i, None, f"split before {s!r}", node_source(nodes[i]), from_splits=True))
     boundaries.sort(key=lambda b: b.position)
     boundaries = _merge_coinciding(boundaries, nodes, gm)
@@ -242,4 +255,15 @@ def partition_graph(gm: torch.fx.GraphModule, splits: Sequence[str]) -> Partitio
             raise FxsplitError(f"model output {o.name!r} is a model input passed through unchanged; nothing to build")
         outputs.append(port(o.name))
         output_sources[o.name] = names[part_of[o.name]]
-    return Partitioning(gm, partitions, inputs, outputs, output_sources)
+    if original is not None:           # the uncut reference: the model as written, markers erased
+        _erase_markers(original)
+    return Partitioning(gm, partitions, inputs, outputs, output_sources, original=original, layer_splits=pieces)
+
+
+def _erase_markers(gm: torch.fx.GraphModule) -> None:
+    for n in list(gm.graph.nodes):
+        if is_cut_node(n, gm):
+            n.replace_all_uses_with(n.args[0])
+            gm.graph.erase_node(n)
+    gm.delete_all_unused_submodules()
+    gm.recompile()

@@ -708,6 +708,9 @@ def format_text(report: dict, width: int = 120) -> str:
         con.print(f"auto split for {au.get('workers')} workers: cuts before {', '.join(au.get('splits') or []) or '(none)'}"
                   f"; predicted wall {_fmt_s(au.get('predicted_wall'))} (markers alone: "
                   f"{_fmt_s(mo.get('predicted_wall'))})", markup=False)
+    for layer, bounds in (report.get("layer_splits") or {}).items():
+        con.print(f"layer {layer} built as {len(bounds) - 1} partitions, by outputs "
+                  f"{', '.join(f'{a}..{b - 1}' for a, b in zip(bounds, bounds[1:]))}", markup=False)
     num = ("layers", "params", "ops", "latency", "LUT", "FF", "CARRY", "DSP")
     t = Table(show_lines=False, pad_edge=False, box=None, header_style="bold")
     for col in ("partition", *num, "steps"):

@@ -205,7 +205,7 @@ def test_auto_split_errors(tmp_path):
         fxsplit.compile(model, shape, splits="auto", config={"partitions": {"hidden": {"reuse_factor": 2}}},
                         output_dir=tmp_path / "o")
     assert not (tmp_path / "o").exists()
-    assert fxsplit.auto_splits(model, shape, workers=2) == plan_auto(model, shape, 2).splits
+    assert fxsplit.auto_splits(model, shape, workers=2) == plan_auto(model, shape, 2, split_layers=True).splits
 
 
 def test_cli_auto_split_records_the_cuts(tmp_path):
@@ -223,3 +223,23 @@ def test_cli_auto_split_records_the_cuts(tmp_path):
     r = subprocess.run([sys.executable, "-m", "fxsplit", "compile", "models:jet_tagger", "--auto-split", "2",
                         "--splits", "fc2", "-o", str(tmp_path / "x")], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode != 0 and "not both" in r.stderr
+
+
+def test_cli_cut_inside_a_layer_and_verify_from_the_state(tmp_path):
+    """--splits LAYER@K through the CLI; `fxsplit verify` rebuilds the same design from fxsplit.json."""
+    out = tmp_path / "cli"
+    r = subprocess.run([sys.executable, "-m", "fxsplit", "compile", "models:jet_tagger", "--splits", "fc2@16",
+                        "--csim-opt", "O0", "--verify", "30", "-o", str(out), "--no-progress"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "bit-exact" in r.stdout and json.loads((out / "fxsplit.json").read_text())["splits"] == ["fc2@16"]
+    assert "layer fc2 built as 2 partitions, by outputs 0..15, 16..31" in r.stdout
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["layer_splits"] == {"fc2": [0, 16, 32]}
+    assert [p["name"] for p in rep["partitions"]] == ["p0", "hidden", "p2", "head"]
+    r = subprocess.run([sys.executable, "-m", "fxsplit", "verify", str(out), "-n", "10"], capture_output=True,
+                       text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0 and "bit-exact" in r.stdout, r.stderr + r.stdout
+    r = subprocess.run([sys.executable, "-m", "fxsplit", "compile", "models:jet_tagger", "--split-layers", "on",
+                        "-o", str(tmp_path / "x")], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode != 0 and "give --auto-split W too" in r.stderr

@@ -92,6 +92,11 @@ CASES = [
     (Conv1dNet, (3, 16), ["fc"], "name", "io_parallel"),        # a partition ending in Flatten (hls4ml drops it)
     (ViewTail, (3, 8), [], "model", "io_parallel"),
     (ViewTail, (3, 8), [], "model", "io_stream"),
+    # cuts inside a layer (fxsplit.layersplit): fc1 carries the user's own types (saturating result, wrapping
+    # accumulator) into its three pieces; the model's output is the Concatenate of fc3's pieces
+    (MLP3, (12,), ["fc1@8", "fc1@17", "fc3@2"], "name", "io_parallel"),
+    (ResidualMLP, (10,), ["fc2@8", "fc3"], "type", "io_parallel"),     # h bypasses both pieces
+    (MLP3, (12,), ["fc1@12", "fc2"], "name", "io_stream"),
 ]
 
 
@@ -106,6 +111,9 @@ def test_same_bits_as_plain_hls4ml(cls, shape, splits, granularity, io_type, tmp
     design = fxsplit.compile(model, shape, splits=splits, hls_config=cfg, config={**FAST, "io_type": io_type},
                              output_dir=tmp_path / "fx", progress=False)
     assert len(design.partitions) == len(splits) + 1
+    inside = [s for s in splits if "@" in s]
+    assert sorted(f"{e['module']}@{b}" for e in design.partitioning.layer_splits.values()
+                  for b in e["bounds"][1:-1]) == sorted(inside)
     rng = np.random.default_rng(0)
     x = rng.uniform(-40, 40, size=(200, *shape))          # far beyond fixed<12,5>: wrap and saturation
     ours = np.asarray(design.predict(x)).reshape(200, -1)

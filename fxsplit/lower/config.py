@@ -107,9 +107,13 @@ def normalize_config(config: dict | None, pt: Partitioning, hls_config: dict | N
             if n.op in ("call_module", "call_function", "call_method"):
                 alias[n.name] = n.name
                 part_of[n.name] = p.name
-    for n in pt.graph.graph.nodes:
-        if n.op == "call_module":
-            alias[str(n.target)] = n.name
+    graphs = [pt.graph] if pt.original is None else [pt.graph, pt.original]
+    for g in graphs:
+        for n in g.graph.nodes:
+            if n.op == "call_module":
+                alias[str(n.target)] = n.name
+            elif n.op == "placeholder" or n.name in pt.layer_splits:
+                alias.setdefault(n.name, n.name)
     if hls_config is not None:
         _from_hls_config(fc, hls_config, hls_names or {}, pt)
     else:
@@ -119,12 +123,46 @@ def normalize_config(config: dict | None, pt: Partitioning, hls_config: dict | N
     if fc.exact_accum:
         # exact accumulation: hls4ml otherwise casts every product into the accumulator type (the default
         # precision, wrapping); an explicit accum setting of a layer wins
-        for n in pt.graph.graph.nodes:
-            if n.op == "call_module" and type(pt.graph.get_submodule(n.target)).__name__ in _ACCUM_MODULES:
-                prec = fc.layer_name.setdefault(n.name, {}).setdefault("Precision", {})
-                if isinstance(prec, dict):
-                    prec.setdefault("accum", "auto")
+        for g in graphs:
+            for n in g.graph.nodes:
+                if n.op == "call_module" and type(g.get_submodule(n.target)).__name__ in _ACCUM_MODULES:
+                    prec = fc.layer_name.setdefault(n.name, {}).setdefault("Precision", {})
+                    if isinstance(prec, dict):
+                        prec.setdefault("accum", "auto")
+    _settle_split_layers(fc, pt)
     return fc
+
+
+def _settle_split_layers(fc: FlowConfig, pt: Partitioning) -> None:
+    """A layer built as pieces (``splits=["fc2@32"]``) is one layer of the uncut model: its pieces take its settings.
+    Settings given to the pieces (a partition override) must agree, and then are the layer's; the types of the
+    pieces and their Concatenates are pinned to the layer's own in ``lower``."""
+    import copy
+    for layer, e in pt.layer_splits.items():
+        base = fc.layer_name.get(layer) or {}
+
+        def merged(c: dict | None) -> dict:
+            c = c or {}
+            out = {**base, **c}
+            pb, pc = base.get("Precision"), c.get("Precision")
+            if isinstance(pb, dict) and isinstance(pc, dict):
+                out["Precision"] = {**pb, **pc}
+            return out
+
+        settings = [merged(fc.layer_name.get(p)) for p in e["pieces"]]
+        if any(s != settings[0] for s in settings):
+            parts = sorted({pp.name for pp in pt.partitions for n in pp.nodes if n in e["pieces"]})
+            raise FxsplitError(f"layer {e['module']!r} is split across partitions {parts}, and the config gives its "
+                               "pieces different settings: the uncut layer cannot have all of them",
+                               module=e["module"], hint="give the layer its settings in config['layers'], or the same "
+                                                        "override to every partition holding a piece")
+        if settings[0]:
+            fc.layer_name[layer] = settings[0]
+        for p in e["pieces"]:
+            if settings[0]:
+                fc.layer_name[p] = copy.deepcopy(settings[0])
+            else:
+                fc.layer_name.pop(p, None)
 
 
 def _from_fxsplit_config(fc: FlowConfig, config: dict, pt: Partitioning, alias: dict, part_of: dict) -> None:

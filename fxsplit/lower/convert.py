@@ -311,8 +311,13 @@ def lower(pt: Partitioning, fc: FlowConfig, output_dir: str) -> Lowered:
     A tensor that crosses a cut gets the type its producer emits, pinned on the consumer's input layer.
     A model input gets the type hls4ml gives it from the user's config (read back from the graphs, and
     checked equal in every partition that reads it and in the uncut model)."""
-    uncut = pt.graph
+    uncut = pt.uncut
     bq = _brevitas_plan(pt, fc)
+    if bq is not None and pt.layer_splits:
+        layer = next(iter(pt.layer_splits.values()))["module"]
+        raise FxsplitError(f"layer {layer!r} is split by outputs, but the model has brevitas layers, whose exact "
+                           "reading does not cover split layers", module=layer,
+                           hint="cut before or after the layer instead")
     parts = pt.partitions if bq is None else freeze_partitions(pt, bq)
     exact_uncut = uncut if bq is None else bq.freeze(uncut)
     if fc.model.get("ChannelsLastConversion") == "off":
@@ -324,13 +329,24 @@ def lower(pt: Partitioning, fc: FlowConfig, output_dir: str) -> Lowered:
     model_inputs = {p.name for p in pt.inputs}
     specs, graphs = {}, {}
     logs: dict[str, io.StringIO] = {}
+
+    def lower_uncut():
+        placeholders = [n.name for n in uncut.graph.nodes if n.op == "placeholder"]
+        spec = make_spec(MONOLITHIC, exact_uncut, placeholders, [p.torch_shape for p in pt.inputs],
+                         [pt.origin(p.name) for p in pt.outputs], {}, fc)
+        spec.hls_config = reference_config(spec.hls_config)
+        return spec, _convert(spec, os.path.join(output_dir, MONOLITHIC), logs, None)
+
+    if pt.layer_splits:               # the pieces of a split layer take the types the uncut layer has
+        mono_spec, mono = lower_uncut()
+        _pin_split_layers(pt, fc, mono, mono_spec.name_map)
     for part in parts:
-        check_layers(part, exact_uncut)
+        check_layers(part, pt.graph if bq is None else exact_uncut)
         spec = make_spec(part.name, part.module, [p.name for p in part.inputs], [p.torch_shape for p in part.inputs],
                          [p.name for p in part.outputs],
                          {p.name: precisions[p.name] for p in part.inputs if p.name not in model_inputs}, fc)
         hm = _convert(spec, os.path.join(output_dir, part.name), logs, part.name)
-        _check_graph(hm, part, exact_uncut, fc.backend)
+        _check_graph(hm, part, pt.graph if bq is None else exact_uncut, fc.backend, pt.channels_last)
         for port in part.inputs:
             if port.name in model_inputs:
                 got = _layer_type(hm, spec.name_map[port.name])
@@ -344,11 +360,8 @@ def lower(pt: Partitioning, fc: FlowConfig, output_dir: str) -> Lowered:
             port.precision = precisions[port.name]
         specs[part.name], graphs[part.name] = spec, hm
 
-    placeholders = [n.name for n in uncut.graph.nodes if n.op == "placeholder"]
-    mono_spec = make_spec(MONOLITHIC, exact_uncut, placeholders, [p.torch_shape for p in pt.inputs],
-                          [p.name for p in pt.outputs], {}, fc)
-    mono_spec.hls_config = reference_config(mono_spec.hls_config)
-    mono = _convert(mono_spec, os.path.join(output_dir, MONOLITHIC), logs, None)
+    if not pt.layer_splits:
+        mono_spec, mono = lower_uncut()
     _check_sizes(mono, pt.inputs, pt.outputs, "the uncut model", uncut)
     for p in pt.inputs:
         got = _layer_type(mono, mono_spec.name_map[p.name])
@@ -358,6 +371,39 @@ def lower(pt: Partitioning, fc: FlowConfig, output_dir: str) -> Lowered:
         p.precision = precisions.setdefault(p.name, got)
     _check_boundaries(pt, mono, mono_spec.name_map, graphs, specs, fc.io_type)
     return Lowered(specs, graphs, mono_spec, mono, {k: v.getvalue() for k, v in logs.items()}, bq)
+
+
+def _pin_split_layers(pt: Partitioning, fc: FlowConfig, mono, nmap: dict[str, str]) -> None:
+    """Every piece of a split layer gets the weight, bias and result types hls4ml gives the whole layer in the
+    uncut model (and its accumulator type, unless that is exact: 'auto'), every Concatenate joining them the
+    layer's result type: each output neuron is then the same sum in the same types (see fxsplit.layersplit)."""
+    for layer, e in pt.layer_splits.items():
+        node = next(n for n in pt.uncut.graph.nodes if n.name == layer)
+        hl = mono.graph.get(nmap.get(layer, ""))
+        if hl is None or hl.class_name != "Dense":
+            raise FxsplitError(f"layer {e['module']!r} is split by outputs, but hls4ml does not build it as one Dense "
+                               "layer in the uncut model, so its pieces could not match it", module=e["module"],
+                               source=node_source(node), hint="cut before or after this layer instead")
+        types = {"result": str(hl.get_output_variable().type.precision),
+                 "weight": str(hl.weights["weight"].type.precision)}
+        if "bias" in hl.weights:
+            types["bias"] = str(hl.weights["bias"].type.precision)
+        given = (fc.layer_name.get(layer) or {}).get("Precision")
+        if not (isinstance(given, dict) and given.get("accum") == "auto"):
+            accum = str(hl.get_attr("accum_t").precision)
+            if "SAT" in accum.upper():
+                raise FxsplitError(f"layer {e['module']!r} is split by outputs, but its accumulator type {accum} "
+                                   "saturates: the order of its sums could change the result", module=e["module"],
+                                   source=node_source(node),
+                                   hint="give it an exact accumulator (config exact_accum=True, or accum 'auto') or a "
+                                        "wrapping one, or cut before or after the layer instead")
+            types["accum"] = accum
+        for piece in e["pieces"]:
+            lc = fc.layer_name.setdefault(piece, {})
+            prec = lc.get("Precision")
+            lc["Precision"] = {**(prec if isinstance(prec, dict) else {}), **types}
+        for cat in e["cats"]:
+            fc.layer_name[cat] = {"Precision": {"result": types["result"]}}
 
 
 def _brevitas_plan(pt: Partitioning, fc: FlowConfig):
@@ -389,7 +435,7 @@ def _brevitas_plan(pt: Partitioning, fc: FlowConfig):
 _NO_CODE_OK = {"Input", "InputLayer", "Reshape", "Constant"}   # layers hls4ml implements without a function call
 
 
-def _check_graph(hm, part: Partition, uncut: torch.fx.GraphModule, backend: str) -> None:
+def _check_graph(hm, part: Partition, uncut: torch.fx.GraphModule, backend: str, channels_last: bool = True) -> None:
     """What hls4ml built for a partition must be a design: code for every layer, ports of PyTorch's sizes,
     outputs in the channels-last layout the ports carry, and not an input wired straight to an output."""
     nodes = {n.name: n for n in uncut.graph.nodes}
@@ -411,11 +457,34 @@ def _check_graph(hm, part: Partition, uncut: torch.fx.GraphModule, backend: str)
                            hint="move the cut so that the reshape shares a partition with a layer")
     _check_sizes(hm, part.inputs, part.outputs, f"partition {part.name!r}", uncut, part.name)
     for port, layer_name in zip(part.outputs, hm.outputs):
+        node = nodes.get(port.name)
+        if channels_last and node is not None and _flattens(uncut, node) and not _transposed(hm, layer_name):
+            users = ", ".join(repr(u.name) for u in node.users)
+            raise err(f"the flattened tensor {port.name!r} leaves partition {part.name!r} in hls4ml's channels-last "
+                      f"order: hls4ml reorders the weights of the layers that read it inside the partition instead of "
+                      f"transposing it, so the partitions after the cut would read it in another order than PyTorch's "
+                      f"(it is read by {users})", port.name,
+                      f"cut before the flatten (splits=[{str(node.target) if node.op == 'call_module' else node.name!r}]) "
+                      "or after every layer that reads it")
         if f"pre_transpose_for_{layer_name}" in hm.graph and f"post_transpose_for_{layer_name}" not in hm.graph:
             raise err(f"the cut after {port.name!r} takes the output of a layer hls4ml computes channels-first "
                       f"({hm.graph[layer_name].class_name}) and transposes back only where another layer reads it: "
                       "at a partition's end the data would stay channels-first", port.name,
                       "cut one layer later (after the layer that reads it), or before it")
+
+
+def _transposed(hm, layer_name: str) -> bool:
+    """hls4ml's layer ``layer_name`` is a Transpose, or a reshape of one (the data leaves in PyTorch's order)."""
+    layer = hm.graph[layer_name]
+    if layer.class_name in ("Reshape", "Repack") and layer.inputs:
+        layer = hm.graph.get(layer.inputs[0], layer)
+    return layer.class_name == "Transpose"
+
+
+def _flattens(gm: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
+    """``node`` reshapes a tensor of more than one dimension per sample (a Flatten of channels-first data)."""
+    from ..layersplit import _reshapes, _shape_or_none
+    return _reshapes(gm, node) and len(_shape_or_none(node.all_input_nodes[0]) or ()) > 1
 
 
 def _check_sizes(hm, inputs, outputs, what: str, uncut: torch.fx.GraphModule, partition: str | None = None) -> None:
@@ -527,6 +596,12 @@ def _check_boundaries(pt: Partitioning, mono, nmap: dict[str, str], graphs: dict
         outs = {p.name for p in part.outputs}
         for node_name in part.nodes:
             in_part = _in_graph(graphs[part.name], pmap.get(node_name), flat(node_name)) is not None
+            if pt.origin(node_name) != node_name:      # a piece of a split layer, or a Concatenate joining them
+                if not in_part:
+                    raise FxsplitError(f"hls4ml merges {node_name!r}, a piece of the split layer "
+                                       f"{pt.origin(node_name)!r}, with a neighbour", partition=part.name,
+                                       hint="cut before or after that layer instead of inside it")
+                continue
             in_mono = kept(node_name)
             if in_part == in_mono:
                 continue
@@ -545,7 +620,7 @@ def _check_boundaries(pt: Partitioning, mono, nmap: dict[str, str], graphs: dict
         for port in part.outputs:
             node = uncut_nodes[port.name]
             type_width(port.precision, f"the tensor {port.name!r} leaving partition {part.name!r}")
-            src = hls4ml_source(pt.graph, port.name)
+            src = pt.origin(hls4ml_source(pt.graph, port.name))
             layer = _in_graph(mono, nmap.get(src, src), flat(src))
             merged = uncut_nodes.get(src)
             if layer is None and _merged_quantizer(pt.graph, merged):

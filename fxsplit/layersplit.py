@@ -1,0 +1,203 @@
+"""Layer splits: one wide ``nn.Linear`` built as several partitions, each computing a range of its outputs.
+
+A cut between layers cannot balance a model whose time sits in one wide layer: the slowest partition is at least
+that layer. ``splits=["fc2@32"]`` cuts *inside* layer ``fc2``: the graph computes ``fc2``'s outputs ``[0:32]`` and
+``[32:]`` with two Linear layers holding those rows of its weights and bias (``fc2__o0``, ``fc2__o32``), joins them
+with ``torch.cat`` (hls4ml's Concatenate, chained two at a time as hls4ml concatenates), and cuts before
+``fc2__o32``. Several bounds of one layer (``"fc2@16", "fc2@32"``) give several pieces; ``splits="auto"`` proposes
+them itself (:mod:`fxsplit.autosplit`).
+
+Why the bits stay the same: every output neuron of a Dense layer is its own sum over the same inputs with its own
+row of weights; nothing in it depends on the other neurons. ``lower`` pins each piece's weight, bias and result
+types (and an explicit accumulator type) to the ones hls4ml gives the whole layer in the uncut model, and the
+Concatenate's result type to the layer's result type, so each output is the same value in the same type; the
+uncut reference is built from the model as written (``Partitioning.original``), and ``verify`` compares against it.
+
+What can be split: a call of a plain ``torch.nn.Linear`` on one feature vector per sample, whose output hls4ml
+does not fuse with the next layer (a BatchNorm or a brevitas quantizer that is its only user), in a model without
+brevitas layers; anything else is refused, naming the module and its source line.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import torch
+import torch.fx
+from torch import nn
+
+from .capture import node_shape, node_source
+from .errors import FxsplitError
+
+SPLIT_RE = re.compile(r"^(?P<layer>[^@\s]+)@(?P<at>-?\d+)$")
+PIECE_SEP = "__o"           # piece module / node: <layer>__o<first output>
+
+
+def parse(entry: str) -> tuple[str, int] | None:
+    """``"fc2@32"`` -> ("fc2", 32); anything else -> None."""
+    m = SPLIT_RE.match(entry) if isinstance(entry, str) else None
+    return (m.group("layer"), int(m.group("at"))) if m else None
+
+
+def _find(gm: torch.fx.GraphModule, layer: str) -> torch.fx.Node | None:
+    for n in gm.graph.nodes:
+        if n.op == "call_module" and (n.target == layer or n.name == layer):
+            return n
+    return None
+
+
+def why_not(gm: torch.fx.GraphModule, node: torch.fx.Node) -> str | None:
+    """Why ``node`` cannot be split by outputs (None: it can)."""
+    if node.op != "call_module":
+        return "it is not a module call"
+    mod = gm.get_submodule(node.target)
+    if type(mod) is not nn.Linear:
+        return f"it is a {type(mod).__name__}; only a plain torch.nn.Linear is split by outputs"
+    if len(node.all_input_nodes) != 1 or node.kwargs:
+        return "it is called with more than one argument"
+    try:
+        shape_in = node_shape(node.all_input_nodes[0])
+    except FxsplitError:
+        return "its input is not a single tensor"
+    if len(shape_in) != 1:
+        return (f"its input has shape {shape_in} per sample; only a Linear on one feature vector per sample "
+                "is split (hls4ml builds a Linear over more dimensions differently)")
+    src = node.all_input_nodes[0]
+    if _reshapes(gm, src) and len(_shape_or_none(src.all_input_nodes[0]) or ()) > 1:
+        return (f"its input is {src.name!r}, a flattened multi-dimensional tensor: hls4ml reads it in its own "
+                "channels-last order inside the partition that flattens it, and in PyTorch's order in any other, so "
+                "the pieces would not see the same vector")
+    users = list(node.users)
+    if len(users) == 1 and users[0].op == "call_module":
+        nxt = gm.get_submodule(users[0].target)
+        if isinstance(nxt, nn.modules.batchnorm._BatchNorm) or type(nxt).__name__ in ("QuantIdentity",
+                                                                                     "QuantHardTanh"):
+            return (f"hls4ml fuses it with the {type(nxt).__name__} {users[0].target!r} that follows; the pieces "
+                    "would not be fused the same way")
+    if any(type(m).__module__.startswith("brevitas.") for m in gm.modules()):
+        return "the model has brevitas layers, whose exact reading does not cover split layers"
+    return None
+
+
+def _shape_or_none(node) -> tuple[int, ...] | None:
+    try:
+        return node_shape(node)
+    except FxsplitError:
+        return None
+
+
+def _reshapes(gm: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
+    """``node`` changes only the shape of its input (Flatten, view, reshape, flatten)."""
+    if not node.all_input_nodes:
+        return False
+    if node.op == "call_module":
+        return isinstance(gm.get_submodule(node.target), (nn.Flatten, nn.Unflatten))
+    if node.op == "call_method":
+        return node.target in ("view", "reshape", "flatten")
+    return node.op == "call_function" and node.target in (torch.flatten, torch.reshape)
+
+
+def resolve(gm: torch.fx.GraphModule, entries: list[tuple[str, int, str]]) -> dict[str, list[int]]:
+    """``[(layer, bound, entry text)]`` -> {fx node name: sorted inner bounds}, every entry validated."""
+    out: dict[str, list[int]] = {}
+    for layer, at, text in entries:
+        node = _find(gm, layer)
+        if node is None:
+            import difflib
+            known = [str(n.target) for n in gm.graph.nodes if n.op == "call_module"]
+            close = difflib.get_close_matches(layer, known, n=4, cutoff=0.5)
+            raise FxsplitError(f"splits entry {text!r} names layer {layer!r}, which is not a module the model calls",
+                               hint=(f"did you mean {', '.join(map(repr, close))}?" if close else
+                                     "write '<Linear module>@<first output of the second piece>', e.g. 'fc2@32'"))
+        reason = why_not(gm, node)
+        if reason is not None:
+            raise FxsplitError(f"splits entry {text!r}: layer {node.target!r} cannot be split by outputs: {reason}",
+                               module=str(node.target), source=node_source(node),
+                               hint="cut before or after this layer instead (splits=['<module>'])")
+        n_out = gm.get_submodule(node.target).out_features
+        if not 0 < at < n_out:
+            raise FxsplitError(f"splits entry {text!r}: {node.target!r} has {n_out} outputs, so a piece can start "
+                               f"at 1 .. {n_out - 1}, not {at}", module=str(node.target), source=node_source(node),
+                               hint=f"e.g. '{node.target}@{n_out // 2}' builds it as two partitions")
+        out.setdefault(node.name, [])
+        if at not in out[node.name]:
+            out[node.name].append(at)
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def _meta(src: torch.fx.Node, features: int) -> dict:
+    meta = dict(src.meta)
+    tm = meta.get("tensor_meta")
+    if tm is not None and hasattr(tm, "shape"):
+        meta["tensor_meta"] = tm._replace(shape=torch.Size([*tm.shape[:-1], features]))
+    return meta
+
+
+def apply(gm: torch.fx.GraphModule, bounds: dict[str, list[int]]) -> dict[str, dict]:
+    """Rewrite ``gm`` in place: every node in ``bounds`` becomes its pieces and a chain of binary ``torch.cat``
+    (placed right after the last piece). Returns {original node name: {"module", "bounds" (with 0 and the width),
+    "pieces": [node names], "starts": {bound: piece node name}, "cats": [node names]}}."""
+    info: dict[str, dict] = {}
+    nodes = {n.name: n for n in gm.graph.nodes}
+    for name, inner in bounds.items():
+        node = nodes[name]
+        target = str(node.target)
+        mod: nn.Linear = gm.get_submodule(target)
+        edges = [0, *inner, mod.out_features]
+        parent, _, leaf = target.rpartition(".")
+        pieces, starts = [], {}
+        with gm.graph.inserting_before(node):
+            for a, b in zip(edges, edges[1:]):
+                lin = nn.Linear(mod.in_features, b - a, bias=mod.bias is not None)
+                with torch.no_grad():
+                    lin.weight.copy_(mod.weight[a:b])
+                    if mod.bias is not None:
+                        lin.bias.copy_(mod.bias[a:b])
+                lin.train(mod.training)
+                qual = f"{parent + '.' if parent else ''}{leaf}{PIECE_SEP}{a}"
+                if _has(gm, qual):
+                    raise FxsplitError(f"cannot split {target!r}: the model already has a module {qual!r}",
+                                       module=target, hint="rename that module")
+                gm.add_submodule(qual, lin)
+                p = gm.graph.call_module(qual, node.args)
+                p.meta = _meta(node, b - a)
+                pieces.append(p)
+                starts[a] = p.name
+            acc, cats = pieces[0], []
+            for k, p in enumerate(pieces[1:], start=1):
+                acc = gm.graph.call_function(torch.cat, ((acc, p),), {"dim": 1})
+                acc.meta = _meta(node, edges[k + 1])
+                cats.append(acc.name)
+        node.replace_all_uses_with(acc)
+        gm.graph.erase_node(node)
+        info[name] = {"module": target, "bounds": edges, "pieces": [p.name for p in pieces], "starts": starts,
+                      "cats": cats}
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return info
+
+
+def _has(gm: nn.Module, qual: str) -> bool:
+    try:
+        gm.get_submodule(qual)
+        return True
+    except AttributeError:
+        return False
+
+
+def copy_graph(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """An independent copy of ``gm`` (graph, meta, modules), for the uncut reference."""
+    return copy.deepcopy(gm)
+
+
+def origins(info: dict[str, dict]) -> dict[str, str]:
+    """{piece or cat node name: the original layer's node name}."""
+    out = {}
+    for name, e in info.items():
+        for x in (*e["pieces"], *e["cats"]):
+            out[x] = name
+    return out
+
+
+__all__ = ["parse", "resolve", "apply", "why_not", "origins", "copy_graph", "PIECE_SEP"]
