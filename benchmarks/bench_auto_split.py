@@ -6,7 +6,9 @@ One run, every build cold (a fresh cache per build), the RTL flow end to end (C 
 stitched top), on the wide MLP, the jet tagger and the residual CNN:
 
 1. markers: ``compile(model, flow="rtl")`` with the cuts the source marks;
-2. auto: ``compile(model, flow="rtl", splits="auto", workers=JOBS)`` (markers kept, cuts added);
+2. auto: ``compile(model, flow="rtl", splits="auto", workers=JOBS)`` (markers kept, cuts added, inside a wide
+   Linear too where that is predicted faster: the table's "inside layers", with the stitched LUTs and latency
+   beside each build, since pieces of a layer do not share da4ml's common subexpressions);
 3. uncut (the wide MLP only): its graph with the markers erased, one partition.
 
 Printed per model: the measured wall on ``--jobs`` workers, the max and mean partition time (the sum of a
@@ -55,7 +57,9 @@ def one_build(tag, model, shape, run, cfg, jobs, **kw):
             "names": [p.name for p in d.partitions], "max_part": max(meas), "mean_part": sum(meas) / len(meas),
             "pred4": predict_wall_time(d.build, 4), "pred8": predict_wall_time(d.build, 8), "total": total,
             "per_partition": parts, "jobs": C.job_rows(d.build),
-            "auto": d.report.get("auto_split")}
+            "auto": d.report.get("auto_split"), "layer_splits": d.report.get("layer_splits") or {},
+            "lut": ((d.report.get("stitched") or {}).get("resources_total") or {}).get("LUT"),
+            "latency": (d.report.get("stitched") or {}).get("latency")}
 
 
 def main():
@@ -88,7 +92,8 @@ def main():
             model, shape = unmarked(name)
             res["uncut"] = one_build(f"{name}_uncut", model, shape, run, cfg, a.jobs)
         model, shape = build_model(name)
-        p8 = plan_auto(model, shape, 8, precision=precision, flow="rtl", cost_model=CostModel())
+        p8 = plan_auto(model, shape, 8, precision=precision, flow="rtl", cost_model=CostModel(),
+                       split_layers=True)            # compile's default in the RTL flow
         rows8 = sum(p8.predicted)
         res["plan8"] = {**p8.to_dict(), "total_over_8": rows8 / 8}
         for tag, r in res.items():
@@ -96,7 +101,8 @@ def main():
                 continue
             rows.append([name, tag, r["partitions"], f"{r['wall']:.1f}s", f"{r['max_part']:.1f}s",
                          f"{r['mean_part']:.1f}s", f"{r['pred4']:.1f}s", f"{r['pred8']:.1f}s",
-                         f"{r['total'] / 8:.1f}s"])
+                         f"{r['total'] / 8:.1f}s", r["lut"], r["latency"],
+                         " ".join(f"{k}@{','.join(map(str, v[1:-1]))}" for k, v in r["layer_splits"].items()) or "-"])
             for pn, e in r["per_partition"].items():
                 err = (e["predicted"] - e["measured"]) / e["measured"] * 100 if e["measured"] else 0.0
                 errs.append([name, tag, pn, f"{e['predicted']:.1f}s", f"{e['measured']:.1f}s", f"{err:+.0f}%"])
@@ -114,14 +120,15 @@ def main():
         payload["models"][name] = res
     print()
     print(C.table(rows, ["model", "cuts", "parts", "wall", "max part", "mean part", "pred W=4", "pred W=8",
-                         "total/8"], "measured builds (RTL flow, cold)"))
+                         "total/8", "LUT", "latency", "inside layers"], "measured builds (RTL flow, cold)"))
     print()
     print(C.table(errs, ["model", "cuts", "partition", "predicted", "measured", "error"],
                   "cost model: predicted vs measured time per partition (sum of its jobs)"))
     # a model with enough layers for 8 workers: ResNet20's plan (prediction only: its fully parallel RTL is far
     # beyond this machine), without the uncut reference, whose C simulation no cut shortens
     model, shape = build_model("resnet20")
-    r8 = plan_auto(model, shape, 8, precision=precision, flow="rtl", reference=False, cost_model=CostModel())
+    r8 = plan_auto(model, shape, 8, precision=precision, flow="rtl", reference=False, cost_model=CostModel(),
+                   split_layers=True)
     tot8 = sum(r8.predicted) / 8
     verdicts.append(f"resnet20 (plan only): 8 workers, {r8.partitions} partitions: predicted wall {r8.predicted_wall:.0f} s"
                     f" vs total / 8 = {tot8:.0f} s ({r8.predicted_wall / tot8:.2f}x; target within 1.15x) -> "

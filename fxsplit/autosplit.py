@@ -45,6 +45,7 @@ class AutoPlan:
     max_job_memory: int | None = None                    # bytes: the per-job limit the cuts respect
     predicted_rss: list[int] = field(default_factory=list)   # bytes, per partition: its largest job's predicted peak
     layer_splits: dict[str, list[int]] = field(default_factory=dict)   # layer -> first outputs of its later pieces
+                                                                        # (its width: a cut before the join)
 
     def to_dict(self) -> dict:
         return {"splits": list(self.splits), "workers": self.workers, "partitions": self.partitions,

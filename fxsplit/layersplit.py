@@ -4,7 +4,9 @@ A cut between layers cannot balance a model whose time sits in one wide layer: t
 that layer. ``splits=["fc2@32"]`` cuts *inside* layer ``fc2``: the graph computes ``fc2``'s outputs ``[0:32]`` and
 ``[32:]`` with two Linear layers holding those rows of its weights and bias (``fc2__o0``, ``fc2__o32``), joins them
 with ``torch.cat`` (hls4ml's Concatenate, chained two at a time as hls4ml concatenates), and cuts before
-``fc2__o32``. Several bounds of one layer (``"fc2@16", "fc2@32"``) give several pieces; ``splits="auto"`` proposes
+``fc2__o32``. The join goes with the last piece; ``"fc2@64"`` (the layer's width) cuts between the last piece and
+the join as well, so the join starts a partition with what follows. Either way a layer built as pieces adds a
+partition on the pipeline's path (the join waits for every piece), so its latency grows by one partition's. Several bounds of one layer (``"fc2@16", "fc2@32"``) give several pieces; ``splits="auto"`` proposes
 them itself (:mod:`fxsplit.autosplit`).
 
 Why the bits stay the same: every output neuron of a Dense layer is its own sum over the same inputs with its own
@@ -101,6 +103,7 @@ def _reshapes(gm: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
 def resolve(gm: torch.fx.GraphModule, entries: list[tuple[str, int, str]]) -> dict[str, list[int]]:
     """``[(layer, bound, entry text)]`` -> {fx node name: sorted inner bounds}, every entry validated."""
     out: dict[str, list[int]] = {}
+    joins: dict[str, tuple] = {}
     for layer, at, text in entries:
         node = _find(gm, layer)
         if node is None:
@@ -116,14 +119,22 @@ def resolve(gm: torch.fx.GraphModule, entries: list[tuple[str, int, str]]) -> di
                                module=str(node.target), source=node_source(node),
                                hint="cut before or after this layer instead (splits=['<module>'])")
         n_out = gm.get_submodule(node.target).out_features
-        if not 0 < at < n_out:
+        if not 0 < at <= n_out:
             raise FxsplitError(f"splits entry {text!r}: {node.target!r} has {n_out} outputs, so a piece can start "
-                               f"at 1 .. {n_out - 1}, not {at}", module=str(node.target), source=node_source(node),
+                               f"at 1 .. {n_out - 1} ({n_out}: between the pieces and the Concatenates joining them), "
+                               f"not {at}", module=str(node.target), source=node_source(node),
                                hint=f"e.g. '{node.target}@{n_out // 2}' builds it as two partitions")
         out.setdefault(node.name, [])
         if at not in out[node.name]:
             out[node.name].append(at)
-    return {k: sorted(v) for k, v in out.items()}
+        joins.setdefault(node.name, (n_out, text, node))
+    for name, (n_out, text, node) in joins.items():
+        if out[name] == [n_out]:
+            raise FxsplitError(f"splits entry {text!r} cuts between the pieces of {node.target!r} and their join, but "
+                               "nothing splits that layer into pieces", module=str(node.target),
+                               source=node_source(node),
+                               hint=f"add a cut inside it too, e.g. '{node.target}@{n_out // 2}'")
+    return {k: sorted(b for b in v if b != joins[k][0]) for k, v in out.items()}
 
 
 def _meta(src: torch.fx.Node, features: int) -> dict:
@@ -169,6 +180,7 @@ def apply(gm: torch.fx.GraphModule, bounds: dict[str, list[int]]) -> dict[str, d
                 acc = gm.graph.call_function(torch.cat, ((acc, p),), {"dim": 1})
                 acc.meta = _meta(node, edges[k + 1])
                 cats.append(acc.name)
+        starts[mod.out_features] = cats[0]          # "<layer>@<width>": between the pieces and their join
         node.replace_all_uses_with(acc)
         gm.graph.erase_node(node)
         info[name] = {"module": target, "bounds": edges, "pieces": [p.name for p in pieces], "starts": starts,

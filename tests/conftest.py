@@ -17,6 +17,16 @@ needs_icarus = pytest.mark.skipif(not HAVE_ICARUS, reason="Icarus Verilog (iveri
 # Small C-simulation libraries compile twice as fast at -O0; numerics do not depend on it.
 FAST = {"csim_opt": "-O0"}
 
+# The longest test files first: with pytest-xdist's --dist loadfile (scripts/test.sh) each file runs whole on one
+# worker, in collection order, so a long file collected last ran alone at the end (test_zoo_rtl.py: about 10 min
+# with the other core idle, stop 21's CI run). The order inside a file is kept.
+HEAVY_FIRST = ("test_zoo_rtl.py", "test_brevitas.py", "test_cli.py", "test_rtl_stream.py", "test_layersplit.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
 
 @pytest.fixture
 def rng():

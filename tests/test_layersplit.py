@@ -70,6 +70,23 @@ def test_layer_split_rtl_stitched_verilator(tmp_path):
     assert res.extra["csim_vs_monolithic_mismatches"] == 0
 
 
+def test_cut_between_the_pieces_and_their_join(tmp_path):
+    """'fc2@64' (fc2's width): the two pieces side by side on relu1, the join starting the partition of what follows."""
+    model, shape = unmarked("wide_mlp")
+    d = fxsplit.compile(model, shape, splits=["fc2", "fc2@40", "fc2@64"], config=P8, output_dir=tmp_path / "o",
+                        progress=False)
+    pt = d.partitioning
+    assert [p.name for p in pt.partitions] == ["p0", "p1", "p2", "p3"]
+    assert [i.name for i in pt["p1"].inputs] == ["relu1"] and [i.name for i in pt["p2"].inputs] == ["relu1"]
+    assert {i.name for i in pt["p3"].inputs} == {"fc2__o0", "fc2__o40"} and pt["p3"].sources == \
+        {"fc2__o0": "p1", "fc2__o40": "p2"}
+    assert d.report["layer_splits"] == {"fc2": [0, 40, 64]}
+    assert d.verify(np.random.default_rng(4).uniform(-24, 24, size=(200, *shape))).bit_exact
+    with pytest.raises(fxsplit.FxsplitError, match="nothing splits that layer into pieces"):
+        fxsplit.compile(model, shape, splits=["fc2@64"], config=P8, output_dir=tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
 def test_layer_split_keeps_the_layers_config(tmp_path):
     """A layer's own settings (config['layers']) go to every piece; an exact accumulator stays exact; the uncut
     reference is configured as the user wrote it."""
@@ -112,7 +129,7 @@ def test_layer_split_refusals(tmp_path):
     out = tmp_path / "o"
     wide, wshape = build("wide_mlp")
     cases = [
-        (wide, wshape, ["fc2@64"], {}, "has 64 outputs, so a piece can start at 1 .. 63"),
+        (wide, wshape, ["fc2@65"], {}, "has 64 outputs, so a piece can start at 1 .. 63"),
         (wide, wshape, ["fc2@0"], {}, "not 0"),
         (wide, wshape, ["fcc2@3"], {}, "did you mean 'fc2'"),
         (build("residual_cnn")[0], (3, 8, 8), ["stem.0@2"], {}, "only a plain torch.nn.Linear"),
@@ -151,7 +168,9 @@ def test_auto_cuts_inside_a_bottleneck_layer():
     assert inside.to_dict()["layer_splits"] == inside.layer_splits
     pt = fxsplit.partition(model, shape, inside.splits)
     assert len(pt.partitions) == inside.partitions
-    assert {e["module"]: e["bounds"][1:-1] for e in pt.layer_splits.values()} == inside.layer_splits
+    assert {e["module"]: e["bounds"][1:-1] for e in pt.layer_splits.values()} == \
+        {k: [b for b in v if b != pt.layer_splits[k.replace(".", "_")]["bounds"][-1]]
+         for k, v in inside.layer_splits.items()}
     # a user's cut inside a layer is kept by auto (a constraint, like a marker)
     kept = plan_auto(model, shape, 2, precision="fixed<8,3>", flow="rtl", cost_model=cm, split_layers=False,
                      splits=["fc3@7"])
