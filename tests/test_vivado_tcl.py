@@ -93,14 +93,17 @@ def compiled(tmp_path_factory):
     """(model, io_type) -> (design, stitch.json dict, bundle dir), compiled once per module."""
     def get(model: str, io: str):
         if (model, io) not in _COMPILED:
+            splits = None
             if model == "bypass":
                 torch.manual_seed(0)
                 net, shape = BypassNet().eval(), (2, 8)
+            elif model == "wide_split":           # cuts inside layers: fc2's pieces, the output a Concatenate
+                (net, shape), splits = build("wide_mlp"), ["fc2@32", "fc4@2"]
             else:
                 net, shape = build(model)
             out = tmp_path_factory.mktemp(f"{model}_{io}")
             d = fxsplit.compile(net, shape, flow="vitis", emit_only=True, config={**FAST, "io_type": io},
-                                output_dir=out, progress=False, jobs=2)
+                                output_dir=out, progress=False, jobs=2, splits=splits)
             bundle = out / "stitched" / "vitis"
             _COMPILED[model, io] = (d, json.loads((bundle / "stitch.json").read_text()), bundle)
         return _COMPILED[model, io]
@@ -414,7 +417,7 @@ def check_stream(rec: Recorded, desc: dict, dag: dict):
 # ----------------------------------------------------------------------------------------- tests
 
 CASES = [("residual_cnn", "io_parallel"), ("residual_cnn", "io_stream"), ("bypass", "io_parallel"),
-         ("bypass", "io_stream")]
+         ("bypass", "io_stream"), ("wide_split", "io_parallel")]
 
 
 @pytest.mark.parametrize("model,io", CASES)
