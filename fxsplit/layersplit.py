@@ -160,7 +160,8 @@ def apply(gm: torch.fx.GraphModule, bounds: dict[str, list[int]]) -> dict[str, d
         pieces, starts = [], {}
         with gm.graph.inserting_before(node):
             for a, b in zip(edges, edges[1:]):
-                lin = nn.Linear(mod.in_features, b - a, bias=mod.bias is not None)
+                lin = nn.Linear(mod.in_features, b - a, bias=mod.bias is not None, dtype=mod.weight.dtype,
+                                device=mod.weight.device)      # the layer's own values, not float32 copies
                 with torch.no_grad():
                     lin.weight.copy_(mod.weight[a:b])
                     if mod.bias is not None:
