@@ -245,3 +245,31 @@ def test_yosys_synth_tiny(tmp_path):
     r = synthesize(str(tmp_path / 'rtl'), meta['files'], 'syn0')
     assert r['lut'] > 0 and r['ff'] > 0
     assert os.path.exists(tmp_path / "rtl" / r["log"]) and os.path.exists(tmp_path / "rtl" / r["netlist"])
+
+
+def test_yosys_skips_memory_maps_only_without_memories(tmp_path):
+    """synth_xilinx's map_memory passes (memory_libmap and the RAM techmaps, 1.3 s of map-file parsing per
+    Yosys 0.23 run) are skipped for a design without memories, run for one with memories, and in both
+    cases the netlist is the one a single synth_xilinx run gives."""
+    from fxsplit.flows.rtl.stream import FIFO_MODULE
+    from fxsplit.flows.rtl.synth import find_yosys, memory_section_is_skippable, synthesize, yosys_runs_tcl
+    if not (yosys_runs_tcl(find_yosys()) and memory_section_is_skippable(find_yosys())):
+        pytest.skip("this Yosys runs no Tcl, or its synth_xilinx has other labels: one synth_xilinx run is used")
+    torch.manual_seed(9)
+    hm = _hls(nn.Sequential(nn.Linear(4, 4), nn.ReLU()), (4,), 'mm', tmp_path, precision='fixed<8,3>')
+    meta = rl.emit_verilog(rl.extract_program(hm, 'p0'), str(tmp_path / 'rtl'), 'mm0')
+    fifo = tmp_path / 'fifo.v'
+    fifo.write_text(FIFO_MODULE + "\nmodule fifo_top(input clk, input rst, input [7:0] d, input v, output r, "
+                    "output [7:0] q, output qv, input qr, output [4:0] n);\n"
+                    "    fxs_axis_fifo #(.W(8), .DEPTH(16), .AW(4), .CW(5)) f(clk, rst, d, v, r, q, qv, qr, n);\nendmodule\n")
+    for name, files, top, has_memory in (('mlp', [str(tmp_path / 'rtl' / f) for f in meta['files']], 'mm0', False),
+                                         ('fifo', [str(fifo)], 'fifo_top', True)):
+        one = synthesize(str(tmp_path / f'{name}_one'), files, top, skip_unused_memory_maps=False)
+        split = synthesize(str(tmp_path / f'{name}_split'), files, top)
+        log = (tmp_path / f'{name}_split' / 'yosys.log').read_text()
+        assert (tmp_path / f'{name}_split' / 'synth.tcl').exists() and not (tmp_path / f'{name}_one' / 'synth.tcl').exists()
+        assert ('brams_xcu_map.v' in log) == has_memory and ('MEMORY_LIBMAP pass' in log) == has_memory, name
+        assert 'brams_xcu_map.v' in (tmp_path / f'{name}_one' / 'yosys.log').read_text()
+        assert (tmp_path / f'{name}_split' / 'netlist.v').read_text() == (tmp_path / f'{name}_one' / 'netlist.v').read_text(), name
+        assert {k: one[k] for k in ('lut', 'ff', 'carry', 'srl', 'cells')} == {k: split[k] for k in ('lut', 'ff', 'carry', 'srl', 'cells')}
+        assert split['lut'] > 0
