@@ -249,10 +249,11 @@ def test_yosys_synth_tiny(tmp_path):
 
 def test_yosys_skips_memory_maps_only_without_memories(tmp_path):
     """synth_xilinx's map_memory passes (memory_libmap and the RAM techmaps, 1.3 s of map-file parsing per
-    Yosys 0.23 run) are skipped for a design without memories, run for one with memories, and in both
-    cases the netlist is the one a single synth_xilinx run gives."""
+    Yosys 0.23 run) are skipped for a design without memories, run for one with memories; the cell libraries
+    come from their cached RTLIL; in both cases the netlist is the one a single synth_xilinx run gives."""
     from fxsplit.flows.rtl.stream import FIFO_MODULE
-    from fxsplit.flows.rtl.synth import find_yosys, memory_section_is_skippable, synthesize, yosys_runs_tcl
+    from fxsplit.flows.rtl.synth import (cell_library_rtlil, find_yosys, memory_section_is_skippable, synthesize,
+                                         yosys_runs_tcl)
     if not (yosys_runs_tcl(find_yosys()) and memory_section_is_skippable(find_yosys())):
         pytest.skip("this Yosys runs no Tcl, or its synth_xilinx has other labels: one synth_xilinx run is used")
     torch.manual_seed(9)
@@ -270,6 +271,8 @@ def test_yosys_skips_memory_maps_only_without_memories(tmp_path):
         assert (tmp_path / f'{name}_split' / 'synth.tcl').exists() and not (tmp_path / f'{name}_one' / 'synth.tcl').exists()
         assert ('brams_xcu_map.v' in log) == has_memory and ('MEMORY_LIBMAP pass' in log) == has_memory, name
         assert 'brams_xcu_map.v' in (tmp_path / f'{name}_one' / 'yosys.log').read_text()
+        if cell_library_rtlil(find_yosys()):       # the cell libraries from their cached RTLIL, not parsed again
+            assert 'RTLIL frontend' in log and 'cells_xtra.v' not in log, name
         assert (tmp_path / f'{name}_split' / 'netlist.v').read_text() == (tmp_path / f'{name}_one' / 'netlist.v').read_text(), name
         assert {k: one[k] for k in ('lut', 'ff', 'carry', 'srl', 'cells')} == {k: split[k] for k in ('lut', 'ff', 'carry', 'srl', 'cells')}
         assert split['lut'] > 0

@@ -13,16 +13,23 @@ order; only Yosys' counter for internal names advances less, so on large designs
 ABC's tie-breaks with them (measured on the wide MLP's partitions: -3..+1 LUTs of 1.3k..12.6k). On small
 designs and on designs with memories the netlist is the single run's, byte for byte
 (``tests/test_rtl_lower.py``). Otherwise, and for a Yosys whose script has other labels, one ``synth_xilinx``.
+
+In that Tcl script, ``synth_xilinx``'s ``begin`` (``read_verilog -lib`` of the Xilinx cell libraries, 0.7 s)
+is replaced by ``read_rtlil`` of the same libraries written once per Yosys and cell-library content
+(``$XDG_CACHE_HOME/fxsplit/yosys``, about 0.1 s), then its ``hierarchy -check -top``. The netlists are the
+same byte for byte (tested on small designs, one with memories, and measured on the wide MLP's partitions).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shlex
 import shutil
 import subprocess
+import tempfile
 import time
 from typing import Sequence
 
@@ -42,7 +49,6 @@ def find_yosys() -> list[str]:
 
 
 _TCL_PROBE: dict[str, bool] = {}
-_LABELS: dict[str, bool] = {}
 # synth_xilinx's map_memory section as Yosys 0.23 (and later) prints it in its help
 _MAP_MEMORY = re.compile(r"^\s+map_memory:\n((?:\s+(?:memory_libmap|techmap -map) [^\n]*\n)+)\n\s+map_ffram:\n", re.M)
 
@@ -63,15 +69,65 @@ def yosys_runs_tcl(cmd0: Sequence[str]) -> bool:
 def memory_section_is_skippable(cmd0: Sequence[str]) -> bool:
     """True when this Yosys' ``synth_xilinx`` has the labels ``map_memory`` and ``map_ffram`` and the
     first holds nothing but ``memory_libmap`` and techmaps (which act on memory cells only)."""
+    return _MAP_MEMORY.search(_help_text(cmd0)) is not None
+
+
+_BEGIN = re.compile(r"^\s+begin:\n\s+read_verilog -lib -specify \+/xilinx/cells_sim\.v\n"
+                    r"\s+read_verilog -lib \+/xilinx/cells_xtra\.v\n\s+hierarchy -check -auto-top\n\n\s+prepare:\n", re.M)
+_CELL_LIBS = ('cells_sim.v', 'cells_xtra.v')
+
+
+def _help_text(cmd0: Sequence[str]) -> str:
     key = cmd0[0]
-    if key not in _LABELS:
+    if key not in _HELP:
         try:
             r = subprocess.run([*cmd0, '-p', 'help synth_xilinx'], stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, timeout=600)
-            _LABELS[key] = r.returncode == 0 and _MAP_MEMORY.search(r.stdout) is not None
+            _HELP[key] = r.stdout if r.returncode == 0 else ''
         except (OSError, subprocess.TimeoutExpired):
-            _LABELS[key] = False
-    return _LABELS[key]
+            _HELP[key] = ''
+    return _HELP[key]
+
+
+_HELP: dict[str, str] = {}
+
+
+def cell_library_rtlil(cmd0: Sequence[str]) -> str | None:
+    """The Xilinx cell libraries as ``synth_xilinx``'s ``begin`` reads them (``read_verilog -lib -specify
+    cells_sim.v``, ``read_verilog -lib cells_xtra.v``), written as RTLIL once per Yosys binary and library
+    content; None where this Yosys' ``begin`` differs or its share directory is not next to it."""
+    if not _BEGIN.search(_help_text(cmd0)):
+        return None
+    exe = os.path.realpath(shutil.which(cmd0[0]) or cmd0[0])
+    share = os.path.join(os.path.dirname(exe), os.pardir, 'share', 'yosys', 'xilinx')
+    h = hashlib.sha256(b'fxsplit-yosys-cells 1\n')
+    try:
+        st = os.stat(exe)
+        h.update(f'{exe}|{st.st_size}|{st.st_mtime_ns}\n'.encode())
+        for name in _CELL_LIBS:
+            with open(os.path.join(share, name), 'rb') as fh:
+                h.update(hashlib.sha256(fh.read()).digest())
+    except OSError:
+        return None
+    root = os.path.join(os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache'),
+                        'fxsplit', 'yosys')
+    path = os.path.join(root, h.hexdigest()[:24] + '.il')
+    if os.path.isfile(path):
+        return path
+    os.makedirs(root, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix='.cells-', dir=root)
+    try:                # written beside the cache and renamed into place whole: a reader sees none or all of it
+        r = subprocess.run([*cmd0, '-q', '-p', 'read_verilog -lib -specify +/xilinx/cells_sim.v; '
+                            'read_verilog -lib +/xilinx/cells_xtra.v; write_rtlil cells.il'],
+                           cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+        if r.returncode != 0:
+            return None
+        os.replace(os.path.join(tmp, 'cells.il'), path)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
 
 
 def _tcl_word(s: str) -> str | None:
@@ -104,7 +160,8 @@ def parse_stat_json(path: str) -> dict:
 
 def synthesize(workdir: str, verilog_files: Sequence[str], top: str, family: str = 'xcup', abc9: bool = False,
                flatten: bool = True, extra: str = '', timeout: float | None = 3600,
-               blackboxes: Sequence[str] = (), netlist: bool = True, skip_unused_memory_maps: bool = True) -> dict:
+               blackboxes: Sequence[str] = (), netlist: bool = True, skip_unused_memory_maps: bool = True,
+               cell_cache: bool = True) -> dict:
     """Run ``synth_xilinx`` on ``verilog_files`` (paths absolute or relative to workdir) with top ``top``.
 
     Writes into ``workdir``: ``synth.tcl`` (or ``synth.ys``), ``yosys.log``, ``stat.json`` and (``netlist``) ``netlist.v``.
@@ -113,6 +170,7 @@ def synthesize(workdir: str, verilog_files: Sequence[str], top: str, family: str
     Cells of ``blackboxes`` modules are not resources of this design: they are listed in
     ``blackbox_cells`` and left out of ``cells``. ``skip_unused_memory_maps`` (where Yosys runs Tcl): run
     ``map_memory`` only for a design with memories (see the module's docstring); False: one ``synth_xilinx``.
+    ``cell_cache`` (with it): the cell libraries read from their cached RTLIL.
     """
     cmd0 = find_yosys()
     os.makedirs(workdir, exist_ok=True)
@@ -127,9 +185,13 @@ def synthesize(workdir: str, verilog_files: Sequence[str], top: str, family: str
     words = [_tcl_word(w) for w in [*opts.split(), *shlex.split(extra), *libs, *files]]
     if skip_unused_memory_maps and None not in words and yosys_runs_tcl(cmd0) and memory_section_is_skippable(cmd0):
         synth = ' '.join(['synth_xilinx', *(_tcl_word(w) for w in [*opts.split(), *shlex.split(extra)])])
+        cells = cell_library_rtlil(cmd0) if cell_cache else None
+        begin = ([f'yosys read_rtlil {_tcl_word(cells)}', f'yosys hierarchy -check -top {_tcl_word(top)}',
+                  f'yosys {synth} -run prepare:map_memory'] if cells and _tcl_word(cells) and _tcl_word(top)
+                 else [f'yosys {synth} -run :map_memory'])
         script = [*(f'yosys read_verilog -lib {_tcl_word(f)}' for f in libs),
                   *(f'yosys read_verilog -defer {_tcl_word(f)}' for f in files),
-                  f'yosys {synth} -run :map_memory',
+                  *begin,
                   '# map_memory only for a design with memories: otherwise its passes change nothing',
                   'yosys select -write fxsplit_memories.txt {t:$mem_v2} {t:$mem}',
                   'set fh [open fxsplit_memories.txt]; set memories [string trim [read $fh]]; close $fh',
