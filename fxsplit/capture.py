@@ -231,6 +231,25 @@ def node_shape(node: torch.fx.Node) -> tuple[int, ...]:
     return tuple(int(d) for d in meta.shape[1:])
 
 
+def shape_or_none(node: torch.fx.Node) -> tuple[int, ...] | None:
+    """:func:`node_shape`, or None where the node produces no single tensor."""
+    try:
+        return node_shape(node)
+    except FxsplitError:
+        return None
+
+
+def reshapes(gm: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
+    """``node`` changes only the shape of its input (Flatten, Unflatten, view, reshape, flatten)."""
+    if not node.all_input_nodes:
+        return False
+    if node.op == "call_module":
+        return isinstance(gm.get_submodule(node.target), (nn.Flatten, nn.Unflatten))
+    if node.op == "call_method":
+        return node.target in ("view", "reshape", "flatten")
+    return node.op == "call_function" and node.target in (torch.flatten, torch.reshape)
+
+
 def channels_last(shape: Sequence[int]) -> tuple[int, ...]:
     """PyTorch per-sample shape -> hls4ml (channels-last) shape: (C, *S) -> (*S, C)."""
     shape = tuple(shape)

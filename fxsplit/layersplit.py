@@ -29,7 +29,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from .capture import node_shape, node_source
+from .capture import node_shape, node_source, reshapes, shape_or_none
 from .errors import FxsplitError
 
 SPLIT_RE = re.compile(r"^(?P<layer>[^@\s]+)@(?P<at>-?\d+)$")
@@ -66,7 +66,7 @@ def why_not(gm: torch.fx.GraphModule, node: torch.fx.Node) -> str | None:
         return (f"its input has shape {shape_in} per sample; only a Linear on one feature vector per sample "
                 "is split (hls4ml builds a Linear over more dimensions differently)")
     src = node.all_input_nodes[0]
-    if _reshapes(gm, src) and len(_shape_or_none(src.all_input_nodes[0]) or ()) > 1:
+    if reshapes(gm, src) and len(shape_or_none(src.all_input_nodes[0]) or ()) > 1:
         return (f"its input is {src.name!r}, a flattened multi-dimensional tensor: hls4ml reads it in its own "
                 "channels-last order inside the partition that flattens it, and in PyTorch's order in any other, so "
                 "the pieces would not see the same vector")
@@ -80,24 +80,6 @@ def why_not(gm: torch.fx.GraphModule, node: torch.fx.Node) -> str | None:
     if any(type(m).__module__.startswith("brevitas.") for m in gm.modules()):
         return "the model has brevitas layers, whose exact reading does not cover split layers"
     return None
-
-
-def _shape_or_none(node) -> tuple[int, ...] | None:
-    try:
-        return node_shape(node)
-    except FxsplitError:
-        return None
-
-
-def _reshapes(gm: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
-    """``node`` changes only the shape of its input (Flatten, view, reshape, flatten)."""
-    if not node.all_input_nodes:
-        return False
-    if node.op == "call_module":
-        return isinstance(gm.get_submodule(node.target), (nn.Flatten, nn.Unflatten))
-    if node.op == "call_method":
-        return node.target in ("view", "reshape", "flatten")
-    return node.op == "call_function" and node.target in (torch.flatten, torch.reshape)
 
 
 def resolve(gm: torch.fx.GraphModule, entries: list[tuple[str, int, str]]) -> dict[str, list[int]]:

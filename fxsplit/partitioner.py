@@ -103,8 +103,6 @@ def _merge_coinciding(boundaries: list[_Boundary], nodes: list[torch.fx.Node], g
 
 def partition(model: nn.Module, input_shape, splits: Sequence[str] | None = None) -> Partitioning:
     """Trace ``model`` and slice it at its Cut markers and before every module in ``splits``."""
-    if isinstance(splits, str):
-        splits = [splits]
     return partition_graph(trace_eval(model, input_shape), splits or [])
 
 

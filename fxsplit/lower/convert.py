@@ -483,8 +483,8 @@ def _transposed(hm, layer_name: str) -> bool:
 
 def _flattens(gm: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
     """``node`` reshapes a tensor of more than one dimension per sample (a Flatten of channels-first data)."""
-    from ..layersplit import _reshapes, _shape_or_none
-    return _reshapes(gm, node) and len(_shape_or_none(node.all_input_nodes[0]) or ()) > 1
+    from ..capture import reshapes, shape_or_none
+    return reshapes(gm, node) and len(shape_or_none(node.all_input_nodes[0]) or ()) > 1
 
 
 def _check_sizes(hm, inputs, outputs, what: str, uncut: torch.fx.GraphModule, partition: str | None = None) -> None:
