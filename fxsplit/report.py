@@ -404,6 +404,7 @@ def render_html(report: dict) -> str:
     if isinstance(ver, dict) and ver:
         h.append("<h2>Verification</h2>" + _verification_html(ver))
 
+    h.append(_layer_splits_html(report.get("layer_splits")))
     # partition table
     colors: dict[str, str] = {}
     h.append("<h2>Partitions</h2><table><tr><th>partition</th><th>layers</th><th>params</th><th>ops</th>"
@@ -549,6 +550,23 @@ def _numerics(num: dict) -> str:
 
 def _resources(res: dict) -> str:
     return ", ".join(f"{k} {_fmt_n(v)}" for k, v in res.items())
+
+
+def _layer_splits_html(ls: Any) -> str:
+    """The layers built as several partitions (cuts inside a layer): each one's pieces by output range."""
+    if not isinstance(ls, dict) or not ls:
+        return ""
+    h = ["<h2>Cuts inside layers</h2><table><tr><th>layer</th><th>partitions</th><th>outputs of each</th></tr>"]
+    for layer, bounds in ls.items():
+        b = list(bounds) if isinstance(bounds, (list, tuple)) else []
+        ranges = ", ".join(f"{x}..{y - 1}" if isinstance(x, int) and isinstance(y, int) else f"{x}..{y}"
+                           for x, y in zip(b, b[1:]))
+        h.append(f'<tr><td><code>{_esc(layer)}</code></td><td class="n">{max(len(b) - 1, 0)}</td>'
+                 f"<td>{_esc(ranges)}</td></tr>")
+    h.append('</table><p class="muted">Each range of the layer\'s outputs is a partition of its own (a Linear holding '
+             "the layer's rows of weights), joined by hls4ml Concatenates; every type is the uncut layer's, so the "
+             "stitched design equals the uncut one bit for bit.</p>")
+    return "".join(h)
 
 
 def _prediction_html(report: dict, jobs: list[dict]) -> str:

@@ -81,6 +81,8 @@ def test_cut_between_the_pieces_and_their_join(tmp_path):
     assert {i.name for i in pt["p3"].inputs} == {"fc2__o0", "fc2__o40"} and pt["p3"].sources == \
         {"fc2__o0": "p1", "fc2__o40": "p2"}
     assert d.report["layer_splits"] == {"fc2": [0, 40, 64]}
+    page = (tmp_path / "o" / "report.html").read_text().split("<h2>Cuts inside layers</h2>")
+    assert len(page) == 2 and "<code>fc2</code>" in page[1] and "0..39, 40..63" in page[1].split("</table>")[0]
     assert d.verify(np.random.default_rng(4).uniform(-24, 24, size=(200, *shape))).bit_exact
     with pytest.raises(fxsplit.FxsplitError, match="nothing splits that layer into pieces"):
         fxsplit.compile(model, shape, splits=["fc2@64"], config=P8, output_dir=tmp_path / "x")
