@@ -36,3 +36,40 @@ def rng():
 def random_inputs(rng, shape, n=200, scale=4.0):
     """Uniform in [-scale, scale): covers the fixed<16,6> input range well beyond +-1, exercising wrap."""
     return rng.uniform(-scale, scale, size=(n, *shape))
+
+
+def sigint_state() -> dict:
+    """How this process treats SIGINT: the Python-level handler, and from the kernel (/proc) whether it is ignored
+    process-wide or blocked in the main thread. Children inherit an ignored or blocked SIGINT, so a test that
+    leaves either behind breaks every later Ctrl-C test on its worker (seen once in CI, stop 23)."""
+    import signal
+    state = {"handler": signal.getsignal(signal.SIGINT)}
+    try:
+        with open("/proc/self/status") as f:
+            fields = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+        bit = 1 << (signal.SIGINT - 1)
+        state["ignored"] = bool(int(fields["SigIgn"], 16) & bit)
+        state["blocked"] = bool(int(fields["SigBlk"], 16) & bit)
+    except (OSError, KeyError, ValueError):
+        pass
+    return state
+
+
+@pytest.fixture(autouse=True)
+def _sigint_left_as_found(request):
+    """Every test leaves SIGINT as it found it. One that does not fails here, by name (instead of a Ctrl-C test
+    hanging later on the same xdist worker), and the state is put back for the tests after it."""
+    import signal
+    import threading
+    before = sigint_state()
+    yield
+    if threading.current_thread() is not threading.main_thread():
+        return
+    after = sigint_state()
+    if after == before:
+        return
+    if after.get("blocked") and not before.get("blocked"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, before["handler"] if before["handler"] is not None else signal.default_int_handler)
+    pytest.fail(f"{request.node.nodeid} left SIGINT changed: {before} before, {after} after (restored now)",
+                pytrace=False)

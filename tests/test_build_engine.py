@@ -28,6 +28,7 @@ if str(ROOT) not in sys.path:
 from fxsplit.build import (BuildResult, Job, JobResult, output_dir_lock, predict_wall_time,  # noqa: E402
                            run_jobs, source_digest, tool_versions, verify_entry)
 from fxsplit.errors import FxsplitError  # noqa: E402
+from conftest import sigint_state  # noqa: E402
 
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(Path(__file__).parent),
                                                     os.environ.get("PYTHONPATH", "")])}
@@ -640,12 +641,20 @@ def test_sigkilled_worker_is_retried_without_partial_entry(tmp_path):
     assert_no_partial(cache)
 
 
+def _sigint_deliverable():
+    """The Ctrl-C tests need a SIGINT that reaches Python: not ignored (children would inherit that) nor blocked."""
+    state = sigint_state()
+    assert state["handler"] not in (signal.SIG_IGN, None) and not state.get("ignored") and not state.get("blocked"), \
+        f"SIGINT is disabled in this test process before the test started: {state}"
+
+
 def _run_script(code: str, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
 def test_keyboard_interrupt_leaves_no_partial_entry(tmp_path):
+    _sigint_deliverable()
     cache, pids = tmp_path / "cache", tmp_path / "pids"
     p = _run_script(f"""
         from test_build_engine import sleeper, write_file
@@ -688,6 +697,7 @@ def test_ctrl_c_at_random_moments(tmp_path):
     import random
 
     import psutil
+    _sigint_deliverable()
     rng = random.Random(int(os.environ.get("FXSPLIT_CTRL_C_SEED", "1234")))
     for k in range(int(os.environ.get("FXSPLIT_CTRL_C_ROUNDS", "12"))):
         cache = tmp_path / f"cache{k}"
@@ -741,6 +751,7 @@ def test_ctrl_c_that_python_drops_still_stops_the_build(tmp_path):
     the way such a callback would, and swallows the KeyboardInterrupt: the build still stops, cleanly."""
     import threading
 
+    _sigint_deliverable()
     before = signal.getsignal(signal.SIGINT)
     pids = tmp_path / "pids"
     jobs = [Job("s/hls", "s", "hls", sleeper, {"seconds": 30, "pid_dir": str(pids)}, b"s")]

@@ -473,12 +473,17 @@ class _Engine:
     def _abort(self) -> None:
         """Ctrl-C (or any error): kill the workers and their tools, drop the unfinished builds. A second Ctrl-C
         while this runs (a terminal's impatient user) is held back until it is done: it is short (the kills, then
-        at most a few seconds of waiting for the workers' exit), and cut short it would leave processes behind."""
-        held = None
-        if threading.current_thread() is threading.main_thread():
-            with contextlib.suppress(ValueError, OSError):
-                held = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        at most a few seconds of waiting for the workers' exit), and cut short it would leave processes behind.
+        The caller's handler is always put back, wherever a second Ctrl-C lands (an ignored SIGINT left behind
+        is inherited by every process started later); one not set from Python (``getsignal`` None, which could
+        not be put back) is left alone, as is an ignoring one."""
+        main = threading.current_thread() is threading.main_thread()
+        prev = signal.getsignal(signal.SIGINT) if main else None
+        hold = prev is not None and prev is not signal.SIG_IGN
         try:
+            if hold:
+                with contextlib.suppress(KeyboardInterrupt, ValueError, OSError):   # one already pending: aborting
+                    signal.signal(signal.SIGINT, signal.SIG_IGN)
             for f in self.inflight:
                 f.cancel()
             self.pool.abort()
@@ -486,8 +491,8 @@ class _Engine:
                 shutil.rmtree(root, ignore_errors=True)       # committed ones were renamed away: not there
             self.inflight.clear()
         finally:
-            if held is not None:
-                signal.signal(signal.SIGINT, held)
+            if hold and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+                signal.signal(signal.SIGINT, prev)
 
     @contextlib.contextmanager
     def _sigint_noted(self):
