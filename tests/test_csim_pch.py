@@ -73,6 +73,18 @@ def test_pch_built_once_used_and_bit_identical(tmp_path, pch_dir):
     assert warm["used"] and not warm["built"] and warm["key"] == cold["key"]
     assert off == {"used": False}
     assert [p.name for p in pch_dir.iterdir() if not p.name.endswith(".lock")] == [cold["key"]]
+    # the element types' loader and quantizer: compiled once into shared objects, declared extern in the library
+    types = cold["support"]["types"]
+    assert types and cold["support"]["shared"] == types and warm["support"]["shared"] == types
+    assert cold["support"]["built"] == len(types) and warm["support"]["built"] == 0
+    assert sorted(p.suffix for p in (pch_dir / cold["key"] / "support").iterdir()) == \
+        sorted([".o"] * len(types) + [".lock"] * len(types))
+    assert "ap_fixed<10,4>" in types, types
+    for tag, shared in (("cold", True), ("off", False)):
+        sup = tmp_path / tag / spec.name / "firmware" / pch_mod.SUPPORT_HEADER
+        assert sup.is_file() is shared
+    text = (tmp_path / "cold" / spec.name / "firmware" / pch_mod.SUPPORT_HEADER).read_text()
+    assert all(f"extern template void fxsplit::load_weights_from_txt<{t} >" in text for t in types)
     # the project is still a plain hls4ml project a user can build by hand: one library, no precompiled header
     script = (tmp_path / "off" / spec.name / "build_lib.sh").read_text()
     assert "fxsplit_unity.cpp" in script and 'CFLAGS="-O0 -fPIC' in script
@@ -239,3 +251,27 @@ def test_weights_loaded_once_per_type_give_hls4mls_bits(tmp_path):
     x = np.random.default_rng(5).uniform(-40, 40, size=(64, *pt.inputs[0].shape))
     a, b = _run(ours, x), _run(theirs, x)
     assert all(np.array_equal(u, v) for u, v in zip(a, b)) and len(np.unique(a[0])) > 10
+
+
+def test_support_types_resolve_only_what_they_can(tmp_path):
+    """Which element types a library takes from the shared objects: names resolved through the project's global
+    typedefs (a stream's nnet::array to its element type), ap types and float/double only; anything else (a
+    struct, a name defined twice, an unknown name) is left to the library to compile itself."""
+    fw = tmp_path / "p" / "firmware"
+    fw.mkdir(parents=True)
+    (fw / "defines.h").write_text(
+        "typedef nnet::array<ap_fixed<16,6,AP_RND,AP_SAT>, 3*1> input_t;\n"
+        "typedef ap_fixed<16,6> model_default_t;\ntypedef model_default_t weight2_t;\n"
+        "typedef ap_uint<1> bias2_t;\ntypedef float bias3_t;\ntypedef my_struct weight4_t;\n"
+        "typedef ap_int<4> twice_t;\ntypedef ap_int<5> twice_t;\n")
+    (fw / "p.cpp").write_text(
+        "nnet::load_weights_from_txt<weight2_t, 640>(w2, \"w2.txt\");\n"
+        "nnet::load_weights_from_txt<bias2_t, 10>(b2, \"b2.txt\");\n"
+        "nnet::load_weights_from_txt<bias3_t, 10>(b3, \"b3.txt\");\n"
+        "nnet::load_weights_from_txt<weight4_t, 10>(w4, \"w4.txt\");\n"
+        "nnet::load_weights_from_txt<twice_t, 10>(t, \"t.txt\");\n"
+        "nnet::load_weights_from_txt<unknown_t, 10>(u, \"u.txt\");\n")
+    (tmp_path / "p" / "p_bridge.cpp").write_text("{ fxsplit::quantize<input_t::value_type>(n * (3), x, raw); }\n")
+    assert pch_mod.support_types(str(tmp_path / "p"), "p") == {
+        "bias2_t": "ap_uint<1>", "bias3_t": "float", "input_t::value_type": "ap_fixed<16,6,AP_RND,AP_SAT>",
+        "weight2_t": "ap_fixed<16,6>"}

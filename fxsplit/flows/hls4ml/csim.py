@@ -101,7 +101,10 @@ _BUILD_TAIL = """if [ "$1" = "--print-flags" ]; then echo "${CC}|${CFLAGS}"; exi
 # fxsplit: one translation unit, and the precompiled hls4ml headers when given (same bits either way)
 PCH_FLAGS=()
 if [ -n "${FXSPLIT_PCH}" ]; then PCH_FLAGS=(-include "${FXSPLIT_PCH}" -Winvalid-pch); fi
-${CC} "${PCH_FLAGS[@]}" ${CFLAGS} ${INCFLAGS} -D WEIGHTS_DIR="${WEIGHTS_DIR}" -shared fxsplit_unity.cpp -o firmware/${PROJECT}-${LIB_STAMP}.so
+# and the shared objects of the element types' loader and quantizer when given (one path per line)
+SUPPORT_OBJS=()
+if [ -n "${FXSPLIT_SUPPORT}" ]; then mapfile -t SUPPORT_OBJS <<< "${FXSPLIT_SUPPORT}"; PCH_FLAGS+=(-D FXSPLIT_SHARED_SUPPORT); fi
+${CC} "${PCH_FLAGS[@]}" ${CFLAGS} ${INCFLAGS} -D WEIGHTS_DIR="${WEIGHTS_DIR}" -shared fxsplit_unity.cpp "${SUPPORT_OBJS[@]}" -o firmware/${PROJECT}-${LIB_STAMP}.so
 """
 _COMPILE_LINES = re.compile(r"^\$\{CC\}[^\n]*-c firmware/\$\{PROJECT\}\.cpp[^\n]*\n.*?^rm -f \*\.o\n?", re.S | re.M)
 
@@ -121,6 +124,7 @@ def _relocatable_build_script(proj: str, project: str, opt: str) -> None:
                 f'// loader\'s calls in the model renamed to fxsplit\'s, compiled once per element type\n'
                 f'#include <iostream>\n#include "firmware/{project}.h"\n#include "firmware/parameters.h"\n'
                 f'#include "firmware/fxsplit_weights.h"\n'
+                f'#ifdef FXSPLIT_SHARED_SUPPORT\n#include "firmware/fxsplit_raw.h"\n#include "firmware/fxsplit_support.h"\n#endif\n'
                 f'#define load_weights_from_txt fxsplit_load_weights_from_txt\n'
                 f'#include "firmware/{project}.cpp"\n#undef load_weights_from_txt\n#include "{project}_bridge.cpp"\n')
     script = os.path.join(proj, "build_lib.sh")
@@ -281,7 +285,7 @@ def csim_job(workdir: str, inputs: dict[str, str], spec: ModelSpec) -> dict:
     """Write the hls4ml project of ``spec`` into ``workdir/<name>`` and compile its C-simulation library
     (one translation unit, with the host's precompiled hls4ml headers unless ``spec.csim_pch`` is off)."""
     import time
-    from .pch import ensure_pch, pch_rejected
+    from .pch import ensure_pch, ensure_support, pch_rejected, support_types, write_support_header
     proj = os.path.join(workdir, spec.name)
     t0 = time.time()
     hm = build_modelgraph(spec, proj)
@@ -292,11 +296,19 @@ def csim_job(workdir: str, inputs: dict[str, str], spec: ModelSpec) -> dict:
     add_raw_bridge(proj, spec.name)
     env = dict(os.environ)
     env.pop("FXSPLIT_PCH", None)
+    env.pop("FXSPLIT_SUPPORT", None)
     pch: dict = {"used": False}
     if spec.csim_pch:
         pch.update(ensure_pch(proj, PCH_EXTRA, WEIGHTS_DIR))
         if pch.get("header"):
             env["FXSPLIT_PCH"] = pch["header"]
+            types = support_types(proj, spec.name)
+            sup = ensure_support(proj, pch, list(types.values()), WEIGHTS_DIR)
+            objs = write_support_header(proj, types, sup["objects"])
+            if objs:
+                env["FXSPLIT_SUPPORT"] = "\n".join(objs)
+            pch["support"] = {"types": sorted(set(types.values())), "shared": sorted(sup["objects"]),
+                              "built": sup["built"], "seconds": round(sup["seconds"], 3)}
     t2 = time.time()
     r = subprocess.run(["bash", "./build_lib.sh"], cwd=proj, env=env, stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT, text=True, errors="replace")

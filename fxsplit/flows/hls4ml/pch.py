@@ -20,6 +20,7 @@ of the same key wait on a file lock; the entry appears by an atomic rename, neve
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -157,3 +158,152 @@ def pch_rejected(build_output: str) -> str | None:
         return None
     line = next((ln for ln in build_output.splitlines() if m.group(0) in ln), m.group(0))
     return line.strip()
+
+
+# ----------------------------------------------------------------------------- shared per-type objects
+#
+# Besides parsing, every library repeats the code of its element types that is the same in every project:
+# hls4ml's weight loader (fxsplit's per-type form, text parsing and ap_fixed's string conversion) and the
+# bridge's input quantizer (ap_fixed's conversion from double). g++ -O3 spends about 1 s per library on them
+# (measured on ResNet20's partitions and its 3-layer head: 3.7 s -> 2.9 s). Each element type's instantiations
+# are compiled ONCE per host, toolchain, flags and header content (next to the precompiled header, whose key
+# covers all of these) into an object every library of that type links; the library's translation unit
+# declares them ``extern template`` (``fxsplit_support.h``), so g++ does not instantiate them again. The code
+# is the same text with the same flags, so the same bits; a project built by hand (no FXSPLIT_SUPPORT)
+# compiles its own, as before.
+
+SUPPORT_FORMAT = 1
+SUPPORT_HEADER = "fxsplit_support.h"
+_TYPEDEF = re.compile(r"^\s*typedef\s+([^;]+?)\s+(\w+)\s*;", re.M)
+_SHAREABLE = re.compile(r"^(?:(?:ap_fixed|ap_ufixed|ap_int|ap_uint)<[\w\s,]+>|float|double)$")
+_LOADER_CALL = re.compile(r"load_weights_from_txt<\s*([\w:]+)\s*,")
+_QUANTIZE_CALL = re.compile(r"fxsplit::quantize<\s*([\w:]+)\s*>\(")
+
+
+def _template_args(t: str) -> list[str] | None:
+    """The top-level template arguments of ``t`` (``nnet::array<ap_fixed<16,6>, 3*1>`` -> its two)."""
+    i = t.find("<")
+    if i < 0 or not t.endswith(">"):
+        return None
+    args, depth, cur = [], 0, ""
+    for ch in t[i + 1:-1]:
+        if ch == "," and depth == 0:
+            args.append(cur.strip())
+            cur = ""
+            continue
+        depth += (ch == "<") - (ch == ">")
+        cur += ch
+    return args + [cur.strip()]
+
+
+def support_types(proj: str, project: str) -> dict[str, str]:
+    """The element types of project ``proj`` whose loader and quantizer a shared object can provide:
+    ``{name the project uses: the type, spelled as in its typedefs}``. Only ap_fixed/ap_int types and
+    float/double are shared; a name that does not resolve to one of those is left to the library itself."""
+    fw = os.path.join(proj, "firmware")
+    typedefs: dict[str, str] = {}
+    p = os.path.join(fw, "defines.h")          # the global typedefs (parameters.h has per-layer local ones)
+    if os.path.isfile(p):
+        for t, name in _TYPEDEF.findall(Path(p).read_text(errors="replace")):
+            if name in typedefs and typedefs[name] != " ".join(t.split()):
+                typedefs[name] = ""              # defined twice, differently: not shared
+            else:
+                typedefs[name] = " ".join(t.split())
+
+    def expand(name: str) -> str | None:
+        """Follow the typedef chain; a stream element (``X::value_type``) through X's nnet::array."""
+        for _ in range(8):
+            if name.endswith("::value_type"):
+                base = expand(name[: -len("::value_type")])
+                args = _template_args(base) if base and base.startswith("nnet::array<") else None
+                if not args or len(args) != 2:
+                    return None
+                name = args[0]
+            elif name in typedefs:
+                if not typedefs[name]:
+                    return None
+                name = typedefs[name]
+            else:
+                return name
+        return None
+
+    def resolve(name: str) -> str | None:
+        t = expand(name)
+        return t if t is not None and _SHAREABLE.match(t) else None
+
+    names: set[str] = set()
+    src = os.path.join(fw, f"{project}.cpp")
+    names.update(_LOADER_CALL.findall(Path(src).read_text(errors="replace")))
+    bridge = os.path.join(proj, f"{project}_bridge.cpp")
+    if os.path.isfile(bridge):
+        names.update(_QUANTIZE_CALL.findall(Path(bridge).read_text(errors="replace")))
+    out = {}
+    for n in sorted(names):
+        t = resolve(n)
+        if t is not None:
+            out[n] = t
+    return out
+
+
+def _instantiations(t: str, extern: bool) -> str:
+    e = "extern " if extern else ""
+    return (f"{e}template void fxsplit::load_weights_from_txt<{t} >({t} *, size_t, const char *);\n"
+            f"{e}template void fxsplit::quantize<{t} >(long, const double *, uint64_t *);\n")
+
+
+def ensure_support(proj: str, pch: dict, types: list[str], weights_dir: str, log=print) -> dict:
+    """The shared objects of ``types`` (built here if missing) for a project whose precompiled header is
+    ``pch`` (``ensure_pch``'s result, which must have a header). Returns ``{"objects": {type: path},
+    "built": n, "seconds": s}``; a type whose object g++ cannot build is left out (and remembered)."""
+    import filelock
+
+    cc, flags = script_flags(proj)
+    flags = flags + ["-D", f"WEIGHTS_DIR={weights_dir}"]           # exactly the precompiled header's flags
+    final = Path(pch["header"]).parent
+    sup = final / "support"
+    sup.mkdir(exist_ok=True)
+    objects, built, t0 = {}, 0, time.time()
+    for t in sorted(set(types)):
+        h = hashlib.sha256(f"fxsplit-support {SUPPORT_FORMAT}\n{pch['key']}\n{t}\n".encode()).hexdigest()[:20]
+        obj = sup / f"{h}.o"
+        if not obj.is_file():
+            with filelock.FileLock(str(sup / f"{h}.lock")):
+                if not obj.is_file() and not (sup / f"{h}.failed").is_file():
+                    fd, tmp_src = tempfile.mkstemp(prefix=f".{h}-", suffix=".cpp", dir=sup)
+                    tmp_obj = tmp_src[:-4] + ".o"
+                    try:
+                        with os.fdopen(fd, "w") as f:
+                            f.write(f"// fxsplit: {t}'s weight loader and input quantizer, shared by every C-simulation "
+                                    f"library of this toolchain, flags and headers (fxsplit/flows/hls4ml/pch.py)\n")
+                            f.write("".join(f'#include "{n}"\n' for n in ("fxsplit_wdir.h", "fxsplit_raw.h",
+                                                                           "fxsplit_weights.h")))
+                            f.write(_instantiations(t, extern=False))
+                        cmd = [cc, "-include", pch["header"], "-Winvalid-pch", *flags, "-I", str(final / "ap_types"),
+                               "-I", str(final), "-w", "-c", tmp_src, "-o", tmp_obj]
+                        r = subprocess.run(cmd, capture_output=True, text=True)
+                        if r.returncode != 0:
+                            (sup / f"{h}.failed").write_text(f"{shlex.join(cmd)}\n{r.stdout}{r.stderr}")
+                            log(f"[fxsplit] could not compile the shared code of {t} (the library compiles "
+                                f"its own): {r.stderr[-500:]}")
+                        else:
+                            os.replace(tmp_obj, obj)         # complete or absent, never half-written
+                            built += 1
+                    finally:
+                        for p in (tmp_src, tmp_obj):
+                            with contextlib.suppress(OSError):
+                                os.unlink(p)
+        if obj.is_file():
+            objects[t] = str(obj)
+    return {"objects": objects, "built": built, "seconds": time.time() - t0}
+
+
+def write_support_header(proj: str, types: dict[str, str], objects: dict[str, str]) -> list[str]:
+    """``firmware/fxsplit_support.h``: the ``extern template`` declarations of the types that have a shared
+    object. Returns the objects to link, in a stable order."""
+    shared = sorted({t for t in types.values() if t in objects})
+    text = ["#ifndef FXSPLIT_SUPPORT_H_", "#define FXSPLIT_SUPPORT_H_",
+            "// fxsplit: these element types' weight loader and input quantizer come from objects compiled once per",
+            "// host and toolchain (fxsplit/flows/hls4ml/pch.py), linked by build_lib.sh when FXSPLIT_SUPPORT lists them",
+            *(_instantiations(t, extern=True).rstrip("\n") for t in shared), "#endif", ""]
+    Path(proj, "firmware", SUPPORT_HEADER).write_text("\n".join(text))
+    return [objects[t] for t in shared]
