@@ -264,7 +264,12 @@ def ensure_support(proj: str, pch: dict, types: list[str], weights_dir: str, log
     sup.mkdir(exist_ok=True)
     objects, built, t0 = {}, 0, time.time()
     for t in sorted(set(types)):
-        h = hashlib.sha256(f"fxsplit-support {SUPPORT_FORMAT}\n{pch['key']}\n{t}\n".encode()).hexdigest()[:20]
+        src = (f"// fxsplit: {t}'s weight loader and input quantizer, shared by every C-simulation library of this "
+               f"toolchain, flags and headers (fxsplit/flows/hls4ml/pch.py)\n"
+               + "".join(f'#include "{n}"\n' for n in ("fxsplit_wdir.h", "fxsplit_raw.h", "fxsplit_weights.h"))
+               + _instantiations(t, extern=False))
+        # the precompiled header's key covers the compiler, the flags and every header; the source, the rest
+        h = hashlib.sha256(f"fxsplit-support {SUPPORT_FORMAT}\n{pch['key']}\n{src}".encode()).hexdigest()[:20]
         obj = sup / f"{h}.o"
         if not obj.is_file():
             with filelock.FileLock(str(sup / f"{h}.lock")):
@@ -273,11 +278,7 @@ def ensure_support(proj: str, pch: dict, types: list[str], weights_dir: str, log
                     tmp_obj = tmp_src[:-4] + ".o"
                     try:
                         with os.fdopen(fd, "w") as f:
-                            f.write(f"// fxsplit: {t}'s weight loader and input quantizer, shared by every C-simulation "
-                                    f"library of this toolchain, flags and headers (fxsplit/flows/hls4ml/pch.py)\n")
-                            f.write("".join(f'#include "{n}"\n' for n in ("fxsplit_wdir.h", "fxsplit_raw.h",
-                                                                           "fxsplit_weights.h")))
-                            f.write(_instantiations(t, extern=False))
+                            f.write(src)
                         cmd = [cc, "-include", pch["header"], "-Winvalid-pch", *flags, "-I", str(final / "ap_types"),
                                "-I", str(final), "-w", "-c", tmp_src, "-o", tmp_obj]
                         r = subprocess.run(cmd, capture_output=True, text=True)
