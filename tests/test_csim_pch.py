@@ -144,6 +144,10 @@ def test_pch_concurrent_builders_build_once(tmp_path, pch_dir):
     assert not errs, errs
     built = sorted(r["pch"]["built"] for r in res.values())
     assert built == [False, True] and all(r["pch"]["used"] for r in res.values())
+    # and each element type's shared object once, whichever job got to it first
+    types = res["t1"]["pch"]["support"]["types"]
+    assert types and all(r["pch"]["support"]["shared"] == types for r in res.values())
+    assert sum(r["pch"]["support"]["built"] for r in res.values()) == len(types)
     assert not [p for p in pch_dir.iterdir() if p.name.startswith(".")], "a temporary directory was left behind"
 
 
@@ -275,3 +279,26 @@ def test_support_types_resolve_only_what_they_can(tmp_path):
     assert pch_mod.support_types(str(tmp_path / "p"), "p") == {
         "bias2_t": "ap_uint<1>", "bias3_t": "float", "input_t::value_type": "ap_fixed<16,6,AP_RND,AP_SAT>",
         "weight2_t": "ap_fixed<16,6>"}
+
+
+def test_support_object_that_cannot_build_falls_back_and_is_remembered(tmp_path, pch_dir):
+    """A type g++ refuses to compile on its own: no object for it (its library compiles its own code), the
+    refusal is remembered (not retried by every job), and the other types' objects are still used."""
+    _pt, low = _specs(tmp_path)
+    spec = low.mono_spec
+    wd = tmp_path / "w"
+    wd.mkdir()
+    meta = csim_job(str(wd), {}, spec)              # the precompiled header and the real types' objects
+    good = meta["pch"]["support"]["types"]
+    proj = str(wd / spec.name)
+    pch = pch_mod.ensure_pch(proj, PCH_EXTRA, WEIGHTS_DIR)
+    bad = "ap_fixed<16,6,NOT_A_MODE>"               # shaped like a shareable type; g++ refuses it
+    logs: list[str] = []
+    r1 = pch_mod.ensure_support(proj, pch, [bad, *good], WEIGHTS_DIR, log=logs.append)
+    assert set(r1["objects"]) == set(good) and r1["built"] == 0
+    assert len(logs) == 1 and "NOT_A_MODE" in logs[0]
+    sup = pch_dir / pch["key"] / "support"
+    assert len(list(sup.glob("*.failed"))) == 1
+    r2 = pch_mod.ensure_support(proj, pch, [bad, *good], WEIGHTS_DIR, log=logs.append)
+    assert set(r2["objects"]) == set(good) and len(logs) == 1      # remembered, not compiled again
+    assert not [p for p in sup.iterdir() if p.name.startswith(".")], "a temporary file was left behind"

@@ -261,8 +261,12 @@ def ensure_support(proj: str, pch: dict, types: list[str], weights_dir: str, log
     flags = flags + ["-D", f"WEIGHTS_DIR={weights_dir}"]           # exactly the precompiled header's flags
     final = Path(pch["header"]).parent
     sup = final / "support"
-    sup.mkdir(exist_ok=True)
     objects, built, t0 = {}, 0, time.time()
+    try:
+        sup.mkdir(exist_ok=True)
+    except OSError as e:                  # a read-only shared cache, say: the library compiles its own
+        log(f"[fxsplit] no shared objects for the element types ({e}); each library compiles its own")
+        return {"objects": {}, "built": 0, "seconds": 0.0, "error": str(e)}
     for t in sorted(set(types)):
         src = (f"// fxsplit: {t}'s weight loader and input quantizer, shared by every C-simulation library of this "
                f"toolchain, flags and headers (fxsplit/flows/hls4ml/pch.py)\n"
@@ -271,31 +275,42 @@ def ensure_support(proj: str, pch: dict, types: list[str], weights_dir: str, log
         # the precompiled header's key covers the compiler, the flags and every header; the source, the rest
         h = hashlib.sha256(f"fxsplit-support {SUPPORT_FORMAT}\n{pch['key']}\n{src}".encode()).hexdigest()[:20]
         obj = sup / f"{h}.o"
-        if not obj.is_file():
-            with filelock.FileLock(str(sup / f"{h}.lock")):
-                if not obj.is_file() and not (sup / f"{h}.failed").is_file():
-                    fd, tmp_src = tempfile.mkstemp(prefix=f".{h}-", suffix=".cpp", dir=sup)
-                    tmp_obj = tmp_src[:-4] + ".o"
-                    try:
-                        with os.fdopen(fd, "w") as f:
-                            f.write(src)
-                        cmd = [cc, "-include", pch["header"], "-Winvalid-pch", *flags, "-I", str(final / "ap_types"),
-                               "-I", str(final), "-w", "-c", tmp_src, "-o", tmp_obj]
-                        r = subprocess.run(cmd, capture_output=True, text=True)
-                        if r.returncode != 0:
-                            (sup / f"{h}.failed").write_text(f"{shlex.join(cmd)}\n{r.stdout}{r.stderr}")
-                            log(f"[fxsplit] could not compile the shared code of {t} (the library compiles "
-                                f"its own): {r.stderr[-500:]}")
-                        else:
-                            os.replace(tmp_obj, obj)         # complete or absent, never half-written
-                            built += 1
-                    finally:
-                        for p in (tmp_src, tmp_obj):
-                            with contextlib.suppress(OSError):
-                                os.unlink(p)
+        try:
+            built += _build_support(obj, sup, h, src, t, cc, flags, pch["header"], final, log, filelock)
+        except OSError as e:
+            log(f"[fxsplit] could not write the shared code of {t} ({e}); the library compiles its own")
         if obj.is_file():
             objects[t] = str(obj)
     return {"objects": objects, "built": built, "seconds": time.time() - t0}
+
+
+def _build_support(obj: Path, sup: Path, h: str, src: str, t: str, cc: str, flags: list[str], header: str,
+                   final: Path, log, filelock) -> int:
+    """Compile one type's shared object unless it is there (or failed before); 1 if built here."""
+    if obj.is_file():
+        return 0
+    with filelock.FileLock(str(sup / f"{h}.lock")):
+        if obj.is_file() or (sup / f"{h}.failed").is_file():      # another worker built it while we waited
+            return 0
+        fd, tmp_src = tempfile.mkstemp(prefix=f".{h}-", suffix=".cpp", dir=sup)
+        tmp_obj = tmp_src[:-4] + ".o"
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(src)
+            cmd = [cc, "-include", header, "-Winvalid-pch", *flags, "-I", str(final / "ap_types"),
+                   "-I", str(final), "-w", "-c", tmp_src, "-o", tmp_obj]
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode != 0:
+                (sup / f"{h}.failed").write_text(f"{shlex.join(cmd)}\n{r.stdout}{r.stderr}")
+                log(f"[fxsplit] could not compile the shared code of {t} (the library compiles its own): "
+                    f"{r.stderr[-500:]}")
+                return 0
+            os.replace(tmp_obj, obj)         # complete or absent, never half-written
+            return 1
+        finally:
+            for p in (tmp_src, tmp_obj):
+                with contextlib.suppress(OSError):
+                    os.unlink(p)
 
 
 def write_support_header(proj: str, types: dict[str, str], objects: dict[str, str]) -> list[str]:
