@@ -173,6 +173,15 @@ class _Ready:
         return len(self.heap)
 
 
+def _replaceable_sigint():
+    """The SIGINT handler the engine may replace for a while and put back, or None: not in the main thread, a
+    handler that ignores SIGINT (respected), or one not set from Python (``getsignal`` None: cannot be put back)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    prev = signal.getsignal(signal.SIGINT)
+    return None if prev is signal.SIG_IGN else prev
+
+
 class _Engine:
     """One run: the ready queue, what is in flight, and each job's fate."""
 
@@ -477,9 +486,8 @@ class _Engine:
         The caller's handler is always put back, wherever a second Ctrl-C lands (an ignored SIGINT left behind
         is inherited by every process started later); one not set from Python (``getsignal`` None, which could
         not be put back) is left alone, as is an ignoring one."""
-        main = threading.current_thread() is threading.main_thread()
-        prev = signal.getsignal(signal.SIGINT) if main else None
-        hold = prev is not None and prev is not signal.SIG_IGN
+        prev = _replaceable_sigint()
+        hold = prev is not None
         try:
             if hold:
                 with contextlib.suppress(KeyboardInterrupt, ValueError, OSError):   # one already pending: aborting
@@ -502,8 +510,8 @@ class _Engine:
         on. The caller's own handler still runs; one that ignores SIGINT is respected, and one not set from
         Python (``getsignal`` None, which could not be restored) is left alone."""
         self.interrupted = False
-        prev = signal.getsignal(signal.SIGINT)
-        if threading.current_thread() is not threading.main_thread() or prev is signal.SIG_IGN or prev is None:
+        prev = _replaceable_sigint()
+        if prev is None:
             yield
             return
 

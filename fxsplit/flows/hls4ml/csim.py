@@ -103,8 +103,9 @@ PCH_FLAGS=()
 if [ -n "${FXSPLIT_PCH}" ]; then PCH_FLAGS=(-include "${FXSPLIT_PCH}" -Winvalid-pch); fi
 # and the shared objects of the element types' loader and quantizer when given (one path per line)
 SUPPORT_OBJS=()
-if [ -n "${FXSPLIT_SUPPORT}" ]; then mapfile -t SUPPORT_OBJS <<< "${FXSPLIT_SUPPORT}"; PCH_FLAGS+=(-D FXSPLIT_SHARED_SUPPORT); fi
-${CC} "${PCH_FLAGS[@]}" ${CFLAGS} ${INCFLAGS} -D WEIGHTS_DIR="${WEIGHTS_DIR}" -shared fxsplit_unity.cpp "${SUPPORT_OBJS[@]}" -o firmware/${PROJECT}-${LIB_STAMP}.so
+SUPPORT_FLAGS=()
+if [ -n "${FXSPLIT_SUPPORT}" ]; then mapfile -t SUPPORT_OBJS <<< "${FXSPLIT_SUPPORT}"; SUPPORT_FLAGS=(-D FXSPLIT_SHARED_SUPPORT); fi
+${CC} "${PCH_FLAGS[@]}" "${SUPPORT_FLAGS[@]}" ${CFLAGS} ${INCFLAGS} -D WEIGHTS_DIR="${WEIGHTS_DIR}" -shared fxsplit_unity.cpp "${SUPPORT_OBJS[@]}" -o firmware/${PROJECT}-${LIB_STAMP}.so
 """
 _COMPILE_LINES = re.compile(r"^\$\{CC\}[^\n]*-c firmware/\$\{PROJECT\}\.cpp[^\n]*\n.*?^rm -f \*\.o\n?", re.S | re.M)
 
@@ -285,7 +286,8 @@ def csim_job(workdir: str, inputs: dict[str, str], spec: ModelSpec) -> dict:
     """Write the hls4ml project of ``spec`` into ``workdir/<name>`` and compile its C-simulation library
     (one translation unit, with the host's precompiled hls4ml headers unless ``spec.csim_pch`` is off)."""
     import time
-    from .pch import ensure_pch, ensure_support, pch_rejected, support_types, write_support_header
+    from .pch import (ensure_pch, ensure_support, pch_rejected, script_flags, support_types,
+                      write_support_header)
     proj = os.path.join(workdir, spec.name)
     t0 = time.time()
     hm = build_modelgraph(spec, proj)
@@ -299,11 +301,12 @@ def csim_job(workdir: str, inputs: dict[str, str], spec: ModelSpec) -> dict:
     env.pop("FXSPLIT_SUPPORT", None)
     pch: dict = {"used": False}
     if spec.csim_pch:
-        pch.update(ensure_pch(proj, PCH_EXTRA, WEIGHTS_DIR))
+        compiler = script_flags(proj)            # the build script's compiler and flags, asked once
+        pch.update(ensure_pch(proj, PCH_EXTRA, WEIGHTS_DIR, compiler=compiler))
         if pch.get("header"):
             env["FXSPLIT_PCH"] = pch["header"]
             types = support_types(proj, spec.name)
-            sup = ensure_support(proj, pch, list(types.values()), WEIGHTS_DIR)
+            sup = ensure_support(proj, pch, list(types.values()), WEIGHTS_DIR, compiler=compiler)
             objs = write_support_header(proj, types, sup["objects"])
             if objs:
                 env["FXSPLIT_SUPPORT"] = "\n".join(objs)

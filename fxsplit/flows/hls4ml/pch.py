@@ -95,14 +95,15 @@ def _headers(proj: str, extra: dict[str, str]) -> tuple[list[tuple[str, bytes]],
     return sorted(files), includes
 
 
-def ensure_pch(proj: str, extra: dict[str, str], weights_dir: str, log=print) -> dict:
+def ensure_pch(proj: str, extra: dict[str, str], weights_dir: str, log=print,
+               compiler: tuple[str, list[str]] | None = None) -> dict:
     """Build (or find) the precompiled header for project ``proj``; return ``{"header": path, "key": k,
     "built": bool, "seconds": s}``, or ``{"header": None, "error": why}`` if GCC cannot build one (the
     library is then built without it, the same bits, only slower). ``extra``: fxsplit's own headers
-    (name -> text) included first, in order."""
+    (name -> text) included first, in order. ``compiler``: ``script_flags(proj)`` if the caller has it."""
     import filelock
 
-    cc, flags = script_flags(proj)
+    cc, flags = compiler or script_flags(proj)
     flags = flags + ["-D", f"WEIGHTS_DIR={weights_dir}"]
     files, includes = _headers(proj, extra)
     h = hashlib.sha256(f"fxsplit-pch {FORMAT}\n{_compiler_id(cc)}\n{flags}\n{list(extra)}\n".encode())
@@ -251,13 +252,15 @@ def _instantiations(t: str, extern: bool) -> str:
             f"{e}template void fxsplit::quantize<{t} >(long, const double *, uint64_t *);\n")
 
 
-def ensure_support(proj: str, pch: dict, types: list[str], weights_dir: str, log=print) -> dict:
+def ensure_support(proj: str, pch: dict, types: list[str], weights_dir: str, log=print,
+                   compiler: tuple[str, list[str]] | None = None) -> dict:
     """The shared objects of ``types`` (built here if missing) for a project whose precompiled header is
     ``pch`` (``ensure_pch``'s result, which must have a header). Returns ``{"objects": {type: path},
-    "built": n, "seconds": s}``; a type whose object g++ cannot build is left out (and remembered)."""
+    "built": n, "seconds": s}``; a type whose object g++ cannot build is left out (and remembered).
+    ``compiler``: ``script_flags(proj)`` if the caller has it (it runs the project's build script)."""
     import filelock
 
-    cc, flags = script_flags(proj)
+    cc, flags = compiler or script_flags(proj)
     flags = flags + ["-D", f"WEIGHTS_DIR={weights_dir}"]           # exactly the precompiled header's flags
     final = Path(pch["header"]).parent
     sup = final / "support"
