@@ -15,7 +15,8 @@ Printed per model: the measured wall on ``--jobs`` workers, the max and mean par
 partition's jobs), the wall predicted for 4 and 8 workers from the measured jobs, the cost model's prediction
 error per partition, and for ``splits="auto", workers=8`` its predicted wall against the predicted total / 8.
 Targets (issue 10): auto's measured wall no worse than the markers'; the wide MLP's auto build at least 2.4x
-faster than its uncut build; the W=8 plan within 15 % of total/8 where the model has enough layers.
+faster than its uncut build; the W=8 plan within 15 % of total/8 where the model has enough layers (read: at least
+one weight layer, Linear or Conv, per worker; the smaller models' ratios are printed without a verdict).
 --quick: precision fixed<6,2>, no uncut build.
 --repeat N: N more rounds of the wide MLP's uncut and auto builds, alternating which goes first, each from a
 cold cache; the 2.4x verdict then reads the median of every round's ratio (this VM's Yosys times drift by
@@ -64,6 +65,25 @@ def one_build(tag, model, shape, run, cfg, jobs, **kw):
             "auto": d.report.get("auto_split"), "layer_splits": d.report.get("layer_splits") or {},
             "lut": ((d.report.get("stitched") or {}).get("resources_total") or {}).get("LUT"),
             "latency": (d.report.get("stitched") or {}).get("latency")}
+
+
+def weight_layers(model) -> int:
+    from torch import nn
+    return sum(isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)) for m in model.modules())
+
+
+def plan8_verdict(name, model, plan) -> str:
+    """The W=8 target applies where the model has enough layers: at least one weight layer (Linear, Conv) per
+    worker, so that a plan can give every worker its share without cutting inside a layer. Below that, the
+    ratio is printed and the cuts inside layers are what brings it down, but no verdict is drawn."""
+    tot8 = sum(plan.predicted) / 8
+    ratio = plan.predicted_wall / tot8
+    n = weight_layers(model)
+    verdict = (f"{'OK' if ratio <= 1.15 else 'MISSED'}" if n >= 8 else
+               f"no target: {n} weight layers < 8 workers")
+    return (f"{name}: plan for 8 workers, {plan.partitions} partitions: predicted wall {plan.predicted_wall:.1f} s vs "
+            f"predicted partition total / 8 = {tot8:.1f} s ({ratio:.2f}x; target within 1.15x where the model has "
+            f"at least 8 weight layers) -> {verdict}")
 
 
 def main():
@@ -131,10 +151,7 @@ def main():
                             f"{ratios[0]:.2f}x" + (f"; rounds {', '.join(f'{r:.2f}' for r in ratios)}, median {sp:.2f}x"
                                                    if len(ratios) > 1 else "")
                             + f" (target >= 2.4x) -> {'OK' if sp >= 2.4 else 'MISSED'}")
-        ratio8 = p8.predicted_wall / (rows8 / 8) if rows8 else None
-        verdicts.append(f"{name}: plan for 8 workers, {p8.partitions} partitions: predicted wall "
-                        f"{p8.predicted_wall:.1f} s vs predicted partition total / 8 = {rows8 / 8:.1f} s "
-                        f"({ratio8:.2f}x; target within 1.15x where the model has enough layers)")
+        verdicts.append(plan8_verdict(name, model, p8))
         payload["models"][name] = res
     print()
     print(C.table(rows, ["model", "cuts", "parts", "wall", "max part", "mean part", "pred W=4", "pred W=8",
@@ -148,9 +165,7 @@ def main():
     r8 = plan_auto(model, shape, 8, precision=precision, flow="rtl", reference=False, cost_model=CostModel(),
                    split_layers=True)
     tot8 = sum(r8.predicted) / 8
-    verdicts.append(f"resnet20 (plan only): 8 workers, {r8.partitions} partitions: predicted wall {r8.predicted_wall:.0f} s"
-                    f" vs total / 8 = {tot8:.0f} s ({r8.predicted_wall / tot8:.2f}x; target within 1.15x) -> "
-                    f"{'OK' if r8.predicted_wall <= 1.15 * tot8 else 'MISSED'}")
+    verdicts.append(plan8_verdict("resnet20 (plan only)", model, r8))
     payload["resnet20_plan8"] = {**r8.to_dict(), "total_over_8": tot8}
     print()
     for v in verdicts:

@@ -12,7 +12,7 @@ slowest partition's predicted build time (:mod:`fxsplit.costmodel`: each partiti
 summed), never moving a required cut and, among plans within 1 % of that, the one whose cuts carry the
 fewest bits. Each plan's whole job graph (partition jobs, the uncut reference, the stitched top) is then
 list-scheduled on W workers (``build.predict_wall_time``, the scheduler's own rule), plus the serial work of
-the main process per partition, and the K with the shortest predicted wall wins (the smaller K unless a larger
+the main process (:data:`MAIN_FIXED`, :data:`MAIN_PER_PARTITION`), and the K with the shortest predicted wall wins (the smaller K unless a larger
 one is predicted 5 % faster: every partition also costs what the model does not see).
 """
 
@@ -28,7 +28,11 @@ STITCHED = "stitched"
 MONO = "monolithic"
 TIE_WALL = 0.05            # a plan with more partitions must be predicted 5 % faster to be taken
 TIE_MAX = 0.01
-MAIN_PER_PARTITION = 0.5   # s of serial main-process work per partition (hls4ml conversion, ports, report)
+# serial work of the main process around the jobs (trace, validation and lowering before them; copying artifacts and
+# the report after them), measured (stop 25) on the zoo's RTL builds with 3 to 9 partitions, hls4ml imported and the
+# jobs cached: 0.7 .. 1.1 s, with no trend in the number of partitions (the lowering of one partition: about 0.05 s)
+MAIN_FIXED = 1.0           # s
+MAIN_PER_PARTITION = 0.05  # s
 
 
 @dataclass
@@ -138,6 +142,11 @@ def plan_auto(model, input_shape, workers: int, *, precision: str = "fixed<16,6>
     if n == 0:
         raise FxsplitError("the model computes nothing: no operation to cut between")
     lf = layer_features(gm, precision, input_precision)
+    for e in pieces.values():          # a run of pieces in one partition is lowered as one layer, without joins
+        for nm in e["pieces"]:
+            lf[nm] = {**lf[nm], "layers": 1.0 / len(e["pieces"])}
+        for nm in e["cats"]:
+            lf[nm] = {k: 0 for k in FEATURES}
     try:
         width = layout(precision).width
     except ValueError:
@@ -202,7 +211,7 @@ def plan_auto(model, input_shape, workers: int, *, precision: str = "fixed<16,6>
     pre = [{f: 0 for f in FEATURES}]
     for i in ops:
         f = lf.get(nodes[i].name, {})
-        pre.append({x: pre[-1][x] + int(f.get(x, 0)) for x in FEATURES})
+        pre.append({x: pre[-1][x] + f.get(x, 0) for x in FEATURES})
 
     def bits(nd) -> int:
         try:
@@ -268,7 +277,33 @@ def plan_auto(model, input_shape, workers: int, *, precision: str = "fixed<16,6>
     def evaluate(cuts: list[int]) -> tuple[float, list[float]]:
         feats = [seg(a, b) for a, b in zip(cuts, cuts[1:])]
         rows, per = _job_rows(feats, whole, flow, synth, reference, cm, total_ports(cuts))
-        return predict_wall_time(rows, workers) + MAIN_PER_PARTITION * len(feats), per
+        return predict_wall_time(rows, workers) + MAIN_FIXED + MAIN_PER_PARTITION * len(feats), per
+
+    def refine(cuts: list[int]) -> tuple[float, list[float], list[int]]:
+        """The dynamic program balances the slowest partition; with more partitions than workers the wall also
+        depends on how they pack onto the workers. Move one added cut at a time to a neighbouring position while
+        that shortens the list-scheduled wall (by more than TIE_MAX)."""
+        wall, per = evaluate(cuts)
+        pos = {b: i for i, b in enumerate(bounds)}
+        improved = True
+        while improved:
+            improved = False
+            for i in range(1, len(cuts) - 1):
+                if cuts[i] in forced:
+                    continue
+                for step in (-1, 1):
+                    j = pos[cuts[i]] + step
+                    if not 0 < j < len(bounds) - 1:
+                        continue
+                    b = bounds[j]
+                    if not cuts[i - 1] < b < cuts[i + 1] or (cuts[i - 1], b) not in cost or (b, cuts[i + 1]) not in cost:
+                        continue
+                    trial = cuts[:i] + [b] + cuts[i + 1:]
+                    w, p = evaluate(trial)
+                    if w < wall * (1 - TIE_MAX):
+                        wall, per, cuts, improved = w, p, trial, True
+                        break
+        return wall, per, cuts
 
     k_min = len(forced) + 1
     k_max = min(len(bounds) - 1, max_partitions or (len(bounds) - 1 if max_job_memory is not None
@@ -306,7 +341,7 @@ def plan_auto(model, input_shape, workers: int, *, precision: str = "fixed<16,6>
             cuts = cuts[::-1]
             if not forced <= set(cuts):
                 continue
-            wall, per = evaluate(cuts)
+            wall, per, cuts = refine(cuts)
             if best is None or wall < best[0] * (1 - TIE_WALL):
                 best = (wall, cuts, per)
     if best is None:
@@ -329,16 +364,18 @@ def plan_auto(model, input_shape, workers: int, *, precision: str = "fixed<16,6>
                     predicted_rss=[seg_mem(a, b) for a, b in zip(cuts, cuts[1:])])
 
 
-MIN_PIECE_OUTPUTS = 4     # a piece of a split layer computes at least this many outputs
-MAX_PIECES = 8
+MIN_PIECE_OUTPUTS = 2     # a piece of a split layer computes at least this many outputs
+MAX_PIECES = 32
+PIECES_PER_SHARE = 16     # a piece is about 1/16 of a worker's fair share: the balance the plan can reach
 
 
 def _offer_layer_splits(gm, workers: int, cm: CostModel, precision: str, input_precision: str | None, flow: str,
                         synth: bool, required: dict[str, list[int]]) -> dict:
-    """Rewrite ``gm`` with every Linear whose own build is predicted above a quarter of a worker's fair share
-    (the whole model's predicted time / (4 W)) cut into pieces of about that share (equal output ranges, at most
-    :data:`MAX_PIECES`, at least :data:`MIN_PIECE_OUTPUTS` outputs each): the dynamic program may then cut between
-    pieces; bounds it does not cut at are not applied. Returns ``layersplit.apply``'s description."""
+    """Rewrite ``gm`` with every Linear whose own build is predicted above a sixteenth of a worker's fair share (the
+    whole model's predicted time / (16 W), :data:`PIECES_PER_SHARE`) cut into pieces of about that share (equal
+    output ranges, at most :data:`MAX_PIECES`, at least :data:`MIN_PIECE_OUTPUTS` outputs each): the dynamic program
+    may then cut between pieces, so a partition's predicted time can land within one piece of the fair share;
+    bounds it does not cut at are not applied. Returns ``layersplit.apply``'s description."""
     from . import layersplit
     lf = layer_features(gm, precision, input_precision)
     steps = flow_steps(flow, synth)
@@ -349,7 +386,7 @@ def _offer_layer_splits(gm, workers: int, cm: CostModel, precision: str, input_p
     bounds = {k: list(v) for k, v in required.items()}            # the user's own cuts inside layers
     if workers:                                                     # 0: offer none
         per = {name: t(f) for name, f in lf.items()}
-        share = sum(per.values()) / (4 * workers)
+        share = sum(per.values()) / (PIECES_PER_SHARE * workers)
         for nd in gm.graph.nodes:
             if nd.name not in per or per[nd.name] <= share or layersplit.why_not(gm, nd) is not None:
                 continue
