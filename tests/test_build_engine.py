@@ -329,6 +329,27 @@ def hog(workdir, inputs, mb, where, hold=1.0, burn=0.0):
     return {"pid": os.getpid()}
 
 
+def test_process_tree_from_proc_children_is_psutils():
+    """The monitor lists the worker's descendants from /proc/<pid>/task/<tid>/children (cheap: what a job on a
+    busy machine pays in CPU): the same processes, grandchildren included, as psutil's full scan; and the same
+    resident sizes."""
+    import psutil
+    from fxsplit.build import usage
+    if usage._tree(os.getpid()) is None:
+        pytest.skip("this kernel has no /proc/<pid>/task/<tid>/children")
+    p = subprocess.Popen(["bash", "-c", "sleep 3 & sleep 3 & wait"])
+    try:
+        time.sleep(0.3)
+        ours = set(usage._tree(os.getpid()))
+        theirs = {os.getpid(), *(c.pid for c in psutil.Process().children(recursive=True))}
+        assert ours == theirs and p.pid in ours and len(ours) >= 4, (ours, theirs)
+        rss, hwm = usage._rss_hwm(p.pid)
+        assert rss == psutil.Process(p.pid).memory_info().rss and hwm >= rss
+    finally:
+        p.kill()
+        p.wait()
+
+
 def test_job_memory_and_cpu_are_measured(tmp_path):
     """Peak resident memory of the worker's process tree and CPU time, per job, within 10 % of what the job
     allocated; recorded in the manifest (a cached job reports the figures of the build that made it)."""
