@@ -12,8 +12,10 @@ slowest partition's predicted build time (:mod:`fxsplit.costmodel`: each partiti
 summed), never moving a required cut and, among plans within 1 % of that, the one whose cuts carry the
 fewest bits. Each plan's whole job graph (partition jobs, the uncut reference, the stitched top) is then
 list-scheduled on W workers (``build.predict_wall_time``, the scheduler's own rule), plus the serial work of
-the main process (:data:`MAIN_FIXED`, :data:`MAIN_PER_PARTITION`), and the K with the shortest predicted wall wins (the smaller K unless a larger
-one is predicted 5 % faster: every partition also costs what the model does not see).
+the main process (:data:`MAIN_FIXED`, :data:`MAIN_PER_PARTITION`); one cut at a time moves to a neighbouring
+candidate while that shortens the scheduled wall (with more partitions than workers, how they pack onto the
+workers matters, not only the slowest one), and the K with the shortest predicted wall wins (the smaller K unless
+a larger one is predicted 5 % faster: every partition also costs what the model does not see).
 """
 
 from __future__ import annotations
@@ -296,7 +298,8 @@ def plan_auto(model, input_shape, workers: int, *, precision: str = "fixed<16,6>
                     if not 0 < j < len(bounds) - 1:
                         continue
                     b = bounds[j]
-                    if not cuts[i - 1] < b < cuts[i + 1] or (cuts[i - 1], b) not in cost or (b, cuts[i + 1]) not in cost:
+                    if (not cuts[i - 1] < b < cuts[i + 1] or (cuts[i - 1], b) not in cost
+                            or (b, cuts[i + 1]) not in cost):
                         continue
                     trial = cuts[:i] + [b] + cuts[i + 1:]
                     w, p = evaluate(trial)
