@@ -37,18 +37,6 @@ import time
 INTERVAL = 0.05
 
 
-def _hwm(pid: int | str) -> int | None:
-    """A process' own peak resident set size (bytes), from /proc; None where there is no /proc."""
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
 def _rss_hwm(pid: int) -> tuple[int | None, int | None]:
     """A process' resident set size and own peak (bytes), in one read of /proc/<pid>/status."""
     rss = hwm = None
@@ -151,36 +139,33 @@ class TreeMonitor:
         self._thread.start()
         return self
 
-    def _sample(self) -> None:
+    def _sizes(self) -> list[tuple[int, int | None]]:
+        """(resident size, own peak or None) of every process in the tree that is still there."""
         pids = _tree(self.proc.pid) if self._fast else None
         if pids is not None:
-            total = 0
-            for pid in pids:
-                rss, hwm = _rss_hwm(pid)
-                if rss is None:                 # exited between the listing and the read
-                    continue
-                total += rss
-                if hwm is not None and hwm > self.peak_single:
-                    self.peak_single = hwm
-            self._record(total)
-            return
+            sizes = [_rss_hwm(pid) for pid in pids]
+            return [(rss, hwm) for rss, hwm in sizes if rss is not None]     # None: exited since the listing
         ps = self._psutil
         try:
             procs = [self.proc, *self.proc.children(recursive=True)]
         except ps.Error:
-            return
-        total = 0
+            return []
+        out = []
         for p in procs:
             try:
-                total += p.memory_info().rss
+                out.append((p.memory_info().rss, _rss_hwm(p.pid)[1]))
             except ps.Error:          # exited between the listing and the read
                 continue
-            hwm = _hwm(p.pid)
+        return out
+
+    def _sample(self) -> None:
+        sizes = self._sizes()
+        if not sizes:
+            return
+        for _rss, hwm in sizes:
             if hwm is not None and hwm > self.peak_single:
                 self.peak_single = hwm
-        self._record(total)
-
-    def _record(self, total: int) -> None:
+        total = sum(rss for rss, _hwm in sizes)
         self.samples += 1
         if total > self.peak:
             self.peak = total
