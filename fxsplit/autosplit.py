@@ -400,10 +400,11 @@ def _offer_layer_splits(gm, workers: int, cm: CostModel, precision: str, input_p
     return layersplit.apply(gm, bounds) if bounds else {}
 
 
-def splits_layers_by_default(flow: str, exact_accum: bool, io_type: str) -> bool:
-    """``split_layers=None``: auto cuts inside wide Linear layers in the open RTL flow with exact accumulation (its
-    default), where a layer's Yosys time is the build's; elsewhere only when asked (``split_layers=True``)."""
-    return flow == "rtl" and bool(exact_accum) and io_type == "io_parallel"
+def splits_layers_by_default(flow: str, io_type: str) -> bool:
+    """``split_layers=None``: auto cuts inside wide Linear layers in the fully parallel open RTL flow, where a
+    layer's Yosys time is the build's; elsewhere only when asked (``split_layers=True``). The pieces of a layer
+    keep its accumulator type, exact or not (``lower._pin_split_layers``)."""
+    return flow == "rtl" and io_type == "io_parallel"
 
 
 def auto_splits(model, input_shape, workers: int | None = None, config: dict | None = None, flow: str = "rtl",
@@ -415,8 +416,7 @@ def auto_splits(model, input_shape, workers: int | None = None, config: dict | N
     import os
     cfg = dict(config or {})
     if split_layers is None:
-        split_layers = splits_layers_by_default(flow, cfg.get("exact_accum", flow == "rtl"),
-                                                cfg.get("io_type", "io_parallel"))
+        split_layers = splits_layers_by_default(flow, cfg.get("io_type", "io_parallel"))
     plan = plan_auto(model, input_shape, workers or os.cpu_count() or 1,
                      precision=str(cfg.get("precision", "fixed<16,6>")), input_precision=cfg.get("input_precision"),
                      flow=flow, synth=bool(cfg.get("synth", True)), reference=reference, splits=splits,

@@ -12,6 +12,7 @@ from .errors import FxsplitError
 from .flows import FLOWS, get_flow
 from .ir import Partitioning
 from .lower import hls4ml_layer_names, lower, normalize_config
+from .lower.convert import accumulator_changes
 from .autosplit import plan_auto, splits_layers_by_default
 from .costmodel import CostModel, annotate, partition_features
 from .partitioner import partition as make_partitioning
@@ -156,7 +157,7 @@ def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", co
                          input_precision=fc0.input_precision, flow=flow, synth=fc0.synth,
                          reference=reference, cost_model=costs, max_job_memory=max_job_memory,
                          memory_model=mem_model,
-                         split_layers=(splits_layers_by_default(flow, fc0.exact_accum, fc0.io_type)
+                         split_layers=(splits_layers_by_default(flow, fc0.io_type)
                                        if split_layers is None else split_layers))
         splits = plan.splits
     pt: Partitioning = make_partitioning(model, input_shape, splits)
@@ -209,7 +210,8 @@ def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", co
             design.report["brevitas"] = lowered.brevitas.to_dict()
         design.report["numerics"] = {
             "config": "hls_config (the user's hls4ml config)" if fc.from_hls_config else "fxsplit config",
-            "default_precision": fc.precision, "io_type": fc.io_type, "exact_accum": bool(fc.exact_accum)}
+            "default_precision": fc.precision, "io_type": fc.io_type, "exact_accum": bool(fc.exact_accum),
+            "accumulators_changed": accumulator_changes(pt, fc, lowered)}
         design.write_report()
     return design
 

@@ -397,6 +397,9 @@ def render_html(report: dict) -> str:
     num = report.get("numerics")
     if isinstance(num, dict) and num:
         h.append(f'<div class="muted">numerics: {_esc(_numerics(num))}</div>')
+        if _accum_lines(num):
+            h.append('<div class="muted">accumulators made exact (plain hls4ml\'s type -> this design\'s): '
+                     + "; ".join(f"<code>{_esc(x)}</code>" for x in _accum_lines(num)) + "</div>")
     bq = report.get("brevitas")
     if isinstance(bq, dict):
         h.append("<h2>brevitas quantizers, read exactly</h2>" + _brevitas_html(bq))
@@ -544,8 +547,16 @@ def _brevitas_html(bq: dict) -> str:
 
 
 def _numerics(num: dict) -> str:
+    changed = num.get("accumulators_changed") or []
+    exact = ("off (as hls4ml)" if not num.get("exact_accum") else
+             f"on, {len(changed)} accumulator(s) changed from plain hls4ml's" if changed else "on")
     return (f"{num.get('config')}, default precision {num.get('default_precision')}, {num.get('io_type')}, "
-            f"exact accumulators {'on' if num.get('exact_accum') else 'off (as hls4ml)'}")
+            f"exact accumulators {exact}")
+
+
+def _accum_lines(num: dict) -> list[str]:
+    """Each accumulator exact_accum replaced: layer, plain hls4ml's type -> the exact type."""
+    return [f"{c.get('layer')}: {c.get('from')} -> {c.get('to')}" for c in (num.get("accumulators_changed") or [])]
 
 
 def _resources(res: dict) -> str:
@@ -704,6 +715,8 @@ def format_text(report: dict, width: int = 120) -> str:
               + (f", {c['skipped']} skipped" if c["skipped"] else ""), markup=False)
     if isinstance(report.get("numerics"), dict):
         con.print("numerics: " + _numerics(report["numerics"]), markup=False)
+        for line in _accum_lines(report["numerics"]):
+            con.print(f"  accumulator {line}", markup=False)
     bq = report.get("brevitas")
     if isinstance(bq, dict):
         con.print(f"brevitas: {len(bq.get('quantizers') or [])} quantized layers read exactly; "

@@ -21,6 +21,7 @@ _OVERRIDE_KEYS = {"precision", "reuse_factor", "strategy"}
 # InputShape is checked against compile's input_shape); any other section is refused, never ignored
 _HLS_SECTIONS = {"Model", "LayerType", "LayerName", "PytorchModel", "InputShape"}
 _ACCUM_MODULES = ("Linear", "Conv1d", "Conv2d")
+_HLS4ML_CLASS = {"Linear": "Dense", "Conv1d": "Conv1D", "Conv2d": "Conv2D"}    # hls4ml's LayerType names
 
 
 
@@ -45,8 +46,9 @@ class FlowConfig:
     clock_period: float = 5.0
     latency_cutoff: float | None = None
     synth: bool = True                # rtl flow: run Yosys on every partition
-    exact_accum: bool | None = None   # accum_t 'auto' (exact sums) for Dense/Conv unless a layer sets it;
-                                      # None: the flow decides (rtl: on; hls4ml: off, as hls4ml)
+    exact_accum: bool | None = None   # accum_t 'auto' (exact sums) for Dense/Conv unless the config names it;
+                                      # None: off with an hls_config (as hls4ml), else the flow decides (rtl: on)
+    accum_changes: dict[str, str] = field(default_factory=dict)   # fx node -> the accumulator exact_accum replaced
     csim_opt: str = "-O3"             # g++ optimisation of the C-simulation library (numerics do not depend on it)
     tb_vectors: int = 200             # vitis flow: random samples in the vendor testbench's vectors
     csim_pch: bool = True             # precompiled hls4ml headers, once per host (speed only; same bits)
@@ -119,18 +121,67 @@ def normalize_config(config: dict | None, pt: Partitioning, hls_config: dict | N
     else:
         _from_fxsplit_config(fc, config, pt, alias, part_of)
     if fc.exact_accum is None:
-        fc.exact_accum = exact_accum_default
+        # the user's hls4ml config is the config: every layer keeps the accumulator plain hls4ml gives it, unless
+        # exact accumulators are asked for by name; fxsplit's own config takes the flow's default
+        fc.exact_accum = False if fc.from_hls_config else exact_accum_default
+    if not isinstance(fc.exact_accum, bool):
+        raise FxsplitError(f"config exact_accum must be True or False, got {fc.exact_accum!r}")
     if fc.exact_accum:
-        # exact accumulation: hls4ml otherwise casts every product into the accumulator type (the default
-        # precision, wrapping); an explicit accum setting of a layer wins
-        for g in graphs:
-            for n in g.graph.nodes:
-                if n.op == "call_module" and type(g.get_submodule(n.target)).__name__ in _ACCUM_MODULES:
-                    prec = fc.layer_name.setdefault(n.name, {}).setdefault("Precision", {})
-                    if isinstance(prec, dict):
-                        prec.setdefault("accum", "auto")
+        _exact_accumulators(fc, graphs)
     _settle_split_layers(fc, pt)
     return fc
+
+
+def given_precision(fc: FlowConfig, node: str, hls_class: str, var: str) -> str | None:
+    """The type hls4ml gives variable ``var`` (``accum``, ``result``, ...) of layer ``node`` (an fx node name) of
+    hls4ml class ``hls_class`` under this config, by hls4ml's own precedence (``HLSConfig.get_precision``):
+    LayerName[var], LayerName default, LayerType[var], LayerType default, Model[var], Model default."""
+    def pick(prec, allow_default=True):
+        if isinstance(prec, dict):
+            got = prec.get(var)
+            return got if got is not None or not allow_default else prec.get("default")
+        return prec if allow_default and prec is not None else None
+
+    got = pick((fc.layer_name.get(node) or {}).get("Precision"))
+    if got is None:
+        lt = {k.lower(): v for k, v in fc.layer_type.items() if isinstance(v, dict)}
+        got = pick((lt.get(hls_class.lower()) or {}).get("Precision"))
+    if got is None:
+        got = pick(fc.model.get("Precision"))
+    return None if got is None else str(got)
+
+
+def _explicit(fc: FlowConfig, node: str, hls_class: str, var: str) -> bool:
+    """Whether the config names ``var`` itself (not through a default) for this layer at any level."""
+    def names(prec) -> bool:
+        return isinstance(prec, dict) and prec.get(var) is not None
+    lt = {k.lower(): v for k, v in fc.layer_type.items() if isinstance(v, dict)}
+    return (names((fc.layer_name.get(node) or {}).get("Precision")) or
+            names((lt.get(hls_class.lower()) or {}).get("Precision")) or names(fc.model.get("Precision")))
+
+
+def _exact_accumulators(fc: FlowConfig, graphs) -> None:
+    """``exact_accum``: every Linear/Conv whose accumulator the config does not name (an ``accum`` key at the
+    LayerName, LayerType or Model level) gets ``accum = 'auto'`` (hls4ml sizes it to hold every sum exactly);
+    hls4ml would otherwise cast every product and partial sum into the layer's default precision, wrapping.
+    Each changed layer is recorded with the type plain hls4ml would have given it (``fc.accum_changes``)."""
+    for g in graphs:
+        for n in g.graph.nodes:
+            if n.op != "call_module":
+                continue
+            kind = type(g.get_submodule(n.target)).__name__
+            if kind not in _ACCUM_MODULES:
+                continue
+            hls_class = _HLS4ML_CLASS[kind]
+            if _explicit(fc, n.name, hls_class, "accum"):
+                continue
+            before = given_precision(fc, n.name, hls_class, "accum")
+            lc = fc.layer_name.setdefault(n.name, {})
+            prec = lc.get("Precision")
+            prec = {"default": prec} if isinstance(prec, str) else dict(prec or {})
+            prec["accum"] = "auto"
+            lc["Precision"] = prec
+            fc.accum_changes.setdefault(n.name, before or DEFAULT_PRECISION)
 
 
 def _settle_split_layers(fc: FlowConfig, pt: Partitioning) -> None:
