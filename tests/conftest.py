@@ -14,12 +14,24 @@ HAVE_ICARUS = shutil.which("iverilog") is not None and shutil.which("vvp") is no
 needs_icarus = pytest.mark.skipif(not HAVE_ICARUS, reason="Icarus Verilog (iverilog, vvp) is not installed: "
                                                           "apt-get install iverilog (needs root)")
 
+# scripts/test.sh, run as root, has just installed these tools (scripts/setup.sh): there a missing one is an error
+# of the set-up, not a reason to skip the tests that need it
+REQUIRED_TOOLS = os.environ.get("FXSPLIT_REQUIRE_TOOLS", "").split()
+
+
+def pytest_sessionstart(session):
+    missing = [t for t in REQUIRED_TOOLS if shutil.which(t) is None]
+    if missing:
+        raise pytest.UsageError(f"FXSPLIT_REQUIRE_TOOLS names {', '.join(missing)}, which is not on PATH: the tests "
+                                "that need it would skip; install it (scripts/setup.sh as root) or unset the variable")
+
+
 # Small C-simulation libraries compile twice as fast at -O0; numerics do not depend on it.
 FAST = {"csim_opt": "-O0"}
 
 # The longest test files first: with pytest-xdist's --dist loadfile (scripts/test.sh) each file runs whole on one
 # worker, in collection order, so a long file collected last ran alone at the end (test_zoo_rtl.py: about 10 min
-# with the other core idle, stop 21's CI run). The order inside a file is kept.
+# with the other core idle). The order inside a file is kept.
 HEAVY_FIRST = ("test_zoo_rtl.py", "test_brevitas.py", "test_cli.py", "test_rtl_stream.py", "test_layersplit.py")
 
 
@@ -41,7 +53,7 @@ def random_inputs(rng, shape, n=200, scale=4.0):
 def sigint_state() -> dict:
     """How this process treats SIGINT: the Python-level handler, and from the kernel (/proc) whether it is ignored
     process-wide or blocked in the main thread. Children inherit an ignored or blocked SIGINT, so a test that
-    leaves either behind breaks every later Ctrl-C test on its worker (seen once in CI, stop 23)."""
+    leaves either behind breaks every later Ctrl-C test on its worker."""
     import signal
     state = {"handler": signal.getsignal(signal.SIGINT)}
     try:
