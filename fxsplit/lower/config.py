@@ -261,16 +261,19 @@ def _from_hls_config(fc: FlowConfig, hls_config: dict, hls_names: dict[str, str]
                                     "backend, part, clock_period) go in config")
     if "InputShape" in hls_config:
         given = hls_config["InputShape"]
-        given = [tuple(given)] if given and all(isinstance(d, int) for d in given) else [tuple(g) for g in given]
+        one = given and all(d is None or isinstance(d, int) for d in given)
+        given = [tuple(given)] if one else [tuple(g) for g in given]
+        # hls4ml also takes the shape with its batch dimension left open: (None, 4)
+        given = [g[1:] if g and g[0] is None else g for g in given]
         if given != [p.torch_shape for p in pt.inputs]:
             raise FxsplitError(f"hls_config InputShape {hls_config['InputShape']!r} differs from the input shape(s) "
                                f"{[p.torch_shape for p in pt.inputs]} given to compile",
                                hint="pass the same input shape to both")
     model = copy.deepcopy(hls_config["Model"])
-    conv = model.get("ChannelsLastConversion", "full")
+    conv = model.get("ChannelsLastConversion", "off")        # hls4ml's converter: no key is 'off'
     if conv not in ("full", "internal", "off"):
         raise FxsplitError(f"hls_config Model ChannelsLastConversion={conv!r} is not one hls4ml knows",
-                           hint="use 'full' (hls4ml's default), 'internal' or 'off'")
+                           hint="use 'full' (config_from_pytorch_model's default), 'internal' or 'off'")
     fc.model = model
     fc.from_hls_config = True
     prec = model.get("Precision")

@@ -35,7 +35,39 @@ def _supported_ops() -> set[str]:
     from hls4ml.converters.pytorch_to_hls import get_supported_pytorch_layers
 
     from . import quant  # noqa: F401  (registers fxsplit's exact quantized layers)
-    return set(get_supported_pytorch_layers()) | {"Dropout", "Sequential", "getitem"}
+    return set(get_supported_pytorch_layers()) | {"Sequential", "getitem", *_NO_OPS}
+
+
+# modules that compute nothing in eval mode: hls4ml's parser skips a Dropout (its consumers read its input), and
+# fxsplit treats an Identity the same way (hls4ml's parser refuses it). Both are taken out of every module handed
+# to hls4ml (``_without_noops``), so that one at a partition's start or end converts like one inside it.
+_NO_OPS = ("Dropout", "Identity")
+
+
+def _is_noop(node: torch.fx.Node, module: torch.nn.Module) -> bool:
+    """``node`` calls a Dropout or an Identity module of ``module`` on one tensor."""
+    if node.op != "call_module" or not node.args or not isinstance(node.args[0], torch.fx.Node):
+        return False
+    try:
+        return type(module.get_submodule(node.target)).__name__ in _NO_OPS
+    except AttributeError:
+        return False
+
+
+def _without_noops(module: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """``module`` without its Dropout and Identity calls (a copy; their consumers, outputs included, read their
+    input). hls4ml's parser gives a skipped Dropout the shape of the layer it parsed last, which does not exist
+    when the Dropout reads a partition's input (the conversion failed inside hls4ml) and is another tensor's
+    where the Dropout reads a tensor other than the one parsed last."""
+    if not any(_is_noop(n, module) for n in module.graph.nodes):
+        return module
+    module = copy.deepcopy(module)
+    for n in [n for n in module.graph.nodes if _is_noop(n, module)]:
+        n.replace_all_uses_with(n.args[0])
+        module.graph.erase_node(n)
+    module.delete_all_unused_submodules()
+    module.recompile()
+    return module
 
 
 def _merge_handler(op: str) -> bool:
@@ -118,13 +150,12 @@ def _safe_placeholders(module: torch.fx.GraphModule) -> tuple[torch.fx.GraphModu
 def hls4ml_source(module: torch.fx.GraphModule, name: str) -> str:
     """The node whose hls4ml layer holds tensor ``name``: hls4ml's parser has no layer for ``getitem`` (it
     reads the indexed node's layer instead, e.g. ``lstm(x)[0][:, -1, :]`` is the LSTM layer's output) nor for a
-    ``Dropout`` (skipped), so those resolve to their source, as hls4ml resolves them."""
+    ``Dropout`` or an ``Identity`` (taken out before conversion), so those resolve to their source."""
     import operator
     node = next((n for n in module.graph.nodes if n.name == name), None)
     while node is not None and isinstance(node.args[0] if node.args else None, torch.fx.Node) and (
-            (node.op == "call_function" and node.target is operator.getitem) or
-            (node.op == "call_module" and type(module.get_submodule(node.target)).__name__ == "Dropout")):
-        node = node.args[0]         # (hls4ml skips a Dropout: its consumers read its input)
+            (node.op == "call_function" and node.target is operator.getitem) or _is_noop(node, module)):
+        node = node.args[0]         # (a Dropout or Identity is no layer: its consumers read its input)
     return node.name if node is not None else name
 
 
@@ -243,12 +274,24 @@ def reference_config(cfg: dict) -> dict:
     return out
 
 
+def channels_last_conversion(fc: FlowConfig) -> str:
+    """The ChannelsLastConversion hls4ml applies under ``fc``: the config's; without one, 'off' for a user's
+    hls_config (hls4ml's converter converts nothing when the key is absent, although
+    ``config_from_pytorch_model`` writes 'full' by default), fxsplit's channels-last ports otherwise."""
+    conv = fc.model.get("ChannelsLastConversion")
+    if conv is None:
+        return "off" if fc.from_hls_config else "internal"
+    return conv
+
+
 def make_spec(name: str, module: torch.fx.GraphModule, input_names: list[str], input_shapes: list[tuple[int, ...]],
               output_names: list[str], input_precisions: dict[str, str], fc: FlowConfig) -> ModelSpec:
     """The hls4ml config of one partition: the uncut model's config (``fc``) restricted to this partition's
     layers, renamed to the names hls4ml gives them here, with every input that crosses a cut pinned to the
-    type its producer emits (``input_precisions``; model inputs keep the user's setting)."""
-    module, renamed = _safe_placeholders(module)
+    type its producer emits (``input_precisions``; model inputs keep the user's setting).
+    hls4ml converts ``module`` without its Dropout and Identity calls (``_without_noops``)."""
+    sources = [hls4ml_source(module, o) for o in output_names]
+    module, renamed = _safe_placeholders(_without_noops(module))
     nmap = _name_map(module)
     for port, new in renamed.items():        # keyed by port names again, as every flow expects
         nmap[port] = nmap.pop(new)
@@ -256,7 +299,7 @@ def make_spec(name: str, module: torch.fx.GraphModule, input_names: list[str], i
     model_cfg = copy.deepcopy(fc.model)
     # layout only: ports stay channels-last, fxsplit transposes at the model's inputs and outputs
     # ('off' keeps PyTorch's layout everywhere, ports included: see Partitioning.keep_torch_layout)
-    if model_cfg.get("ChannelsLastConversion") != "off":
+    if channels_last_conversion(fc) != "off":
         model_cfg["ChannelsLastConversion"] = "internal"
     model_cfg["TransposeOutputs"] = False
     layer_cfg = {nmap[node]: copy.deepcopy(lc) for node, lc in fc.layer_name.items() if node in nmap}
@@ -268,7 +311,7 @@ def make_spec(name: str, module: torch.fx.GraphModule, input_names: list[str], i
     cfg = {"Model": model_cfg, "LayerName": layer_cfg}
     if fc.layer_type:
         cfg["LayerType"] = copy.deepcopy(fc.layer_type)
-    return ModelSpec(name, module, shapes, [nmap[hls4ml_source(module, o)] for o in output_names], cfg, fc.io_type,
+    return ModelSpec(name, module, shapes, [nmap[src] for src in sources], cfg, fc.io_type,
                      fc.backend,
                      fc.part, fc.clock_period, fc.csim_opt, nmap, fc.csim_pch)
 
@@ -372,7 +415,7 @@ def lower(pt: Partitioning, fc: FlowConfig, output_dir: str) -> Lowered:
                            hint="cut before or after the layer instead")
     parts = pt.partitions if bq is None else freeze_partitions(pt, bq)
     exact_uncut = uncut if bq is None else bq.freeze(uncut)
-    if fc.model.get("ChannelsLastConversion") == "off":
+    if channels_last_conversion(fc) == "off":
         pt.keep_torch_layout()
     if fc.from_hls_config:
         # plain hls4ml's predict returns channels-last outputs unless the config says TransposeOutputs
@@ -394,6 +437,8 @@ def lower(pt: Partitioning, fc: FlowConfig, output_dir: str) -> Lowered:
         _pin_split_layers(pt, fc, mono, mono_spec.name_map)
     for part in parts:
         check_layers(part, pt.graph if bq is None else exact_uncut)
+        if all(_is_noop(n, part.module) for n in part.module.graph.nodes if n.op in _COMPUTE_OPS):
+            raise _holds_nothing(part, pt.graph if bq is None else exact_uncut)     # (only Dropout/Identity)
         spec = make_spec(part.name, part.module, [p.name for p in part.inputs], [p.torch_shape for p in part.inputs],
                          [p.name for p in part.outputs],
                          {p.name: precisions[p.name] for p in part.inputs if p.name not in model_inputs}, fc)
@@ -518,26 +563,95 @@ def _check_graph(hm, part: Partition, uncut: torch.fx.GraphModule, backend: str,
                 f"hls4ml's {backend} backend writes no code for layer {layer.name!r} ({layer.class_name}): the design "
                 "would read data nothing wrote (plain hls4ml builds it the same way, silently wrong)",
                 partition=part.name, hint="replace the layer with one hls4ml implements for this backend")
-    if set(hm.outputs) & set(hm.inputs):
-        raise FxsplitError(f"partition {part.name!r} holds nothing hls4ml keeps (a reshape it drops in io_parallel): "
-                           "its input would be its output", partition=part.name,
-                           hint="move the cut so that the reshape shares a partition with a layer")
+    passed = [port.name for port, layer in zip(part.outputs, hm.outputs) if layer in hm.inputs]
+    if passed:
+        raise _holds_nothing(part, uncut, None if len(passed) == len(part.outputs) else passed)
     _check_sizes(hm, part.inputs, part.outputs, f"partition {part.name!r}", uncut, part.name)
     for port, layer_name in zip(part.outputs, hm.outputs):
-        node = nodes.get(port.name)
+        node = nodes.get(hls4ml_source(uncut, port.name))      # (a Dropout after a flatten hands the flatten on)
         if channels_last and node is not None and _flattens(uncut, node) and not _transposed(hm, layer_name):
-            users = ", ".join(repr(u.name) for u in node.users)
+            users = ", ".join(repr(u.name) for u in nodes[port.name].users)
             raise err(f"the flattened tensor {port.name!r} leaves partition {part.name!r} in hls4ml's channels-last "
                       f"order: hls4ml reorders the weights of the layers that read it inside the partition instead of "
                       f"transposing it, so the partitions after the cut would read it in another order than PyTorch's "
                       f"(it is read by {users})", port.name,
-                      f"cut before the flatten (splits=[{str(node.target) if node.op == 'call_module' else node.name!r}]) "
-                      "or after every layer that reads it")
+                      f"cut before the flatten (splits=[{_split_name(node)!r}]) or after every layer that reads it")
         if f"pre_transpose_for_{layer_name}" in hm.graph and f"post_transpose_for_{layer_name}" not in hm.graph:
+            port_node = nodes.get(port.name)
+            later = _op_after(uncut, next(iter(port_node.users))) if port_node is not None and len(
+                port_node.users) == 1 else None
             raise err(f"the cut after {port.name!r} takes the output of a layer hls4ml computes channels-first "
                       f"({hm.graph[layer_name].class_name}) and transposes back only where another layer reads it: "
                       "at a partition's end the data would stay channels-first", port.name,
-                      "cut one layer later (after the layer that reads it), or before it")
+                      "cut one layer later (after the layer that reads it" +
+                      (f": splits=[{_split_name(later)!r}]" if later is not None else "") + "), or before it" +
+                      (f" (splits=[{_split_name(port_node)!r}])" if port_node is not None else ""))
+
+
+_COMPUTE_OPS = ("call_module", "call_function", "call_method")
+
+
+def _split_name(n: torch.fx.Node) -> str:
+    """What ``splits`` names to cut right before node ``n``: its module, else the node."""
+    return str(n.target) if n.op == "call_module" else n.name
+
+
+def _op_after(gm: torch.fx.GraphModule, node: torch.fx.Node) -> torch.fx.Node | None:
+    """The operation after ``node`` in program order (where a cut right after ``node`` is given), else None."""
+    ops = [n for n in gm.graph.nodes if n.op in _COMPUTE_OPS]
+    i = next((k for k, n in enumerate(ops) if n is node), None)
+    return ops[i + 1] if i is not None and i + 1 < len(ops) else None
+
+
+def _keeps_nothing(gm: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
+    """hls4ml may keep no layer of its own for ``node``: a Dropout or Identity, a getitem, or a change of shape
+    only (a reshape hls4ml drops at the end of a graph in io_parallel)."""
+    import operator
+
+    from ..capture import reshapes
+    return (_is_noop(node, gm) or reshapes(gm, node) or
+            (node.op == "call_function" and node.target in (operator.getitem, torch.squeeze, torch.unsqueeze)) or
+            (node.op == "call_method" and node.target in ("squeeze", "unsqueeze")))
+
+
+def _kinds(part: Partition, gm: torch.fx.GraphModule) -> str:
+    """What partition ``part`` holds, for a message: "Dropout '_2'", "unsqueeze 'unsqueeze'"."""
+    nodes = {n.name: n for n in gm.graph.nodes}
+    out = []
+    for name in part.nodes:
+        n = nodes[name]
+        kind = type(gm.get_submodule(n.target)).__name__ if n.op == "call_module" else _op_name(n, gm)
+        out.append(f"{kind} {name!r}")
+    return ", ".join(out)
+
+
+def _holds_nothing(part: Partition, gm: torch.fx.GraphModule, passed: list[str] | None = None) -> FxsplitError:
+    """The refusal of a partition with no layer hls4ml keeps (``passed``: only these outputs are its inputs,
+    handed on through such operations), naming the nearest cuts that give it one."""
+    what = (f"partition {part.name!r} holds nothing hls4ml keeps (only {_kinds(part, gm)}): its input would be its "
+            "output" if passed is None else
+            f"partition {part.name!r} hands {', '.join(map(repr, passed))} on unchanged (hls4ml keeps no layer between "
+            "its input and that output): its input would be its output")
+    return FxsplitError(what, partition=part.name,
+                        hint=f"{_cuts_around(part, gm)}, so that the partition holds a layer hls4ml keeps")
+
+
+def _cuts_around(part: Partition, gm: torch.fx.GraphModule) -> str:
+    """The nearest cuts that give partition ``part`` a layer hls4ml keeps: the cut after it moved past the next such
+    layer, or the cut before it moved before the previous one (where that leaves the partition before a layer)."""
+    ops = [n for n in gm.graph.nodes if n.op in _COMPUTE_OPS]
+    where = {n.name: i for i, n in enumerate(ops)}
+    first, last = where[part.nodes[0]], where[part.nodes[-1]]
+    alts = []
+    later = next((i for i in range(last + 1, len(ops)) if not _keeps_nothing(gm, ops[i])), None)
+    if later is not None and later + 1 < len(ops):
+        alts.append(f"cut after {ops[later].name!r} (splits=[{_split_name(ops[later + 1])!r}])")
+    earlier = next((i for i in range(first - 1, -1, -1) if not _keeps_nothing(gm, ops[i])), None)
+    if earlier is not None and any(not _keeps_nothing(gm, ops[i]) for i in range(earlier)):
+        alts.append(f"{'' if alts else 'cut '}before {ops[earlier].name!r} (splits=[{_split_name(ops[earlier])!r}])")
+    if not alts:
+        return "remove the cut (none near it leaves a layer hls4ml keeps on both sides)"
+    return " or ".join(alts) + " instead"
 
 
 def _transposed(hm, layer_name: str) -> bool:
@@ -610,24 +724,25 @@ def _in_graph(hm, name: str | None, flat: bool = True):
     return None
 
 
-def _legal_cuts_near(node: torch.fx.Node, kept) -> str:
+def _legal_cuts_near(node: torch.fx.Node, kept, refused: torch.fx.Node | None = None) -> str:
     """Where a cut through the group hls4ml merged ``node`` into is legal: before the group's first layer or
-    after its last one (``kept(name)``: hls4ml keeps that node as a layer of its own in the uncut model)."""
+    after its last one (``kept(name)``: hls4ml keeps that node as a layer of its own in the uncut model).
+    ``refused``: the refused cut is the one right after this node, so a group ending there goes on at least
+    through the layer that reads it (the refused cut itself is never suggested)."""
     start = node
     while not kept(start.name) and start.all_input_nodes:
         start = start.all_input_nodes[0]
     end = node
     while len(end.users) == 1 and not kept(next(iter(end.users)).name) and next(iter(end.users)).op != "output":
         end = next(iter(end.users))
+    if end is refused and len(end.users) == 1 and next(iter(end.users)).op != "output":
+        end = next(iter(end.users))
     after = next(iter(end.users)) if len(end.users) == 1 else None
 
-    def split_name(n: torch.fx.Node) -> str:
-        return str(n.target) if n.op == "call_module" else n.name
-
-    alt = [f"cut after {end.name!r}" + (f" (splits=[{split_name(after)!r}])" if after is not None and
+    alt = [f"cut after {end.name!r}" + (f" (splits=[{_split_name(after)!r}])" if after is not None and
                                          after.op != "output" else "")]
     if start.op != "placeholder":
-        alt.append(f"before {start.name!r} (splits=[{split_name(start)!r}])")
+        alt.append(f"before {start.name!r} (splits=[{_split_name(start)!r}])")
     return " or ".join(alt) + " instead, so that no group hls4ml merges is split"
 
 
@@ -660,7 +775,8 @@ def _check_boundaries(pt: Partitioning, mono, nmap: dict[str, str], graphs: dict
 
     for part in pt.partitions:
         pmap = specs[part.name].name_map
-        outs = {p.name for p in part.outputs}
+        # (a port that is a Dropout or Identity hands on its input: a Reshape before one ends the partition too)
+        outs = {p.name for p in part.outputs} | {hls4ml_source(pt.graph, p.name) for p in part.outputs}
         for node_name in part.nodes:
             in_part = _in_graph(graphs[part.name], pmap.get(node_name), flat(node_name)) is not None
             if pt.origin(node_name) != node_name:      # a piece of a split layer, or a Concatenate joining them
@@ -680,7 +796,7 @@ def _check_boundaries(pt: Partitioning, mono, nmap: dict[str, str], graphs: dict
             raise FxsplitError(
                 f"hls4ml merges {node_name!r} into {producer!r} in the uncut model, but the cut keeps them apart"
                 if not in_mono else f"hls4ml merges {node_name!r} with a neighbour inside partition {part.name!r} "
-                "but not in the uncut model", partition=part.name, module=str(node.target), source=node_source(node),
+                "but not in the uncut model", partition=part.name, module=_split_name(node), source=node_source(node),
                 hint=f"the partitioned design could not equal the uncut one bit for bit; "
                      f"{_legal_cuts_near(node, kept)}")
     for part in pt.partitions:          # (every fusion first: a split group is named as such, not as a type)
@@ -704,12 +820,12 @@ def _check_boundaries(pt: Partitioning, mono, nmap: dict[str, str], graphs: dict
                 raise FxsplitError(
                     f"the cut after {port.name!r} (end of partition {part.name!r}) splits a group of layers hls4ml "
                     "merges in the uncut model; the partitioned design could not equal the uncut one bit for bit",
-                    partition=part.name, module=str(node.target), source=node_source(node),
-                    hint=_legal_cuts_near(node, kept))
+                    partition=part.name, module=_split_name(node), source=node_source(node),
+                    hint=_legal_cuts_near(merged if merged is not None else node, kept, refused=node))
             if mono_prec != port.precision:
                 raise FxsplitError(
                     f"the tensor {port.name!r} has type {port.precision} at the cut but {mono_prec} in the uncut "
-                    "model", partition=part.name, module=str(node.target), source=node_source(node),
+                    "model", partition=part.name, module=_split_name(node), source=node_source(node),
                     hint="set an explicit result precision for this layer in config['layers']")
     for port in pt.outputs:
         type_width(port.precision, f"model output {port.name!r}")
