@@ -36,7 +36,7 @@ from fxsplit.autosplit import plan_auto  # noqa: E402
 from fxsplit.partitioner import strip_markers  # noqa: E402
 from fxsplit.build import predict_wall_time  # noqa: E402
 from fxsplit.costmodel import CostModel  # noqa: E402
-from models import build as build_model  # noqa: E402
+from fxsplit.zoo import build as build_model  # noqa: E402
 
 
 def unmarked(name):

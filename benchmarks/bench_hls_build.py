@@ -63,7 +63,7 @@ from fxsplit import lower as hflow  # noqa: E402
 from fxsplit.flows.hls4ml import csim as csim_mod  # noqa: E402
 from fxsplit import partition  # noqa: E402
 from fxsplit.partitioner import strip_markers  # noqa: E402
-from models import build as build_model  # noqa: E402
+from fxsplit.zoo import build as build_model  # noqa: E402
 
 
 def warm_workers(n: int) -> float:

@@ -46,7 +46,7 @@ import _common as C
 
 import fxsplit  # noqa: E402
 from fxsplit.build import predict_wall_time  # noqa: E402
-from models import build as build_model  # noqa: E402
+from fxsplit.zoo import build as build_model  # noqa: E402
 
 TARGET_NOCHANGE_S = 2.0
 
@@ -70,7 +70,7 @@ _FRESH = """
 import json, sys, time
 sys.path.insert(0, {root!r})
 import fxsplit
-from models import build
+from fxsplit.zoo import build
 model, shape = build({model!r})
 t0 = time.time()
 d = fxsplit.compile(model, shape, flow={flow!r}, config={config!r}, output_dir={out!r}, jobs={jobs!r},

@@ -31,7 +31,7 @@ import _common as C
 
 import fxsplit  # noqa: E402
 from fxsplit.costmodel import CostModel, cache_records  # noqa: E402
-from models import build as build_model  # noqa: E402
+from fxsplit.zoo import build as build_model  # noqa: E402
 
 MiB = 2 ** 20
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import _common as C
 
 import fxsplit  # noqa: E402
-from models import build  # noqa: E402
+from fxsplit.zoo import build  # noqa: E402
 
 
 def _timed(fn, n: int) -> list[float]:

@@ -37,7 +37,7 @@ from fxsplit import lower as hflow  # noqa: E402
 from fxsplit.flows import rtl as rflow  # noqa: E402
 from fxsplit.flows.rtl import lower as rl  # noqa: E402
 from fxsplit import partition  # noqa: E402
-from models import build as build_model  # noqa: E402
+from fxsplit.zoo import build as build_model  # noqa: E402
 
 RES = ("lut", "ff", "carry", "dsp")
 

@@ -19,7 +19,7 @@ import _common as C
 import fxsplit  # noqa: E402
 from fxsplit.costmodel import CostModel, cache_records  # noqa: E402
 from fxsplit.partitioner import strip_markers  # noqa: E402
-from models import build  # noqa: E402
+from fxsplit.zoo import build  # noqa: E402
 
 
 def unmarked(name):

@@ -25,6 +25,13 @@ from .markers import Cut, count_marker_calls, fxsplit_tracing, is_cut_node
 _LEAF_PREFIXES = ("torch.nn", "torch.ao.nn", "brevitas.nn")
 _FXSPLIT_DIR = os.path.dirname(os.path.abspath(__file__))
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
+_ZOO_DIR = os.path.join(_FXSPLIT_DIR, "zoo") + os.sep     # the model zoo is model source, not fxsplit's machinery
+
+
+def _internal(path: str) -> bool:
+    """Whether a frame's file is fxsplit's or torch's own code (never the model's source line)."""
+    path = os.path.abspath(path)
+    return path.startswith((_FXSPLIT_DIR, _TORCH_DIR)) and not path.startswith(_ZOO_DIR)
 
 
 class LeafTracer(torch.fx.Tracer):
@@ -116,8 +123,7 @@ def normalize_shapes(input_shape) -> list[tuple[int, ...]]:
 def _user_frame(tb) -> traceback.FrameSummary | None:
     frames = traceback.extract_tb(tb)
     for fr in reversed(frames):
-        path = os.path.abspath(fr.filename)
-        if not path.startswith((_FXSPLIT_DIR, _TORCH_DIR)) and "<eval_with_key>" not in fr.filename:
+        if not _internal(fr.filename) and "<eval_with_key>" not in fr.filename:
             return fr
     return None
 
@@ -215,7 +221,7 @@ def node_source(node: torch.fx.Node) -> str | None:
     st = node.stack_trace or node.meta.get("stack_trace")
     if not st:
         return None
-    hits = [m for m in _FRAME_RE.finditer(st) if not os.path.abspath(m.group(1)).startswith((_FXSPLIT_DIR, _TORCH_DIR))]
+    hits = [m for m in _FRAME_RE.finditer(st) if not _internal(m.group(1))]
     if not hits:
         return None
     m = hits[-1]

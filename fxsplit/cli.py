@@ -72,8 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compile", help="partition, build and stitch a model",
                        description="Partition, build and stitch a model. MODEL is MODULE:ATTR (or FILE.py:ATTR), "
                        "where ATTR is an nn.Module instance, a class or a zero-argument factory; zoo models "
-                       "are named models:<name> (e.g. models:jet_tagger).")
-    c.add_argument("model", metavar="MODEL", help="MODULE:ATTR, FILE.py:ATTR or models:<zoo name>")
+                       "are named fxsplit.zoo:<name>, models:<name> or just <name> (e.g. jet_tagger).")
+    c.add_argument("model", metavar="MODEL",
+                   help="MODULE:ATTR, FILE.py:ATTR or a zoo model (fxsplit.zoo:<name>, models:<name>, <name>)")
     c.add_argument("--input-shape", type=_shape, action="append", metavar="SHAPE",
                    help="per-sample input shape, PyTorch layout (16 or 3,8,8); once per input "
                         "(optional for zoo models)")
@@ -147,12 +148,28 @@ def _version() -> str:
 
 # ----------------------------------------------------------------------------- model and config
 
+ZOO_MODULES = ("fxsplit.zoo", "models")    # "models:<name>": the older spelling of the zoo, still accepted
+
+
+def _zoo():
+    from . import zoo
+    return zoo
+
+
 def _load_object(spec: str, cwd: str | None = None):
+    """Resolve MODEL: ``fxsplit.zoo:<name>``, ``models:<name>`` or a bare ``<name>`` of the model zoo (the zoo
+    is used without importing any package of the user's named ``models``), else MODULE:ATTR or FILE.py:ATTR
+    (a ``models`` module of the user's own is loaded as any other when ATTR is not a zoo name)."""
     if ":" not in spec:
-        raise _Usage(f"MODEL must be MODULE:ATTR or FILE.py:ATTR, got {spec!r} (e.g. models:jet_tagger)")
+        if spec in _zoo().ZOO:
+            return ("zoo", _zoo(), spec)
+        raise _Usage(f"MODEL must be MODULE:ATTR, FILE.py:ATTR or a zoo model name, got {spec!r} "
+                     f"(e.g. fxsplit.zoo:jet_tagger; zoo models: {', '.join(sorted(_zoo().ZOO))})")
     mod_name, attr = spec.rsplit(":", 1)
     if not mod_name or not attr:
         raise _Usage(f"MODEL must be MODULE:ATTR or FILE.py:ATTR, got {spec!r}")
+    if mod_name in ZOO_MODULES and attr in _zoo().ZOO:
+        return ("zoo", _zoo(), attr)
     base = cwd or os.getcwd()
     if base not in sys.path:
         sys.path.insert(0, base)
@@ -169,18 +186,21 @@ def _load_object(spec: str, cwd: str | None = None):
             module = importlib.import_module(mod_name)
         except ModuleNotFoundError as e:
             if e.name and mod_name.startswith(e.name):
+                if mod_name == "models":
+                    raise FxsplitError(f"{attr!r} is not a zoo model, and no module 'models' can be imported "
+                                       f"(from {base})",
+                                       hint=f"zoo models: {', '.join(sorted(_zoo().ZOO))}") from e
                 raise FxsplitError(f"cannot import module {mod_name!r} (from {base})",
                                    hint="run from the directory that holds it, or set PYTHONPATH") from e
             raise
-    if mod_name == "models" and attr in getattr(module, "ZOO", {}):
-        return ("zoo", module, attr)
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
             known = sorted(n for n in dir(module) if not n.startswith("_"))
-            zoo = sorted(getattr(module, "ZOO", {}))
-            raise FxsplitError(f"module {mod_name!r} has no attribute {attr!r}",
-                               hint=f"zoo models: {', '.join(zoo)}" if zoo else f"it has: {', '.join(known[:15])}")
+            hint = [f"it has: {', '.join(known[:15])}"] if mod_name != "fxsplit.zoo" else []
+            if mod_name in ZOO_MODULES:
+                hint.append(f"zoo models: {', '.join(sorted(_zoo().ZOO))}")
+            raise FxsplitError(f"module {mod_name!r} has no attribute {attr!r}", hint="; ".join(hint))
         obj = getattr(obj, part)
     return ("obj", obj, attr)
 

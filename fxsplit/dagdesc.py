@@ -1,6 +1,7 @@
 """The edges of a partition DAG description (``Partitioning.dag()``, ``stitch.json``), and which of them
 need a deep FIFO when partitions talk by handshake: one function that both stream stitchers call (the
-Vivado one in ``tcl/`` through ``flows/vitis/tcl_desc.py``, the open Verilog one in ``flows/rtl/stream.py``).
+Vivado one in ``flows/vitis/tcl/`` through ``flows/vitis/tcl_desc.py``, the open Verilog one in
+``flows/rtl/stream.py``).
 
 Plain Python, no torch: the vendor-flow description is read on machines that only run Vivado.
 

@@ -19,7 +19,7 @@ from conftest import FAST
 from fxsplit.autosplit import plan_auto
 from fxsplit.costmodel import DEFAULTS, MEM_DEFAULTS, CostModel, StepModel, cache_records, partition_features
 from fxsplit.partitioner import strip_markers
-from models import build
+from fxsplit.zoo import build
 
 ROOT = Path(__file__).resolve().parent.parent
 

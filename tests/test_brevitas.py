@@ -14,8 +14,8 @@ from torch import nn
 import fxsplit
 from conftest import FAST
 from fxsplit.fixed import layout
-from models import build
-from models.qat import calibrate
+from fxsplit.zoo import build
+from fxsplit.zoo.qat import calibrate
 
 
 
@@ -360,7 +360,7 @@ class _BNMLP(nn.Module):
 
 
 def _bn_mlp():
-    from models import randomize_batchnorm
+    from fxsplit.zoo import randomize_batchnorm
     torch.manual_seed(0)
     m = _BNMLP()
     randomize_batchnorm(m, 3)
@@ -402,7 +402,7 @@ class _Features(nn.Module):
 def test_brevitas_examples_tfc_w2a2_with_splits(tmp_path):
     from brevitas_examples.bnn_pynq.models import model_with_cfg
 
-    from models import randomize_batchnorm
+    from fxsplit.zoo import randomize_batchnorm
     torch.manual_seed(0)
     net, _ = model_with_cfg("TFC_2W2A", pretrained=False)
     randomize_batchnorm(net, 0)
@@ -471,7 +471,7 @@ def test_brevitas_examples_cnv_w2a2_with_splits(tmp_path):
     poolings and before the classifier, through the C simulation (io_stream)."""
     from brevitas_examples.bnn_pynq.models import model_with_cfg
 
-    from models import randomize_batchnorm
+    from fxsplit.zoo import randomize_batchnorm
     torch.manual_seed(0)
     net, _ = model_with_cfg("CNV_2W2A", pretrained=False)
     randomize_batchnorm(net, 0)

@@ -132,7 +132,7 @@ def test_compile_with_a_users_hls4ml_config_file(tmp_path, tmp_path_factory):
     import sys as _sys
     _sys.path.insert(0, ROOT)
     from hls4ml.utils.config import config_from_pytorch_model
-    from models import build
+    from fxsplit.zoo import build
     model, shape = build("jet_tagger")
     cfg = config_from_pytorch_model(model, shape, granularity="name", default_precision="fixed<14,6>")
     cfg.pop("PytorchModel")
@@ -174,3 +174,51 @@ def test_scheduler_address_runs_the_build_on_a_dask_cluster(tmp_path, tmp_path_f
                 "--no-progress", timeout=120)
     assert r.returncode != 0 and "cannot reach the Dask scheduler at 'tcp://127.0.0.1:9'" in r.stderr
     assert not (tmp_path / "x").exists()
+
+
+@pytest.fixture
+def isolated_imports(monkeypatch):
+    """sys.path and a module named 'models' as they were: resolving MODEL puts its directory on sys.path."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    saved = sys.modules.pop("models", None)
+    yield
+    sys.modules.pop("models", None)
+    if saved is not None:
+        sys.modules["models"] = saved
+
+
+def test_zoo_names_never_import_a_users_models_package(tmp_path, isolated_imports):
+    """models:<zoo name> (the spelling scripts and users have), fxsplit.zoo:<name> and the bare <name> all give
+    the zoo's model, even run where a package of the user's own named 'models' is importable."""
+    import torch
+    from fxsplit.cli import load_model
+    from fxsplit.zoo import build
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "__init__.py").write_text("raise RuntimeError('the user package was imported')\n")
+    ref, ref_shape = build("jet_tagger", seed=3)
+    for spec in ("models:jet_tagger", "fxsplit.zoo:jet_tagger", "jet_tagger"):
+        model, shape = load_model(spec, seed=3, cwd=str(tmp_path))
+        assert type(model).__name__ == "JetTagger" and shape == ref_shape == (16,), spec
+        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), ref.state_dict().values()))
+        assert "models" not in sys.modules, spec
+
+
+def test_a_users_own_models_module_loads_for_other_names(tmp_path, isolated_imports):
+    from fxsplit.cli import _load_object, _Usage, load_model
+    from fxsplit.errors import FxsplitError
+    (tmp_path / "models.py").write_text("from torch import nn\n\ndef tiny():\n    return nn.Linear(4, 2)\n")
+    model, shape = load_model("models:tiny", cwd=str(tmp_path))
+    assert type(model).__name__ == "Linear" and shape is None
+    assert sys.modules["models"].__file__ == str(tmp_path / "models.py")
+    with pytest.raises(FxsplitError, match="has no attribute 'nope'") as e:
+        _load_object("models:nope", cwd=str(tmp_path))
+    assert "tiny" in str(e.value) and "jet_tagger" in str(e.value)          # theirs, and the zoo's names
+    sys.modules.pop("models")
+    sys.path.remove(str(tmp_path))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FxsplitError, match="'nope' is not a zoo model") as e:  # no 'models' anywhere
+        _load_object("models:nope", cwd=str(empty))
+    assert "jet_tagger" in str(e.value)
+    with pytest.raises(_Usage, match="zoo model"):
+        _load_object("not_a_zoo_name", cwd=str(empty))

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import fxsplit
-import models
+from fxsplit import zoo
 from conftest import FAST, ROOT, random_inputs
 from fxsplit.flows.hls4ml import csim as hflow
 
@@ -29,7 +29,7 @@ def states(design):
 
 @pytest.fixture(scope="module")
 def jet():
-    return models.build("jet_tagger")
+    return zoo.build("jet_tagger")
 
 
 def test_incremental_rebuild_only_the_changed_partition(jet, tmp_path_factory, tmp_path):

@@ -21,7 +21,7 @@ from fxsplit.flows.hls4ml import pch as pch_mod
 from fxsplit.flows.hls4ml.csim import CSim, PCH_EXTRA, csim_job, WEIGHTS_DIR
 from fxsplit.lower import lower, normalize_config
 
-from models import build as build_model
+from fxsplit.zoo import build as build_model
 
 
 @pytest.fixture

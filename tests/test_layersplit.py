@@ -15,7 +15,7 @@ from conftest import FAST
 from fxsplit.autosplit import plan_auto
 from fxsplit.costmodel import DEFAULTS, CostModel, StepModel
 from fxsplit.partitioner import strip_markers
-from models import build
+from fxsplit.zoo import build
 
 P8 = {**FAST, "precision": "fixed<8,3>"}
 

@@ -7,7 +7,7 @@ from torch import nn
 
 import fxsplit
 from fxsplit import Cut, FxsplitError, cut
-from models import build
+from fxsplit.zoo import build
 
 
 class TwoLayer(nn.Module):
@@ -432,7 +432,7 @@ def test_container_split_on_a_model_without_its_markers_cuts_where_it_does_on_th
     assert starts == ["conv", "stage1_1_conv1", "stage2_1_conv1"]
     assert set(starts) <= {p.nodes[0] for p in a.partitions}       # the model's own cuts there, plus its markers
     conv = next(n for n in b.graph.graph.nodes if n.name == "stage2_1_conv1")
-    assert "models/resnet20.py" in (node_source(conv) or "")
+    assert "fxsplit/zoo/resnet20.py" in (node_source(conv) or "")
 
 
 def test_split_naming_a_container_no_operation_is_attributed_to_says_so():

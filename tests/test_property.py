@@ -171,7 +171,7 @@ def quant_dag_and_cuts(draw):
 def test_random_brevitas_dag_equals_uncut_and_brevitas(case, seed, tmp_path_factory):
     """Random brevitas DAGs with random bit widths (2-8) and cuts: partitioned == uncut, and == brevitas' own output
     bit for bit wherever brevitas' float32 arithmetic is exact (else its error is reported and the layers named)."""
-    from models.qat import calibrate
+    from fxsplit.zoo.qat import calibrate
     program, cuts, in_bits = case
     torch.manual_seed(seed)
     model = calibrate(RandomQuantDAG(program, cuts, in_bits), (WIDTH,), seed=seed)

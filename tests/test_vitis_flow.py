@@ -20,7 +20,7 @@ import pytest
 import fxsplit
 from conftest import FAST
 from fxsplit.fixed import layout, raw_to_float
-from models import build
+from fxsplit.zoo import build
 
 HAVE_VITIS = shutil.which("vitis_hls") is not None and shutil.which("vivado") is not None
 
@@ -40,6 +40,29 @@ def test_missing_vendor_tools_stop_before_anything_is_written(tmp_path):
         fxsplit.compile(model, shape, flow="vitis", emit_only=True, config={"backend": "Vivado"},
                         output_dir=tmp_path / "o")
     assert not (tmp_path / "o").exists()
+
+
+def test_missing_stitcher_is_an_error_not_an_incomplete_bundle(tmp_path, monkeypatch):
+    """An install without the Vivado stitcher (package data left out of the wheel) is refused before anything
+    is written, naming the missing files and how to repair the install."""
+    import fxsplit.flows.vitis as vitis
+    model, shape = build("jet_tagger")
+    monkeypatch.setattr(vitis, "TCL_DIR", tmp_path / "nowhere" / "tcl")
+    with pytest.raises(fxsplit.FxsplitError) as e:
+        fxsplit.compile(model, shape, flow="vitis", emit_only=True, config=FAST, output_dir=tmp_path / "o")
+    msg = str(e.value)
+    assert "Vivado stitcher" in msg and "fxsplit_stitch.tcl" in msg and "fxsplit_join.v" in msg
+    assert "reinstall" in msg
+    assert not (tmp_path / "o").exists()
+    partial = tmp_path / "partial" / "tcl"             # the stitcher without its glue RTL
+    partial.mkdir(parents=True)
+    (partial / "fxsplit_stitch.tcl").write_text("# stitcher\n")
+    monkeypatch.setattr(vitis, "TCL_DIR", partial)
+    with pytest.raises(fxsplit.FxsplitError, match="fxsplit_join.v") as e:
+        vitis.stitcher_dir()
+    assert "fxsplit_stitch.tcl" not in e.value.message             # only what is missing is named
+    monkeypatch.undo()
+    assert (vitis.stitcher_dir() / "fxsplit_stitch.tcl").is_file()
 
 
 def _read_hex(path):

@@ -28,7 +28,7 @@ from conftest import FAST
 from fxsplit.flows.vitis.ipxact import check_ip, read_ports
 from fxsplit.flows.vitis.reports import read_timing, read_utilization
 from fxsplit.report import write_report
-from models import build
+from fxsplit.zoo import build
 
 DATA = Path(__file__).parent / "data" / "hls4ml_reports" / "vivado_hls_2020.1"
 SPIRIT = "http://www.spiritconsortium.org/XMLSchema/SPIRIT/1685-2009"

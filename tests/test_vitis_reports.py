@@ -13,7 +13,7 @@ from conftest import FAST
 from fxsplit.flows.vitis.reports import read_hls_report
 from fxsplit.report import write_report
 from fxsplit.summary import build_report
-from models import build
+from fxsplit.zoo import build
 
 DATA = Path(__file__).parent / "data" / "hls4ml_reports" / "vivado_hls_2020.1"
 

@@ -1,4 +1,5 @@
-"""The Vivado stitcher (tcl/fxsplit_stitch.tcl) run in a real tclsh against a mock of Vivado's commands.
+"""The Vivado stitcher (fxsplit/flows/vitis/tcl/fxsplit_stitch.tcl) run in a real tclsh against a mock of
+Vivado's commands.
 
 Vivado is not installed here, so Vivado itself never runs in these tests. What runs:
 
@@ -20,9 +21,9 @@ Vivado is not installed here, so Vivado itself never runs in these tests. What r
   needs the FIFOs), driven by fxsplit's generated wrapper testbench (``tcl_desc.wrapper_testbench``) through
   the stitcher's own sim step. It must pass, and fail when two edges are swapped or the FIFOs are left out or
   made too shallow (a deadlock).
-- The join RTL (tcl/rtl/fxsplit_join.v) is simulated (Icarus, or Verilator) with random arrival orders, gaps
-  and consumer timings: the consumer must start exactly once per sample, with the right data; two broken
-  variants of the RTL must fail the same testbench.
+- The join RTL (fxsplit/flows/vitis/tcl/rtl/fxsplit_join.v) is simulated (Icarus, or Verilator) with random
+  arrival orders, gaps and consumer timings: the consumer must start exactly once per sample, with the right
+  data; two broken variants of the RTL must fail the same testbench.
 
 What this does not prove: that Vivado accepts every command as the mock does (option spellings, the newest
 IP versions' parameter ranges, module references in a packaged IP, the xsim script layout), that Vitis HLS
@@ -53,13 +54,13 @@ import fxsplit
 from conftest import FAST, HAVE_ICARUS, needs_icarus
 from fxsplit.flows.rtl.testbench import write_hex
 from fxsplit.flows.vitis.tcl_desc import fifo_depth, stitch_info, tcl_value, to_tcl, wrapper_testbench
-from models import build
+from fxsplit.zoo import build
 
 ROOT = Path(__file__).resolve().parents[1]
-STITCHER = ROOT / "tcl" / "fxsplit_stitch.tcl"
+STITCHER = ROOT / "fxsplit" / "flows" / "vitis" / "tcl" / "fxsplit_stitch.tcl"
 MOCK = ROOT / "tests" / "tcl" / "mock_vivado.tcl"
 MOCK_XSIM = ROOT / "tests" / "tcl" / "mock_xsim.py"
-JOIN_V = ROOT / "tcl" / "rtl" / "fxsplit_join.v"
+JOIN_V = STITCHER.parent / "rtl" / "fxsplit_join.v"
 TCLSH = shutil.which("tclsh")
 _spec = importlib.util.spec_from_file_location("mock_xsim", MOCK_XSIM)
 mock_xsim = importlib.util.module_from_spec(_spec)

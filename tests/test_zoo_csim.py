@@ -6,7 +6,7 @@ import torch
 
 import fxsplit
 from conftest import FAST, random_inputs
-from models import build
+from fxsplit.zoo import build
 
 CASES = [
     # (zoo model, extra splits, config)

@@ -8,7 +8,7 @@ from torch import nn
 
 import fxsplit
 from conftest import FAST, HAVE_ICARUS, needs_icarus, random_inputs
-from models import build
+from fxsplit.zoo import build
 
 
 

@@ -1,4 +1,5 @@
-# A stand-in for the Vivado Tcl commands tcl/fxsplit_stitch.tcl calls, in plain Tcl (runs in Debian's tclsh).
+# A stand-in for the Vivado Tcl commands fxsplit/flows/vitis/tcl/fxsplit_stitch.tcl calls, in plain Tcl
+# (runs in Debian's tclsh).
 #
 # It records the design the stitcher builds (project, IP repositories, block-design cells with their
 # configuration, ports, nets, interface nets, files, and the steps run) and refuses, with an error as Vivado

@@ -5,11 +5,11 @@
 
 ``compile`` turns the block design the mock recorded (``mock_design.json`` in the sim dir) into a Verilog
 netlist of ``<bd>_wrapper`` with the ports Vivado's wrapper has, exactly as recorded: every net and interface
-net, the real join RTL (tcl/rtl/fxsplit_join.v) for the module references, and behavioural models for the
-Xilinx glue IPs (xlconcat, xlslice, xlconstant, util_vector_logic, axis_data_fifo holding exactly FIFO_DEPTH
-beats, a lockstep axis_broadcaster) and for each partition's Vitis HLS IP, on the pins the catalog
-(``FXS_MOCK_STITCH_JSON``: stitch.json) gives it. It compiles that with the testbench under Icarus;
-``simulate`` runs it.
+net, the real join RTL (fxsplit/flows/vitis/tcl/rtl/fxsplit_join.v) for the module references, and
+behavioural models for the Xilinx glue IPs (xlconcat, xlslice, xlconstant, util_vector_logic, axis_data_fifo
+holding exactly FIFO_DEPTH beats, a lockstep axis_broadcaster) and for each partition's Vitis HLS IP, on the
+pins the catalog (``FXS_MOCK_STITCH_JSON``: stitch.json) gives it. It compiles that with the testbench under
+Icarus; ``simulate`` runs it.
 
 A partition model computes :func:`partition_function` of its inputs (a deterministic mix of all input
 elements, so a misrouted element or a wrong sample shows) with random latencies. io_parallel: ap_ctrl_hs,

@@ -12,9 +12,9 @@ simulation (``RTLDesign.verify(..., interface="axis")``, random input gaps and o
   result leaving the pipeline always has a place (the pipeline cannot stall, the credits guarantee it).
 - **Edges**: every tensor forks to its consumers (a beat leaves when every consumer's FIFO has room),
   and every edge has a FIFO (``fxs_axis_fifo``). A *reconvergent* edge (:func:`fxsplit.dagdesc.edges`,
-  the same analysis the Vivado stitcher in ``tcl/`` uses) gets a FIFO as deep as the delay its path
-  needs on the stream schedule, plus two, so the shorter path never throttles the longer one; any
-  other edge gets two entries.
+  the same analysis the Vivado stitcher in ``flows/vitis/tcl/`` uses) gets a FIFO as deep as the delay
+  its path needs on the stream schedule, plus two, so the shorter path never throttles the longer one;
+  any other edge gets two entries.
 - A beat here is a whole tensor (one sample), so every partition consumes one beat per input and
   produces one per output per sample, and no FIFO depth can deadlock the design: depths set throughput
   only (a test builds the design with every FIFO at one entry and checks it still completes, slower).

@@ -11,7 +11,8 @@ project only; ``stitched/vitis/`` then holds what a machine with the tools needs
 - ``vectors/``: random inputs over each input type's whole range and the expected outputs, from the
   bit-exact C simulation (raw words, one hex line per sample, as the RTL testbenches read them);
 - ``stitch.tcl``: the same description for Vivado's Tcl (:mod:`.tcl_desc`, plus the computed wiring), read
-  by ``tcl/fxsplit_stitch.tcl`` (copied from the repository root into ``stitched/vitis/tcl``);
+  by ``tcl/fxsplit_stitch.tcl`` (package data of this module, ``TCL_DIR``, copied with its glue RTL into
+  ``stitched/vitis/tcl``; an install without them is refused before anything is built);
 - ``fxsplit_tb.v``: the self-checking testbench of the stitched wrapper, reading the vectors;
 - ``run_vitis.sh``: every partition's Vitis HLS synthesis in parallel, then the stitched design in Vivado
   (block design, out-of-context synthesis, reports, IP export, xsim of the testbench).
@@ -36,7 +37,8 @@ from ...errors import FxsplitError
 from ..base import Built, Flow
 
 VITIS_TOOLS = ("vitis_hls", "vivado")
-TCL_DIR = Path(__file__).resolve().parents[3] / "tcl"     # tcl/ at the repository root
+TCL_DIR = Path(__file__).resolve().parent / "tcl"     # the Vivado stitcher, shipped as package data
+STITCHER_FILES = ("fxsplit_stitch.tcl", "rtl/fxsplit_join.v")
 STITCHED = "stitched"
 N_VECTORS = 200                    # default of config tb_vectors
 VITIS_BUILD_ARGS = "reset=1 csim=0 synth=1 cosim=0 validation=0 export=1 vsynth=0"
@@ -44,6 +46,19 @@ VITIS_BUILD_ARGS = "reset=1 csim=0 synth=1 cosim=0 validation=0 export=1 vsynth=
 
 def missing_tools(names=VITIS_TOOLS) -> list[str]:
     return [t for t in names if shutil.which(t) is None]
+
+
+def stitcher_dir() -> Path:
+    """The directory of the Vivado stitcher and its glue RTL, which every bundle carries; an error naming the
+    missing files when this install of fxsplit lacks them (a bundle without them cannot be stitched)."""
+    missing = [f for f in STITCHER_FILES if not (TCL_DIR / f).is_file()]
+    if missing:
+        raise FxsplitError(f"flow='vitis': this fxsplit install lacks the Vivado stitcher "
+                           f"({', '.join(str(TCL_DIR / f) for f in missing)})",
+                           hint="reinstall fxsplit from a complete wheel or source tree (pip install "
+                                "--force-reinstall fxsplit); a package built without its package data "
+                                "(fxsplit/flows/vitis/tcl) cannot write a bundle Vivado can stitch")
+    return TCL_DIR
 
 
 # ----------------------------------------------------------------------------- the hls job (worker side)
@@ -144,6 +159,7 @@ class VitisFlow(Flow):
                                hint="source the Vitis/Vivado settings64.sh first, or pass emit_only=True "
                                     "(CLI --emit-only) to write every project and the run script for a machine "
                                     "that has the tools")
+        stitcher_dir()                       # before anything is built: the bundle needs it
         self.ports = {part.name: self._port_descs(part) for part in self.pt.partitions}
 
     def _port_descs(self, part) -> dict:
@@ -188,10 +204,12 @@ class VitisFlow(Flow):
         (bundle / "stitch.tcl").write_text(to_tcl(desc))            # the same description, for Vivado's Tcl
         (bundle / "fxsplit_tb.v").write_text(wrapper_testbench(desc, self.fc.tb_vectors))
         self._write_vectors(bundle / "vectors", built)
-        if TCL_DIR.is_dir():                 # the static Vivado TCL travels with the bundle
-            shutil.copytree(TCL_DIR, bundle / "tcl", dirs_exist_ok=True)
+        tcl = bundle / "tcl"                 # the static Vivado stitcher travels with the bundle
+        for f in STITCHER_FILES:
+            (tcl / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(stitcher_dir() / f, tcl / f)
         script = bundle / "run_vitis.sh"
-        script.write_text(_run_script([p.name for p in self.pt.partitions], (bundle / "tcl").is_dir()))
+        script.write_text(_run_script([p.name for p in self.pt.partitions]))
         script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
         return built
 
@@ -248,15 +266,15 @@ class VitisFlow(Flow):
             "in_<port>.hex: model inputs; exp_<port>.hex: the outputs of the bit-exact C simulation.\n")
 
 
-def _run_script(partitions: list[str], with_tcl: bool) -> str:
+def _run_script(partitions: list[str]) -> str:
     names = " ".join(partitions)
-    stitch = ("""command -v vivado >/dev/null || { echo "vivado not on PATH: source the Vivado settings64.sh first" >&2; exit 1; }
+    stitch = """command -v vivado >/dev/null || { echo "vivado not on PATH: source the Vivado settings64.sh first" >&2; exit 1; }
 # the whole design in Vivado: block design from stitch.tcl, out-of-context synthesis, reports, IP export, and
 # the xsim run of the self-checking testbench on the vectors of the bit-exact C simulation
 vivado -mode batch -nojournal -log vivado_stitch.log -source tcl/fxsplit_stitch.tcl -tclargs \\
   desc=stitch.tcl out=vivado synth=1 export=1 sim=1 tb=fxsplit_tb.v tb_top=fxsplit_tb vectors=vectors
 echo "stitched design: vivado/ (reports in vivado/reports, IP in vivado/ip, simulation log in vivado_stitch.log)"
-""" if with_tcl else 'echo "tcl/ (fxsplit\'s Vivado stitcher) is not next to this script: run it from an fxsplit checkout" >&2; exit 1\n')
+"""
     return f"""#!/usr/bin/env bash
 # fxsplit vendor flow, on a machine with Vitis HLS and Vivado: every partition's C synthesis and IP export, in
 # parallel, then the stitched design in Vivado.
