@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -10,7 +12,7 @@ from .errors import FxsplitError
 from .fixed import raw_to_float, words_to_float, words_to_raw
 from .flows.hls4ml.csim import CSim
 from .ir import Partitioning
-from .verify import VerifyResult, as_list, compare, torch_err  # noqa: F401  (VerifyResult: re-exported)
+from .verify import VerifyResult, as_list, compare, outputs_at_limits, torch_err  # noqa: F401  (VerifyResult: re-exported)
 
 
 class Design:
@@ -47,8 +49,51 @@ class Design:
             if arr.shape[1:] != port.torch_shape:
                 raise FxsplitError(f"input {port.name!r} must have shape (N, {', '.join(map(str, port.torch_shape))}) "
                                    f"(PyTorch layout), got {arr.shape}")
+            bad = np.argwhere(~np.isfinite(arr.reshape(arr.shape[0], -1)))
+            if len(bad):
+                s, i = (int(v) for v in bad[0])
+                idx = np.unravel_index(i, port.torch_shape)
+                raise FxsplitError(f"input {port.name!r} holds {len(bad)} value(s) that are not finite, the first "
+                                   f"{arr.reshape(arr.shape[0], -1)[s, i]} in sample {s} at element "
+                                   f"{tuple(int(k) for k in idx)} (PyTorch layout): a fixed-point design has no NaN "
+                                   "or infinity, and its comparison with PyTorch would mean nothing",
+                                   hint="pass finite inputs (np.nan_to_num clips them into range)")
             out.append(self._to_ports(arr, port))
         return out
+
+    def stress_inputs(self, n: int, seed: int = 0):
+        """``n`` input samples (PyTorch layout; an array, or a list for several inputs) that exercise what a design
+        can get wrong: the first half spans each input type's whole raw range, an eighth of its elements at the
+        type's minimum and an eighth at its maximum (results and accumulators wrap and saturate); the second half
+        is uniform in [-4, 4), a quarter of its elements midway between two values of the input type (rounding
+        ties). Deterministic in ``seed``."""
+        from .fixed import layout
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise FxsplitError(f"stress_inputs needs a positive number of samples, got {n!r}")
+        rng = np.random.default_rng(seed)
+        half = (n + 1) // 2
+        xs = []
+        for port in self.partitioning.inputs:
+            shape = port.torch_shape
+            try:
+                lay = layout(port.precision)
+            except ValueError as e:
+                raise FxsplitError(f"input {port.name!r} has type {port.precision!r}, which is not fixed point: "
+                                   "fxsplit cannot draw inputs over its range") from e
+            lo = -(1 << (lay.width - 1)) if lay.signed else 0
+            hi = (1 << (lay.width - 1)) - 1 if lay.signed else (1 << lay.width) - 1
+            full = (rng.integers(lo, hi, size=(half, *shape), endpoint=True, dtype=np.int64).astype(np.float64)
+                    if lay.width <= 62 else rng.uniform(lo, hi, size=(half, *shape)))
+            pick = rng.random(full.shape)
+            full[pick < 0.125] = lo
+            full[pick > 0.875] = hi
+            full = np.ldexp(full, -lay.frac)
+            wide = rng.uniform(-4.0, 4.0, size=(n - half, *shape))
+            ties = rng.random(wide.shape) < 0.25
+            lsb = math.ldexp(1.0, -lay.frac)
+            wide[ties] = (np.floor(wide[ties] / lsb) + 0.5) * lsb
+            xs.append(np.concatenate([full, wide]))
+        return xs[0] if len(xs) == 1 else xs
 
     def _to_ports(self, arr: np.ndarray, port) -> np.ndarray:
         """PyTorch layout -> the port's layout (channels-last unless ChannelsLastConversion='off')."""
@@ -167,6 +212,7 @@ class Design:
                 stitched_update(self.report, self.rtl)
         else:
             res = compare(level, got, ref, [p.name for p in outs], err, decode=decode)
+        res.at_limits = outputs_at_limits(got, outs)
         if self.partitioning.torch_exact is not None:
             res.torch_exact = self.partitioning.torch_exact
             res.torch_mismatches = sum(int(np.sum(d(g).reshape(n, -1) != t))

@@ -180,6 +180,13 @@ def partition_graph(gm: torch.fx.GraphModule, splits: Sequence[str]) -> Partitio
     if dup:
         raise FxsplitError(f"several partitions would be named {dup[0]!r}",
                            hint="give every Cut marker a distinct name (or leave names out: p0, p1, ...)")
+    folded: dict[str, str] = {}
+    for x in names:               # a case-insensitive file system (macOS, Windows) gives them one directory
+        other = folded.setdefault(x.lower(), x)
+        if other != x:
+            raise FxsplitError(f"partitions {other!r} and {x!r} differ only in case: on a case-insensitive file "
+                               "system they would share one directory of output_dir (and one HDL module name "
+                               "for tools that fold case)", hint="give them names that differ in more than case")
 
     # erase markers: consumers read the marker's input directly
     for n in cut_nodes:

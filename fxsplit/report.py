@@ -493,21 +493,27 @@ _LEVELS = {"csim": "stitched C simulation vs the uncut C simulation",
 
 def _verification_html(ver: dict) -> str:
     """The verification result as sentences and a mismatch table (never a raw JSON dump)."""
-    ok = bool(ver.get("bit_exact"))
+    from .verify import passed
+    ok = passed(ver)
     extra = ver.get("extra") or {}
-    rows = [("result", "BIT-EXACT" if ok else f"MISMATCH: {_fmt_n(ver.get('mismatches'))} differing elements"),
+    rows = [("result", "BIT-EXACT" if ver.get("bit_exact") else
+             f"MISMATCH: {_fmt_n(ver.get('mismatches'))} differing elements"),
             ("compared", _LEVELS.get(ver.get("level"), str(ver.get("level")))),
             ("random samples", _fmt_n(ver.get("n_samples"))),
             ("max |design - PyTorch float|", f"{ver.get('max_abs_error_vs_torch', float('nan')):.4g} "
                                              "(quantization error, reported, not a failure)")]
     if ver.get("torch_exact") is not None:
-        ok = ok and ver.get("matches_torch") is not False
         rows[0] = ("result", rows[0][1] if ver.get("matches_torch") is not False else
                    f"MISMATCH: {_fmt_n(ver.get('torch_mismatches'))} elements differ from the brevitas model")
         rows.append(("vs the brevitas model",
                      "equal bit for bit (brevitas' own arithmetic is exact here)" if ver.get("matches_torch") else
                      f"{_fmt_n(ver.get('torch_mismatches'))} differing elements" if ver.get("torch_exact") else
                      "brevitas rounds in float32 (a sum past 24 bits or a float layer): the error above is reported, not checked"))
+    lim = ver.get("at_limits")
+    if isinstance(lim, dict) and lim:
+        rows.append(("outputs at their type's limits",
+                     "; ".join(f"{k}: {_fmt_n(v.get('min'))} at the minimum, {_fmt_n(v.get('max'))} at the maximum "
+                               f"(of {_fmt_n(v.get('of'))})" for k, v in lim.items())))
     rtl = extra.get("rtl_vs_csim")
     if isinstance(rtl, dict):
         rows.append(("RTL vs C simulation", f"{rtl.get('passed')} samples passed, {rtl.get('failed')} failed "

@@ -33,6 +33,9 @@ class VerifyResult:
     # how many output elements of the design differ from it (None: a float model, nothing claimed)
     torch_exact: bool | None = None
     torch_mismatches: int | None = None
+    # output port -> {"min": elements at the type's minimum, "max": at its maximum, "of": elements compared}:
+    # how much of the sample reached saturation or wrap limits (an all-zero count says the inputs never did)
+    at_limits: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def matches_torch(self) -> bool | None:
@@ -42,27 +45,72 @@ class VerifyResult:
         return self.torch_mismatches == 0
 
     def __bool__(self) -> bool:
-        return self.bit_exact and self.matches_torch is not False
+        """Passed: the one rule behind ``bool()``, the CLI's exit code, its terminal line and the report's verdict
+        (:func:`passed`)."""
+        return passed(self.to_dict())
+
+    def failure(self) -> str | None:
+        """Why the verification failed, in one sentence; None when it passed."""
+        return failure(self.to_dict())
 
     def to_dict(self) -> dict:
         """JSON-able, for the report (at most the first 10 mismatches)."""
         return {"level": self.level, "n_samples": self.n_samples, "bit_exact": self.bit_exact,
+                "passed": self.bit_exact and self.matches_torch is not False,
                 "mismatches": self.mismatches, "max_abs_error_vs_torch": self.max_abs_error_vs_torch,
                 "summary": self.summary(), "first_mismatches": [m.__dict__ for m in self.details[:10]],
                 **({"torch_exact": self.torch_exact, "torch_mismatches": self.torch_mismatches,
                     "matches_torch": self.matches_torch} if self.torch_exact is not None else {}),
+                **({"at_limits": self.at_limits} if self.at_limits else {}),
                 **({"extra": self.extra} if self.extra else {})}
 
     def summary(self) -> str:
         state = "bit-exact" if self.bit_exact else f"{self.mismatches} mismatching elements"
         text = (f"{self.level}: {self.n_samples} samples, {state}; max |design - torch float| = "
                 f"{self.max_abs_error_vs_torch:.4g}")
+        if self.at_limits:
+            lo = sum(v["min"] for v in self.at_limits.values())
+            hi = sum(v["max"] for v in self.at_limits.values())
+            of = sum(v["of"] for v in self.at_limits.values())
+            text += f"; output elements at their type's minimum {lo}, maximum {hi} (of {of})"
         if self.torch_exact:
             text += ("; equals the brevitas model bit for bit" if self.matches_torch else
                      f"; {self.torch_mismatches} elements differ from the brevitas model")
         elif self.torch_exact is False:
             text += "; brevitas rounds in float32 (a sum past 24 bits or a float layer), so only the error is reported"
         return text
+
+
+def outputs_at_limits(raw: list[np.ndarray], ports) -> dict[str, dict[str, int]]:
+    """Per output port, how many elements of ``raw`` (raw integers) sit at the minimum or maximum of the port's type."""
+    from .fixed import layout
+    out = {}
+    for r, p in zip(raw, ports):
+        lay = layout(p.precision)
+        lo = -(1 << (lay.width - 1)) if lay.signed else 0
+        hi = (1 << (lay.width - 1)) - 1 if lay.signed else (1 << lay.width) - 1
+        out[p.name] = {"min": int(np.sum(r == lo)), "max": int(np.sum(r == hi)), "of": int(np.asarray(r).size)}
+    return out
+
+
+def failure(ver: dict) -> str | None:
+    """Why a verification result (``VerifyResult.to_dict()``, as stored in ``report.json``) failed, or None.
+
+    It fails when the stitched design differs from the uncut reference (at its level: C simulation, or RTL vs both
+    C simulations), or, for a brevitas model whose own arithmetic is exact (every sum within float32's 24 bits), when
+    the design differs from the brevitas model's output in any element. Where brevitas rounds in float32, the
+    error against it is reported, not checked."""
+    if not ver.get("bit_exact"):
+        return f"the partitioned design is not bit-exact ({ver.get('mismatches')} differing elements)"
+    if ver.get("torch_exact") and ver.get("torch_mismatches") != 0:
+        return (f"{ver.get('torch_mismatches')} output elements differ from the brevitas model, whose own arithmetic "
+                "is exact here")
+    return None
+
+
+def passed(ver: dict) -> bool:
+    """The verdict of a verification result (dict form): see :func:`failure`."""
+    return failure(ver) is None
 
 
 def as_list(y) -> list:
