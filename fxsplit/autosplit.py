@@ -31,7 +31,7 @@ MONO = "monolithic"
 TIE_WALL = 0.05            # a plan with more partitions must be predicted 5 % faster to be taken
 TIE_MAX = 0.01
 # serial work of the main process around the jobs (trace, validation and lowering before them; copying artifacts and
-# the report after them), measured (stop 25) on the zoo's RTL builds with 3 to 9 partitions, hls4ml imported and the
+# the report after them), measured with cProfile on the zoo's RTL builds with 3 to 9 partitions, hls4ml imported and the
 # jobs cached: 0.7 .. 1.1 s, with no trend in the number of partitions (the lowering of one partition: about 0.05 s)
 MAIN_FIXED = 1.0           # s
 MAIN_PER_PARTITION = 0.05  # s

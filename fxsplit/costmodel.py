@@ -76,19 +76,18 @@ class StepModel:
 # cache as soon as it holds MIN_RECORDS jobs of a step. Vitis HLS and Vivado (hls, vivado) are not installed
 # there: their defaults are rough guesses until a cache has measured them.
 DEFAULTS: dict[str, StepModel] = {
-    # csim: refitted (stop 25) on the 36 g++ -O3 jobs (the default csim_opt) of two bench_hls_build runs of ResNet20
-    # with warm precompiled headers (1.8 s .. 7.6 s; the head, a stage, two halves): the mixed -O0/-O3 fit before
-    # (a=0.872, b=0.186, d=0) priced every layer alike and put the heavier half first (32x32 feature maps compile
-    # slower than 8x8 ones with the same layers: a 1 s imbalance of two 6 s halves)
+    # csim: fitted on the 36 g++ -O3 jobs (the default csim_opt) of two `benchmarks/bench_hls_build.py --repeat 5`
+    # runs of ResNet20 with warm precompiled headers (1.8 s .. 7.6 s; the head, a stage, two halves). Code size
+    # counts: 32x32 feature maps compile slower than 8x8 ones with the same layers, which a fit on layers alone
+    # (a=0.872, b=0.186, d=0, from mixed -O0/-O3 jobs) missed by 1 s on two 6 s halves
     "csim": StepModel(a=1.596, b=0.0652, d=7.816e-07, c=1.15),    # rms 0.47 s on 36 jobs
-    # rtl, synth: refitted (stop 22) on the 27 jobs of three dedicated bench_auto_split runs of the wide MLP (4.3 s
-    # .. 317 s), where the earlier fit (a=3.54, d=0.0154, c=1.05, from a faster day of this machine) predicted
-    # Yosys 48 % short; the new fit's median error there is 11 %
+    # rtl: fitted on the 27 jobs of three `benchmarks/bench_auto_split.py --models wide_mlp` runs (4.3 s .. 317 s);
+    # median error 11 % there
     "rtl": StepModel(a=0.0101, b=0.0, d=7.18e-05, c=1.35),        # rms 1.5 s on 27 jobs
-    # synth, stitch_synth: refitted (stop 24) after stop 23's Yosys script (about 2.1 s less per run: synth_xilinx's
-    # memory maps skipped where there are no memories, the cell libraries read from RTLIL), on the 25 synth jobs
-    # of stop 23's three rounds of bench_auto_split on the wide MLP (4.7 s .. 277 s); the stitched top: the mean
-    # of its 7 jobs there (1.4 s .. 3.9 s)
+    # synth, stitch_synth: fitted on the 25 synth jobs of three `benchmarks/bench_auto_split.py --models wide_mlp
+    # --repeat 2` rounds (4.7 s .. 277 s) with the Yosys script that skips synth_xilinx's memory maps where there
+    # are no memories and reads the cell libraries from RTLIL; the stitched top: the mean of its 7 jobs there
+    # (1.4 s .. 3.9 s). `benchmarks/fit_cost_defaults.py` refits all of them from a cache
     "synth": StepModel(a=3.13, b=0.0, d=0.00763, c=1.2),          # rms 7.1 s on 25 jobs (4.7 s .. 277 s)
     "stitch_rtl": StepModel(a=0.0071, b=0.0, d=0.0, c=1.0),       # 10 jobs
     "stitch_synth": StepModel(a=2.47, b=0.0, d=0.0, c=1.0),       # 7 jobs, 1.4 s .. 3.9 s
