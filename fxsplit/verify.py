@@ -13,11 +13,12 @@ import numpy as np
 
 @dataclass
 class Mismatch:
+    """One differing output element, wherever it was found (a comparison of C simulations, an RTL testbench)."""
     sample: int
-    output: str          # output port name
+    output: str          # output port name (a testbench's own result: its Verilog name)
     index: int           # flat element index (channels-last)
-    got: float
-    expected: float
+    got: float | int     # the value (a testbench's own result: the raw integer of the port's type)
+    expected: float | int
 
 
 @dataclass

@@ -140,7 +140,7 @@ def test_stream_testbench_catches_a_wrong_beat(skip_design, rng, tmp_path):
     sim = simulate("verilator", d.rtl.axis["files"], d.rtl.axis["top"], ports(ins), ports(outs), in_raw, exp_raw,
                    d.rtl.latency, str(tmp_path / "tb"), stream={"gaps": 0.3, "backpressure": 0.3, "seed": 2})
     assert (sim.passed, sim.failed) == (n - 1, 1)
-    assert [(m.sample, m.element) for m in sim.mismatches] == [(7, 1)]
+    assert [(m.sample, m.index) for m in sim.mismatches] == [(7, 1)]
 
 
 @pytest.mark.skipif(not HAVE_ICARUS, reason="Icarus Verilog (iverilog) is not installed: apt-get install iverilog")

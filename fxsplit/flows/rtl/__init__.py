@@ -295,9 +295,9 @@ class RTLDesign:
         base = compare("rtl", csim, mono, [p.name for p in outputs], torch_err, decode=decode)
         prec = {p.name: p.precision for p in outputs}
         vname = {rl.verilog_name(p.name): p.name for p in outputs}
-        rtl_details = [Mismatch(m.sample, vname.get(m.port, m.port), m.element,
-                                float(rl.from_raw(m.got, prec[vname.get(m.port, m.port)])),
-                                float(rl.from_raw(m.expected, prec[vname.get(m.port, m.port)])))
+        rtl_details = [Mismatch(m.sample, vname.get(m.output, m.output), m.index,
+                                float(rl.from_raw(m.got, prec[vname.get(m.output, m.output)])),
+                                float(rl.from_raw(m.expected, prec[vname.get(m.output, m.output)])))
                        for m in sim.mismatches]
         self.last_sim = {"simulator": simulator, "interface": interface, "samples": n, "passed": sim.passed,
                          "failed": sim.failed, "seconds": round(sim.seconds, 2),

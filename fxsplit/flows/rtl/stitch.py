@@ -18,7 +18,8 @@ from typing import Any, Mapping, Sequence
 
 from ...errors import FxsplitError
 from ...ir import MODEL_INPUT
-from .lower import parse_precision, valid_shift_register, verilog_name
+from .names import valid_shift_register, verilog_name
+from .rtltype import parse_precision
 
 
 def _ports(ports: Sequence[Mapping]) -> list[SimpleNamespace]:

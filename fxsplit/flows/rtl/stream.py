@@ -28,7 +28,8 @@ from typing import Any, Mapping
 
 from ...dagdesc import MODEL_INPUT, MODEL_OUTPUT, edges as dag_edges
 from ...errors import FxsplitError
-from .lower import parse_precision, verilog_name
+from .names import verilog_name
+from .rtltype import parse_precision
 from .stitch import dag_objects, schedule
 
 SHELL_EXTRA = 2          # cycles a hop adds on the stream schedule (the shell's queue, the edge FIFO)

@@ -27,7 +27,10 @@ from typing import Sequence
 import numpy as np
 
 from fxsplit.errors import FxsplitError
-from .lower import parse_precision, raw_to_unsigned, unsigned_to_raw, verilog_name
+from ...fixed import raw_to_unsigned, unsigned_to_raw
+from ...verify import Mismatch
+from .names import verilog_name
+from .rtltype import parse_precision
 
 # ------------------------------------------------------------------------------------------------
 # Testbench generation
@@ -266,15 +269,6 @@ def generate_stream_testbench(top: str, inputs: Sequence[dict], outputs: Sequenc
 # ------------------------------------------------------------------------------------------------
 
 @dataclass
-class Mismatch:
-    sample: int
-    port: str
-    element: int
-    got: int
-    expected: int
-
-
-@dataclass
 class SimResult:
     passed: int
     failed: int
@@ -301,6 +295,7 @@ def parse_sim_output(text: str) -> SimResult:
     if not m:
         raise FxsplitError('simulation did not print its "N passed, M failed" summary', hint='see the simulator log:\n'
                            + text[-3000:])
+    # (got and expected: raw integers of the port's type; the port: its Verilog name)
     mms = [Mismatch(int(a), b, int(c), int(d), int(e)) for a, b, c, d, e in _MM_RE.findall(text)]
     cyc = re.search(r'^CYCLES (\d+)$', text, re.M)
     return SimResult(int(m.group(1)), int(m.group(2)), mms, text, timeout='TIMEOUT' in text,
