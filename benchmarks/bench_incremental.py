@@ -15,7 +15,7 @@ a new Python process (as ``python -m fxsplit compile`` would run it):
    output types and so every partition downstream; nothing is downstream of the last one, so only its
    jobs rebuild. The uncut reference (``monolithic/csim``, built when ``reference=True``, the default)
    rebuilds only for a numeric change (precision); a reuse factor changes no bit of a C simulation and
-   the reference is built without one (``lower.convert.reference_config``).
+   the reference is built without one (``lower.spec.reference_config``).
    In the RTL flow a reuse_factor change does not change the fully parallel Verilog (same da4ml
    program -> same key): only the csim job reruns; a precision change reruns csim, rtl and synth.
    Its workers are the cold build's, kept warm (``fxsplit.build.executors``: they imported torch and

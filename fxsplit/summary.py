@@ -88,7 +88,7 @@ def compare_monolithic(build, rtl, stitched: dict) -> dict:
     of the build that made it): the build wall on the build's workers (its jobs list-scheduled with their measured
     times, as the report predicts walls), CPU time, peak memory, resources and latency."""
     from .build import predict_wall_time
-    from .lower.convert import MONOLITHIC
+    from .lower.spec import MONOLITHIC
 
     def side(jobs) -> dict:
         ids = {r.id for r in jobs}

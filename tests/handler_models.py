@@ -363,9 +363,9 @@ def registry() -> list[str]:
 
 # ------------------------------------------------------------------------------------------- checks
 
-# fxsplit's refusals of a cut through a group of layers hls4ml merges (lower.convert._check_boundaries)
+# fxsplit's refusals of a cut through a group of layers hls4ml merges (lower.checks._check_boundaries)
 FUSION_REFUSAL = re.compile(r"hls4ml merges|splits a group of layers hls4ml merges")
-# fxsplit's other refusals of a cut (lower.convert._check_graph), each shown true by its own test in
+# fxsplit's other refusals of a cut (lower.checks._check_graph), each shown true by its own test in
 # tests/test_partition.py: a partition holding only a reshape hls4ml drops (plain hls4ml cannot build such a
 # graph either), and a cut right after a layer hls4ml leaves channels-first at a graph's end (LayerNorm)
 OTHER_REFUSALS = {re.compile(r"holds nothing hls4ml keeps"): "the partition would hold only a reshape hls4ml drops",

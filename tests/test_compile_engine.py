@@ -42,7 +42,7 @@ def test_incremental_rebuild_only_the_changed_partition(jet, tmp_path_factory, t
     cfg = dict(FAST, partitions={"head": {"reuse_factor": 2}})
     d2 = fxsplit.compile(model, shape, config=cfg, output_dir=tmp_path / "a", cache_dir=cache, progress=False)
     # head's reuse factor changed: its csim rebuilds; the uncut reference does not (a reuse factor changes no bit
-    # of a C simulation, and the reference is built with none: lower.convert.reference_config)
+    # of a C simulation, and the reference is built with none: lower.spec.reference_config)
     assert states(d2) == {"p0/csim": "cached", "hidden/csim": "cached", "head/csim": "built",
                           "monolithic/csim": "cached"}
     # ... and the stitched design, built with reuse factor 2, still equals it bit for bit
@@ -152,7 +152,7 @@ def test_two_concurrent_compiles_on_one_output_dir(tmp_path):
 
 
 def test_reference_config_drops_only_the_reuse_factor():
-    from fxsplit.lower.convert import reference_config
+    from fxsplit.lower.spec import reference_config
     cfg = {"Model": {"Precision": {"default": "fixed<16,6>"}, "ReuseFactor": 4, "Strategy": "Resource"},
            "LayerName": {"fc1": {"ReuseFactor": 2}, "fc2": {"ReuseFactor": 8, "Precision": {"result": "fixed<8,3>"}}},
            "LayerType": {"Dense": {"ReuseFactor": 16}}}

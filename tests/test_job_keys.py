@@ -13,7 +13,7 @@ from torch import nn
 
 import fxsplit
 from fxsplit.build import tools
-from fxsplit.lower.convert import module_settings
+from fxsplit.lower.spec import module_settings
 from conftest import FAST
 
 

@@ -28,7 +28,7 @@ _HLS4ML_CLASS = {"Linear": "Dense", "Conv1d": "Conv1D", "Conv2d": "Conv2D"}    #
 @dataclass
 class FlowConfig:
     """Normalised user config: one hls4ml config of the uncut model (``model``, ``layer_type``,
-    ``layer_name``), from which every partition's config is cut (``lower.convert.make_spec``), so the uncut
+    ``layer_name``), from which every partition's config is cut (``lower.spec.make_spec``), so the uncut
     reference is configured exactly like the partitions; plus fxsplit's own settings."""
     precision: str = DEFAULT_PRECISION
     input_precision: str | None = None

@@ -25,7 +25,7 @@ import numpy as np
 from ...fixed import layout, words_to_float
 
 from ...errors import FxsplitError
-from ...lower.convert import ModelSpec, build_modelgraph, write_project
+from ...lower.spec import ModelSpec, build_modelgraph, write_project
 
 _WDIR_HEADER = """#ifndef FXSPLIT_WDIR_H_
 #define FXSPLIT_WDIR_H_

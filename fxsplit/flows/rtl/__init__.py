@@ -24,7 +24,7 @@ import numpy as np
 
 from ...errors import FxsplitError
 from ...verify import Mismatch, VerifyResult, compare
-from ...lower.convert import MONOLITHIC
+from ...lower.spec import MONOLITHIC
 from ..base import Built, Flow
 from . import lower as rl
 

@@ -66,7 +66,7 @@ def stitcher_dir() -> Path:
 def hls_job(workdir: str, inputs: dict, spec, ports: dict, run_vitis: bool) -> dict:
     """Write the partition's Vitis-backend hls4ml project; with ``run_vitis``, run C synthesis and IP export
     and read the synthesis report."""
-    from ...lower.convert import build_modelgraph, write_project
+    from ...lower.spec import build_modelgraph, write_project
     from .interface import read_interface
     proj = os.path.join(workdir, spec.name)
     hm = build_modelgraph(spec, proj)
