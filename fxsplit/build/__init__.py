@@ -66,7 +66,8 @@ from __future__ import annotations
 from .cache import copy_artifacts, verify_entry
 from .jobs import ENGINE_FORMAT, BuildResult, Job, JobResult, job_key
 from .lock import output_dir_lock
-from .scheduler import predict_wall_time, run_jobs
+from .scheduler import run_jobs
+from .wall import predict_wall_time
 from .tools import TOOLS, source_digest, tool_versions
 
 __all__ = [

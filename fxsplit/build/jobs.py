@@ -150,7 +150,7 @@ class BuildResult:
         return [r.to_dict() for r in self.results.values()]
 
     def to_dict(self) -> dict:
-        from .scheduler import predict_wall_time
+        from .wall import predict_wall_time
         return {
             "cache_dir": str(self.cache_dir), "wall_seconds": round(self.wall_seconds, 4),
             "workers": self.workers, "start": self.start, "ok": self.ok,
