@@ -105,7 +105,7 @@ def output_arrays(y) -> list:
 
 def _is_tensor_norm(m: nn.Module) -> bool:
     """brevitas_examples' TensorNorm (the float affine its bnn_pynq models end with): one leaf, read by
-    ``lower/brevitas.py`` as a whole."""
+    ``lower/brevitas/`` as a whole."""
     return type(m).__name__ == "TensorNorm" and type(m).__module__.startswith("brevitas_examples.")
 
 

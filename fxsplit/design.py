@@ -225,8 +225,8 @@ class Design:
         """Every partition (``<partition>.onnx``) and the uncut model (``monolithic.onnx``) as QONNX, written by
         brevitas' exporter into ``out_dir`` (default ``output_dir/onnx``), each run by qonnx's executor on
         ``samples`` random inputs and checked against the module in PyTorch and, for a brevitas model with exact
-        arithmetic, against the design bit for bit (:mod:`fxsplit.onnx_export`). Recorded in ``report["onnx"]``."""
-        from .onnx_export import export_onnx
+        arithmetic, against the design bit for bit (:mod:`fxsplit.lower.brevitas.qonnx`). Recorded in ``report["onnx"]``."""
+        from .lower.brevitas.qonnx import export_onnx
         import os
         res = export_onnx(self, out_dir or os.path.join(self.output_dir, "onnx"), samples=samples, seed=seed)
         self.report["onnx"] = res

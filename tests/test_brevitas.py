@@ -260,15 +260,15 @@ def test_config_cannot_override_a_quantizers_type(tmp_path):
 
 def test_a_misread_quantizer_is_caught_before_any_build(tmp_path, monkeypatch):
     """The reading is checked against brevitas' own forward: a wrong scale (here: one step off) must raise."""
-    from fxsplit.lower import brevitas as fb
-    real = fb._read_act
+    from fxsplit.lower.brevitas import layers as fb
+    real = fb.read_act
 
     def off_by_one(node, mod):
         frozen, grid, info = real(node, mod)
         if node.name == "relu":
             frozen.frac += 1
         return frozen, grid, info
-    monkeypatch.setattr(fb, "_read_act", off_by_one)
+    monkeypatch.setattr(fb, "read_act", off_by_one)
     _refusal(tmp_path, _MLP(), "exact reading of QuantReLU relu differs from brevitas' own output")
 
 
@@ -432,7 +432,7 @@ def test_brevitas_examples_tfc_w2a2_with_splits(tmp_path):
 
 
 def test_onnx_export_refuses_a_cut_on_an_exact_sum_and_its_check_can_fail(tmp_path):
-    from fxsplit import onnx_export
+    from fxsplit.lower.brevitas import qonnx as onnx_export
     model = calibrate(_MLP(), (12,))
     d = fxsplit.compile(model, (12,), splits=["relu"], flow="hls4ml", config=FAST, output_dir=tmp_path / "o", jobs=2,
                         progress=False)

@@ -168,7 +168,7 @@ def _pin_split_layers(pt: Partitioning, fc: FlowConfig, mono, nmap: dict[str, st
 
 
 def _brevitas_plan(pt: Partitioning, fc: FlowConfig):
-    """brevitas layers read exactly (``lower/brevitas.py``), their types pinned in the config; None without."""
+    """brevitas layers read exactly (``lower/brevitas/``), their types pinned in the config; None without."""
     from . import brevitas
     bq = brevitas.plan(pt.graph, [p.torch_shape for p in pt.inputs])
     if bq is None:

@@ -1,6 +1,6 @@
 """Exact quantized layers as hls4ml's PyTorch converter sees them.
 
-fxsplit reads every brevitas layer (``lower/brevitas.py``) into one of these plain-torch leaves, which carry
+fxsplit reads every brevitas layer (``lower/brevitas/``) into one of these plain-torch leaves, which carry
 the exact values brevitas computes with (integer weights times a power-of-two scale, the bias brevitas adds)
 and the exact hls4ml types; hls4ml's PyTorch converter gets a handler for each (registered on import). They
 travel to the build workers inside the partitions' GraphModules (no brevitas needed there), and their

@@ -20,26 +20,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .capture import eval_mode, output_arrays
-from .errors import FxsplitError
+from ...capture import eval_mode, output_arrays
+from ...errors import FxsplitError
+from .grid import ACTS, GRID_MODULES, SAME_GRID_FUNCS, SAME_GRID_MODULES, uses_brevitas
 
 def _quantizer_of(gm: torch.fx.GraphModule, name: str):
     """The brevitas quantizer module whose grid the tensor ``name`` is on (walking back through reshapes, pooling,
     ReLU and dropout), or None for a float tensor of a float model; raises where the tensor is an exact sum."""
-    from .lower.brevitas import _ACTS, _GRID_MODULES, _SAME_GRID_FUNCS, _SAME_GRID_MODULES, uses_brevitas
     node = next(n for n in gm.graph.nodes if n.name == name)
     start = node
     while True:
         if node.op == "call_module":
             m = gm.get_submodule(node.target)
             cls = type(m).__name__
-            if cls in _ACTS:
+            if cls in ACTS:
                 return m
-            if cls not in _SAME_GRID_MODULES | _GRID_MODULES:
+            if cls not in SAME_GRID_MODULES | GRID_MODULES:
                 break
         elif node.op in ("call_function", "call_method"):
             fn = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
-            if fn not in _SAME_GRID_FUNCS:
+            if fn not in SAME_GRID_FUNCS:
                 break
         else:
             break

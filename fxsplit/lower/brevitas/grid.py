@@ -1,0 +1,148 @@
+"""brevitas' grids: the exact fixed-point type of a quantizer's values, the reading's plan, and the tables of what
+keeps a grid (shared with the QONNX export)."""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.fx
+
+from ...capture import node_source
+from ...errors import FxsplitError
+
+FLOAT32_BITS = 24                    # significant bits of a float32: a sum that fits is computed exactly
+MAX_WIDTH = 64                       # widest weight or bias type fxsplit derives
+ACTS = {"QuantIdentity": "linear", "QuantReLU": "relu", "QuantHardTanh": "linear"}
+_ROUNDING = {"RoundSte": "RND_CONV", "FloorSte": "TRN", "RoundToZeroSte": "TRN_ZERO"}
+_CLAMPS = {"TensorClamp", "TensorClampSte"}
+SAME_GRID_MODULES = {"Dropout", "Flatten", "Identity"}
+GRID_MODULES = {"ReLU", "MaxPool1d", "MaxPool2d"}
+_WEIGHTED = {"QuantLinear", "QuantConv1d", "QuantConv2d"}
+_ADDS = {operator.add, torch.add, "add"}
+_READ = ("QuantIdentity, QuantReLU, QuantHardTanh, QuantLinear, QuantConv1d/2d, ReLU and max pooling of quantized "
+         "values, additions of quantized tensors, Dropout, Flatten and reshapes")
+SAME_GRID_FUNCS = {"flatten", "view", "reshape", "squeeze", "unsqueeze", "contiguous"}
+
+
+def is_brevitas(m) -> bool:
+    return type(m).__module__.startswith("brevitas.")
+
+
+def uses_brevitas(gm: torch.fx.GraphModule) -> bool:
+    return any(n.op == "call_module" and is_brevitas(gm.get_submodule(n.target)) for n in gm.graph.nodes)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The exact values a tensor can hold: ``raw * 2**-frac`` in an hls4ml type of ``width`` bits."""
+    width: int
+    integer: int
+    signed: bool
+
+    @property
+    def frac(self) -> int:
+        return self.width - self.integer
+
+
+@dataclass
+class Plan:
+    """What :func:`plan` read: the exact layers by fx node name, the hls4ml types to pin, and the claims."""
+    frozen: dict[str, torch.nn.Module] = field(default_factory=dict)
+    precisions: dict[str, dict[str, str]] = field(default_factory=dict)    # node -> hls4ml Precision section
+    input_precisions: dict[str, str] = field(default_factory=dict)          # model input -> type
+    inexact_in_brevitas: list[str] = field(default_factory=list)           # layers brevitas rounds in float32
+    quantizers: list[dict] = field(default_factory=list)                    # for the report
+
+    @property
+    def torch_exact(self) -> bool:
+        """brevitas' own output is exact (every layer's float32 arithmetic exact): the design must equal it."""
+        return not self.inexact_in_brevitas
+
+    def freeze(self, module: torch.fx.GraphModule) -> torch.fx.GraphModule:
+        """A copy of ``module`` (the uncut graph or a partition) with every brevitas layer replaced by its exact
+        fxsplit layer (same node names, same targets)."""
+        graph = torch.fx.Graph()
+        graph.output(graph.graph_copy(module.graph, {}))            # same node names and meta
+        gm = torch.fx.GraphModule(module, graph, type(module).__name__)   # new containers, shared leaves
+        for n in gm.graph.nodes:
+            if n.op == "call_module" and n.name in self.frozen:
+                gm.set_submodule(str(n.target), self.frozen[n.name])
+        return gm
+
+    def to_dict(self) -> dict:
+        return {"quantizers": self.quantizers, "input_precisions": self.input_precisions,
+                "torch_exact": self.torch_exact, "inexact_in_brevitas": self.inexact_in_brevitas}
+
+
+def _err(msg: str, node: torch.fx.Node, hint: str) -> FxsplitError:
+    return FxsplitError(msg, module=str(node.target), source=node_source(node), hint=hint)
+
+
+def _scalar(t) -> float:
+    t = torch.as_tensor(getattr(t, "value", t)).detach()
+    if t.numel() != 1:
+        raise ValueError("not a scalar")
+    return float(t.reshape(()))
+
+
+def _po2_exponent(scale: float) -> int | None:
+    """``e`` with ``scale == 2**e`` exactly, else None."""
+    if not math.isfinite(scale) or scale <= 0:
+        return None
+    m, e = math.frexp(scale)
+    return e - 1 if m == 0.5 else None
+
+
+def exact_type(values: np.ndarray, what: str, node: torch.fx.Node, hint: str) -> Grid:
+    """The narrowest signed fixed-point type holding every value of ``values`` (float64, exact) exactly."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    if not np.all(np.isfinite(v)):
+        raise _err(f"{what} holds values that are not finite", node, hint)
+    nz = v[v != 0]
+    if nz.size == 0:
+        return Grid(1, 1, True)
+    frac = max(53 - math.frexp(float(x))[1] - _trailing_zero_bits(float(x)) for x in nz)
+    raws = [int(x * 2.0 ** frac) if frac >= 0 else int(x / 2.0 ** -frac) for x in nz.tolist()]
+    for x, r in zip(nz.tolist(), raws):       # exact by construction; never trust it silently
+        if math.ldexp(r, -frac) != x:
+            raise FxsplitError(f"internal: {what}: {x!r} is not {r} * 2**-{frac}")
+    # shrink frac while every raw stays an integer (frexp-based frac is an upper bound)
+    while all(r % 2 == 0 for r in raws) and any(raws):
+        raws = [r // 2 for r in raws]
+        frac -= 1
+    width = max(max(r.bit_length() for r in raws if r > 0) if any(r > 0 for r in raws) else 0,
+                max((-r - 1).bit_length() for r in raws if r < 0) if any(r < 0 for r in raws) else 0) + 1
+    if width > MAX_WIDTH:
+        raise _err(f"{what} needs a {width}-bit fixed-point type to be held exactly (fxsplit allows {MAX_WIDTH})",
+                   node, hint)
+    return Grid(width, width - frac, True)
+
+
+def _trailing_zero_bits(x: float) -> int:
+    """Trailing zero bits of the 53-bit mantissa of ``x`` (x != 0)."""
+    m, _ = math.frexp(abs(x))
+    mant = int(m * 2 ** 53)
+    return (mant & -mant).bit_length() - 1
+
+
+def _fixed(g: Grid, modes: str = "") -> str:
+    return f"{'' if g.signed else 'u'}fixed<{g.width},{g.integer}{modes}>"
+
+
+# ---- reading one brevitas layer
+
+def _int_quant(proxy):
+    """The IntQuant inside a brevitas quant proxy (None if it has none: binary, float or other quantizers)."""
+    for m in proxy.modules():
+        if type(m).__name__ == "IntQuant":
+            return m
+    return None
+
+def _describe(src, node: torch.fx.Node) -> str:
+    if isinstance(src, str):
+        return f"the model input {src[len('input:'):]!r} (float)"
+    return f"the float output of {node.name!r}"

@@ -1,0 +1,219 @@
+"""A BatchNorm before a quantizer, and brevitas_examples' TensorNorm, folded into fixed-point scales and biases
+checked on every input a channel can receive."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.fx
+
+from ...errors import FxsplitError
+from . import layers
+from .grid import (_describe, ACTS, Grid, Plan, _err, _fixed, exact_type)
+
+
+MAX_DOMAIN = 2 ** 24                 # inputs x channels a BatchNorm's exhaustive check may evaluate
+_BN_PRECISIONS = (12, 16, 20, 24, 28, 32, 36, 40)   # fractional bits of the BatchNorm scale tried, in order
+
+
+def _grid_range(g: Grid) -> tuple[int, int]:
+    """Raw integer range of a grid's type."""
+    return (-(1 << (g.width - 1)), (1 << (g.width - 1)) - 1) if g.signed else (0, (1 << g.width) - 1)
+
+
+def _channel_bounds(gm: torch.fx.GraphModule, prod: torch.fx.Node | None, p: Plan, src: Grid, channels: int,
+                    grids: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Per channel, the raw integers (at ``src.frac``) a BatchNorm's input can hold: from the producing layer's
+    exact weights and its input's range where the producer is a quantized layer, else the type's whole range."""
+    lo, hi = _grid_range(src)
+    lo_c, hi_c = np.full(channels, lo, dtype=object), np.full(channels, hi, dtype=object)
+    mod = p.frozen.get(prod.name) if prod is not None else None
+    if mod is not None and hasattr(mod, "weight"):
+        g_in = grids[prod.all_input_nodes[0].name]
+        x_lo, x_hi = (math.ldexp(v, -g_in.frac) for v in _grid_range(g_in))
+        w = mod.weight.reshape(mod.weight.shape[0], -1).numpy()
+        b = np.zeros(w.shape[0]) if mod.bias is None else mod.bias.numpy()
+        for c in range(channels):           # exact: every term is a dyadic rational held by a double
+            mn = sum(min(float(v) * x_lo, float(v) * x_hi) for v in w[c]) + float(b[c])
+            mx = sum(max(float(v) * x_lo, float(v) * x_hi) for v in w[c]) + float(b[c])
+            lo_c[c] = max(lo, math.floor(math.ldexp(mn, src.frac)))
+            hi_c[c] = min(hi, math.ceil(math.ldexp(mx, src.frac)))
+    return lo_c, hi_c
+
+
+def read_batchnorm(gm: torch.fx.GraphModule, node: torch.fx.Node, bn, src, p: Plan, grids: dict):
+    """A BatchNorm after a quantized layer, read together with the quantizer that follows it: brevitas computes the
+    float32 affine map and rounds it onto the quantizer's grid, so each channel is a step function of the integer
+    input. fxsplit evaluates brevitas on every input the channel can receive and finds a fixed-point scale and bias
+    whose exact affine map, rounded by the quantizer's type, gives the same level for every one of them (hls4ml's
+    BatchNormalization with that result type); none found: refused."""
+    from ..quant import FxsQuantBatchNorm
+    cls = type(bn).__name__
+    where = f"{cls} {node.target!r}"
+    users = list(node.users)
+    if not isinstance(src, Grid):
+        raise _err(f"{where} normalizes {_describe(src, node.all_input_nodes[0])}: fxsplit reads a BatchNorm only "
+                   "after a quantized layer", node, "put the BatchNorm after a QuantLinear / QuantConv")
+    act_node = users[0] if len(users) == 1 and users[0].op == "call_module" else None
+    act = gm.get_submodule(act_node.target) if act_node is not None else None
+    if act is None or type(act).__name__ not in ACTS:
+        raise _err(f"{where} is not followed by a brevitas quantizer: its float output is not on a grid", node,
+                   "follow it with a QuantIdentity / QuantReLU / QuantHardTanh (brevitas' usual BatchNorm -> "
+                   "quantizer pattern)")
+    if not bn.track_running_stats or bn.running_mean is None:
+        raise _err(f"{where} has no running statistics", node, "train it with track_running_stats=True")
+    frozen_act, g_out, _ = layers.read_act(act_node, act)
+    prod = node.all_input_nodes[0]
+    prod = prod if prod.op == "call_module" and prod.name in p.frozen and len(prod.users) == 1 else None
+    C = int(bn.num_features)
+    lo_c, hi_c = _channel_bounds(gm, prod, p, src, C, grids)
+    base = int(min(lo_c))
+    span = int(max(hi_c)) - base + 1                                    # every channel's range lies in it
+    if span * C > MAX_DOMAIN:
+        raise _err(f"{where}: its input can take {span} values per channel, too many to check every one "
+                   f"(fxsplit checks up to {MAX_DOMAIN} inputs x channels)", node,
+                   "use fewer bits before the BatchNorm, or fold it into the layer's weights while training")
+    ks = torch.arange(span, dtype=torch.float64) + base                # raw inputs, shared by every channel
+    x = (ks * 2.0 ** -src.frac).to(torch.float32)
+    if not torch.equal(x.to(torch.float64), ks * 2.0 ** -src.frac):
+        raise _err(f"{where}: its inputs are not all float32 values, so brevitas itself would round them", node,
+                   "use fewer bits before the BatchNorm")
+    extra = (1,) if cls == "BatchNorm2d" else ()
+    levels = []
+    with torch.no_grad():
+        # two memory layouts: every input value once per channel as a batch (a spatial size of 1: torch's scalar
+        # loop), and as one long channel plane (its vectorized loop, as in a real feature map); brevitas' float32
+        # levels must not depend on it
+        xx = x[:, None].expand(span, C).contiguous()
+        y = act(bn(xx.reshape(span, C, *extra, *extra)))
+        levels.append(getattr(y, "value", y).reshape(span, C) / frozen_act.step)
+        y = act(bn(xx.T.contiguous().reshape(1, C, span, *extra)))
+        levels.append(getattr(y, "value", y).reshape(C, span).T / frozen_act.step)
+    if not torch.equal(levels[0], levels[1]):
+        raise _err(f"{where}: brevitas' float32 BatchNorm gives different results for the same input in two memory "
+                   "layouts, so no design can equal it", node, "fold the BatchNorm into the layer while training")
+    L = levels[0].to(torch.float64)
+    if not torch.equal(L, torch.round(L)):
+        raise FxsplitError(f"internal: {where}: the quantizer after it gave values off its grid", module=str(node.target))
+    L = L.to(torch.int64).T.numpy()                                    # (C, span)
+    valid = np.zeros((C, span), dtype=bool)
+    for c in range(C):
+        valid[c, int(lo_c[c]) - base:int(hi_c[c]) - base + 1] = True
+    if int(valid.sum()) != sum(int(h) - int(lo) + 1 for lo, h in zip(lo_c, hi_c)):
+        raise FxsplitError(f"internal: {where}: the checked inputs do not cover every channel's range",
+                           module=str(node.target))
+    var = bn.running_var.detach().to(torch.float64)
+    alpha = (bn.weight.detach().to(torch.float64) if bn.affine else torch.ones(C, dtype=torch.float64)) / \
+        torch.sqrt(var + bn.eps)
+    beta = (bn.bias.detach().to(torch.float64) if bn.affine else torch.zeros(C, dtype=torch.float64)) - \
+        bn.running_mean.detach().to(torch.float64) * alpha
+    found = _fit_affine(alpha.numpy(), beta.numpy(), ks.numpy().astype(np.int64), valid, L, src.frac, frozen_act)
+    if found is None:
+        raise _err(f"{where}: no fixed-point scale and bias up to {_BN_PRECISIONS[-1]} fractional bits reproduce "
+                   "brevitas' float32 BatchNorm and its quantizer on every input", node,
+                   "fold the BatchNorm into the layer's weights while training (or use a float-free threshold layer)")
+    S, B, P = found
+    scale = torch.tensor([math.ldexp(int(v), -P) for v in S], dtype=torch.float64)
+    bias = torch.tensor([math.ldexp(int(v), -(P + src.frac)) for v in B], dtype=torch.float64)
+    hint = "use fewer bits before the BatchNorm"
+    sg = exact_type(scale.numpy(), f"{where}'s scale", node, hint)
+    bg = exact_type(bias.numpy(), f"{where}'s bias", node, hint)
+    frozen = FxsQuantBatchNorm(scale, bias, _fixed(sg), _fixed(bg), frozen_act, f"{cls} {node.target}")
+    info = {"layer": str(node.target), "kind": cls, "quantizer": f"with {type(act).__name__} {act_node.target}",
+            "type": frozen.precision, "scale": f"{_fixed(sg)} ({P} fractional bits)", "bias": _fixed(bg),
+            "checked_inputs": int(valid.sum())}
+    return frozen, g_out, info, prod.name if prod is not None else None
+
+
+AFFINE_BITS = 24                     # significant bits of a float affine's coefficients (float32 holds 24)
+
+
+def _round_significant(v: float, bits: int) -> float:
+    if v == 0:
+        return 0.0
+    e = math.frexp(v)[1]
+    return math.ldexp(round(math.ldexp(v, bits - e)), e - bits)
+
+
+def read_tensor_norm(node: torch.fx.Node, mod, src):
+    """brevitas_examples' TensorNorm, ``(x - mean) / sqrt(var + eps) * weight + bias`` in float32: the float output
+    its models end with. fxsplit computes ``x * a + c`` exactly, with ``a`` and ``c`` rounded to float32's 24
+    significant bits, into a type that holds every result: the design differs from brevitas by brevitas' own float32
+    rounding and that of the two coefficients, and ``verify`` reports it (no bit-for-bit claim)."""
+    from ..quant import FxsQuantAct, FxsQuantBatchNorm
+    where = f"TensorNorm {node.target!r}"
+    if not isinstance(src, Grid):
+        raise _err(f"{where} normalizes {_describe(src, node.all_input_nodes[0])}", node,
+                   "put it after a quantized layer")
+    if mod.training:
+        raise _err(f"{where} is in training mode", node, "compile the model in eval mode")
+    m, v = float(mod.running_mean.detach().reshape(())), float(mod.running_var.detach().reshape(()))
+    w, b = float(mod.weight.detach().reshape(())), float(mod.bias.detach().reshape(()))
+    a = _round_significant(w / math.sqrt(v + mod.eps), AFFINE_BITS)
+    c = _round_significant(b - m * w / math.sqrt(v + mod.eps), AFFINE_BITS)
+    hint = "use fewer bits before the TensorNorm"
+    ag = exact_type(np.array([a]), f"{where}'s scale", node, hint)
+    cg = exact_type(np.array([c]), f"{where}'s bias", node, hint)
+    frac = max(src.frac + ag.frac, cg.frac)
+    integer = max(src.integer + ag.integer, cg.integer) + 1
+    out = Grid(integer + frac, integer, True)
+    n = int(node.meta["tensor_meta"].shape[-1]) if "tensor_meta" in node.meta else 1
+    exact = FxsQuantAct("linear", _fixed(out), out.frac, -(2 ** (out.width - 1)), 2 ** (out.width - 1) - 1, "TRN",
+                        f"TensorNorm {node.target}")       # a type that holds every result: no rounding, no clamp
+    frozen = FxsQuantBatchNorm(torch.full((n,), a, dtype=torch.float64), torch.full((n,), c, dtype=torch.float64),
+                               _fixed(ag), _fixed(cg), exact, f"TensorNorm {node.target}")
+    info = {"layer": str(node.target), "kind": "TensorNorm", "quantizer": "(float affine)", "type": _fixed(out),
+            "scale": f"{a!r} ({_fixed(ag)})", "bias": f"{c!r} ({_fixed(cg)})"}
+    return frozen, out, info
+
+
+def _fit_affine(alpha, beta, ks, valid, L, frac, act):
+    """Integers S, B (scale S * 2**-P, bias B * 2**-(P + frac)) per channel, at the fewest P fractional bits, with
+    quantize(k * S + B) == L[c, k] for every valid raw input k; None if none is found."""
+    shift_base = frac - act.frac
+    for P in _BN_PRECISIONS:
+        sh = P + shift_base                     # raw (k * S + B) has P + frac fractional bits; the level has act.frac
+        if sh < 1 or (np.max(np.abs(ks)) * (np.max(np.abs(alpha)) + 1) + np.max(np.abs(beta)) * 2.0 ** frac
+                      ) * 2.0 ** P > 2.0 ** 61:
+            continue                            # (int64 arithmetic below: never near overflow)
+        S = np.round(alpha * 2.0 ** P).astype(np.int64)
+        B = np.round(beta * 2.0 ** (P + frac)).astype(np.int64)
+        ok = True
+        for c in range(len(alpha)):
+            if not _levels_match(ks, S[c], B[c], sh, valid[c], L[c], act):
+                fixed = False
+                for d in (1, -1, 2, -2, 3, -3):        # a tie brevitas' float32 rounding put on the other side
+                    if _levels_match(ks, S[c], B[c] + d, sh, valid[c], L[c], act):
+                        B[c] += d
+                        fixed = True
+                        break
+                if not fixed:
+                    ok = False
+                    break
+        if ok:
+            return S, B, P
+    return None
+
+
+def _levels_match(ks, S, B, sh, valid, target, act) -> bool:
+    acc = ks[valid] * int(S) + int(B)
+    return bool(np.array_equal(_round_shift(acc, sh, act.rounding).clip(act.qmin, act.qmax), target[valid]))
+
+
+def _round_shift(acc: np.ndarray, sh: int, rounding: str) -> np.ndarray:
+    """acc / 2**sh (integers) rounded as the hls4ml type rounds: RND_CONV (half to even), TRN (floor), TRN_ZERO."""
+    q = acc >> sh                                   # floor
+    r = acc - (q << sh)
+    if rounding == "TRN":
+        return q
+    if rounding == "TRN_ZERO":
+        return np.where((acc < 0) & (r != 0), q + 1, q)
+    half = 1 << (sh - 1)
+    up = (r > half) | ((r == half) & (q % 2 == 1))
+    return q + up
+
+
+# ---- the whole model
+
