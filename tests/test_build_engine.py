@@ -1079,7 +1079,7 @@ def test_manifest_records_source_and_tools_and_a_disagreeing_one_is_rebuilt(tmp_
     assert m["fxsplit"] == source_digest() and m["tools"] == want
     assert run_jobs(jobs, cache, max_workers=1, progress=False)["p0/csim"].state == "cached"
     for field, value in (("tools", {**want, "g++": "g++ (other) 1.0"}), ("fxsplit", "0" * 64)):
-        json.dump({**m, field: value}, open(mpath, "w"))
+        Path(mpath).write_text(json.dumps({**m, field: value}))
         r2 = run_jobs(jobs, cache, max_workers=1, progress=False)
         assert r2["p0/csim"].state == "built" and r2["p0/csim"].key == j.key, field
         assert json.loads(mpath.read_text())[field] == m[field]

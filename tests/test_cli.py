@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from pathlib import Path
 
 from conftest import ROOT
 
@@ -116,7 +117,7 @@ def test_readme_resnet20_command_runs_as_written(tmp_path):
     """The README's ResNet20 example, word for word (only the output directory moved into tmp)."""
     import re
     import shlex
-    readme = open(os.path.join(ROOT, "README.md")).read()
+    readme = Path(os.path.join(ROOT, "README.md")).read_text()
     cmd = re.search(r"`(fxsplit compile models:resnet20 [^`]*)`", readme).group(1)
     argv = shlex.split(cmd)[1:]
     argv[argv.index("-o") + 1] = str(tmp_path / "r20")

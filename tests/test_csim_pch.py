@@ -10,7 +10,6 @@ import dataclasses
 import math
 import os
 import shutil
-import threading
 
 import numpy as np
 import pytest
@@ -123,25 +122,19 @@ def test_pch_refused_by_gcc_is_reported_not_hidden(tmp_path, pch_dir):
 
 
 def test_pch_concurrent_builders_build_once(tmp_path, pch_dir):
-    """Two workers needing the same precompiled header at once: one builds it, the other waits and uses it."""
+    """Two workers needing the same precompiled header at once: one builds it, the other waits and uses it. They are
+    two processes, as the engine's workers are (hls4ml's converter traces with torch.fx, which patches torch's
+    globals while it traces: two traces in one process's threads would trip over each other)."""
+    import concurrent.futures as cf
+    import multiprocessing
     _pt, low = _specs(tmp_path)
     spec = low.specs[next(iter(low.specs))]
-    res, errs = {}, []
-
-    def job(tag):
-        try:
-            wd = tmp_path / tag
-            wd.mkdir()
-            res[tag] = csim_job(str(wd), {}, dataclasses.replace(spec))
-        except Exception as e:       # reported below
-            errs.append(e)
-
-    ts = [threading.Thread(target=job, args=(t,)) for t in ("t1", "t2")]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    assert not errs, errs
+    tags = ("t1", "t2")
+    for t in tags:
+        (tmp_path / t).mkdir()
+    with cf.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futs = {t: pool.submit(csim_job, str(tmp_path / t), {}, dataclasses.replace(spec)) for t in tags}
+        res = {t: f.result() for t, f in futs.items()}
     built = sorted(r["pch"]["built"] for r in res.values())
     assert built == [False, True] and all(r["pch"]["used"] for r in res.values())
     # and each element type's shared object once, whichever job got to it first

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import fxsplit
+from pathlib import Path
 from conftest import FAST, HAVE_ICARUS, random_inputs
 from fxsplit.dagdesc import edges as dag_edges
 from fxsplit.flows.rtl.stream import SHELL_EXTRA, generate_stream_stitched
@@ -65,7 +66,7 @@ def test_stream_top_bit_exact_under_gaps_and_backpressure(skip_design, rng):
         _ok(res, n)
         assert res.extra["cycles"] > free.extra["cycles"] * 1.2      # the pauses really happened
     assert d.rtl.last_sim["interface"] == "axis" and f"{n} passed, 0 failed" in d.rtl.last_sim["log"]
-    html = open(os.path.join(d.output_dir, "report.html")).read()
+    html = Path(os.path.join(d.output_dir, "report.html")).read_text()
     assert "AXI4-Stream top, random input gaps 0.7, output backpressure 0.8 (seed 11)" in html
     assert f"fxsplit_top_axis: {d.rtl.axis['file']}" in html and d.report["stitched"]["axis_file"] == d.rtl.axis["file"]
     # the pipelined top still verifies the same design
@@ -87,7 +88,7 @@ def test_stream_fifos_on_reconvergent_edges(skip_design):
     byp = next(e for e in deep if e["bypass"])
     assert byp["depth"] == lat_a + SHELL_EXTRA + SHELL_EXTRA
     assert all(e["depth"] == SHELL_EXTRA for e in edges if not e["reconvergent"])
-    text = open(d.rtl.axis["file"]).read()
+    text = Path(d.rtl.axis["file"]).read_text()
     assert f".DEPTH({byp['depth']})" in text and "module fxs_shell_a" in text
 
 
@@ -116,7 +117,7 @@ def _read_hex(path, precision, shape):
     """A testbench data file back as raw element values, (n, size)."""
     from fxsplit.flows.rtl.lower import parse_precision
     w, size = parse_precision(precision)[1], int(np.prod(shape))
-    words = [int(h, 16) for h in open(path).read().split()]
+    words = [int(h, 16) for h in Path(path).read_text().split()]
     return np.array([[(v >> (w * e)) & ((1 << w) - 1) for e in range(size)] for v in words], dtype=object)
 
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 import fxsplit
+from pathlib import Path
 from fxsplit.errors import FxsplitError
 from fxsplit.verify import VerifyResult, failure, passed
 from conftest import FAST, ROOT
@@ -65,7 +66,7 @@ def test_stress_inputs_reach_the_limits(tiny):
     lim = r.at_limits["fc2"]
     assert lim["of"] == 1200 and lim["min"] > 0 and lim["max"] > 0, lim
     assert "output elements at their type's minimum" in r.summary()
-    html = (tiny.output_dir and open(os.path.join(tiny.output_dir, "report.html")).read())
+    html = (tiny.output_dir and Path(os.path.join(tiny.output_dir, "report.html")).read_text())
     assert "outputs at their type" in html
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import fxsplit
+from pathlib import Path
 from conftest import FAST
 from fxsplit.fixed import layout, raw_to_float
 from fxsplit.zoo import build
@@ -66,7 +67,7 @@ def test_missing_stitcher_is_an_error_not_an_incomplete_bundle(tmp_path, monkeyp
 
 
 def _read_hex(path):
-    return [int(line, 16) for line in open(path).read().split()]
+    return [int(line, 16) for line in Path(path).read_text().split()]
 
 
 def _unpack(rows, n_elem, width):

@@ -147,7 +147,7 @@ def test_vivado_utilization_report(tmp_path):
     u = read_utilization(str(DATA / "vivado_synth.rpt"))
     assert u == {"LUT": 1526, "FF": 2428, "BRAM_tiles": 0, "DSP": 66, "URAM": 0}
     cut = tmp_path / "u.rpt"
-    cut.write_text("".join(line for line in open(DATA / "vivado_synth.rpt") if "DSPs" not in line))
+    cut.write_text("".join(line for line in (DATA / "vivado_synth.rpt").read_text().splitlines(keepends=True) if "DSPs" not in line))
     with pytest.raises(fxsplit.FxsplitError, match="has no DSP row"):
         read_utilization(str(cut))
 

@@ -7,6 +7,7 @@ import pytest
 from torch import nn
 
 import fxsplit
+from pathlib import Path
 from conftest import FAST, HAVE_ICARUS, needs_icarus, random_inputs
 from fxsplit.zoo import build
 
@@ -54,9 +55,9 @@ def test_jet_tagger_rtl_synth_compare_monolithic_verilator_and_icarus(tmp_path, 
     # each partition's synthesis log and netlist sit next to its RTL; so do the top's
     for part in rep["partitions"]:
         assert os.path.dirname(part["synth_log"]) == str(out / part["name"] / "rtl" / "synth")
-        assert "Time spent" in open(part["synth_log"]).read() and "module fxs_" in open(part["netlist"]).read()
+        assert "Time spent" in Path(part["synth_log"]).read_text() and "module fxs_" in Path(part["netlist"]).read_text()
     assert os.path.exists(st["top_synth_log"])
-    assert os.path.exists(st["file"]) and "fxs_hidden" in open(st["file"]).read()
+    assert os.path.exists(st["file"]) and "fxs_hidden" in Path(st["file"]).read_text()
 
     # compare_monolithic: the uncut design was emitted and synthesized in the same build, and the report puts it
     # beside the stitched one: wall on the build's workers, CPU, peak memory, resources, latency
@@ -71,7 +72,7 @@ def test_jet_tagger_rtl_synth_compare_monolithic_verilator_and_icarus(tmp_path, 
     # the uncut wall is its chain (da4ml then Yosys); the stitched one is never more than the sum of its jobs
     assert u["wall_seconds"] == pytest.approx(u["job_seconds"], rel=1e-3)
     assert s["wall_seconds"] <= s["job_seconds"] + 1e-6
-    assert s["latency"] == st["latency"] and "Time spent" in open(u["synth_log"]).read()
+    assert s["latency"] == st["latency"] and "Time spent" in Path(u["synth_log"]).read_text()
     assert os.path.dirname(u["synth_log"]) == str(out / "monolithic" / "rtl" / "synth")
     html = (out / "report.html").read_text()
     assert "<h2>Uncut vs stitched</h2>" in html
@@ -121,7 +122,7 @@ def test_small_cnn_rtl(name, tmp_path, rng):
         relu = next(p for p in design.report["partitions"][0]["outputs"] if p["name"] == "relu")
         width = int(re.match(r"u?fixed<(\d+)", relu["precision"]).group(1)) * relu["shape"][0] * relu["shape"][1] \
             * relu["shape"][2]
-        text = open(design.report["stitched"]["file"]).read()
+        text = Path(design.report["stitched"]["file"]).read_text()
         regs = {int(d): int(w) + 1 for w, d in re.findall(r"reg \[(\d+):0\] fxs_t_relu_d(\d+);", text)}
         assert lat["branches"] > 0 and regs == {d: width for d in range(1, lat["branches"] + 1)}
 

@@ -127,7 +127,7 @@ def vivado_job(workdir: str, inputs: dict, desc: dict, files: dict) -> dict:
         tail = "\n".join(r.stdout.splitlines()[-30:])
         raise RuntimeError(f"Vivado's stitch of the partitions failed (exit {r.returncode}); its log: {log}\n{tail}")
     import re
-    sim = open(os.path.join(workdir, "vivado", "xsim.log")).read()
+    sim = Path(os.path.join(workdir, "vivado", "xsim.log")).read_text()
     m = re.search(r"(\d+) passed, (\d+) failed", sim)
     if m is None or int(m.group(2)) != 0 or int(m.group(1)) == 0:      # the stitcher checks this too
         raise RuntimeError("the xsim testbench did not pass: " + (m.group(0) if m else "no summary line"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from pathlib import Path
 
 from ...errors import FxsplitError
 
@@ -120,7 +121,7 @@ def read_utilization(path: str) -> dict:
 def read_timing(path: str) -> dict:
     """``report_timing_summary``'s design summary: WNS, TNS, WHS, THS (ns) and whether every constraint is met."""
     import re
-    text = open(path).read()
+    text = Path(path).read_text()
     m = re.search(r"^\s*WNS\(ns\)\s+TNS\(ns\).*\n\s*-[- ]+\n\s*(\S+)\s+(\S+)\s+\S+\s+\S+\s+(\S+)\s+(\S+)", text, re.M)
     if m is None:
         raise FxsplitError(f"no Design Timing Summary table in {path}",
