@@ -96,14 +96,14 @@ def _result(bit_exact=True, torch_exact=None, torch_mismatches=None):
     (_result(torch_exact=False, torch_mismatches=3), True),        # brevitas rounds in float32: reported
 ], ids=["exact", "stitched-differs", "brevitas-equal", "brevitas-differs", "brevitas-inexact"])
 def test_one_verdict_everywhere(res, ok, tmp_path):
-    from fxsplit.report import _verification_html
+    from fxsplit.report import render_html
     d = res.to_dict()
     assert bool(res) is ok and passed(d) is ok and d["passed"] is ok and (failure(d) is None) is ok
-    html = _verification_html(d)
+    report = {"model": "M", "flow": "hls4ml", "partitions": [], "jobs": [], "verification": d}
+    html = render_html(report).split("<h2>Verification</h2>", 1)[1]
     assert ("#2e7d32" in html) is ok and ("#c62828" in html) is (not ok)
     # the CLI's report command reads the same verdict from report.json
-    (tmp_path / "report.json").write_text(json.dumps({"model": "M", "flow": "hls4ml", "partitions": [],
-                                                      "jobs": [], "verification": d}))
+    (tmp_path / "report.json").write_text(json.dumps(report))
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     r = subprocess.run([sys.executable, "-m", "fxsplit", "report", str(tmp_path)], capture_output=True, text=True,
                        env=env, timeout=300)
