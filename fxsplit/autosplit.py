@@ -52,6 +52,8 @@ class AutoPlan:
     predicted_rss: list[int] = field(default_factory=list)   # bytes, per partition: its largest job's predicted peak
     layer_splits: dict[str, list[int]] = field(default_factory=dict)   # layer -> first outputs of its later pieces
                                                                         # (its width: a cut before the join)
+    uncut: dict = field(default_factory=dict)            # the same prediction for the model in one partition
+                                                         # on one worker (markers erased)
 
     def to_dict(self) -> dict:
         return {"splits": list(self.splits), "workers": self.workers, "partitions": self.partitions,
@@ -59,7 +61,7 @@ class AutoPlan:
                 "predicted": [round(t, 3) for t in self.predicted], "crossing_bits": self.crossing_bits,
                 "markers_only": self.markers_only, "candidates": self.candidates, "model": self.model,
                 "max_job_memory": self.max_job_memory, "predicted_rss": list(self.predicted_rss),
-                "layer_splits": {k: list(v) for k, v in self.layer_splits.items()}}
+                "layer_splits": {k: list(v) for k, v in self.layer_splits.items()}, "uncut": self.uncut}
 
 
 def flow_steps(flow: str, synth: bool = True) -> list[tuple[str, tuple[str, ...]]]:
@@ -276,10 +278,10 @@ def plan_auto(model, input_shape, workers: int, *, precision: str = "fixed<16,6>
     whole = seg(0, n)
     total_ports = lambda cuts: sum(seg(a, b)["ports"] for a, b in zip(cuts, cuts[1:]))  # noqa: E731
 
-    def evaluate(cuts: list[int]) -> tuple[float, list[float]]:
+    def evaluate(cuts: list[int], on: int = workers) -> tuple[float, list[float]]:
         feats = [seg(a, b) for a, b in zip(cuts, cuts[1:])]
         rows, per = _job_rows(feats, whole, flow, synth, reference, cm, total_ports(cuts))
-        return predict_wall_time(rows, workers) + MAIN_FIXED + MAIN_PER_PARTITION * len(feats), per
+        return predict_wall_time(rows, on) + MAIN_FIXED + MAIN_PER_PARTITION * len(feats), per
 
     def refine(cuts: list[int]) -> tuple[float, list[float], list[int]]:
         """The dynamic program balances the slowest partition; with more partitions than workers the wall also
@@ -353,6 +355,7 @@ def plan_auto(model, input_shape, workers: int, *, precision: str = "fixed<16,6>
     chosen = [b for b in cuts[1:-1] if b not in forced]
     req = sorted({0, n, *forced})
     m_wall, m_per = evaluate(req)
+    u_wall, _ = evaluate([0, n], on=1)
     layer_splits: dict[str, list[int]] = {}
     for b in chosen:
         if "@" in names[b]:
@@ -363,6 +366,7 @@ def plan_auto(model, input_shape, workers: int, *, precision: str = "fixed<16,6>
                     predicted_wall=wall, predicted=per, crossing_bits=sum(cross[b] for b in chosen),
                     markers_only={"partitions": len(req) - 1, "predicted_wall": round(m_wall, 3),
                                   "predicted": [round(t, 3) for t in m_per]},
+                    uncut={"workers": 1, "predicted_wall": round(u_wall, 3)},
                     candidates=len(names), model=cm.to_dict(), max_job_memory=max_job_memory,
                     predicted_rss=[seg_mem(a, b) for a, b in zip(cuts, cuts[1:])])
 

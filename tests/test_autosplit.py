@@ -120,6 +120,9 @@ def test_balance_on_an_unmarked_model():
     assert one.markers_only["partitions"] == 1
     assert four.partitions >= 2 and four.predicted_wall < four.markers_only["predicted_wall"]
     assert max(four.predicted) < sum(four.predicted)
+    # the uncut build on one worker: the same prediction as one partition planned for one worker, whatever W
+    assert one.uncut == {"workers": 1, "predicted_wall": one.markers_only["predicted_wall"]}
+    assert four.uncut == one.uncut and four.predicted_wall < four.uncut["predicted_wall"]
 
 
 @pytest.fixture(scope="module")
@@ -215,6 +218,9 @@ def test_cli_auto_split_records_the_cuts(tmp_path):
                        capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert r.returncode == 0, r.stderr + r.stdout
     assert "auto split for 2 workers" in r.stdout
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("build: "))     # measured vs predicted uncut
+    assert "on 2 workers (auto split" in line and "the uncut build is predicted to take" in line, line
+    assert "x this build's time)" in line, line                                     # a cold build: the ratio
     state = json.loads((out / "fxsplit.json").read_text())
     assert isinstance(state["splits"], list) and state["auto_split"]["workers"] == 2
     r = subprocess.run([sys.executable, "-m", "fxsplit", "verify", str(out), "-n", "10"], capture_output=True,
