@@ -32,10 +32,10 @@ import time
 import _common as C
 
 import fxsplit  # noqa: E402
-from fxsplit.autosplit import plan_auto  # noqa: E402
-from fxsplit.partitioner import strip_markers  # noqa: E402
-from fxsplit.build import predict_wall_time  # noqa: E402
-from fxsplit.costmodel import CostModel  # noqa: E402
+from fxsplit.plan.autosplit import plan_auto  # noqa: E402
+from fxsplit.frontend.partitioner import strip_markers  # noqa: E402
+from fxsplit.engine import predict_wall_time  # noqa: E402
+from fxsplit.plan.costmodel import CostModel  # noqa: E402
 from fxsplit.zoo import build as build_model  # noqa: E402
 
 

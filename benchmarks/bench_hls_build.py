@@ -58,18 +58,18 @@ import numpy as np
 import _common as C
 
 import fxsplit  # noqa: E402
-from fxsplit.build import Job, run_jobs  # noqa: E402
+from fxsplit.engine import Job, run_jobs  # noqa: E402
 from fxsplit import lower as hflow  # noqa: E402
 from fxsplit.flows.hls4ml import csim as csim_mod  # noqa: E402
 from fxsplit import partition  # noqa: E402
-from fxsplit.partitioner import strip_markers  # noqa: E402
+from fxsplit.frontend.partitioner import strip_markers  # noqa: E402
 from fxsplit.zoo import build as build_model  # noqa: E402
 
 
 def warm_workers(n: int) -> float:
     """Start ``n`` build workers and wait until they have imported what a C-simulation job needs (they are
     parked; the next build on ``n`` workers takes them). Returns the seconds that took."""
-    from fxsplit.build.executors import prewarm
+    from fxsplit.engine.executors import prewarm
     from fxsplit.flows import get_flow
     t0 = time.time()
     prewarm(n, get_flow("hls4ml").job_modules, wait=True)
@@ -246,7 +246,7 @@ def main():
                "states": {r.id: r.state for r in b}, "jobs": C.job_rows(b), "pch": pch,
                "pch_used": [bool(r.meta.get("pch", {}).get("used")) for r in parts],
                "pch_built_seconds": sum(r.meta.get("pch", {}).get("seconds", 0.0) for r in parts),
-               "predicted_wall": {w: fxsplit.build.predict_wall_time(b, w) for w in (1, 2, 4, 8)}}
+               "predicted_wall": {w: fxsplit.engine.predict_wall_time(b, w) for w in (1, 2, 4, 8)}}
         print(f"    compile() {wall:.1f} s, build engine {b.wall_seconds:.1f} s"
               + (f" (of which building the precompiled headers {row['pch_built_seconds']:.1f} s)"
                  if row["pch_built_seconds"] else ""), flush=True)

@@ -18,7 +18,7 @@ a new Python process (as ``python -m fxsplit compile`` would run it):
    the reference is built without one (``lower.spec.reference_config``).
    In the RTL flow a reuse_factor change does not change the fully parallel Verilog (same da4ml
    program -> same key): only the csim job reruns; a precision change reruns csim, rtl and synth.
-   Its workers are the cold build's, kept warm (``fxsplit.build.executors``: they imported torch and
+   Its workers are the cold build's, kept warm (``fxsplit.engine.executors``: they imported torch and
    hls4ml once, when ``compile`` started them before lowering the model).
 3. no change: the same call again; everything comes from the cache. Target: < 2 s wall (PASS/FAIL printed).
 4. the same kind of change (``reuse_factor: 3`` / another precision) in a fresh process: no warm
@@ -45,7 +45,7 @@ import time
 import _common as C
 
 import fxsplit  # noqa: E402
-from fxsplit.build import predict_wall_time  # noqa: E402
+from fxsplit.engine import predict_wall_time  # noqa: E402
 from fxsplit.zoo import build as build_model  # noqa: E402
 
 TARGET_NOCHANGE_S = 2.0

@@ -6,7 +6,7 @@ One run, fresh directories, every build cold:
 
 1. the wide MLP through the open RTL flow with ``compare_monolithic=True``: its 4 partitions (da4ml + Yosys
    each) and the uncut design (da4ml + one Yosys run) in the same build. Printed: every job's peak resident
-   memory (the worker and the tools it started, ``fxsplit.build.usage``), CPU time and wall; the largest and
+   memory (the worker and the tools it started, ``fxsplit.engine.usage``), CPU time and wall; the largest and
    the sum, uncut vs partitioned.
 2. ResNet20's C-simulation build (io_stream, -O3, its markers): every partition's csim job and the uncut
    reference's (``monolithic/csim``, the uncut C simulation): the same figures.
@@ -30,7 +30,7 @@ from pathlib import Path
 import _common as C
 
 import fxsplit  # noqa: E402
-from fxsplit.costmodel import CostModel, cache_records  # noqa: E402
+from fxsplit.plan.costmodel import CostModel, cache_records  # noqa: E402
 from fxsplit.zoo import build as build_model  # noqa: E402
 
 MiB = 2 ** 20
@@ -135,7 +135,7 @@ def main():
           + ", ".join(f"{s}: {mm.source(s)}" for s in ("csim", "rtl", "synth")), flush=True)
     model, shape = build_model(mlp)
     # the predictions of this build's jobs, before building (compile annotates its jobs the same way)
-    from fxsplit.costmodel import annotate, partition_features
+    from fxsplit.plan.costmodel import annotate, partition_features
     from fxsplit.flows import get_flow
     from fxsplit.lower import lower, normalize_config
     pt = fxsplit.partition(model, shape)

@@ -16,7 +16,7 @@ One run, same machine, same hls4ml configuration, everything cold (fresh directo
 
 Printed: uncut synth / partitioned parallel synth wall, sum of partition synth times vs uncut,
 LUT/FF/CARRY/DSP of both, the wall time predicted for 4 and 8 workers from the measured
-partition synth times (``fxsplit.build.predict_wall_time``). Reference point: the 3.5x
+partition synth times (``fxsplit.engine.predict_wall_time``). Reference point: the 3.5x
 synthesis-time reduction reported for ResNet20 with Vivado (not comparable tool-for-tool).
 --quick: precision fixed<6,2>.
 """
@@ -32,7 +32,7 @@ from pathlib import Path
 import _common as C
 
 import fxsplit  # noqa: E402
-from fxsplit.build import predict_wall_time  # noqa: E402
+from fxsplit.engine import predict_wall_time  # noqa: E402
 from fxsplit import lower as hflow  # noqa: E402
 from fxsplit.flows import rtl as rflow  # noqa: E402
 from fxsplit.flows.rtl import lower as rl  # noqa: E402

@@ -1,4 +1,4 @@
-"""Fit the cost model's shipped defaults (``fxsplit.costmodel.DEFAULTS``) on this machine.
+"""Fit the cost model's shipped defaults (``fxsplit.plan.costmodel.DEFAULTS``) on this machine.
 
     python benchmarks/fit_cost_defaults.py [--quick] [--cache DIR] [--jobs 2]
 
@@ -17,8 +17,8 @@ import time
 import _common as C
 
 import fxsplit  # noqa: E402
-from fxsplit.costmodel import CostModel, cache_records  # noqa: E402
-from fxsplit.partitioner import strip_markers  # noqa: E402
+from fxsplit.plan.costmodel import CostModel, cache_records  # noqa: E402
+from fxsplit.frontend.partitioner import strip_markers  # noqa: E402
 from fxsplit.zoo import build  # noqa: E402
 
 

@@ -1,7 +1,7 @@
 """fxsplit: cut a PyTorch network into hls4ml / RTL partitions, build them in parallel, stitch them bit-exactly.
 
 Public API: ``Cut``, ``cut``, ``partition``, ``compile``, ``auto_splits``, ``Design``, ``FxsplitError``.
-Names are imported lazily, so that build workers importing ``fxsplit.build`` do not load torch.
+Names are imported lazily, so that build workers importing ``fxsplit.engine`` do not load torch.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ __all__ = ["Cut", "cut", "partition", "compile", "auto_splits", "Design", "Verif
 __version__ = "0.1.0"
 
 _LAZY = {
-    "Cut": ".markers", "cut": ".markers", "partition": ".partitioner", "compile": ".compiler",
-    "Design": ".design", "VerifyResult": ".design", "auto_splits": ".autosplit",
+    "Cut": ".frontend.markers", "cut": ".frontend.markers", "partition": ".frontend.partitioner",
+    "compile": ".compiler", "Design": ".design", "VerifyResult": ".design", "auto_splits": ".plan.autosplit",
 }
 
 

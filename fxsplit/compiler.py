@@ -13,10 +13,10 @@ from .flows import FLOWS, get_flow
 from .ir import Partitioning
 from .lower import hls4ml_layer_names, lower, normalize_config
 from .lower.convert import accumulator_changes
-from .autosplit import plan_auto, splits_layers_by_default
-from .costmodel import CostModel, annotate, partition_features
-from .partitioner import partition as make_partitioning
-from .summary import build_report
+from .plan.autosplit import plan_auto, splits_layers_by_default
+from .plan.costmodel import CostModel, annotate, partition_features
+from .frontend.partitioner import partition as make_partitioning
+from .report.summary import build_report
 
 
 def _resolve_output_dir(output_dir, model: nn.Module) -> Path:
@@ -75,7 +75,7 @@ def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", co
 
     ``splits="auto"``: fxsplit adds the cuts (to the model's markers, which stay) that minimise the predicted
     build wall on ``workers`` workers (default: ``jobs``, else the CPU count), with the cost model fitted from
-    the jobs in the cache (:mod:`fxsplit.autosplit`); the report's ``auto_split`` says what it chose and why.
+    the jobs in the cache (:mod:`fxsplit.plan.autosplit`); the report's ``auto_split`` says what it chose and why.
 
     ``memory``: the build's memory budget (bytes, or "16GiB"; default: 80 % of the memory available when the
     build starts; "off": none). A job starts only if its predicted peak memory (the cost model's, fitted from the
@@ -90,10 +90,10 @@ def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", co
     jobs predicted to peak under it (a single layer predicted above it is an error).
 
     ``split_layers`` (with ``splits="auto"``): may the automatic cuts go inside a wide Linear layer, building ranges
-    of its outputs as separate partitions (``"fc2@32"`` in ``splits`` does it by hand; :mod:`fxsplit.layersplit`)?
+    of its outputs as separate partitions (``"fc2@32"`` in ``splits`` does it by hand; :mod:`fxsplit.frontend.layersplit`)?
     None (default): in the open RTL flow with exact accumulation and io_parallel; True: wherever the layer allows
     it; False: never. The report's ``auto_split.layer_splits`` lists what it split."""
-    from .build import output_dir_lock, run_jobs
+    from .engine import output_dir_lock, run_jobs
     from .design import Design
 
     t_start = time.time()
@@ -135,7 +135,7 @@ def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", co
         mode = os.environ.get("FXSPLIT_PREWARM", "auto")
         cpus = os.cpu_count() or 1
         if executor is None and (mode == "1" or (mode == "auto" and cpus > (jobs or cpus))):
-            from .build.executors import prewarm as start_workers
+            from .engine.executors import prewarm as start_workers
             start_workers(jobs, get_flow(flow).job_modules)
 
     # ---- validate (no file written yet)

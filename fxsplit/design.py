@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from .capture import eval_mode, output_arrays, to_channels_first, to_channels_last
+from .frontend.capture import eval_mode, output_arrays, to_channels_first, to_channels_last
 from .errors import FxsplitError
 from .fixed import raw_to_float, words_to_float, words_to_raw
 from .flows.hls4ml.csim import CSim
@@ -208,7 +208,7 @@ class Design:
             res = self.rtl.verify(raw_in, self.partitioning.inputs, outs, got, ref, decode, err,
                                   **({"simulator": simulator} if simulator else {}), interface=interface, **stream)
             if self.report:
-                from .summary import stitched_update
+                from .report.summary import stitched_update
                 stitched_update(self.report, self.rtl)
         else:
             res = compare(level, got, ref, [p.name for p in outs], err, decode=decode)

@@ -75,7 +75,7 @@ class Partitioning:
     outputs_torch_layout: bool = True      # Design returns outputs in PyTorch's layout; False: as the ports
                                            # (hls4ml's TransposeOutputs=False, its default for a user's hls_config)
     original: torch.fx.GraphModule | None = None   # with layer splits: the uncut graph as the model is written
-                                                   # (``graph`` then holds the pieces; see fxsplit.layersplit)
+                                                   # (``graph`` then holds the pieces; see fxsplit.frontend.layersplit)
     layer_splits: dict[str, dict] = field(default_factory=dict)   # original Linear node -> its pieces and cats
 
     @property

@@ -48,8 +48,8 @@ class LocalImport(_Base):
 
 class LocalModuleImport(_Base):
     def forward(self, x):
-        import fxsplit.markers
-        return self.fc2(fxsplit.markers.cut(self.act(self.fc1(x)), "tail"))
+        import fxsplit.frontend.markers
+        return self.fc2(fxsplit.frontend.markers.cut(self.act(self.fc1(x)), "tail"))
 
 
 class HelperInOtherModule(_Base):

@@ -13,7 +13,7 @@ import fxsplit
 from fxsplit.errors import FxsplitError
 from fxsplit.lower import hls4ml_layer_names, normalize_config
 from fxsplit.lower.config import given_precision
-from fxsplit.partitioner import partition as make_partitioning
+from fxsplit.frontend.partitioner import partition as make_partitioning
 from conftest import FAST
 
 

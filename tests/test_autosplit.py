@@ -1,4 +1,4 @@
-"""Automatic, balanced cuts and the cost model behind them (fxsplit.autosplit, fxsplit.costmodel), with real
+"""Automatic, balanced cuts and the cost model behind them (fxsplit.plan.autosplit, fxsplit.plan.costmodel), with real
 builds: the cost model is fitted on the jobs a real build left in its cache, the chosen cuts are checked
 against every other choice by brute force, and an automatically split design is built and verified bit-exact."""
 
@@ -16,9 +16,9 @@ from torch import nn
 
 import fxsplit
 from conftest import FAST
-from fxsplit.autosplit import plan_auto
-from fxsplit.costmodel import DEFAULTS, MEM_DEFAULTS, CostModel, StepModel, cache_records, partition_features
-from fxsplit.partitioner import strip_markers
+from fxsplit.plan.autosplit import plan_auto
+from fxsplit.plan.costmodel import DEFAULTS, MEM_DEFAULTS, CostModel, StepModel, cache_records, partition_features
+from fxsplit.frontend.partitioner import strip_markers
 from fxsplit.zoo import build
 
 ROOT = Path(__file__).resolve().parent.parent

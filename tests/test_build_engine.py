@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from fxsplit.build import (BuildResult, Job, JobResult, output_dir_lock, predict_wall_time,  # noqa: E402
+from fxsplit.engine import (BuildResult, Job, JobResult, output_dir_lock, predict_wall_time,  # noqa: E402
                            run_jobs, source_digest, tool_versions, verify_entry)
 from fxsplit.errors import FxsplitError  # noqa: E402
 from conftest import sigint_state  # noqa: E402
@@ -122,7 +122,7 @@ def stamp(workdir, inputs, name, log, seconds=0.0):
 
 
 def loaded_modules(workdir, inputs):
-    import fxsplit.build  # noqa: F401  (what every job imports)
+    import fxsplit.engine  # noqa: F401  (what every job imports)
     from fxsplit.errors import FxsplitError as E  # noqa: F401
     return {"torch": "torch" in sys.modules, "hls4ml": "hls4ml" in sys.modules,
             "main": getattr(sys.modules.get("__main__"), "__file__", None)}
@@ -258,7 +258,7 @@ def test_warm_pool_is_reused_then_replaced(tmp_path, monkeypatch):
     """The engine's pool stays warm between runs: the next run with the same workers and fxsplit source takes
     its workers (which ran the job module's warm_worker() before any job); another size, an edited fxsplit or
     keep_warm=False end it, and its workers are gone."""
-    from fxsplit.build import executors, tools
+    from fxsplit.engine import executors, tools
     executors.discard_warm_pool()
 
     def jobs(tag):
@@ -290,7 +290,7 @@ def test_warm_pool_is_reused_then_replaced(tmp_path, monkeypatch):
 
 
 def test_warm_pool_expires_when_idle(tmp_path, monkeypatch):
-    from fxsplit.build import executors
+    from fxsplit.engine import executors
     monkeypatch.setattr(executors, "WARM_IDLE_SECONDS", 0.5)
     r = run_jobs([Job("p0/csim", "p0", "csim", warm_probe, {"tag": "x"}, b"x")], tmp_path, max_workers=2,
                  progress=False)
@@ -302,7 +302,7 @@ def test_warm_pool_expires_when_idle(tmp_path, monkeypatch):
 
 def test_prewarmed_workers_run_the_build(tmp_path):
     """prewarm (what compile calls before lowering) starts the workers; the run that follows uses them."""
-    from fxsplit.build import executors
+    from fxsplit.engine import executors
     executors.discard_warm_pool()
     executors.prewarm(2, ["test_build_engine"])
     pids = executors.warm_pool_pids()
@@ -334,7 +334,7 @@ def test_process_tree_from_proc_children_is_psutils():
     busy machine pays in CPU): the same processes, grandchildren included, as psutil's full scan; and the same
     resident sizes."""
     import psutil
-    from fxsplit.build import usage
+    from fxsplit.engine import usage
     if usage._tree(os.getpid()) is None:
         pytest.skip("this kernel has no /proc/<pid>/task/<tid>/children")
     p = subprocess.Popen(["bash", "-c", "sleep 3 & sleep 3 & wait"])
@@ -353,7 +353,7 @@ def test_process_tree_from_proc_children_is_psutils():
 def test_job_memory_and_cpu_are_measured(tmp_path):
     """Peak resident memory of the worker's process tree and CPU time, per job, within 10 % of what the job
     allocated; recorded in the manifest (a cached job reports the figures of the build that made it)."""
-    from fxsplit.build import executors
+    from fxsplit.engine import executors
     executors.discard_warm_pool()
     jobs = [Job("a/synth", "a", "synth", hog, {"mb": 400, "where": "child", "burn": 1.0}, b"a"),
             Job("b/synth", "b", "synth", hog, {"mb": 300, "where": "worker"}, b"b"),
@@ -400,7 +400,7 @@ def test_memory_budget_holds(tmp_path):
     """The scheduler never starts a job whose predicted peak does not fit in what the running jobs leave of the
     budget (checked from the jobs' own start and end times); a job predicted above the whole budget runs alone,
     with a warning naming it; cached jobs take no memory."""
-    from fxsplit.build.scheduler import MemoryBudgetWarning
+    from fxsplit.engine.scheduler import MemoryBudgetWarning
     budget = 1000 * MB
     mbs = [600, 600, 300, 300, 300, 1500, 100]
     jobs = _mem_jobs("a", mbs)
@@ -695,7 +695,7 @@ def test_keyboard_interrupt_leaves_no_partial_entry(tmp_path):
     cache, pids = tmp_path / "cache", tmp_path / "pids"
     p = _run_script(f"""
         from test_build_engine import sleeper, write_file
-        from fxsplit.build import Job, run_jobs
+        from fxsplit.engine import Job, run_jobs
         jobs = [Job("q/quick", "q", "csim", write_file, {{}}, b"1"),
                 Job(f"p0/hls", "p0", "hls", sleeper, {{"seconds": 60, "pid_dir": {str(pids)!r}}}, b"1"),
                 Job(f"p1/hls", "p1", "hls", sleeper, {{"seconds": 60, "pid_dir": {str(pids)!r}}}, b"2"),
@@ -739,7 +739,7 @@ def test_ctrl_c_at_random_moments(tmp_path):
         cache = tmp_path / f"cache{k}"
         p = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
             from test_build_engine import write_file, sleeper
-            from fxsplit.build import Job, run_jobs
+            from fxsplit.engine import Job, run_jobs
             jobs = [Job(f"q{{i}}/csim", f"q{{i}}", "csim", write_file,
                         {{"name": f"{{i}}.txt", "sleep": 0.05 * (i % 4), "size": 200_000}}, b"%d" % i)
                     for i in range(40)]
@@ -820,7 +820,7 @@ def test_unguarded_user_script_with_its_own_job_function(tmp_path):
     script = tmp_path / "user_script.py"
     script.write_text(textwrap.dedent(f"""
         import os
-        from fxsplit.build import Job, run_jobs
+        from fxsplit.engine import Job, run_jobs
 
         def my_step(workdir, inputs, n):
             print("my_step runs in", os.getpid())
@@ -846,7 +846,7 @@ def test_output_dir_lock_between_processes(tmp_path):
 
     holder = _run_script(f"""
         import sys
-        from fxsplit.build import output_dir_lock
+        from fxsplit.engine import output_dir_lock
         with output_dir_lock({str(out)!r}):
             print("locked", flush=True)
             sys.stdin.readline()                        # hold the lock until told to let go
@@ -932,15 +932,15 @@ def write(workdir, inputs, name, content):
 
 
 def where(workdir, inputs):
-    import fxsplit.build
-    Path(workdir, "where.txt").write_text(fxsplit.build.__file__)
-    return {"fxsplit.build": fxsplit.build.__file__}
+    import fxsplit.engine
+    Path(workdir, "where.txt").write_text(fxsplit.engine.__file__)
+    return {"fxsplit.engine": fxsplit.engine.__file__}
 """
 
 _RUNNER = """
 import json, sys
-import fxsplit.build
-from fxsplit.build import Job, run_jobs
+import fxsplit.engine
+from fxsplit.engine import Job, run_jobs
 import fxjobs
 
 cache, tools = sys.argv[1], tuple(t for t in sys.argv[2].split(",") if t)
@@ -948,7 +948,7 @@ jobs = [Job("p0/a", "p0", "a", fxjobs.write, {"name": "a.txt", "content": "A"}, 
         Job("p1/a", "p1", "a", fxjobs.write, {"name": "b.txt", "content": "B"}, b"2", tools=tools),
         Job("p0/where", "p0", "where", fxjobs.where, {}, b"1", deps=("p0/a",))]
 r = run_jobs(jobs, cache, max_workers=2, progress=False)
-print(json.dumps({"engine": fxsplit.build.__file__, "digest": fxsplit.build.source_digest(),
+print(json.dumps({"engine": fxsplit.engine.__file__, "digest": fxsplit.engine.source_digest(),
                   "jobs": {j.id: j.to_dict() for j in r}}))
 """
 
@@ -977,7 +977,7 @@ def test_editing_fxsplit_makes_every_job_a_miss(tmp_path):
     cache = tmp_path / "cache"
     r1 = _run_build(tmp_path, cache, [copy])
     assert r1["engine"].startswith(str(copy)), r1["engine"]
-    assert r1["jobs"]["p0/where"]["meta"]["fxsplit.build"].startswith(str(copy)), "the workers use the copy"
+    assert r1["jobs"]["p0/where"]["meta"]["fxsplit.engine"].startswith(str(copy)), "the workers use the copy"
     assert {j["state"] for j in r1["jobs"].values()} == {"built"}
     assert {j["fxsplit"] for j in r1["jobs"].values()} == {r1["digest"]}
     r2 = _run_build(tmp_path, cache, [copy])
@@ -1087,7 +1087,7 @@ def test_manifest_records_source_and_tools_and_a_disagreeing_one_is_rebuilt(tmp_
 
 
 def test_importing_the_engine_stays_light():
-    p = subprocess.run([sys.executable, "-c", "import sys, fxsplit.build; "
+    p = subprocess.run([sys.executable, "-c", "import sys, fxsplit.engine; "
                         "print(sorted(m for m in ('torch', 'hls4ml', 'numpy') if m in sys.modules))"],
                        env=ENV, capture_output=True, text=True, timeout=60)
     assert p.returncode == 0 and p.stdout.strip() == "[]", (p.stdout, p.stderr)
@@ -1112,7 +1112,7 @@ def test_dask_workers_memory_resource_holds(tmp_path, tmp_path_factory):
     """On a Dask cluster whose workers declare MEMORY, every job asks for its predicted peak: no worker ever runs
     jobs whose predictions add up past its MEMORY (checked per worker from the jobs' own start and end times),
     though each worker has two threads; a job predicted above every worker runs alone, with a warning."""
-    from fxsplit.build.scheduler import MemoryBudgetWarning
+    from fxsplit.engine.scheduler import MemoryBudgetWarning
     wdir = tmp_path_factory.mktemp("dask-mem-workers")
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=2, processes=True, host="127.0.0.1",
                                        dashboard_address=None, local_directory=str(wdir),
@@ -1250,7 +1250,7 @@ def test_predict_wall_time_bounds(durs, data, w):
 def test_prewarm_can_wait_for_every_worker(tmp_path):
     """prewarm(wait=True) returns only once every worker has run its imports (here a warm-up that takes 1.5 s
     and leaves a file): the next run's jobs find the workers warm. Without wait it returns before that."""
-    from fxsplit.build import executors
+    from fxsplit.engine import executors
     traces = tmp_path / "warmed"
     traces.mkdir()
     WARM_PROBE.write_text(json.dumps({"sleep": 1.5, "dir": str(traces)}))

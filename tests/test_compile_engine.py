@@ -53,8 +53,8 @@ def test_incremental_rebuild_only_the_changed_partition(jet, tmp_path_factory, t
                          output_dir=tmp_path / "b", cache_dir=cache, progress=False)
     assert states(d4) == {"p0/csim": "cached", "hidden/csim": "cached", "head/csim": "built",
                           "monolithic/csim": "built"}
-    # the workers of the last compile stay warm for the next one (fxsplit.build.executors)
-    from fxsplit.build.executors import warm_pool_pids
+    # the workers of the last compile stay warm for the next one (fxsplit.engine.executors)
+    from fxsplit.engine.executors import warm_pool_pids
     assert {int(r.worker.rsplit("/", 1)[1]) for r in d4.build if r.state == "built"} <= set(warm_pool_pids())
 
     d3 = fxsplit.compile(model, shape, config=cfg, output_dir=tmp_path / "a", cache_dir=cache, progress=False)
@@ -166,7 +166,7 @@ def test_reference_config_drops_only_the_reuse_factor():
 
 @pytest.mark.parametrize("flow", ["hls4ml", "rtl", "vitis"])
 def test_compile_prewarms_every_module_its_jobs_need(jet, tmp_path, flow, monkeypatch):
-    """compile starts the workers (fxsplit.build.executors.prewarm) with Flow.job_modules before it lowers the
+    """compile starts the workers (fxsplit.engine.executors.prewarm) with Flow.job_modules before it lowers the
     model; the build takes that pool only if it preloaded every job function's module."""
     if flow == "vitis":     # the tools are only looked up (validate), never run: their jobs are listed, not built
         bindir = tmp_path / "bin"
@@ -175,7 +175,7 @@ def test_compile_prewarms_every_module_its_jobs_need(jet, tmp_path, flow, monkey
             (bindir / tool).write_text("#!/bin/sh\nexit 1\n")
             (bindir / tool).chmod(0o755)
         monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
-    from fxsplit.build.scheduler import worker_modules
+    from fxsplit.engine.scheduler import worker_modules
     from fxsplit.flows import get_flow
     from fxsplit.lower import lower, normalize_config
     model, shape = jet
@@ -198,7 +198,7 @@ def test_compile_respects_a_memory_budget(jet, tmp_path):
     """compile(memory=...): every job carries a predicted peak; under a budget smaller than any of them each job
     runs alone (checked from the jobs' start and end times), each named in a warning; the report shows the
     measured peak and CPU time of every job beside the prediction."""
-    from fxsplit.build.scheduler import MemoryBudgetWarning
+    from fxsplit.engine.scheduler import MemoryBudgetWarning
     model, shape = jet
     with pytest.raises(fxsplit.FxsplitError, match="not a memory size"):
         fxsplit.compile(model, shape, config=dict(FAST), output_dir=tmp_path / "bad", memory="lots", progress=False)

@@ -92,7 +92,7 @@ CASES = [
     (Conv1dNet, (3, 16), ["fc"], "name", "io_parallel"),        # a partition ending in Flatten (hls4ml drops it)
     (ViewTail, (3, 8), [], "model", "io_parallel"),
     (ViewTail, (3, 8), [], "model", "io_stream"),
-    # cuts inside a layer (fxsplit.layersplit): fc1 carries the user's own types (saturating result, wrapping
+    # cuts inside a layer (fxsplit.frontend.layersplit): fc1 carries the user's own types (saturating result, wrapping
     # accumulator) into its three pieces; the model's output is the Concatenate of fc3's pieces
     (MLP3, (12,), ["fc1@8", "fc1@17", "fc3@2"], "name", "io_parallel"),
     (ResidualMLP, (10,), ["fc2@8", "fc3"], "type", "io_parallel"),     # h bypasses both pieces

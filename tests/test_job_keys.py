@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import fxsplit
-from fxsplit.build import tools
+from fxsplit.engine import tools
 from fxsplit.lower.spec import module_settings
 from conftest import FAST
 
@@ -93,7 +93,7 @@ def test_an_edited_library_install_is_another_tool(tmp_path, monkeypatch):
         """))
     after = tools._distribution_version("fxs-fake-hls")
     assert after.startswith("1.0.0 files:") and after != before
-    key = {v: fxsplit.build.job_key("csim", b"x", tools={"hls4ml": v}) for v in (before, after)}
+    key = {v: fxsplit.engine.job_key("csim", b"x", tools={"hls4ml": v}) for v in (before, after)}
     assert key[before] != key[after]
     # the real libraries: version and digest of their files
     for name in ("hls4ml", "da4ml", "brevitas"):

@@ -1,4 +1,4 @@
-"""Cuts inside a layer (fxsplit.layersplit): a wide Linear built as several partitions, each a range of its outputs,
+"""Cuts inside a layer (fxsplit.frontend.layersplit): a wide Linear built as several partitions, each a range of its outputs,
 bit-exact against the uncut model in C simulation and in the stitched RTL; chosen by splits="auto" where a layer
 is the build's bottleneck; refused, before anything is written, where the pieces could not equal the layer.
 (Bit-exactness against plain hls4ml with the user's own hls4ml config: tests/test_hls4ml_parity.py.)"""
@@ -12,9 +12,9 @@ from torch import nn
 
 import fxsplit
 from conftest import FAST
-from fxsplit.autosplit import plan_auto
-from fxsplit.costmodel import DEFAULTS, CostModel, StepModel
-from fxsplit.partitioner import strip_markers
+from fxsplit.plan.autosplit import plan_auto
+from fxsplit.plan.costmodel import DEFAULTS, CostModel, StepModel
+from fxsplit.frontend.partitioner import strip_markers
 from fxsplit.zoo import build
 
 P8 = {**FAST, "precision": "fixed<8,3>"}

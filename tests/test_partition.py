@@ -329,7 +329,7 @@ def test_public_names_survive_submodule_imports():
     for mod in pkgutil.walk_packages(fxsplit.__path__, "fxsplit."):
         if mod.name != "fxsplit.__main__":
             importlib.import_module(mod.name)
-    from fxsplit.partitioner import partition as impl
+    from fxsplit.frontend.partitioner import partition as impl
     assert fxsplit.partition is impl and callable(fxsplit.compile) and isinstance(fxsplit.Cut, type)
 
 
@@ -423,8 +423,8 @@ def test_cut_right_after_a_dropout(tmp_path):
 def test_container_split_on_a_model_without_its_markers_cuts_where_it_does_on_the_model():
     """strip_markers returns a GraphModule; tracing it again keeps every node's module path and source line, so
     a container name ('stage2.1', a ResNet block) cuts at the same operation as on the model itself."""
-    from fxsplit.capture import node_source
-    from fxsplit.partitioner import strip_markers
+    from fxsplit.frontend.capture import node_source
+    from fxsplit.frontend.partitioner import strip_markers
     model, shape = build("resnet20")
     a = fxsplit.partition(model, shape, splits=["stage1.1", "stage2.1"])
     b = fxsplit.partition(strip_markers(model, shape), shape, splits=["stage1.1", "stage2.1"])
@@ -439,7 +439,7 @@ def test_split_naming_a_container_no_operation_is_attributed_to_says_so():
     """A GraphModule whose nodes carry no module paths (built by a tool that drops node meta): a container name
     exists in named_modules() but nothing says which operations it ran. Refused as such, not 'did you mean'
     the very same name."""
-    from fxsplit.partitioner import strip_markers
+    from fxsplit.frontend.partitioner import strip_markers
     model, shape = build("resnet20")
     gm = strip_markers(model, shape)
     for n in gm.graph.nodes:

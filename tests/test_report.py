@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from fxsplit.build import Job, run_jobs  # noqa: E402
+from fxsplit.engine import Job, run_jobs  # noqa: E402
 from fxsplit.report import format_text, render_html, write_report  # noqa: E402
 
 

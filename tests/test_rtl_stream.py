@@ -14,7 +14,7 @@ from torch import nn
 import fxsplit
 from pathlib import Path
 from conftest import FAST, HAVE_ICARUS, random_inputs
-from fxsplit.dagdesc import edges as dag_edges
+from fxsplit.flows.common.dagdesc import edges as dag_edges
 from fxsplit.flows.rtl.stream import SHELL_EXTRA, generate_stream_stitched
 
 
@@ -75,7 +75,7 @@ def test_stream_top_bit_exact_under_gaps_and_backpressure(skip_design, rng):
 
 
 def test_stream_fifos_on_reconvergent_edges(skip_design):
-    """The deep FIFO sits on the edge the shared analysis (fxsplit.dagdesc, also behind the Vivado
+    """The deep FIFO sits on the edge the shared analysis (fxsplit.flows.common.dagdesc, also behind the Vivado
     stitcher) calls reconvergent: p0 -> b, over 'a'; it is as deep as 'a' holds samples."""
     d = skip_design
     edges = d.rtl.axis["edges"]

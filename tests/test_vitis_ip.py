@@ -217,7 +217,7 @@ def test_post_jobs_run_after_the_bundle_with_the_hls_artifacts(monkeypatch, tmp_
     """compile's second stage, which runs the Vivado stitch where the tools are: it starts after the bundle is
     written, gets every partition's hls artifacts through the engine (cache hits, not rebuilds), lands in the
     build record and the report, and is itself cached."""
-    from fxsplit.build import Job
+    from fxsplit.engine import Job
     from fxsplit.flows.vitis import VitisFlow
 
     def post_jobs(self, jobs):

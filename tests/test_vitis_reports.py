@@ -12,7 +12,7 @@ import fxsplit
 from conftest import FAST
 from fxsplit.flows.vitis.reports import read_hls_report
 from fxsplit.report import write_report
-from fxsplit.summary import build_report
+from fxsplit.report.summary import build_report
 from fxsplit.zoo import build
 
 DATA = Path(__file__).parent / "data" / "hls4ml_reports" / "vivado_hls_2020.1"

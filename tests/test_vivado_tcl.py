@@ -892,7 +892,7 @@ def test_resnet20_emits_completely(tmp_path):
     block's input, its skip tensor, crosses each of them): every partition's Vitis project, stitch.json, the
     vectors; its C simulations stitched bit-exact against the uncut model; the Vivado stitcher, in tclsh
     against the mock, builds the DAG with a whole-tensor FIFO on every reconvergent edge."""
-    from fxsplit.dagdesc import edges as reconv_edges
+    from fxsplit.flows.common.dagdesc import edges as reconv_edges
     model, shape = build("resnet20")
     out = tmp_path / "r20"
     d = fxsplit.compile(model, shape, splits=RESNET20_SPLITS, flow="vitis", emit_only=True,

@@ -34,7 +34,7 @@ class Built:
 class Flow:
     name = "hls4ml"
     # the modules of this flow's job functions (jobs() and post_jobs()): ``compile`` starts the workers,
-    # which import them, while it lowers the model (fxsplit.build.executors.prewarm)
+    # which import them, while it lowers the model (fxsplit.engine.executors.prewarm)
     job_modules: tuple[str, ...] = ("fxsplit.flows.hls4ml.csim",)
 
     # flows that synthesize can build the uncut design too (compile(compare_monolithic=True))
@@ -60,7 +60,7 @@ class Flow:
 
     def jobs(self) -> list:
         from .hls4ml.csim import csim_job
-        from ..build import Job
+        from ..engine import Job
         specs = dict(self.lowered.specs)
         if self.reference:
             specs[self.lowered.mono_spec.name] = self.lowered.mono_spec
@@ -80,7 +80,7 @@ class Flow:
     def export(self, result) -> None:
         """Copy every finished hls4ml project to ``output_dir/<name>/hls4ml`` (also after a failed build:
         the partitions that did build are kept)."""
-        from ..build import copy_artifacts
+        from ..engine import copy_artifacts
         for r in result:
             if r.step == "csim" and r.state in ("built", "cached"):
                 copy_artifacts(Path(r.artifact_dir) / r.meta["project"], self.out / r.meta["project"] / "hls4ml",

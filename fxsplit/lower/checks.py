@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.fx
 
-from ..capture import node_source
+from ..frontend.capture import node_source
 from ..errors import FxsplitError
 from ..ir import Partition, Partitioning
 from .spec import _is_noop, _supported_ops, hls4ml_source, type_width
@@ -119,7 +119,7 @@ def _keeps_nothing(gm: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
     only (a reshape hls4ml drops at the end of a graph in io_parallel)."""
     import operator
 
-    from ..capture import reshapes
+    from ..frontend.capture import reshapes
     return (_is_noop(node, gm) or reshapes(gm, node) or
             (node.op == "call_function" and node.target in (operator.getitem, torch.squeeze, torch.unsqueeze)) or
             (node.op == "call_method" and node.target in ("squeeze", "unsqueeze")))
@@ -175,7 +175,7 @@ def _transposed(hm, layer_name: str) -> bool:
 
 def _flattens(gm: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
     """``node`` reshapes a tensor of more than one dimension per sample (a Flatten of channels-first data)."""
-    from ..capture import reshapes, shape_or_none
+    from ..frontend.capture import reshapes, shape_or_none
     return reshapes(gm, node) and len(shape_or_none(node.all_input_nodes[0]) or ()) > 1
 
 

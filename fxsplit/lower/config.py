@@ -296,8 +296,8 @@ def hls4ml_layer_names(model) -> dict[str, str]:
     disagreement raises instead of guessing."""
     from hls4ml.utils.torch import CustomFXTracer
 
-    from ..capture import LeafTracer
-    from ..markers import is_cut_node
+    from ..frontend.capture import LeafTracer
+    from ..frontend.markers import is_cut_node
 
     was_training = model.training
     model.eval()

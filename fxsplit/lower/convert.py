@@ -14,7 +14,7 @@ import os
 from typing import Any, NamedTuple
 
 
-from ..capture import node_source
+from ..frontend.capture import node_source
 from ..errors import FxsplitError
 from ..ir import Partitioning
 from .brevitas import freeze_partitions
@@ -137,7 +137,7 @@ def accumulator_changes(pt: Partitioning, fc: FlowConfig, lowered: "Lowered") ->
 def _pin_split_layers(pt: Partitioning, fc: FlowConfig, mono, nmap: dict[str, str]) -> None:
     """Every piece of a split layer gets the weight, bias and result types hls4ml gives the whole layer in the
     uncut model (and its accumulator type, unless that is exact: 'auto'), every Concatenate joining them the
-    layer's result type: each output neuron is then the same sum in the same types (see fxsplit.layersplit)."""
+    layer's result type: each output neuron is then the same sum in the same types (see fxsplit.frontend.layersplit)."""
     for layer, e in pt.layer_splits.items():
         node = next(n for n in pt.uncut.graph.nodes if n.name == layer)
         hl = mono.graph.get(nmap.get(layer, ""))

@@ -2,7 +2,7 @@
 
 from torch import nn
 
-from fxsplit import Cut
+from .. import Cut
 
 
 class JetTagger(nn.Module):

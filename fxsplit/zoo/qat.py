@@ -7,7 +7,7 @@ from brevitas.quant import Int8ActPerTensorFixedPoint, Int8WeightPerTensorFixedP
     Uint8ActPerTensorFixedPoint
 from torch import nn
 
-from fxsplit import Cut
+from .. import Cut
 
 
 def _linear(n_in, n_out, bits, last=False):

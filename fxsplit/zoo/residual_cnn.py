@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from fxsplit import Cut, cut
+from .. import Cut, cut
 
 
 class ResidualCNN(nn.Module):

@@ -4,7 +4,7 @@ and before the head give four partitions."""
 
 from torch import nn
 
-from fxsplit import Cut
+from .. import Cut
 
 
 class BasicBlock(nn.Module):

@@ -269,13 +269,13 @@ def warm_worker() -> None:
     """Load what a csim job imports on the way (unpickling its spec's GraphModule re-traces it with
     fxsplit's tracer and pulls in about a thousand torch modules; hls4ml's converters and writers): a
     warm pool's workers call this once when they start, so no job waits for it
-    (:mod:`fxsplit.build.executors`)."""
+    (:mod:`fxsplit.engine.executors`)."""
     import pickle
 
     import hls4ml.converters  # noqa: F401
     import torch
 
-    from ...capture import LeafTracer
+    from ...frontend.capture import LeafTracer
 
     m = torch.nn.Sequential(torch.nn.Linear(1, 1))
     gm = torch.fx.GraphModule(m, LeafTracer().trace(m))

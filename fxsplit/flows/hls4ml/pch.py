@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ...build.cache import user_cache_dir
+from ...engine.cache import user_cache_dir
 
 PCH_NAME = "fxsplit_pch.h"
 FORMAT = 1                          # bump when the header's composition changes

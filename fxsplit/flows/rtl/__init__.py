@@ -40,7 +40,7 @@ def module_name(partition: str) -> str:
 # ----------------------------------------------------------------------------- jobs (worker side)
 
 def warm_worker() -> None:
-    """Load da4ml's tracer and Verilog generator once per warm worker (see :mod:`fxsplit.build.executors`)."""
+    """Load da4ml's tracer and Verilog generator once per warm worker (see :mod:`fxsplit.engine.executors`)."""
     import da4ml.codegen.rtl.verilog  # noqa: F401
     import da4ml.trace  # noqa: F401
 
@@ -131,7 +131,7 @@ class RTLFlow(Flow):
         self.dag = self.pt.dag()
 
     def jobs(self) -> list:
-        from ...build import Job
+        from ...engine import Job
         out = super().jobs()
         names = [p.name for p in self.pt.partitions]
         progs = dict(self.programs)
@@ -160,7 +160,7 @@ class RTLFlow(Flow):
         return out
 
     def finish(self, result) -> Built:
-        from ...build import copy_artifacts
+        from ...engine import copy_artifacts
         built = super().finish(result)
         rtl, synth = {}, {}
         for part in self.pt.partitions:
@@ -191,7 +191,7 @@ class RTLFlow(Flow):
 
 def _copy_synth(r, dest: Path) -> dict:
     """A synthesis job's log, stat.json and netlist, copied next to the RTL they describe."""
-    from ...build import copy_artifacts
+    from ...engine import copy_artifacts
     copy_artifacts(Path(r.artifact_dir), dest, r.key)
     meta = dict(r.meta)
     for k in ("log", "stat", "netlist"):

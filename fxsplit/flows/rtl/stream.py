@@ -11,7 +11,7 @@ simulation (``RTLDesign.verify(..., interface="axis")``, random input gaps and o
   queue has room for everything in flight; each output has a queue of ``L + 2`` whole tensors, so a
   result leaving the pipeline always has a place (the pipeline cannot stall, the credits guarantee it).
 - **Edges**: every tensor forks to its consumers (a beat leaves when every consumer's FIFO has room),
-  and every edge has a FIFO (``fxs_axis_fifo``). A *reconvergent* edge (:func:`fxsplit.dagdesc.edges`,
+  and every edge has a FIFO (``fxs_axis_fifo``). A *reconvergent* edge (:func:`fxsplit.flows.common.dagdesc.edges`,
   the same analysis the Vivado stitcher in ``flows/vitis/tcl/`` uses) gets a FIFO as deep as the delay
   its path needs on the stream schedule, plus two, so the shorter path never throttles the longer one;
   any other edge gets two entries.
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from ...dagdesc import MODEL_INPUT, MODEL_OUTPUT, edges as dag_edges
+from ..common.dagdesc import MODEL_INPUT, MODEL_OUTPUT, edges as dag_edges
 from ...errors import FxsplitError
 from .names import verilog_name
 from .rtltype import parse_precision
@@ -144,7 +144,7 @@ def _shell(part, meta: Mapping[str, Any]) -> str:
 
 
 def edge_depths(dag: Mapping[str, Any], rtl: Mapping[str, Mapping[str, Any]]) -> list[dict]:
-    """Every edge (:func:`fxsplit.dagdesc.edges`) with its FIFO depth on the stream schedule."""
+    """Every edge (:func:`fxsplit.flows.common.dagdesc.edges`) with its FIFO depth on the stream schedule."""
     parts, inputs, outputs, _src = dag_objects(dag)
     start, ready = schedule(parts, {n: {"latency": int(m["latency"]) + SHELL_EXTRA} for n, m in rtl.items()})
     for i in inputs:

@@ -33,8 +33,8 @@ import tempfile
 import time
 from typing import Sequence
 
-from fxsplit.build.cache import user_cache_dir
-from fxsplit.errors import FxsplitError
+from ...engine.cache import user_cache_dir
+from ...errors import FxsplitError
 
 RESOURCE_KEYS = ('lut', 'ff', 'carry', 'dsp', 'srl', 'muxf', 'bram')
 

@@ -26,7 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
-from fxsplit.errors import FxsplitError
+from ...errors import FxsplitError
 from ...fixed import raw_to_unsigned, unsigned_to_raw
 from ...verify import Mismatch
 from .names import verilog_name

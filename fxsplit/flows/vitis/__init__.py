@@ -169,7 +169,7 @@ class VitisFlow(Flow):
         return {"inputs": [desc(p) for p in part.inputs], "outputs": [desc(p) for p in part.outputs]}
 
     def jobs(self) -> list:
-        from ...build import Job
+        from ...engine import Job
         out = super().jobs()
         run = not self.emit_only
         for part in self.pt.partitions:
@@ -181,7 +181,7 @@ class VitisFlow(Flow):
         return out
 
     def export(self, result) -> None:
-        from ...build import copy_artifacts
+        from ...engine import copy_artifacts
         super().export(result)
         for r in result:
             if r.step == "hls" and r.state in ("built", "cached"):
@@ -216,7 +216,7 @@ class VitisFlow(Flow):
     def post_jobs(self, jobs: list) -> list:
         """With the tools (not emit only): the Vivado stitch, after the bundle is written. It depends on every
         partition's ``hls`` job (cached by now: they are passed again so the engine hands over their IPs)."""
-        from ...build import Job
+        from ...engine import Job
         if self.emit_only:
             return []
         bundle = self.out / STITCHED / "vitis"
@@ -232,7 +232,7 @@ class VitisFlow(Flow):
 
     def post_finish(self, result) -> dict:
         """Copy the stitched Vivado project out of the cache; its figures go to the report."""
-        from ...build import copy_artifacts
+        from ...engine import copy_artifacts
         r = result[f"{STITCHED}/vivado"]
         copy_artifacts(Path(r.artifact_dir), self.out / STITCHED / "vitis" / "vivado_run", r.key)
         return dict(r.meta)

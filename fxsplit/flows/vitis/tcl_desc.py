@@ -38,7 +38,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ...dagdesc import MODEL_INPUT, MODEL_OUTPUT, edges as dag_edges
+from ..common.dagdesc import MODEL_INPUT, MODEL_OUTPUT, edges as dag_edges
 from ...errors import FxsplitError
 
 DEFAULT_PART = "xcvu13p-flga2577-2-e"          # hls4ml's Vitis backend default (create_initial_config)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.fx
 
-from ...capture import node_source
+from ...frontend.capture import node_source
 from ...errors import FxsplitError
 
 FLOAT32_BITS = 24                    # significant bits of a float32: a sum that fits is computed exactly

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...capture import eval_mode, output_arrays
+from ...frontend.capture import eval_mode, output_arrays
 from ...errors import FxsplitError
 from .grid import ACTS, GRID_MODULES, SAME_GRID_FUNCS, SAME_GRID_MODULES, uses_brevitas
 

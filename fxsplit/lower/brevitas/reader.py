@@ -9,7 +9,7 @@ import operator
 import torch
 import torch.fx
 
-from ...capture import eval_mode, node_source
+from ...frontend.capture import eval_mode, node_source
 from ...errors import FxsplitError
 from . import layers, norm
 from .grid import (_describe, ACTS, FLOAT32_BITS, GRID_MODULES, Grid, Plan, SAME_GRID_FUNCS, SAME_GRID_MODULES, _ADDS, _READ,

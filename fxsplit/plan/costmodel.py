@@ -20,7 +20,7 @@ manifest (``cost``), and its measured time is there already. A step with fewer t
 x86 machine, in seconds), so a fresh cache still predicts.
 
 Peak memory (the resident memory of a job's worker and every tool it starts, measured by
-:mod:`fxsplit.build.usage` and recorded in the manifest as ``usage.peak_rss``) has the same form and the same
+:mod:`fxsplit.engine.usage` and recorded in the manifest as ``usage.peak_rss``) has the same form and the same
 fit, per step, with its own shipped defaults (:data:`MEM_DEFAULTS`, bytes): ``CostModel.from_cache(cache,
 target="peak_rss")``. The intercept is mostly the worker itself (Python, torch, hls4ml).
 """
@@ -244,10 +244,10 @@ def layer_features(gm, weight_precision: str, input_precision: str | None = None
     import torch
     from torch import nn
 
-    from .capture import node_shape
-    from .fixed import layout
-    from .partitioner import _COMPUTE_OPS
-    from .summary import _node_ops
+    from ..frontend.capture import node_shape
+    from ..fixed import layout
+    from ..frontend.partitioner import _COMPUTE_OPS
+    from ..report.summary import _node_ops
     try:
         wl = layout(weight_precision)
     except ValueError:
@@ -258,7 +258,7 @@ def layer_features(gm, weight_precision: str, input_precision: str | None = None
         in_w = 16
     lim = (1 << (wl.width - 1)) - 1 if wl.signed else (1 << wl.width) - 1
     feats: dict[str, dict] = {}
-    from .markers import is_cut_node
+    from ..frontend.markers import is_cut_node
     for n in gm.graph.nodes:
         if n.op not in _COMPUTE_OPS or is_cut_node(n, gm):
             continue
@@ -297,7 +297,7 @@ def add(fs: Iterable[dict]) -> dict:
 def partition_features(pt, weight_precision: str, input_precision: str | None = None,
                        width: int | None = None) -> dict[str, dict]:
     """Features per partition of a Partitioning (and ``"*"``: the whole model)."""
-    from .fixed import layout
+    from ..fixed import layout
     lf = layer_features(pt.graph, weight_precision, input_precision)
     if width is None:
         try:

@@ -8,7 +8,7 @@ between them would change the numerics against the uncut design), or by a brevit
 (hls4ml merges that linear quantizer into the layer's result type).
 
 For every number of partitions K, a dynamic program over the operations finds the cuts that minimise the
-slowest partition's predicted build time (:mod:`fxsplit.costmodel`: each partition's jobs for the flow,
+slowest partition's predicted build time (:mod:`fxsplit.plan.costmodel`: each partition's jobs for the flow,
 summed), never moving a required cut and, among plans within 1 % of that, the one whose cuts carry the
 fewest bits. Each plan's whole job graph (partition jobs, the uncut reference, the stitched top) is then
 list-scheduled on W workers (``build.predict_wall_time``, the scheduler's own rule), plus the serial work of
@@ -24,7 +24,7 @@ import math
 from dataclasses import dataclass, field
 
 from .costmodel import FEATURES, CostModel, layer_features, model_name
-from .errors import FxsplitError
+from ..errors import FxsplitError
 
 STITCHED = "stitched"
 MONO = "monolithic"
@@ -110,16 +110,16 @@ def plan_auto(model, input_shape, workers: int, *, precision: str = "fixed<16,6>
               max_job_memory: int | None = None, memory_model: CostModel | None = None,
               split_layers: bool = False) -> AutoPlan:
     """Choose the cuts (see the module docstring). ``splits``: names that must be cut too (as for compile).
-    ``split_layers``: cuts inside a wide Linear layer (by outputs, :mod:`fxsplit.layersplit`) are candidates too.
+    ``split_layers``: cuts inside a wide Linear layer (by outputs, :mod:`fxsplit.frontend.layersplit`) are candidates too.
     ``max_job_memory`` (bytes): only plans whose every partition job is predicted (``memory_model``, default the
     shipped peak-memory model) to peak under it; a single operation predicted above it is an error."""
     from torch import nn
 
-    from .build import predict_wall_time
-    from .capture import node_shape
-    from .fixed import layout
-    from .markers import is_cut_node
-    from .partitioner import _COMPUTE_OPS, _resolve_split, trace_eval
+    from ..engine import predict_wall_time
+    from ..frontend.capture import node_shape
+    from ..fixed import layout
+    from ..frontend.markers import is_cut_node
+    from ..frontend.partitioner import _COMPUTE_OPS, _resolve_split, trace_eval
 
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise FxsplitError(f"workers must be a positive integer, got {workers!r}")
@@ -128,7 +128,7 @@ def plan_auto(model, input_shape, workers: int, *, precision: str = "fixed<16,6>
     if max_job_memory is not None and (isinstance(max_job_memory, bool) or not isinstance(max_job_memory, int)
                                        or max_job_memory <= 0):
         raise FxsplitError(f"max_job_memory must be a positive number of bytes, got {max_job_memory!r}")
-    from . import layersplit
+    from ..frontend import layersplit
     gm = trace_eval(model, input_shape)
     user = [s for s in ([splits] if isinstance(splits, str) else list(splits or []))]
     required = layersplit.resolve(gm, [(*layersplit.parse(s), s) for s in user if layersplit.parse(s) is not None])
@@ -383,7 +383,7 @@ def _offer_layer_splits(gm, workers: int, cm: CostModel, precision: str, input_p
     output ranges, at most :data:`MAX_PIECES`, at least :data:`MIN_PIECE_OUTPUTS` outputs each): the dynamic program
     may then cut between pieces, so a partition's predicted time can land within one piece of the fair share;
     bounds it does not cut at are not applied. Returns ``layersplit.apply``'s description."""
-    from . import layersplit
+    from ..frontend import layersplit
     lf = layer_features(gm, precision, input_precision)
     steps = flow_steps(flow, synth)
 
@@ -416,7 +416,7 @@ def auto_splits(model, input_shape, workers: int | None = None, config: dict | N
     """The names to pass as ``splits`` (besides the model's markers) for a build balanced on ``workers``
     workers (default: this machine's CPUs), with the cost model fitted from ``cache_dir`` (else the shipped
     defaults). ``config``: the fxsplit config of the build (its precision sizes the datapath). ``split_layers``:
-    may the cuts go inside a wide Linear layer (``"fc2@32"``, :mod:`fxsplit.layersplit`); None: as ``compile``."""
+    may the cuts go inside a wide Linear layer (``"fc2@32"``, :mod:`fxsplit.frontend.layersplit`); None: as ``compile``."""
     import os
     cfg = dict(config or {})
     if split_layers is None:

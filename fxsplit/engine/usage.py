@@ -1,7 +1,7 @@
 """What a job cost where it ran: the peak resident memory of the worker's whole process tree (the worker
 and every tool it started: g++, Yosys, Verilator, vitis_hls, vivado) and its CPU time.
 
-:class:`TreeMonitor` runs around a job in the worker (:func:`fxsplit.build.executors._execute`):
+:class:`TreeMonitor` runs around a job in the worker (:func:`fxsplit.engine.executors._execute`):
 
 - **peak memory**: a thread samples the resident set size of the worker and all its descendants every
   ``interval`` seconds and keeps the largest sum. Each process' own peak (``VmHWM`` in ``/proc/<pid>/status``;

@@ -7,7 +7,7 @@ with ``torch.cat`` (hls4ml's Concatenate, chained two at a time as hls4ml concat
 ``fc2__o32``. The join goes with the last piece; ``"fc2@64"`` (the layer's width) cuts between the last piece and
 the join as well, so the join starts a partition with what follows. Either way a layer built as pieces adds a
 partition on the pipeline's path (the join waits for every piece), so its latency grows by one partition's. Several bounds of one layer (``"fc2@16", "fc2@32"``) give several pieces; ``splits="auto"`` proposes
-them itself (:mod:`fxsplit.autosplit`).
+them itself (:mod:`fxsplit.plan.autosplit`).
 
 Why the bits stay the same: every output neuron of a Dense layer is its own sum over the same inputs with its own
 row of weights; nothing in it depends on the other neurons. ``lower`` pins each piece's weight, bias and result
@@ -30,7 +30,7 @@ import torch.fx
 from torch import nn
 
 from .capture import node_shape, node_source, reshapes, shape_or_none
-from .errors import FxsplitError
+from ..errors import FxsplitError
 
 SPLIT_RE = re.compile(r"^(?P<layer>[^@\s]+)@(?P<at>-?\d+)$")
 PIECE_SEP = "__o"           # piece module / node: <layer>__o<first output>

@@ -19,11 +19,11 @@ import torch.fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .errors import FxsplitError
+from ..errors import FxsplitError
 from .markers import Cut, count_marker_calls, fxsplit_tracing, is_cut_node
 
 _LEAF_PREFIXES = ("torch.nn", "torch.ao.nn", "brevitas.nn")
-_FXSPLIT_DIR = os.path.dirname(os.path.abspath(__file__))
+_FXSPLIT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the fxsplit package
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
 _ZOO_DIR = os.path.join(_FXSPLIT_DIR, "zoo") + os.sep     # the model zoo is model source, not fxsplit's machinery
 

@@ -5,7 +5,7 @@
 - :func:`tool_versions`: the versions of named tools, measured by running or querying them
   (never by importing a Python package); ``"missing"`` for a tool that is not there.
 
-Both are measured where a job is built (see ``fxsplit.build.scheduler``), so an upgrade of
+Both are measured where a job is built (see ``fxsplit.engine.scheduler``), so an upgrade of
 fxsplit or of a tool makes every affected job a cache miss. This module is imported by
 workers: it imports nothing heavy.
 """

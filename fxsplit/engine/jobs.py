@@ -17,7 +17,7 @@ class Job:
     """One step of one partition. See the package docstring for ``fn``'s contract.
 
     ``tools``: names of the tools the step runs (``"yosys"``, ``"g++"``, ``"hls4ml"``...; see
-    :data:`fxsplit.build.tools.TOOLS`). Their versions, measured where the job is built, are
+    :data:`fxsplit.engine.tools.TOOLS`). Their versions, measured where the job is built, are
     part of the job's key.
     """
     id: str
@@ -53,13 +53,13 @@ class JobResult:
     debug_dir: Path | None = None   # failed jobs: the workdir of the failed attempt (cache_dir/_failed/...)
     fxsplit: str | None = None      # source digest of fxsplit the key was computed for
     tools: dict[str, str] = field(default_factory=dict)   # tool -> version the key was computed for
-    predicted: float | None = None  # the cost model's prediction of build_seconds (fxsplit.costmodel)
-    # what the build that produced the artifacts cost where it ran (fxsplit.build.usage; cached: from the manifest)
+    predicted: float | None = None  # the cost model's prediction of build_seconds (fxsplit.plan.costmodel)
+    # what the build that produced the artifacts cost where it ran (fxsplit.engine.usage; cached: from the manifest)
     peak_rss: int | None = None     # bytes: peak resident memory of the worker and every tool it started
     base_rss: int | None = None     # bytes: the worker's own resident memory when the job started
     cpu_seconds: float | None = None   # worker + tools
     predicted_rss: int | None = None   # the cost model's prediction of peak_rss (bytes)
-    out_of_memory: str | None = None   # why a failed attempt ran out of memory (fxsplit.build.usage.memory_failure)
+    out_of_memory: str | None = None   # why a failed attempt ran out of memory (fxsplit.engine.usage.memory_failure)
 
     def to_dict(self) -> dict:
         return {
@@ -179,7 +179,7 @@ def job_key(step: str, key_data: bytes | str, dep_keys: Iterable[tuple[str, str]
     """The cache key of a job.
 
     sha256 over the engine format, step, fn's name, key_data, the deps' (id, key) pairs,
-    fxsplit's source digest (``source``; default: :func:`~fxsplit.build.tools.source_digest`
+    fxsplit's source digest (``source``; default: :func:`~fxsplit.engine.tools.source_digest`
     of this process) and the versions of the job's tools (``tools``: name -> version).
     Every part is length-prefixed, the variable-length lists counted, so no two different
     inputs hash alike.

@@ -42,7 +42,7 @@ class MemoryBudgetWarning(UserWarning):
 
 
 def _set_usage(r: JobResult, usage: dict | None) -> None:
-    """Peak memory and CPU time of the run that built ``r`` (fxsplit.build.usage), when it was measured."""
+    """Peak memory and CPU time of the run that built ``r`` (fxsplit.engine.usage), when it was measured."""
     if usage:
         r.peak_rss, r.base_rss, r.cpu_seconds = usage.get("peak_rss"), usage.get("base_rss"), usage.get("cpu_seconds")
 
@@ -96,7 +96,7 @@ class _Engine:
 
     def __init__(self, jobs, cache_dir, executor, max_workers, progress, retries, log_dir,
                  transfer, mp_context, keep_warm=True, memory_budget=None):
-        from ..progress import make_progress
+        from .progress import make_progress
 
         self.order = _toposort(list(jobs))
         self.jobs = {j.id: j for j in self.order}
@@ -361,7 +361,7 @@ class _Engine:
 
     @staticmethod
     def _read_live_usage(r: JobResult, root: Path | None) -> None:
-        """The peak a dead worker's monitor last wrote (fxsplit.build.usage, ``live_path``)."""
+        """The peak a dead worker's monitor last wrote (fxsplit.engine.usage, ``live_path``)."""
         from .executors import USAGE
         try:
             _set_usage(r, json.loads((root / USAGE).read_text()))

@@ -37,7 +37,7 @@ _FD_LOCK = threading.Lock()
 # Initializer of the engine's own pool workers, run as ``exec(_BOOTSTRAP, {})`` (a builtin, so
 # starting a worker imports nothing of fxsplit). It puts each worker in its own process group
 # (so the engine can kill a worker together with the tools it started) and registers the
-# ``fxsplit`` package *without running its __init__*: ``import fxsplit.build`` and the job
+# ``fxsplit`` package *without running its __init__*: ``import fxsplit.engine`` and the job
 # functions' modules load only what they import themselves; the package __init__ (which may
 # import torch) runs on first access to one of its attributes, so semantics are unchanged.
 # (tests/test_build_engine.py::test_workers_stay_light checks a worker loads neither torch nor hls4ml.)

@@ -2,7 +2,7 @@
 
 ``Cut`` is an identity ``nn.Module``; ``cut(x)`` is its functional twin. Both are
 identities in PyTorch (forward, backward, state_dict, eval) and survive torch.fx
-tracing as nodes that :mod:`fxsplit.partitioner` turns into partition boundaries and
+tracing as nodes that :mod:`fxsplit.frontend.partitioner` turns into partition boundaries and
 then erases.
 
 ``cut`` records itself in the traced graph *by looking at its argument*: when it receives
@@ -13,7 +13,7 @@ Only fxsplit's tracer records markers; under any other tracer (hls4ml's own, for
 is an identity, so the user's model still converts in plain hls4ml.
 (Name-based wrapping, ``torch.fx.wrap``, only sees the global names it patched, and lost
 markers reached any other way.) A ``cut`` called during tracing with anything but a traced
-tensor raises instead of silently vanishing, and :func:`fxsplit.capture.trace` counts the
+tensor raises instead of silently vanishing, and :func:`fxsplit.frontend.capture.trace` counts the
 markers that run on real tensors to catch markers hidden inside leaf modules.
 """
 
@@ -26,7 +26,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from .errors import FxsplitError
+from ..errors import FxsplitError
 
 _COUNT = threading.local()
 

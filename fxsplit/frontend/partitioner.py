@@ -21,8 +21,8 @@ from torch import nn
 from torch.fx.passes.split_module import split_module
 
 from .capture import channels_last, node_shape, node_source, trace
-from .errors import FxsplitError
-from .ir import MODEL_INPUT, Partition, Partitioning, Port
+from ..errors import FxsplitError
+from ..ir import MODEL_INPUT, Partition, Partitioning, Port
 from .markers import cut_name, is_cut_node
 
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")

@@ -8,7 +8,7 @@ import os
 import torch
 from torch import nn
 
-from .capture import node_shape
+from ..frontend.capture import node_shape
 
 
 def _node_ops(node, module: nn.Module | None) -> int:
@@ -87,8 +87,8 @@ def compare_monolithic(build, rtl, stitched: dict) -> dict:
     """The uncut design beside the stitched one, from this build's own jobs (a reused job counts with the figures
     of the build that made it): the build wall on the build's workers (its jobs list-scheduled with their measured
     times, as the report predicts walls), CPU time, peak memory, resources and latency."""
-    from .build import predict_wall_time
-    from .lower.spec import MONOLITHIC
+    from ..engine import predict_wall_time
+    from ..lower.spec import MONOLITHIC
 
     def side(jobs) -> dict:
         ids = {r.id for r in jobs}
@@ -119,7 +119,7 @@ def _hls_report(build, partition: str) -> dict | None:
 def _vitis_summary(parts: list[dict], output_dir: str) -> dict:
     """The vendor flow's section: per-partition C-synthesis estimates and their sum, or, where Vitis HLS
     did not run (emit only), what was written instead."""
-    from .flows.vitis.reports import total
+    from ..flows.vitis.reports import total
     hls = {p["name"]: p["hls"] for p in parts if p.get("hls")}
     out = {"bundle": os.path.join(output_dir, "stitched", "vitis"), "ran": bool(hls)}
     if hls:

@@ -1,0 +1,1 @@
+"""What every flow shares: the plain-data DAG description's edge analysis (``dagdesc``)."""
