@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import fxsplit
 from fxsplit.errors import FxsplitError
@@ -15,17 +14,10 @@ from fxsplit.lower import hls4ml_layer_names, normalize_config
 from fxsplit.lower.config import given_precision
 from fxsplit.frontend.partitioner import partition as make_partitioning
 from conftest import FAST
+from test_hls4ml_parity import MLP3
 
 
-class MLP(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc1, self.relu1 = nn.Linear(12, 24), nn.ReLU()
-        self.fc2, self.relu2 = nn.Linear(24, 16), nn.ReLU()
-        self.fc3 = nn.Linear(16, 5)
-
-    def forward(self, x):
-        return self.fc3(self.relu2(self.fc2(self.relu1(self.fc1(x)))))
+MLP = MLP3          # 12-24-16-5, the parity tests' MLP
 
 
 def _hls_config(model, where: str):
