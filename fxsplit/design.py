@@ -67,7 +67,7 @@ class Design:
         type's minimum and an eighth at its maximum (results and accumulators wrap and saturate); the second half
         is uniform in [-4, 4), a quarter of its elements midway between two values of the input type (rounding
         ties). Deterministic in ``seed``."""
-        from .fixed import layout
+        from .fixed import parse_type
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise FxsplitError(f"stress_inputs needs a positive number of samples, got {n!r}")
         rng = np.random.default_rng(seed)
@@ -76,21 +76,20 @@ class Design:
         for port in self.partitioning.inputs:
             shape = port.torch_shape
             try:
-                lay = layout(port.precision)
+                t = parse_type(port.precision)
             except ValueError as e:
                 raise FxsplitError(f"input {port.name!r} has type {port.precision!r}, which is not fixed point: "
                                    "fxsplit cannot draw inputs over its range") from e
-            lo = -(1 << (lay.width - 1)) if lay.signed else 0
-            hi = (1 << (lay.width - 1)) - 1 if lay.signed else (1 << lay.width) - 1
+            lo, hi = t.raw_range()
             full = (rng.integers(lo, hi, size=(half, *shape), endpoint=True, dtype=np.int64).astype(np.float64)
-                    if lay.width <= 62 else rng.uniform(lo, hi, size=(half, *shape)))
+                    if t.width <= 62 else rng.uniform(lo, hi, size=(half, *shape)))
             pick = rng.random(full.shape)
             full[pick < 0.125] = lo
             full[pick > 0.875] = hi
-            full = np.ldexp(full, -lay.frac)
+            full = np.ldexp(full, -t.frac)
             wide = rng.uniform(-4.0, 4.0, size=(n - half, *shape))
             ties = rng.random(wide.shape) < 0.25
-            lsb = math.ldexp(1.0, -lay.frac)
+            lsb = math.ldexp(1.0, -t.frac)
             wide[ties] = (np.floor(wide[ties] / lsb) + 0.5) * lsb
             xs.append(np.concatenate([full, wide]))
         return xs[0] if len(xs) == 1 else xs

@@ -51,21 +51,16 @@ def parse_type(precision: Any) -> FixedType:
     if m is None:
         raise ValueError(f"{text!r} is not a fixed-point or integer type")
     unsigned, kind, args = m.group(1) == "u", m.group(2), [a.strip() for a in m.group(3).split(",")]
+    if kind == "int" and len(args) != 1:
+        raise ValueError(f"{text!r}: an integer type takes one argument")
+    if kind == "fixed" and len(args) < 2:
+        raise ValueError(f"{text!r}: a fixed-point type needs its integer bits")
+    modes = [a.upper().replace("AP_", "") for a in args[2:4]]
     try:
         width = int(args[0])
-        if kind == "int":
-            if len(args) != 1:
-                raise ValueError(f"{text!r}: an integer type takes one argument")
-            t = FixedType(0 if unsigned else 1, width, width)
-        else:
-            if len(args) < 2:
-                raise ValueError(f"{text!r}: a fixed-point type needs its integer bits")
-            rnd = args[2].upper().replace("AP_", "") if len(args) > 2 else "TRN"
-            ovf = args[3].upper().replace("AP_", "") if len(args) > 3 else "WRAP"
-            t = FixedType(0 if unsigned else 1, width, int(args[1]), rnd, ovf, int(args[4]) if len(args) > 4 else 0)
-    except (IndexError, ValueError) as e:
-        if isinstance(e, ValueError) and str(e).startswith(repr(text)):
-            raise
+        t = (FixedType(0 if unsigned else 1, width, width) if kind == "int" else
+             FixedType(0 if unsigned else 1, width, int(args[1]), *modes, *[int(a) for a in args[4:5]]))
+    except ValueError as e:
         raise ValueError(f"cannot parse type {text!r}") from e
     if width <= 0:
         raise ValueError(f"{text!r} has no bits")

@@ -84,12 +84,10 @@ class VerifyResult:
 
 def outputs_at_limits(raw: list[np.ndarray], ports) -> dict[str, dict[str, int]]:
     """Per output port, how many elements of ``raw`` (raw integers) sit at the minimum or maximum of the port's type."""
-    from .fixed import layout
+    from .fixed import parse_type
     out = {}
     for r, p in zip(raw, ports):
-        lay = layout(p.precision)
-        lo = -(1 << (lay.width - 1)) if lay.signed else 0
-        hi = (1 << (lay.width - 1)) - 1 if lay.signed else (1 << lay.width) - 1
+        lo, hi = parse_type(p.precision).raw_range()
         out[p.name] = {"min": int(np.sum(r == lo)), "max": int(np.sum(r == hi)), "of": int(np.asarray(r).size)}
     return out
 

@@ -144,8 +144,7 @@ def given_precision(fc: FlowConfig, node: str, hls_class: str, var: str) -> str 
 
     got = pick((fc.layer_name.get(node) or {}).get("Precision"))
     if got is None:
-        lt = {k.lower(): v for k, v in fc.layer_type.items() if isinstance(v, dict)}
-        got = pick((lt.get(hls_class.lower()) or {}).get("Precision"))
+        got = pick(_layer_type_precision(fc, hls_class))
     if got is None:
         got = pick(fc.model.get("Precision"))
     return None if got is None else str(got)
@@ -155,9 +154,14 @@ def _explicit(fc: FlowConfig, node: str, hls_class: str, var: str) -> bool:
     """Whether the config names ``var`` itself (not through a default) for this layer at any level."""
     def names(prec) -> bool:
         return isinstance(prec, dict) and prec.get(var) is not None
-    lt = {k.lower(): v for k, v in fc.layer_type.items() if isinstance(v, dict)}
     return (names((fc.layer_name.get(node) or {}).get("Precision")) or
-            names((lt.get(hls_class.lower()) or {}).get("Precision")) or names(fc.model.get("Precision")))
+            names(_layer_type_precision(fc, hls_class)) or names(fc.model.get("Precision")))
+
+
+def _layer_type_precision(fc: FlowConfig, hls_class: str):
+    """The LayerType Precision entry of an hls4ml class (hls4ml matches the class name case-insensitively)."""
+    entry = next((v for k, v in fc.layer_type.items() if k.lower() == hls_class.lower() and isinstance(v, dict)), None)
+    return (entry or {}).get("Precision")
 
 
 def _exact_accumulators(fc: FlowConfig, graphs) -> None:

@@ -4,12 +4,12 @@ lowering reproduces exactly."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
-from ...fixed import FixedType, parse_type, quantize_raw, quantize_scalar, raw_to_unsigned, to_raw, unsigned_to_raw
+from ...fixed import (FixedType, parse_type, quantize_raw, quantize_scalar, raw_to_float, raw_to_unsigned, to_raw,
+                      unsigned_to_raw)
 
 SUPPORTED_ROUNDING = ('TRN', 'RND', 'RND_CONV')      # RND_CONV: half to even (brevitas' round)
 SUPPORTED_OVERFLOW = ('WRAP', 'SAT', 'SAT_SYM')      # SAT_SYM: a narrow signed range (min = -max)
@@ -59,11 +59,7 @@ def type_raw_range(t: tuple) -> tuple[int, int]:
 
 def from_raw(raw: Any, precision: Any) -> np.ndarray:
     """Raw integers of ``precision`` -> float64 values (raw * 2**-frac)."""
-    f = type_frac(precision if isinstance(precision, tuple) else parse_precision(precision))
-    arr = np.asarray(raw)
-    if arr.dtype == object:
-        return np.array([math.ldexp(float(int(v)), -f) for v in arr.ravel()], dtype=np.float64).reshape(arr.shape)
-    return np.ldexp(arr.astype(np.float64), -f)
+    return raw_to_float(raw, type_str(precision) if isinstance(precision, tuple) else precision)
 
 
 __all__ = ['SUPPORTED_ROUNDING', 'SUPPORTED_OVERFLOW', 'SATURATING', 'UnsupportedType', 'parse_precision', 'type_str',
