@@ -140,11 +140,12 @@ def main():
     from fxsplit.lower import lower, normalize_config
     pt = fxsplit.partition(model, shape)
     fc = normalize_config(cfg, pt, exact_accum_default=True)
-    fl = get_flow("rtl")(pt, lower(pt, fc, str(run / "dry")), fc, run / "dry", reference=False)
+    lw = lower(pt, fc, str(run / "dry"))
+    fl = get_flow("rtl")(lw.partitioning, lw, fc, run / "dry", reference=False)
     fl.validate()
     jl = fl.jobs()
-    annotate(jl, partition_features(pt, fc.precision, fc.input_precision), CostModel.from_cache(cache), mono="monolithic",
-             memory=mm)
+    annotate(jl, partition_features(lw.partitioning, fc.precision, fc.input_precision), CostModel.from_cache(cache),
+             fl.steps, memory=mm)
     largest = max(j.cost["predicted_rss"] for j in jl if j.cost)
     budget = int(1.5 * largest)
     t0 = time.time()

@@ -1,11 +1,11 @@
-"""Fit the cost model's shipped defaults (``fxsplit.plan.costmodel.DEFAULTS``) on this machine.
+"""Fit the cost model's shipped defaults (each flow's ``Step.seconds`` and ``Step.memory``) on this machine.
 
     python benchmarks/fit_cost_defaults.py [--quick] [--cache DIR] [--jobs 2]
 
 Builds zoo models through the RTL flow (C simulation, da4ml, Yosys) and the hls4ml flow with several cuts each
 (uncut, the markers, a cut before every layer), all into one cache, then fits every step model on the jobs
 that cache records (``CostModel.from_cache``, exactly what a user's cache does) and prints the coefficients
-with their fit error, ready to paste into ``DEFAULTS``, and the same for the peak memory (``MEM_DEFAULTS``). Markers are erased from the traced graph so that the
+with their fit error, ready to paste into the steps' ``seconds=``, and the same for the peak memory (``memory=``). Markers are erased from the traced graph so that the
 ``splits`` of each case are the only cuts. ``--quick``: the small models only (minutes instead of ~20).
 """
 
@@ -66,14 +66,14 @@ def main():
     print(f"\n{len(recs)} jobs with features in {cache}")
     for step, m in sorted(cm.steps.items()):
         n = sum(1 for r in recs if r[0] == step)
-        print(f'    "{step}": StepModel(a={m.a:.3g}, b={m.b:.3g}, d={m.d:.3g}, c={m.c:.3g}),'
+        print(f'    "{step}": StepModel(a={m.a:.3g}, b={m.b:.3g}, d={m.d:.3g}, c={m.c:.3g}, size="{m.size}"),'
               f"   # {n} jobs, {cm.source(step)}, rms {m.rms if m.rms is None else round(m.rms, 2)} s")
     mrecs = cache_records(cache, target="peak_rss")
     mm = CostModel.from_cache(cache, target="peak_rss")
-    print(f"\npeak memory (MEM_DEFAULTS, bytes): {len(mrecs)} jobs measured")
+    print(f"\npeak memory (the steps' memory=, bytes): {len(mrecs)} jobs measured")
     for step, m in sorted(mm.steps.items()):
         n = sum(1 for r in mrecs if r[0] == step)
-        print(f'    "{step}": StepModel(a={m.a:.4g}, b={m.b:.4g}, d={m.d:.4g}, c={m.c:.3g}),'
+        print(f'    "{step}": StepModel(a={m.a:.4g}, b={m.b:.4g}, d={m.d:.4g}, c={m.c:.3g}, size="{m.size}"),'
               f"   # {n} jobs, {mm.source(step)}, rms {m.rms if m.rms is None else round(m.rms / 2**20)} MiB")
     print("written:", C.write_json(run, {"machine": C.machine(), "model": cm.to_dict(), "memory": mm.to_dict()}))
 

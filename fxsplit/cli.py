@@ -19,6 +19,7 @@ import traceback
 from pathlib import Path
 
 from .errors import FxsplitError
+from .flows import flow_names, get_flow
 
 STATE_FILE = "fxsplit.json"
 STATE_FORMAT = 1
@@ -86,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--split-layers", choices=("on", "off"), default=None,
                    help="with --auto-split: may the cuts go inside a wide Linear layer (default: in the rtl flow "
                         "with exact accumulation)")
-    c.add_argument("--flow", choices=("hls4ml", "rtl", "vitis"), default="hls4ml")
+    c.add_argument("--flow", choices=flow_names(), default="hls4ml")
     c.add_argument("--emit-only", action="store_true",
                    help="vitis flow: write every Vitis HLS project, the DAG description, test vectors and the run "
                         "script, for a machine that has vitis_hls and vivado")
@@ -134,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="re-verify a design built by 'fxsplit compile' (rebuilds from the cache)")
     v.add_argument("dir", metavar="DIR")
     v.add_argument("-n", "--samples", type=_positive, default=100, metavar="N")
-    v.add_argument("--level", choices=("csim", "rtl"), default=None, help="default: rtl for the rtl flow")
+    v.add_argument("--level", default=None,
+                   help="a verification level of the design's flow (csim; rtl for the rtl flow); default: its deepest")
     v.add_argument("--simulator", choices=("verilator", "icarus"), default=None)
     v.add_argument("--seed", type=int, default=None, help="seed of the random inputs (default: the compile's)")
     v.add_argument("--no-progress", action="store_true")
@@ -259,7 +261,7 @@ def load_config(path: str | None) -> dict:
 # ----------------------------------------------------------------------------- commands
 
 def _compile(state: dict, progress: bool | None):
-    import fxsplit
+    from .compiler import CompileOptions, build
     model, zoo_shape = load_model(state["model"], state["seed"], state.get("cwd"))
     shapes = [tuple(s) for s in state["input_shape"]] if state.get("input_shape") else None
     if shapes is None:
@@ -269,17 +271,13 @@ def _compile(state: dict, progress: bool | None):
     state["input_shape"] = [list(s) for s in shapes]
     shape_arg = shapes[0] if len(shapes) == 1 else shapes
     client = _dask_client(state["scheduler"]) if state.get("scheduler") else None
+    auto_only = {} if state.get("splits") == "auto" else {"workers": None, "max_job_memory": None, "split_layers": None}
     try:
-        design = fxsplit.compile(model, shape_arg, splits=state.get("splits"), flow=state["flow"],
-                                 config=state["config"], hls_config=state.get("hls_config"),
-                                 output_dir=state["output_dir"], jobs=state.get("jobs"),
-                                 executor=client.get_executor() if client else None,
-                                 progress=progress, cache_dir=state.get("cache_dir"),
-                                 emit_only=bool(state.get("emit_only")), memory=state.get("memory"),
-                                 compare_monolithic=bool(state.get("compare_monolithic")),
-                                 workers=state.get("workers") if state.get("splits") == "auto" else None,
-                                 max_job_memory=state.get("max_job_memory") if state.get("splits") == "auto" else None,
-                                 split_layers=state.get("split_layers") if state.get("splits") == "auto" else None)
+        opts = CompileOptions.from_mapping(state, input_shape=shape_arg, progress=progress,
+                                           executor=client.get_executor() if client else None,
+                                           emit_only=bool(state.get("emit_only")),
+                                           compare_monolithic=bool(state.get("compare_monolithic")), **auto_only)
+        design = build(model, opts)
     finally:
         if client is not None:
             client.close()
@@ -353,7 +351,7 @@ def cmd_compile(args) -> int:
     _write_state(Path(design.output_dir), state)
     ok = True
     if args.verify:
-        level = "rtl" if args.flow == "rtl" else "csim"
+        level = get_flow(args.flow).verify_levels[-1]
         ok = _verify(design, shapes, args.verify, args.seed, level, args.simulator)
     print(format_text(design.report), end="")
     line = auto_split_line(design.report)
@@ -438,7 +436,7 @@ def cmd_verify(args) -> int:
     built = [r.id for r in design.build.built]
     if built:
         print(f"rebuilt: {', '.join(built)} (not in the cache any more)")
-    level = args.level or ("rtl" if state["flow"] == "rtl" else "csim")
+    level = args.level or get_flow(state["flow"]).verify_levels[-1]
     seed = state.get("seed", 0) if args.seed is None else args.seed
     ok = _verify(design, shapes, args.samples, seed, level, args.simulator or state.get("simulator"))
     print(f"report: {d / 'report.html'}")

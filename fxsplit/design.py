@@ -10,7 +10,7 @@ import torch
 from .frontend.capture import eval_mode, output_arrays, to_channels_first, to_channels_last
 from .errors import FxsplitError
 from .fixed import raw_to_float, words_to_float, words_to_raw
-from .flows.hls4ml.csim import CSim
+from .flows.hls4ml.csim import CSim, run_stitched
 from .ir import Partitioning
 from .verify import VerifyResult, as_list, compare, outputs_at_limits, torch_err  # noqa: F401  (VerifyResult: re-exported)
 
@@ -124,27 +124,9 @@ class Design:
         ports = self.partitioning.ports()
         return {name: words_to_raw(w, ports[name].precision) for name, w in self._stitched(self._inputs(x)).items()}
 
-    def _quantized_inputs(self) -> dict[str, tuple]:
-        """Model input -> (CSim, input index) of the first partition that reads it: the type converts it."""
-        found = {}
-        for part in self.partitions:
-            for k, p in enumerate(part.inputs):
-                found.setdefault(p.name, (self._csims[part.name], k))
-        return found
-
     def _stitched(self, xs: list[np.ndarray]) -> dict[str, np.ndarray]:
-        """Raw words of every port: model inputs converted once by their type, then the partitions
-        chained along the DAG, each tensor handed on bit for bit."""
-        quant = self._quantized_inputs()
-        env = {}
-        for p, a in zip(self.partitioning.inputs, xs):
-            csim, k = quant[p.name]
-            env[p.name] = csim.quantize(k, a)
-        for part in self.partitioning.partitions:
-            ys = self._csims[part.name].run([env[p.name] for p in part.inputs])
-            for port, y in zip(part.outputs, ys):
-                env[port.name] = y
-        return env
+        """Raw words of every port (:func:`fxsplit.flows.hls4ml.csim.run_stitched`)."""
+        return run_stitched(self.partitioning, self._csims, xs)
 
     def predict(self, x):
         """Stitched, bit-accurate emulation: the compiled partitions chained along the DAG."""
@@ -185,13 +167,18 @@ class Design:
         stream-stitched top under random input gaps and output backpressure, ``gaps=0.3,
         backpressure=0.3, seed=1``). The result is recorded in ``report["verification"]``
         and the report files in ``output_dir`` are rewritten."""
-        if level not in ("csim", "rtl"):
-            raise FxsplitError(f"unknown verification level {level!r}", hint="use 'csim' or 'rtl'")
+        from .flows import flow_names, get_flow
+        levels = {n: get_flow(n).verify_levels for n in flow_names()}
+        known = sorted({lv for ls in levels.values() for lv in ls})
+        if level not in known:
+            raise FxsplitError(f"unknown verification level {level!r}", hint=f"use one of {known}")
         if level != "rtl" and (interface != "pipeline" or stream):
             raise FxsplitError("interface and stream options apply to verify(level='rtl')")
-        if level == "rtl" and self.rtl is None:
-            raise FxsplitError("verify(level='rtl') needs a design compiled with flow='rtl'",
-                               hint="fxsplit.compile(..., flow='rtl')")
+        if level not in levels.get(self.flow, ()) or (level == "rtl" and self.rtl is None):
+            having = [n for n, ls in levels.items() if level in ls]
+            raise FxsplitError(f"verify(level={level!r}) needs a design compiled with "
+                               f"{' or '.join(f'flow={n!r}' for n in having)}",
+                               hint=f"fxsplit.compile(..., flow={having[0]!r})")
         xs = self._inputs(x)
         n = xs[0].shape[0]
         env = self._stitched(xs)

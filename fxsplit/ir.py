@@ -17,12 +17,42 @@ Conventions (all flows rely on them):
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch.fx
 
-MODEL_INPUT = "input"
+MODEL_INPUT = "input"          # the producer of a model input (``Partition.sources``)
+STITCHED = "stitched"          # the stitched design: its jobs' partition and its directory in output_dir
+MONOLITHIC = "monolithic"      # the uncut reference: its jobs' partition, project name and directory
+
+
+_CUT_RE = re.compile(r"^(?P<layer>[^@\s]+)@(?P<at>-?\d+)$")
+
+
+@dataclass(frozen=True)
+class CutPoint:
+    """A cut besides the model's markers: before the first operation of ``layer`` (a module's qualified name, as in
+    ``model.named_modules()``, or a traced operation's name), or, with ``output``, inside the Linear ``layer``
+    before its output ``output`` (written ``"fc2@32"``; :mod:`fxsplit.frontend.layersplit`)."""
+    layer: str
+    output: int | None = None
+
+    def __str__(self) -> str:
+        return self.layer if self.output is None else f"{self.layer}@{self.output}"
+
+    @classmethod
+    def of(cls, entry: "str | CutPoint") -> "CutPoint":
+        """``"fc2"`` / ``"fc2@32"`` / a CutPoint -> a CutPoint; anything else is an error."""
+        if isinstance(entry, CutPoint):
+            return entry
+        if not isinstance(entry, str):
+            from .errors import FxsplitError
+            raise FxsplitError(f"splits must be a list of module names (strings), got {entry!r}")
+        m = _CUT_RE.match(entry)
+        return cls(m.group("layer"), int(m.group("at"))) if m else cls(entry)
 
 
 @dataclass
@@ -89,6 +119,24 @@ class Partitioning:
             if name in e["pieces"] or name in e["cats"]:
                 return layer
         return name
+
+    def copy(self) -> "Partitioning":
+        """The same partitioning with its own Port objects (graphs and modules shared): lowering types and lays
+        out the copy, never the frontend's partitioning."""
+        ports: dict[str, Port] = {}
+
+        def cp(p: Port) -> Port:
+            return ports.setdefault(p.name, dataclasses.replace(p))
+
+        parts = [dataclasses.replace(part, inputs=[cp(p) for p in part.inputs], outputs=[cp(p) for p in part.outputs],
+                                     nodes=list(part.nodes), sources=dict(part.sources), layers=list(part.layers))
+                 for part in self.partitions]
+        return dataclasses.replace(self, partitions=parts, inputs=[cp(p) for p in self.inputs],
+                                   outputs=[cp(p) for p in self.outputs], output_sources=dict(self.output_sources))
+
+    def port_types(self) -> dict[str, str | None]:
+        """Every port's hls4ml type by name."""
+        return {name: p.precision for name, p in self.ports().items()}
 
     def keep_torch_layout(self) -> None:
         """ChannelsLastConversion='off': every port keeps PyTorch's layout."""

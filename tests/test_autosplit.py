@@ -17,7 +17,7 @@ from torch import nn
 import fxsplit
 from conftest import FAST
 from fxsplit.plan.autosplit import plan_auto
-from fxsplit.plan.costmodel import DEFAULTS, MEM_DEFAULTS, CostModel, StepModel, cache_records, partition_features
+from fxsplit.plan.costmodel import CostModel, StepModel, cache_records, default_models, partition_features
 from fxsplit.frontend.partitioner import strip_markers
 from fxsplit.zoo import build
 
@@ -38,15 +38,15 @@ def test_fit_recovers_a_known_law():
     recs = []
     for _ in range(30):
         f = {"layers": int(rng.integers(1, 12)), "adders": int(rng.integers(100, 50000))}
-        recs.append(("synth", f, true.predict(f, "synth") * float(rng.normal(1, 0.03))))
+        recs.append(("synth", f, true.predict(f) * float(rng.normal(1, 0.03))))
     cm = CostModel.fit(recs)
     m = cm.steps["synth"]
     assert m.records == 30 and abs(m.c - 1.3) <= 0.1
     for _, f, t in recs:
-        assert abs(cm.predict("synth", f) - true.predict(f, "synth")) <= 0.1 * true.predict(f, "synth")
+        assert abs(cm.predict("synth", f) - true.predict(f)) <= 0.1 * true.predict(f)
     assert cm.source("synth") == "fitted on 30 jobs" and cm.source("rtl") == "shipped default"
     few = CostModel.fit(recs[:3])
-    assert few.steps["synth"] is DEFAULTS["synth"]
+    assert few.steps["synth"] is default_models()["synth"]
 
 
 def test_features_are_what_the_layers_compute():
@@ -86,7 +86,7 @@ def _cnn_with_bn():
 def test_never_cuts_a_group_hls4ml_fuses():
     model, shape = _cnn_with_bn()
     # a cost model in which every layer costs the same: balance would like every cut
-    flat = CostModel({s: StepModel(a=0.0, b=10.0, d=0.0, c=1.0) for s in DEFAULTS})
+    flat = CostModel({s: StepModel(a=0.0, b=10.0, d=0.0, c=1.0) for s in default_models()})
     plan = plan_auto(model, shape, 8, flow="hls4ml", reference=False, cost_model=flat)
     assert "bn0" not in plan.splits and "bn1" not in plan.splits
     assert plan.candidates == 5                   # relu0, conv1, relu1, flat, fc: not the two BatchNorms
@@ -183,7 +183,8 @@ def test_auto_split_cuts_until_every_job_fits_in_max_job_memory():
     peak-memory model of 1 kB per unit of each step's size, so that the limit binds); one layer alone above it is
     an error naming it."""
     model, shape = build("wide_mlp")
-    mm = CostModel({s: StepModel(a=0.0, b=0.0, d=1000.0, c=1.0) for s in MEM_DEFAULTS}, MEM_DEFAULTS, "peak_rss")
+    mm = CostModel({s: StepModel(a=0.0, b=0.0, d=1000.0, c=1.0, size=m.size)
+                    for s, m in default_models("peak_rss").items()}, default_models("peak_rss"), "peak_rss")
     free = plan_auto(model, shape, 2, precision="fixed<8,3>", memory_model=mm)
     limit = int(max(free.predicted_rss) * 0.999)
     lim = plan_auto(model, shape, 2, precision="fixed<8,3>", memory_model=mm, max_job_memory=limit)

@@ -183,7 +183,8 @@ def test_compile_prewarms_every_module_its_jobs_need(jet, tmp_path, flow, monkey
     fc = normalize_config(dict(FAST), pt, exact_accum_default=(flow == "rtl"))
     if flow == "vitis":
         fc.backend = "Vitis"
-    fl = get_flow(flow)(pt, lower(pt, fc, str(tmp_path)), fc, tmp_path, reference=True)
+    lw = lower(pt, fc, str(tmp_path))
+    fl = get_flow(flow)(lw.partitioning, lw, fc, tmp_path, reference=True)
     fl.validate()
     jobs = fl.jobs()
     assert {j.step for j in jobs} >= {"csim", *({"rtl": ["rtl", "synth"], "vitis": ["hls"]}.get(flow, []))}

@@ -37,7 +37,7 @@ def _specs(tmp_path, opt="-O0"):
     fc = normalize_config({"io_type": "io_stream", "csim_opt": opt, "precision": "fixed<10,4>",
                            "layers": {"conv0": {"precision": {"result": "fixed<8,3,RND,SAT>"}}}}, pt)
     low = lower(pt, fc, str(tmp_path / "lower"))
-    return pt, low
+    return low.partitioning, low
 
 
 def _csim(workdir, meta, inputs, outputs):

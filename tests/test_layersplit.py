@@ -13,7 +13,7 @@ from torch import nn
 import fxsplit
 from conftest import FAST
 from fxsplit.plan.autosplit import plan_auto
-from fxsplit.plan.costmodel import DEFAULTS, CostModel, StepModel
+from fxsplit.plan.costmodel import CostModel, StepModel, default_models
 from fxsplit.frontend.partitioner import strip_markers
 from fxsplit.zoo import build
 
@@ -159,7 +159,7 @@ def test_auto_cuts_inside_a_bottleneck_layer():
     bottleneck layer of the unmarked wide MLP is split on 2 workers; split_layers=False keeps cuts between layers;
     the names auto returns rebuild exactly that plan."""
     model, shape = unmarked("wide_mlp")
-    steps = dict(DEFAULTS)
+    steps = default_models()
     steps["synth"] = StepModel(a=7.7, b=0.0, d=0.00628, c=1.25)
     cm = CostModel(steps)
     inside = plan_auto(model, shape, 2, precision="fixed<8,3>", flow="rtl", cost_model=cm, split_layers=True)

@@ -32,6 +32,7 @@ def test_stitched_skip_mlp(tmp_path):
     assert len(pt) == 3
     fc = normalize_config({'csim_opt': '-O0', 'layers': {n: {'precision': {'result': 'fixed<24,12>'}} for n in ('l1', 'l2', 'l3', 'add')}}, pt)
     lw = lower(pt, fc, str(tmp_path / 'hls'))
+    pt = lw.partitioning
     specs, graphs, mono = lw.specs, lw.graphs, lw.mono
     rtl = {}
     for part in pt.partitions:

@@ -68,9 +68,9 @@ from .jobs import ENGINE_FORMAT, BuildResult, Job, JobResult, job_key
 from .lock import output_dir_lock
 from .scheduler import run_jobs
 from .wall import predict_wall_time
-from .tools import TOOLS, source_digest, tool_versions
+from .tools import TOOLS, Tool, source_digest, tool_versions
 
 __all__ = [
     "ENGINE_FORMAT", "Job", "JobResult", "BuildResult", "run_jobs", "job_key", "verify_entry",
-    "predict_wall_time", "output_dir_lock", "copy_artifacts", "source_digest", "tool_versions", "TOOLS",
+    "predict_wall_time", "output_dir_lock", "copy_artifacts", "source_digest", "tool_versions", "TOOLS", "Tool",
 ]

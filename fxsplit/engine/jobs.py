@@ -16,9 +16,9 @@ ENGINE_FORMAT = 2             # bump when the key recipe or the cache layout cha
 class Job:
     """One step of one partition. See the package docstring for ``fn``'s contract.
 
-    ``tools``: names of the tools the step runs (``"yosys"``, ``"g++"``, ``"hls4ml"``...; see
-    :data:`fxsplit.engine.tools.TOOLS`). Their versions, measured where the job is built, are
-    part of the job's key.
+    ``tools``: the tools the step runs: names (``"yosys"``, ``"g++"``, ``"hls4ml"``...; see
+    :data:`fxsplit.engine.tools.TOOLS`) or a flow's own :class:`~fxsplit.engine.tools.Tool`. Their
+    versions, measured where the job is built, are part of the job's key.
     """
     id: str
     partition: str
@@ -27,7 +27,7 @@ class Job:
     params: dict = field(default_factory=dict)
     key_data: bytes | str = b""
     deps: tuple[str, ...] = ()
-    tools: tuple[str, ...] = ()
+    tools: tuple = ()
     cost: dict | None = None        # {"features": ..., "predicted": s}: recorded in the manifest, not in the key
 
 

@@ -21,7 +21,7 @@ from ..errors import FxsplitError
 from .cache import LOG, WORK, Cache, tail
 from .executors import Pool, _ByValue
 from .jobs import BuildResult, Job, JobResult, fn_name, job_key
-from .tools import check_tool_names, environment_mismatch
+from .tools import check_tool_names, environment_mismatch, tool_name
 from .usage import memory_failure, oom_kills
 from .wall import _toposort, predict_wall_time  # noqa: F401  (predict_wall_time: re-exported)
 
@@ -30,7 +30,8 @@ _FREE_RESUBMITS = 3          # a bystander of a pool break is resubmitted this o
 
 # ----------------------------------------------------------------------------- the engine
 
-def _tool_names(job: Job) -> list[str]:
+def _tool_names(job: Job) -> list:
+    """The job's tools (names, or :class:`~fxsplit.engine.tools.Tool` declarations), checked."""
     try:
         return check_tool_names(job.tools)
     except ValueError as e:
@@ -109,10 +110,11 @@ class _Engine:
         self.transfer = transfer
         self.retries = max(0, int(retries))
         # what the keys cover besides the jobs: fxsplit's source and the tools' versions where they run
-        self.env = self.pool.measure(sorted({t for j in self.order for t in _tool_names(j)}))
+        self.tools = {tool_name(t): t for j in self.order for t in _tool_names(j)}
+        self.env = self.pool.measure([self.tools[n] for n in sorted(self.tools)])
         self.results: dict[str, JobResult] = {}
         for j in self.order:
-            versions = {t: self.env["tools"][t] for t in sorted(_tool_names(j))}
+            versions = {n: self.env["tools"][n] for n in sorted(map(tool_name, _tool_names(j)))}
             key = job_key(j.step, j.key_data, [(d, self.results[d].key) for d in j.deps], fn_name(j.fn),
                           source=self.env["fxsplit"], tools=versions)
             self.results[j.id] = JobResult(j.id, j.partition, j.step, key, deps=tuple(j.deps),
@@ -217,7 +219,7 @@ class _Engine:
             self.roots.add(root)
         spec = {"id": jid, "fn": job.fn, "params": job.params, "inputs": inputs,
                 "root": str(root) if root else None, "nonce": uuid.uuid4().hex,
-                "tools": list(r.tools), "expect": self._expected(r)}
+                "tools": [self.tools[n] for n in r.tools], "expect": self._expected(r)}
         if getattr(job.fn, "__module__", None) == "__main__" and paths:
             spec["fn"] = _ByValue(job.fn)
         need = self._predicted_rss(jid)

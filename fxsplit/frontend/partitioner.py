@@ -20,14 +20,13 @@ import torch.fx
 from torch import nn
 from torch.fx.passes.split_module import split_module
 
-from .capture import channels_last, node_shape, node_source, trace
+from .capture import COMPUTE_OPS, channels_last, node_shape, node_source, trace
 from ..errors import FxsplitError
-from ..ir import MODEL_INPUT, Partition, Partitioning, Port
+from ..ir import MODEL_INPUT, MONOLITHIC, STITCHED, CutPoint, Partition, Partitioning, Port
 from .markers import cut_name, is_cut_node
 
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-RESERVED_NAMES = {"stitched", "monolithic", "input", "output", "cache"}
-_COMPUTE_OPS = ("call_module", "call_function", "call_method")
+RESERVED_NAMES = {STITCHED, MONOLITHIC, MODEL_INPUT, "output", "cache"}
 
 
 @dataclass
@@ -53,7 +52,7 @@ def _module_names(gm: torch.fx.GraphModule) -> list[str]:
     return [n for n, _ in gm.named_modules() if n]
 
 
-def _resolve_split(gm: torch.fx.GraphModule, nodes: list[torch.fx.Node], name: str) -> int:
+def resolve_split(gm: torch.fx.GraphModule, nodes: list[torch.fx.Node], name: str) -> int:
     """Program-order index of the first node computed by module ``name`` (or the node called ``name``)."""
     if not isinstance(name, str):
         raise FxsplitError(f"splits must be a list of module names (strings), got {name!r}")
@@ -62,17 +61,17 @@ def _resolve_split(gm: torch.fx.GraphModule, nodes: list[torch.fx.Node], name: s
             return i
     for i, n in enumerate(nodes):
         stack = n.meta.get("nn_module_stack") or {}
-        if n.op in _COMPUTE_OPS and any(path == name for path, _ in stack.values()):
+        if n.op in COMPUTE_OPS and any(path == name for path, _ in stack.values()):
             return i
     for i, n in enumerate(nodes):
-        if n.name == name and n.op in _COMPUTE_OPS:
+        if n.name == name and n.op in COMPUTE_OPS:
             return i
     modules = _module_names(gm)
     if name in modules:
         raise FxsplitError(f"splits names {name!r}, a module of the model, but no traced operation is attributed to "
                            "it (its forward never runs, or the graph was traced without module paths)",
                            module=name, hint="name a module whose forward runs, e.g. its first layer")
-    known = modules + [n.name for n in nodes if n.op in _COMPUTE_OPS]
+    known = modules + [n.name for n in nodes if n.op in COMPUTE_OPS]
     close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
     hint = (f"did you mean {', '.join(repr(c) for c in close)}?" if close else
             "use a qualified module name as in model.named_modules(), e.g. 'layer2.0.conv1'")
@@ -85,7 +84,7 @@ def _merge_coinciding(boundaries: list[_Boundary], nodes: list[torch.fx.Node], g
     nothing: drop it, keeping the marker (and its name). Two markers at one place stay an error."""
     def first_op_at_or_after(pos: int) -> int:
         for i in range(pos, len(nodes)):
-            if nodes[i].op in _COMPUTE_OPS and not is_cut_node(nodes[i], gm):
+            if nodes[i].op in COMPUTE_OPS and not is_cut_node(nodes[i], gm):
                 return i
         return len(nodes)
 
@@ -101,8 +100,22 @@ def _merge_coinciding(boundaries: list[_Boundary], nodes: list[torch.fx.Node], g
     return kept
 
 
-def partition(model: nn.Module, input_shape, splits: Sequence[str] | None = None) -> Partitioning:
-    """Trace ``model`` and slice it at its Cut markers and before every module in ``splits``."""
+def partition(model: nn.Module, input_shape, splits: Sequence[str | CutPoint] | None = None) -> Partitioning:
+    """Trace ``model`` and slice it at its Cut markers and at ``splits``, without building anything.
+
+    Args:
+        model: the PyTorch model, with its ``fxsplit.Cut`` / ``fxsplit.cut`` markers.
+        input_shape: one input's shape without the batch dimension (a list of shapes for several inputs).
+        splits: more cuts: module names to cut before, ``"fc2@32"`` inside a Linear, or :class:`~fxsplit.ir.CutPoint`.
+
+    Returns:
+        The :class:`~fxsplit.ir.Partitioning`: partitions in program order, each with its ports (the tensors that
+        cross its boundary; skip connections included) and the DAG between them (ports untyped until lowering).
+
+    Raises:
+        FxsplitError: the model does not trace, a split names nothing in the model, a cut leaves a partition empty,
+            or partition names clash (the message names the marker or module and its source line).
+    """
     return partition_graph(trace_eval(model, input_shape), splits or [])
 
 
@@ -126,11 +139,14 @@ def strip_markers(model: nn.Module, input_shape) -> torch.fx.GraphModule:
     return torch.fx.GraphModule(gm, gm.graph, type(model).__name__)
 
 
-def partition_graph(gm: torch.fx.GraphModule, splits: Sequence[str]) -> Partitioning:
+def partition_graph(gm: torch.fx.GraphModule, splits: Sequence[str | CutPoint]) -> Partitioning:
+    """Slice the traced graph ``gm`` (changed in place: markers erased, split layers rewritten) at its markers and
+    at ``splits`` (names or :class:`~fxsplit.ir.CutPoint`)."""
     from . import layersplit
-    if isinstance(splits, str):
+    if isinstance(splits, (str, CutPoint)):
         splits = [splits]
-    inside = [(*layersplit.parse(s), s) for s in splits if layersplit.parse(s) is not None]
+    cuts = [CutPoint.of(s) for s in splits]
+    inside = [(c.layer, c.output, str(c)) for c in cuts if c.output is not None]
     original, pieces = None, {}
     if inside:                         # cuts inside a layer (splits=["fc2@32"]): the layer becomes its pieces
         bounds = layersplit.resolve(gm, inside)
@@ -145,17 +161,16 @@ def partition_graph(gm: torch.fx.GraphModule, splits: Sequence[str]) -> Partitio
             nm = cut_name(n, gm)
             what = f"Cut marker {n.target!r}" if n.op == "call_module" else "cut() call"
             boundaries.append(_Boundary(i, nm, what, node_source(n)))
-    for s in splits:
-        at = layersplit.parse(s)
-        if at is not None:
-            layer = next(name for name, e in pieces.items() if at[0] in (name, e["module"]))
-            i = index[pieces[layer]["starts"][at[1]]]
-            boundaries.append(_Boundary(i, None, f"split inside {pieces[layer]['module']!r} at output {at[1]}",
+    for c in cuts:
+        if c.output is not None:
+            layer = next(name for name, e in pieces.items() if c.layer in (name, e["module"]))
+            i = index[pieces[layer]["starts"][c.output]]
+            boundaries.append(_Boundary(i, None, f"split inside {pieces[layer]['module']!r} at output {c.output}",
                                         node_source(nodes[i]), from_splits=True))
             continue
-        whole = next((e for name, e in pieces.items() if s in (name, e["module"])), None)
-        i = index[whole["pieces"][0]] if whole is not None else _resolve_split(gm, nodes, s)
-        boundaries.append(_Boundary(i, None, f"split before {s!r}", node_source(nodes[i]), from_splits=True))
+        whole = next((e for name, e in pieces.items() if c.layer in (name, e["module"])), None)
+        i = index[whole["pieces"][0]] if whole is not None else resolve_split(gm, nodes, c.layer)
+        boundaries.append(_Boundary(i, None, f"split before {c.layer!r}", node_source(nodes[i]), from_splits=True))
     boundaries.sort(key=lambda b: b.position)
     boundaries = _merge_coinciding(boundaries, nodes, gm)
 
@@ -168,7 +183,7 @@ def partition_graph(gm: torch.fx.GraphModule, splits: Sequence[str]) -> Partitio
             b += 1
         if is_cut_node(n, gm):
             cut_nodes.append(n)
-        elif n.op in _COMPUTE_OPS or n.op == "get_attr":
+        elif n.op in COMPUTE_OPS or n.op == "get_attr":
             part_of[n.name] = b
     n_parts = len(boundaries) + 1
 
@@ -198,7 +213,7 @@ def partition_graph(gm: torch.fx.GraphModule, splits: Sequence[str]) -> Partitio
 
     counts = [0] * n_parts
     for n in graph.nodes:
-        if n.op in _COMPUTE_OPS:
+        if n.op in COMPUTE_OPS:
             counts[part_of[n.name]] += 1
     for k, c in enumerate(counts):
         if c == 0:
@@ -243,7 +258,7 @@ def partition_graph(gm: torch.fx.GraphModule, splits: Sequence[str]) -> Partitio
         for nm in in_names:
             src = node_by_name[nm]
             sources[nm] = MODEL_INPUT if src.op == "placeholder" else names[part_of[nm]]
-        members = [n for n in graph.nodes if n.op in _COMPUTE_OPS and part_of[n.name] == k]
+        members = [n for n in graph.nodes if n.op in COMPUTE_OPS and part_of[n.name] == k]
         layers = [f"{n.target}" if n.op == "call_module" else n.name for n in members]
         sub.graph.lint()
         partitions.append(Partition(names[k], k, sub, [port(nm) for nm in in_names], [port(nm) for nm in out_names],

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.fx
 
-from ..frontend.capture import node_source
+from ..frontend.capture import COMPUTE_OPS, node_source
 from ..errors import FxsplitError
 from ..ir import Partition, Partitioning
 from .spec import _is_noop, _supported_ops, hls4ml_source, type_width
@@ -99,7 +99,6 @@ def _check_graph(hm, part: Partition, uncut: torch.fx.GraphModule, backend: str,
                       (f" (splits=[{_split_name(port_node)!r}])" if port_node is not None else ""))
 
 
-_COMPUTE_OPS = ("call_module", "call_function", "call_method")
 
 
 def _split_name(n: torch.fx.Node) -> str:
@@ -109,7 +108,7 @@ def _split_name(n: torch.fx.Node) -> str:
 
 def _op_after(gm: torch.fx.GraphModule, node: torch.fx.Node) -> torch.fx.Node | None:
     """The operation after ``node`` in program order (where a cut right after ``node`` is given), else None."""
-    ops = [n for n in gm.graph.nodes if n.op in _COMPUTE_OPS]
+    ops = [n for n in gm.graph.nodes if n.op in COMPUTE_OPS]
     i = next((k for k, n in enumerate(ops) if n is node), None)
     return ops[i + 1] if i is not None and i + 1 < len(ops) else None
 
@@ -150,7 +149,7 @@ def _holds_nothing(part: Partition, gm: torch.fx.GraphModule, passed: list[str] 
 def _cuts_around(part: Partition, gm: torch.fx.GraphModule) -> str:
     """The nearest cuts that give partition ``part`` a layer hls4ml keeps: the cut after it moved past the next such
     layer, or the cut before it moved before the previous one (where that leaves the partition before a layer)."""
-    ops = [n for n in gm.graph.nodes if n.op in _COMPUTE_OPS]
+    ops = [n for n in gm.graph.nodes if n.op in COMPUTE_OPS]
     where = {n.name: i for i, n in enumerate(ops)}
     first, last = where[part.nodes[0]], where[part.nodes[-1]]
     alts = []

@@ -14,13 +14,13 @@ import os
 from typing import Any, NamedTuple
 
 
-from ..frontend.capture import node_source
+from ..frontend.capture import COMPUTE_OPS, node_source
 from ..errors import FxsplitError
-from ..ir import Partitioning
+from ..ir import MONOLITHIC, Partitioning
 from .brevitas import freeze_partitions
-from .checks import _COMPUTE_OPS, _check_boundaries, _check_graph, _check_sizes, _holds_nothing, check_layers
+from .checks import _check_boundaries, _check_graph, _check_sizes, _holds_nothing, check_layers
 from .config import FlowConfig
-from .spec import (MONOLITHIC, ModelSpec, _convert, _is_noop, _layer_type, build_modelgraph, channels_last_conversion,
+from .spec import (ModelSpec, _convert, _is_noop, _layer_type, build_modelgraph, channels_last_conversion,
                    hls4ml_source, make_spec, module_settings, output_precisions, reference_config, type_width,
                    write_project)
 
@@ -37,6 +37,12 @@ class Lowered(NamedTuple):
     mono: Any                         # its ModelGraph
     logs: dict[str, str] = {}         # what hls4ml printed and warned while converting, by project name
     brevitas: Any = None              # lower.brevitas.Plan: how the brevitas layers were read (None: no brevitas)
+    partitioning: Any = None          # the partitioning as built: every port typed and laid out (a copy: the
+                                      # frontend's partitioning is left as it was)
+
+    def port_types(self) -> dict[str, str]:
+        """Every port's hls4ml type (the type on the wire, the same on both sides of a cut)."""
+        return self.partitioning.port_types()
 
     def write_logs(self, log_dir) -> None:
         """``<log_dir>/<name>_lower.log``: hls4ml's conversion messages, where it printed or warned any
@@ -50,11 +56,13 @@ class Lowered(NamedTuple):
 
 
 def lower(pt: Partitioning, fc: FlowConfig, output_dir: str) -> Lowered:
-    """Convert every partition and the uncut model; fill in port precisions.
+    """Convert every partition and the uncut model; return them with the typed partitioning.
 
     A tensor that crosses a cut gets the type its producer emits, pinned on the consumer's input layer.
     A model input gets the type hls4ml gives it from the user's config (read back from the graphs, and
-    checked equal in every partition that reads it and in the uncut model)."""
+    checked equal in every partition that reads it and in the uncut model). ``Lowered.partitioning`` is a copy of
+    ``pt`` with every port's type and layout (``pt`` itself is not changed)."""
+    pt = pt.copy()
     uncut = pt.uncut
     bq = _brevitas_plan(pt, fc)
     if bq is not None and pt.layer_splits:
@@ -86,7 +94,7 @@ def lower(pt: Partitioning, fc: FlowConfig, output_dir: str) -> Lowered:
         _pin_split_layers(pt, fc, mono, mono_spec.name_map)
     for part in parts:
         check_layers(part, pt.graph if bq is None else exact_uncut)
-        if all(_is_noop(n, part.module) for n in part.module.graph.nodes if n.op in _COMPUTE_OPS):
+        if all(_is_noop(n, part.module) for n in part.module.graph.nodes if n.op in COMPUTE_OPS):
             raise _holds_nothing(part, pt.graph if bq is None else exact_uncut)     # (only Dropout/Identity)
         spec = make_spec(part.name, part.module, [p.name for p in part.inputs], [p.torch_shape for p in part.inputs],
                          [p.name for p in part.outputs],
@@ -116,7 +124,7 @@ def lower(pt: Partitioning, fc: FlowConfig, output_dir: str) -> Lowered:
                                "the uncut model", hint="give this input an explicit result precision in the config")
         p.precision = precisions.setdefault(p.name, got)
     _check_boundaries(pt, mono, mono_spec.name_map, graphs, specs, fc.io_type)
-    return Lowered(specs, graphs, mono_spec, mono, {k: v.getvalue() for k, v in logs.items()}, bq)
+    return Lowered(specs, graphs, mono_spec, mono, {k: v.getvalue() for k, v in logs.items()}, bq, pt)
 
 
 def accumulator_changes(pt: Partitioning, fc: FlowConfig, lowered: "Lowered") -> list[dict]:

@@ -19,8 +19,6 @@ import torch.fx
 from ..errors import FxsplitError
 from .config import FlowConfig
 
-MONOLITHIC = "monolithic"
-
 
 def _supported_ops() -> set[str]:
     from hls4ml.converters.pytorch_to_hls import get_supported_pytorch_layers

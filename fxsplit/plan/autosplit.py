@@ -23,11 +23,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from .costmodel import FEATURES, CostModel, layer_features, model_name
+from .costmodel import FEATURES, CostModel, layer_features
 from ..errors import FxsplitError
-
-STITCHED = "stitched"
-MONO = "monolithic"
+from ..ir import MONOLITHIC, STITCHED, CutPoint
 TIE_WALL = 0.05            # a plan with more partitions must be predicted 5 % faster to be taken
 TIE_MAX = 0.01
 # serial work of the main process around the jobs (trace, validation and lowering before them; copying artifacts and
@@ -39,7 +37,7 @@ MAIN_PER_PARTITION = 0.05  # s
 
 @dataclass
 class AutoPlan:
-    splits: list[str]                      # names to split before (the markers are not in it: they stay)
+    cuts: list[CutPoint]                   # the cuts it adds (the markers are not in it: they stay)
     workers: int
     partitions: int
     predicted_wall: float                  # s, the whole build on ``workers`` workers
@@ -55,8 +53,13 @@ class AutoPlan:
     uncut: dict = field(default_factory=dict)            # the same prediction for the model in one partition
                                                          # on one worker (markers erased)
 
+    @property
+    def splits(self) -> list[str]:
+        """The cuts as ``compile``'s ``splits`` names them (``"layer"``, ``"fc2@32"``)."""
+        return [str(c) for c in self.cuts]
+
     def to_dict(self) -> dict:
-        return {"splits": list(self.splits), "workers": self.workers, "partitions": self.partitions,
+        return {"splits": self.splits, "workers": self.workers, "partitions": self.partitions,
                 "predicted_wall": round(self.predicted_wall, 3),
                 "predicted": [round(t, 3) for t in self.predicted], "crossing_bits": self.crossing_bits,
                 "markers_only": self.markers_only, "candidates": self.candidates, "model": self.model,
@@ -64,36 +67,36 @@ class AutoPlan:
                 "layer_splits": {k: list(v) for k, v in self.layer_splits.items()}, "uncut": self.uncut}
 
 
-def flow_steps(flow: str, synth: bool = True) -> list[tuple[str, tuple[str, ...]]]:
-    """The jobs a flow runs per partition: (step, the steps it depends on)."""
-    if flow == "rtl":
-        return [("csim", ()), ("rtl", ())] + ([("synth", ("rtl",))] if synth else [])
-    if flow == "vitis":
-        return [("csim", ()), ("hls", ())]
-    return [("csim", ())]
+def flow_steps(flow: str, options: dict | None = None) -> list:
+    """The steps a flow runs under ``options`` (``{"synth": False}``...), as the flow declares them."""
+    from ..flows import get_flow
+    return get_flow(flow).active_steps(options or {})
 
 
-def _job_rows(seg_feats: list[dict], whole: dict, flow: str, synth: bool, reference: bool,
-              cm: CostModel, ports: int) -> tuple[list[dict], list[float]]:
+def _job_rows(seg_feats: list[dict], whole: dict, steps: list, reference: bool, cm: CostModel,
+              ports: int) -> tuple[list[dict], list[float]]:
+    """The build's job graph for partitions with features ``seg_feats``, each job priced by its step's model:
+    every partition's steps, the uncut reference's, and the stitched design's (its features: the ports)."""
     rows, per = [], []
-    steps = flow_steps(flow, synth)
+    part = [s for s in steps if s.scope == "partition"]
     for k, f in enumerate(seg_feats):
         tot = 0.0
-        for step, deps in steps:
-            t = cm.predict(model_name(step, f"q{k}"), f)
+        for s in part:
+            t = cm.predict(s.model, f)
             tot += t
-            rows.append({"id": f"q{k}/{step}", "build_seconds": t, "deps": [f"q{k}/{d}" for d in deps]})
+            rows.append({"id": f"q{k}/{s.name}", "build_seconds": t, "deps": [f"q{k}/{d}" for d in s.deps]})
         per.append(tot)
     if reference:
-        rows.append({"id": f"{MONO}/csim", "build_seconds": cm.predict("csim", whole), "deps": []})
-    if flow == "rtl":
-        top = {k: 0 for k in FEATURES}
-        top["layers"], top["ports"] = len(seg_feats), ports
-        rtl_ids = [f"q{k}/rtl" for k in range(len(seg_feats))]
-        rows.append({"id": f"{STITCHED}/rtl", "build_seconds": cm.predict("stitch_rtl", top), "deps": rtl_ids})
-        if synth:
-            rows.append({"id": f"{STITCHED}/synth", "build_seconds": cm.predict("stitch_synth", top),
-                         "deps": [f"{STITCHED}/rtl"]})
+        for s in part:
+            if s.reference:
+                rows.append({"id": f"{MONOLITHIC}/{s.name}", "build_seconds": cm.predict(s.model, whole),
+                             "deps": [f"{MONOLITHIC}/{d}" for d in s.deps]})
+    top = {k: 0 for k in FEATURES}
+    top["layers"], top["ports"] = len(seg_feats), ports
+    for s in steps:
+        if s.scope == "stitched":
+            deps = [f"{STITCHED}/{d}" for d in s.deps] + [f"q{k}/{a}" for a in s.after for k in range(len(seg_feats))]
+            rows.append({"id": f"{STITCHED}/{s.name}", "build_seconds": cm.predict(s.model, top), "deps": deps})
     return rows, per
 
 
@@ -108,7 +111,7 @@ def plan_auto(model, input_shape, workers: int, *, precision: str = "fixed<16,6>
               input_precision: str | None = None, flow: str = "rtl", synth: bool = True, reference: bool = True,
               splits=None, cost_model: CostModel | None = None, max_partitions: int | None = None,
               max_job_memory: int | None = None, memory_model: CostModel | None = None,
-              split_layers: bool = False) -> AutoPlan:
+              split_layers: bool = False, options: dict | None = None, traced=None) -> AutoPlan:
     """Choose the cuts (see the module docstring). ``splits``: names that must be cut too (as for compile).
     ``split_layers``: cuts inside a wide Linear layer (by outputs, :mod:`fxsplit.frontend.layersplit`) are candidates too.
     ``max_job_memory`` (bytes): only plans whose every partition job is predicted (``memory_model``, default the
@@ -119,7 +122,8 @@ def plan_auto(model, input_shape, workers: int, *, precision: str = "fixed<16,6>
     from ..frontend.capture import node_shape
     from ..fixed import layout
     from ..frontend.markers import is_cut_node
-    from ..frontend.partitioner import _COMPUTE_OPS, _resolve_split, trace_eval
+    from ..frontend.capture import COMPUTE_OPS
+    from ..frontend.partitioner import resolve_split, trace_eval
 
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise FxsplitError(f"workers must be a positive integer, got {workers!r}")
@@ -129,11 +133,12 @@ def plan_auto(model, input_shape, workers: int, *, precision: str = "fixed<16,6>
                                        or max_job_memory <= 0):
         raise FxsplitError(f"max_job_memory must be a positive number of bytes, got {max_job_memory!r}")
     from ..frontend import layersplit
-    gm = trace_eval(model, input_shape)
-    user = [s for s in ([splits] if isinstance(splits, str) else list(splits or []))]
-    required = layersplit.resolve(gm, [(*layersplit.parse(s), s) for s in user if layersplit.parse(s) is not None])
-    pieces = _offer_layer_splits(gm, workers if split_layers else 0, cm, precision, input_precision, flow, synth,
-                                 required)
+    # the model's traced graph (``traced``: compile's own trace, copied: the layer splits offered rewrite it)
+    gm = layersplit.copy_graph(traced) if traced is not None else trace_eval(model, input_shape)
+    user = [CutPoint.of(s) for s in ([splits] if isinstance(splits, (str, CutPoint)) else list(splits or []))]
+    required = layersplit.resolve(gm, [(c.layer, c.output, str(c)) for c in user if c.output is not None])
+    steps = flow_steps(flow, {"synth": synth, **(options or {})})
+    pieces = _offer_layer_splits(gm, workers if split_layers else 0, cm, precision, input_precision, steps, required)
     inside = {}                                          # piece node name -> its 'layer@first output' split name
     cats = set()
     for e in pieces.values():
@@ -141,7 +146,7 @@ def plan_auto(model, input_shape, workers: int, *, precision: str = "fixed<16,6>
         cats.update(e["cats"])
     nodes = list(gm.graph.nodes)
     index = {n.name: i for i, n in enumerate(nodes)}
-    ops = [i for i, n in enumerate(nodes) if n.op in _COMPUTE_OPS and not is_cut_node(n, gm)]
+    ops = [i for i, n in enumerate(nodes) if n.op in COMPUTE_OPS and not is_cut_node(n, gm)]
     n = len(ops)
     if n == 0:
         raise FxsplitError("the model computes nothing: no operation to cut between")
@@ -168,13 +173,12 @@ def plan_auto(model, input_shape, workers: int, *, precision: str = "fixed<16,6>
         if is_cut_node(nd, gm):
             forced.add(first_op_at_or_after(i))
     node_index = {nd.name: i for i, nd in enumerate(nodes)}
-    for s in user:
-        at = layersplit.parse(s)
-        whole = next((e for name, e in pieces.items() if (at[0] if at else s) in (name, e["module"])), None)
+    for c in user:
+        whole = next((e for name, e in pieces.items() if c.layer in (name, e["module"])), None)
         if whole is not None:                          # a split layer: before the piece, or before the layer
-            forced.add(first_op_at_or_after(node_index[whole["starts"][at[1] if at else 0]]))
+            forced.add(first_op_at_or_after(node_index[whole["starts"][c.output or 0]]))
         else:
-            forced.add(first_op_at_or_after(_resolve_split(gm, nodes, s)))
+            forced.add(first_op_at_or_after(resolve_split(gm, nodes, c.layer)))
     forced = {k for k in forced if 0 < k < n}
 
     # candidates: between any two operations, except inside a group hls4ml fuses, and nameable
@@ -205,7 +209,7 @@ def plan_auto(model, input_shape, workers: int, *, precision: str = "fixed<16,6>
             continue
         for cand in ([nd.target] if nd.op == "call_module" else []) + [nd.name]:
             try:
-                if first_op_at_or_after(_resolve_split(gm, nodes, str(cand))) == k:
+                if first_op_at_or_after(resolve_split(gm, nodes, str(cand))) == k:
                     names[k] = str(cand)
                     break
             except FxsplitError:
@@ -232,18 +236,18 @@ def plan_auto(model, input_shape, workers: int, *, precision: str = "fixed<16,6>
 
     last_use = {}
     for nd in nodes:
-        if nd.op in _COMPUTE_OPS or nd.op == "placeholder":
+        if nd.op in COMPUTE_OPS or nd.op == "placeholder":
             us = [index[u.name] for u in users(nd)]
             last_use[nd.name] = max(us) if us else index[nd.name]
     cross = [0] * (n + 1)
     for k in range(n + 1):
         at = ops[k] if k < n else len(nodes)
-        cross[k] = sum(bits(nd) for nd in nodes if (nd.op == "placeholder" or (nd.op in _COMPUTE_OPS and not
+        cross[k] = sum(bits(nd) for nd in nodes if (nd.op == "placeholder" or (nd.op in COMPUTE_OPS and not
                        is_cut_node(nd, gm))) and index[nd.name] < at and last_use[nd.name] >= at)
     out_node = next(nd for nd in nodes if nd.op == "output")
     cross[n] = sum(bits(a) for a in out_node.all_input_nodes)
 
-    steps = flow_steps(flow, synth)
+    part_steps = [s for s in steps if s.scope == "partition"]
 
     def seg(i: int, j: int) -> dict:
         f = {x: pre[j][x] - pre[i][x] for x in FEATURES}
@@ -252,11 +256,11 @@ def plan_auto(model, input_shape, workers: int, *, precision: str = "fixed<16,6>
 
     def seg_time(i: int, j: int) -> float:
         f = seg(i, j)
-        return sum(cm.predict(model_name(s, "p"), f) for s, _ in steps)
+        return sum(cm.predict(s.model, f) for s in part_steps)
 
     def seg_mem(i: int, j: int) -> int:
         f = seg(i, j)
-        return int(max(mm.predict(model_name(s, "p"), f) for s, _ in steps))
+        return int(max(mm.predict(s.model, f) for s in part_steps))
 
     bounds = sorted({0, n, *forced, *names})          # positions a partition may start or end at
     cost = {}
@@ -280,7 +284,7 @@ def plan_auto(model, input_shape, workers: int, *, precision: str = "fixed<16,6>
 
     def evaluate(cuts: list[int], on: int = workers) -> tuple[float, list[float]]:
         feats = [seg(a, b) for a, b in zip(cuts, cuts[1:])]
-        rows, per = _job_rows(feats, whole, flow, synth, reference, cm, total_ports(cuts))
+        rows, per = _job_rows(feats, whole, steps, reference, cm, total_ports(cuts))
         return predict_wall_time(rows, on) + MAIN_FIXED + MAIN_PER_PARTITION * len(feats), per
 
     def refine(cuts: list[int]) -> tuple[float, list[float], list[int]]:
@@ -361,7 +365,7 @@ def plan_auto(model, input_shape, workers: int, *, precision: str = "fixed<16,6>
         if "@" in names[b]:
             layer, at = names[b].rsplit("@", 1)
             layer_splits.setdefault(layer, []).append(int(at))
-    return AutoPlan(splits=[names[b] for b in chosen], workers=workers, partitions=len(cuts) - 1,
+    return AutoPlan(cuts=[CutPoint.of(names[b]) for b in chosen], workers=workers, partitions=len(cuts) - 1,
                     layer_splits={k: sorted(v) for k, v in layer_splits.items()},
                     predicted_wall=wall, predicted=per, crossing_bits=sum(cross[b] for b in chosen),
                     markers_only={"partitions": len(req) - 1, "predicted_wall": round(m_wall, 3),
@@ -376,8 +380,8 @@ MAX_PIECES = 32
 PIECES_PER_SHARE = 16     # a piece is about 1/16 of a worker's fair share: the balance the plan can reach
 
 
-def _offer_layer_splits(gm, workers: int, cm: CostModel, precision: str, input_precision: str | None, flow: str,
-                        synth: bool, required: dict[str, list[int]]) -> dict:
+def _offer_layer_splits(gm, workers: int, cm: CostModel, precision: str, input_precision: str | None, steps: list,
+                        required: dict[str, list[int]]) -> dict:
     """Rewrite ``gm`` with every Linear whose own build is predicted above a sixteenth of a worker's fair share (the
     whole model's predicted time / (16 W), :data:`PIECES_PER_SHARE`) cut into pieces of about that share (equal
     output ranges, at most :data:`MAX_PIECES`, at least :data:`MIN_PIECE_OUTPUTS` outputs each): the dynamic program
@@ -385,10 +389,9 @@ def _offer_layer_splits(gm, workers: int, cm: CostModel, precision: str, input_p
     bounds it does not cut at are not applied. Returns ``layersplit.apply``'s description."""
     from ..frontend import layersplit
     lf = layer_features(gm, precision, input_precision)
-    steps = flow_steps(flow, synth)
 
     def t(f: dict) -> float:
-        return sum(cm.predict(model_name(s, "p"), {**f, "ports": 0}) for s, _ in steps)
+        return sum(cm.predict(s.model, {**f, "ports": 0}) for s in steps if s.scope == "partition")
 
     bounds = {k: list(v) for k, v in required.items()}            # the user's own cuts inside layers
     if workers:                                                     # 0: offer none
@@ -405,10 +408,11 @@ def _offer_layer_splits(gm, workers: int, cm: CostModel, precision: str, input_p
 
 
 def splits_layers_by_default(flow: str, io_type: str) -> bool:
-    """``split_layers=None``: auto cuts inside wide Linear layers in the fully parallel open RTL flow, where a
-    layer's Yosys time is the build's; elsewhere only when asked (``split_layers=True``). The pieces of a layer
-    keep its accumulator type, exact or not (``lower._pin_split_layers``)."""
-    return flow == "rtl" and io_type == "io_parallel"
+    """``split_layers=None``: may the automatic cuts go inside wide Linear layers? As the flow says
+    (``Flow.splits_layers_by_default``: the fully parallel open RTL flow, where a layer's Yosys time is the
+    build's); elsewhere only when asked (``split_layers=True``)."""
+    from ..flows import get_flow
+    return get_flow(flow).splits_layers_by_default(io_type)
 
 
 def auto_splits(model, input_shape, workers: int | None = None, config: dict | None = None, flow: str = "rtl",

@@ -4,13 +4,8 @@ usage, resources, predictions, numerics)."""
 from __future__ import annotations
 
 import html
-import io
-import json
 import math
-import os
 import re
-import time
-from pathlib import Path
 from typing import Any
 
 STEP_COLORS = {"csim": "#4C78A8", "hls": "#F58518", "rtl": "#B279A2", "synth": "#54A24B",

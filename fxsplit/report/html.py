@@ -18,19 +18,14 @@ reused from the cache in their own hatched row) and resource bar charts (LUT, FF
 
 from __future__ import annotations
 
-import html
-import io
 import json
-import math
 import os
-import re
 import time
 from pathlib import Path
 from typing import Any
 
 from .fmt import STATE_COLORS, _accum_lines, _compare_html, _counts, _esc, _fmt_bytes, _fmt_n, _fmt_s, _jobs, _numerics, _ports, _predicted, _resources, _step_color, _usage_html
 from .svg import gantt_svg, resources_svg
-
 
 
 _CSS = """
@@ -142,6 +137,9 @@ def render_html(report: dict) -> str:
     vt = report.get("vitis")
     if isinstance(vt, dict) and vt:
         h.append("<h2>Vitis HLS</h2>" + _vitis_html(vt, parts))
+    steps = report.get("steps")
+    if isinstance(steps, list) and steps:
+        h.append(_steps_html(report.get("flow"), steps, jobs))
 
     h.append("<h2>Build timeline</h2>" + gantt_svg(jobs))
     h.append("<h2>Resources per partition</h2>" + resources_svg(parts))
@@ -360,3 +358,19 @@ def write_report(report: dict, out_dir: str | Path) -> tuple[Path, Path]:
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
     return jp, hp
+
+
+def _steps_html(flow, steps: list[dict], jobs: list[dict]) -> str:
+    """The steps the flow declares (what each job of the build is), with how many jobs of each ran or were reused."""
+    h = [f"<h2>Steps of the {_esc(flow)} flow</h2><table><tr><th>step</th><th>scope</th><th>tool</th>"
+         "<th>needs</th><th>cost model</th><th>jobs</th><th>what it does</th></tr>"]
+    for s in steps:
+        stitched = s.get("scope") == "stitched"
+        n = sum(1 for j in jobs if j.get("step") == s.get("name") and (j.get("partition") == "stitched") == stitched)
+        needs = [*(s.get("deps") or []), *(f"every partition's {a}" for a in s.get("after") or [])]
+        h.append(f'<tr><td>{_esc(s.get("name"))}</td><td>{_esc(s.get("scope"))}</td><td>{_esc(s.get("tool") or "")}'
+                 f'</td><td>{_esc(", ".join(needs))}</td><td>{_esc(s.get("model"))} ({_esc(s.get("size"))})</td>'
+                 f'<td class="n">{n}</td><td>{_esc(s.get("doc") or "")}</td></tr>')
+    h.append("</table>")
+    return "".join(h)
+

@@ -2,27 +2,10 @@
 
 from __future__ import annotations
 
-import math
-import os
-
 import torch
-from torch import nn
 
-from ..frontend.capture import node_shape
-
-
-def _node_ops(node, module: nn.Module | None) -> int:
-    """Multiply-accumulates of one node (Linear, Conv); 0 for the rest."""
-    try:
-        out = node_shape(node)
-    except Exception:
-        return 0
-    if isinstance(module, nn.Linear):
-        return module.in_features * module.out_features * (math.prod(out[:-1]) if len(out) > 1 else 1)
-    if isinstance(module, nn.modules.conv._ConvNd):
-        per_out = (module.in_channels // module.groups) * math.prod(module.kernel_size)
-        return per_out * math.prod(out)
-    return 0
+from ..flows import get_flow
+from ..frontend.capture import node_macs
 
 
 def partition_stats(design) -> dict[str, dict]:
@@ -38,7 +21,7 @@ def partition_stats(design) -> dict[str, dict]:
             if mod is not None:
                 params += sum(p.numel() for p in mod.parameters(recurse=False))
                 params += sum(b.numel() for b in mod.buffers(recurse=False) if isinstance(b, torch.Tensor))
-            ops += _node_ops(n, mod)
+            ops += node_macs(n, mod)
         stats[part.name] = {"layers": layers, "params": int(params), "ops": int(ops)}
     return stats
 
@@ -56,11 +39,6 @@ def build_report(design, model_name: str, timings: dict) -> dict:
                  "jobs": jobs, "modules": part.layers}
         if rtl is not None:
             entry.update(rtl.partition_report(part.name))
-        hls = _hls_report(build, part.name)
-        if hls is not None:                      # flow="vitis" where Vitis HLS ran: its C-synthesis estimates
-            entry["hls"] = hls
-            entry["latency"] = hls["latency_cycles"]["worst"]
-            entry["resources"] = dict(hls["resources"])
         parts.append(entry)
     b = build.to_dict() if build is not None else {}
     report = {
@@ -78,8 +56,9 @@ def build_report(design, model_name: str, timings: dict) -> dict:
         report["stitched"] = rtl.stitched_report()
         if rtl.monolithic:
             report["compare_monolithic"] = compare_monolithic(build, rtl, report["stitched"])
-    if design.flow == "vitis":
-        report["vitis"] = _vitis_summary(parts, design.output_dir)
+    flow = get_flow(design.flow)
+    report["steps"] = [s.to_dict() for s in flow.steps]
+    flow.report(report, design)            # the flow's own sections (flow.report_sections)
     return report
 
 
@@ -88,7 +67,7 @@ def compare_monolithic(build, rtl, stitched: dict) -> dict:
     of the build that made it): the build wall on the build's workers (its jobs list-scheduled with their measured
     times, as the report predicts walls), CPU time, peak memory, resources and latency."""
     from ..engine import predict_wall_time
-    from ..lower.spec import MONOLITHIC
+    from ..ir import MONOLITHIC
 
     def side(jobs) -> dict:
         ids = {r.id for r in jobs}
@@ -107,28 +86,6 @@ def compare_monolithic(build, rtl, stitched: dict) -> dict:
             "uncut": {**side(uncut), "latency": mono["latency"], "resources": mono["resources"],
                       "synth_log": mono["synth_log"], "verilog": mono["verilog"]},
             "stitched": {**side(split), "latency": stitched.get("latency"), "resources": stitched.get("resources_total")}}
-
-
-def _hls_report(build, partition: str) -> dict | None:
-    if build is None:
-        return None
-    r = build.results.get(f"{partition}/hls")
-    return (r.meta or {}).get("hls_report") if r is not None and r.state in ("built", "cached") else None
-
-
-def _vitis_summary(parts: list[dict], output_dir: str) -> dict:
-    """The vendor flow's section: per-partition C-synthesis estimates and their sum, or, where Vitis HLS
-    did not run (emit only), what was written instead."""
-    from ..flows.vitis.reports import total
-    hls = {p["name"]: p["hls"] for p in parts if p.get("hls")}
-    out = {"bundle": os.path.join(output_dir, "stitched", "vitis"), "ran": bool(hls)}
-    if hls:
-        if len(hls) != len(parts):
-            missing = [p["name"] for p in parts if not p.get("hls")]
-            out["missing"] = missing             # a sum that leaves partitions out is labelled so, not shown
-        else:
-            out["total_estimate"] = total(hls)
-    return out
 
 
 def stitched_update(report: dict, rtl) -> None:

@@ -3,18 +3,8 @@ their own hatched row) and the resources per partition."""
 
 from __future__ import annotations
 
-import html
-import io
-import json
-import math
-import os
-import re
-import time
-from pathlib import Path
-from typing import Any
 
 from .fmt import _esc, _fmt_n, _fmt_s, _nice_ticks, _step_color
-
 
 
 def gantt_svg(jobs: list[dict], width: int = 1000) -> str:

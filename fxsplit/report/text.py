@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
-import html
 import io
-import json
-import math
-import os
-import re
-import time
-from pathlib import Path
-from typing import Any
 
 from .fmt import _accum_lines, _budget_line, _compare_rows, _counts, _fmt_n, _fmt_s, _jobs, _numerics, _ports, _predicted, _resources, _usage_summary
-
 
 
 def format_text(report: dict, width: int = 120) -> str:

@@ -402,3 +402,22 @@ class CSim:
         (exact up to 53 bits)."""
         ys = self.run([self.quantize(k, x) for k, x in enumerate(xs)])
         return [words_to_float(y, p) for y, p in zip(ys, self.out_precisions)]
+
+
+def run_stitched(partitioning, csims: dict[str, CSim], xs: list) -> dict:
+    """The stitched emulation: raw words of every port. Model inputs (floats in the ports' layout) are converted
+    once by their type, in the first partition that reads them; then the partitions' C simulations run in order
+    along the DAG, each tensor handed on bit for bit."""
+    first = {}
+    for part in partitioning.partitions:
+        for k, p in enumerate(part.inputs):
+            first.setdefault(p.name, (csims[part.name], k))
+    env = {}
+    for p, a in zip(partitioning.inputs, xs):
+        csim, k = first[p.name]
+        env[p.name] = csim.quantize(k, a)
+    for part in partitioning.partitions:
+        ys = csims[part.name].run([env[p.name] for p in part.inputs])
+        for port, y in zip(part.outputs, ys):
+            env[port.name] = y
+    return env

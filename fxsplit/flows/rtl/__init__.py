@@ -23,14 +23,39 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import FxsplitError
+from ...ir import MONOLITHIC, STITCHED
+from ...plan.costmodel import MiB, StepModel
 from ...verify import Mismatch, VerifyResult, compare
-from ...lower.spec import MONOLITHIC
-from ..base import Built, Flow
+from ..base import Built, Step
+from ..hls4ml import HLS4MLFlow
 from . import lower as rl
 
 DEFAULT_LATENCY_CUTOFF = 5.0
 STITCHED_TOP = "fxsplit_top"
-STITCHED = "stitched"
+
+# The steps' shipped models: fitted by benchmarks/fit_cost_defaults.py on the 2-core x86 development machine
+# (jobs=2), from three `benchmarks/bench_auto_split.py --models wide_mlp --repeat 2` runs (times) and 75 jobs of
+# benchmarks/bench_memory.py (peak memory: the jet tagger and the wide MLP at fixed<8,3>); refitted from every
+# user's own cache as soon as it holds enough jobs of a step.
+STEPS = (
+    # 27 jobs, 4.3 s .. 317 s, median error 11 %; rms 1.5 s. Memory: rms 6 MiB on 21 jobs
+    Step("rtl", tool="da4ml", tools=("da4ml",), doc="da4ml Verilog of the partition",
+         seconds=StepModel(a=0.0101, b=0.0, d=7.18e-05, c=1.35, size="adders"),
+         memory=StepModel(a=3.665e8, b=0.0, d=3445.0, c=1.0, size="adders")),
+    # 25 jobs, 4.7 s .. 277 s, with the Yosys script that skips synth_xilinx's memory maps where there are no
+    # memories and reads the cell libraries from RTLIL; rms 7.1 s. Memory: rms 25 MiB on 20 jobs (520 MiB .. 2.6 GiB)
+    Step("synth", tool="yosys", tools=("yosys",), deps=("rtl",), when="synth", doc="Yosys synth_xilinx",
+         seconds=StepModel(a=3.13, b=0.0, d=0.00763, c=1.2, size="adders"),
+         memory=StepModel(a=5.197e8, b=0.0, d=4.016e5, c=1.0, size="adders")),
+    # the stitched top: the mean of its jobs there (10 and 7 jobs; synthesis 1.4 s .. 3.9 s)
+    Step("rtl", tool=None, scope="stitched", after=("rtl",), doc="the stitched tops (pipelined and stream)",
+         seconds=StepModel(a=0.0071, b=0.0, d=0.0, c=1.0, size="ports"),
+         memory=StepModel(a=360 * MiB, b=0.0, d=0.0, c=1.0, size="ports")),
+    Step("synth", tool="yosys", tools=("yosys",), scope="stitched", deps=("rtl",), after=("rtl",), when="synth",
+         doc="Yosys on the stitched top, partitions as black boxes",
+         seconds=StepModel(a=2.47, b=0.0, d=0.0, c=1.0, size="ports"),
+         memory=StepModel(a=495 * MiB, b=0.0, d=0.0, c=1.0, size="ports")),
+)
 
 
 def module_name(partition: str) -> str:
@@ -96,15 +121,25 @@ def _digest(obj) -> bytes:
 
 # ----------------------------------------------------------------------------- the flow (main process)
 
-class RTLFlow(Flow):
+class RTLFlow(HLS4MLFlow):
     name = "rtl"
-    job_modules = (*Flow.job_modules, __name__)
+    summary = "da4ml Verilog per partition, Yosys in parallel, a stitched top simulated in Verilator or Icarus"
+    steps = (*HLS4MLFlow.steps, *STEPS)
+    verify_levels = ("csim", "rtl")
+    job_modules = (*HLS4MLFlow.job_modules, __name__)
     can_compare_monolithic = True
+    exact_accum_default = True
+
+    @classmethod
+    def splits_layers_by_default(cls, io_type: str) -> bool:
+        """In the fully parallel open RTL flow a layer's Yosys time is the build's: the automatic cuts may go inside
+        wide Linear layers (the pieces keep the layer's accumulator type, exact or not)."""
+        return io_type == "io_parallel"
 
     def validate(self) -> None:
         """Refuse unsupported layers/types (before any build) and extract one program per partition (and one of
         the uncut model with ``compare_monolithic``)."""
-        self._validate_compare()
+        super().validate()
         if self.compare_monolithic and not self.fc.synth:
             raise FxsplitError("compare_monolithic compares synthesized designs, and synthesis is off",
                                hint="leave config['synth'] on (CLI: drop --no-synth)")
@@ -131,7 +166,6 @@ class RTLFlow(Flow):
         self.dag = self.pt.dag()
 
     def jobs(self) -> list:
-        from ...engine import Job
         out = super().jobs()
         names = [p.name for p in self.pt.partitions]
         progs = dict(self.programs)
@@ -140,23 +174,19 @@ class RTLFlow(Flow):
         for name in progs:
             prog = progs[name]
             rid = f"{name}/rtl"
-            out.append(Job(id=rid, partition=name, step="rtl", fn=rtl_job,
-                           params={"program": prog, "module": module_name(name), "latency_cutoff": self.cutoff},
-                           key_data=b"%s|%s|%r" % (_digest(prog), module_name(name).encode(), self.cutoff),
-                           tools=("da4ml",)))
+            out.append(self.job("rtl", name, rtl_job,
+                                {"program": prog, "module": module_name(name), "latency_cutoff": self.cutoff},
+                                key_data=b"%s|%s|%r" % (_digest(prog), module_name(name).encode(), self.cutoff)))
             if self.fc.synth:
-                out.append(Job(id=f"{name}/synth", partition=name, step="synth", fn=synth_job,
-                               params={"rtl_job_id": rid}, key_data="synth_xilinx -family xcup -flatten",
-                               deps=(rid,), tools=("yosys",)))
+                out.append(self.job("synth", name, synth_job, {"rtl_job_id": rid},
+                                    key_data="synth_xilinx -family xcup -flatten", deps=(rid,)))
         rtl_ids = tuple(f"{n}/rtl" for n in names)
-        out.append(Job(id=f"{STITCHED}/rtl", partition=STITCHED, step="rtl", fn=stitch_job,
-                       params={"dag": self.dag, "top": STITCHED_TOP},
-                       key_data=json.dumps([self.dag, STITCHED_TOP], sort_keys=True), deps=rtl_ids))
+        out.append(self.job("rtl", STITCHED, stitch_job, {"dag": self.dag, "top": STITCHED_TOP},
+                            key_data=json.dumps([self.dag, STITCHED_TOP], sort_keys=True), deps=rtl_ids))
         if self.fc.synth:
-            out.append(Job(id=f"{STITCHED}/synth", partition=STITCHED, step="synth", fn=top_synth_job,
-                           params={"top": STITCHED_TOP, "partitions": names},
-                           key_data=f"synth_xilinx -family xcup -flatten|{STITCHED_TOP}",
-                           deps=(f"{STITCHED}/rtl", *rtl_ids), tools=("yosys",)))
+            out.append(self.job("synth", STITCHED, top_synth_job, {"top": STITCHED_TOP, "partitions": names},
+                                key_data=f"synth_xilinx -family xcup -flatten|{STITCHED_TOP}",
+                                deps=(f"{STITCHED}/rtl", *rtl_ids)))
         return out
 
     def finish(self, result) -> Built:

@@ -34,12 +34,26 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import FxsplitError
-from ..base import Built, Flow
+from ...ir import STITCHED
+from ...plan.costmodel import MiB, StepModel
+from ..base import Built, Step
+from ..hls4ml import HLS4MLFlow
 
 VITIS_TOOLS = ("vitis_hls", "vivado")
 TCL_DIR = Path(__file__).resolve().parent / "tcl"     # the Vivado stitcher, shipped as package data
 STITCHER_FILES = ("fxsplit_stitch.tcl", "rtl/fxsplit_join.v")
-STITCHED = "stitched"
+# Vitis HLS and Vivado are not installed on the machine the other steps' models were measured on: these shipped
+# models are rough guesses until a user's cache has measured the steps (then they are refitted from it)
+STEPS = (
+    Step("hls", tool="vitis_hls", tools=("hls4ml", "torch", "numpy", "vitis_hls"),
+         doc="Vitis-backend hls4ml project; C synthesis and IP export where vitis_hls is on PATH",
+         seconds=StepModel(a=30.0, b=5.0, d=1.0e-3, c=1.0, size="macs", per_layer=True),
+         memory=StepModel(a=2048 * MiB, b=50 * MiB, d=0.0, c=1.0, size="macs", per_layer=True)),
+    Step("vivado", tool="vivado", tools=("vivado",), scope="stitched", after=("hls",), when="vivado",
+         model="vivado", doc="the stitched design in Vivado: block design, synthesis, reports, IP, xsim",
+         seconds=StepModel(a=300.0, b=0.0, d=1.0e-2, c=1.0, size="adders"),
+         memory=StepModel(a=4096 * MiB, b=0.0, d=1.0e4, c=1.0, size="adders")),
+)
 N_VECTORS = 200                    # default of config tb_vectors
 VITIS_BUILD_ARGS = "reset=1 csim=0 synth=1 cosim=0 validation=0 export=1 vsynth=0"
 
@@ -140,13 +154,53 @@ def vivado_job(workdir: str, inputs: dict, desc: dict, files: dict) -> dict:
 
 # ----------------------------------------------------------------------------- the flow (main process)
 
-class VitisFlow(Flow):
+class VitisFlow(HLS4MLFlow):
     name = "vitis"
-    job_modules = (*Flow.job_modules, __name__)
+    summary = "Vitis HLS per partition in parallel, DAG stitching in Vivado, xsim (emit_only: the complete bundle)"
+    steps = (*HLS4MLFlow.steps, *STEPS)
+    report_sections = ("vitis",)
+    options = ("emit_only",)
+    job_modules = (*HLS4MLFlow.job_modules, __name__)
 
     def __init__(self, *args, emit_only: bool = False, **kwargs):
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, emit_only=emit_only, **kwargs)
         self.emit_only = bool(emit_only)
+
+    @classmethod
+    def run_options(cls, fc, emit_only: bool = False, **options) -> dict:
+        return {**super().run_options(fc, **options), "emit_only": bool(emit_only), "vivado": not emit_only}
+
+    @classmethod
+    def configure(cls, config, fc) -> None:
+        """The flow builds with hls4ml's Vitis backend."""
+        if (config or {}).get("backend", "Vitis") != "Vitis":
+            raise FxsplitError(f"flow='vitis' builds with hls4ml's Vitis backend, config says "
+                               f"backend={config['backend']!r}", hint="leave config['backend'] unset for this flow")
+        fc.backend = "Vitis"
+
+    @classmethod
+    def report(cls, report: dict, design) -> None:
+        """Each partition's C-synthesis estimates where Vitis HLS ran (``hls``, its latency and resources), and
+        ``report["vitis"]``: their sum, or, where Vitis HLS did not run (emit only), where the bundle is. A sum that
+        would leave partitions out is not given: ``missing`` names them."""
+        from .reports import total
+        build = design.build
+        hls = {}
+        for entry in report["partitions"]:
+            r = build.results.get(f"{entry['name']}/hls") if build is not None else None
+            est = (r.meta or {}).get("hls_report") if r is not None and r.state in ("built", "cached") else None
+            if est is not None:
+                entry["hls"] = est
+                entry["latency"] = est["latency_cycles"]["worst"]
+                entry["resources"] = dict(est["resources"])
+                hls[entry["name"]] = est
+        out = {"bundle": os.path.join(design.output_dir, STITCHED, "vitis"), "ran": bool(hls)}
+        if hls:
+            if len(hls) != len(report["partitions"]):
+                out["missing"] = [p["name"] for p in report["partitions"] if p["name"] not in hls]
+            else:
+                out["total_estimate"] = total(hls)
+        report["vitis"] = out
 
     def validate(self) -> None:
         if self.fc.backend != "Vitis":
@@ -169,15 +223,15 @@ class VitisFlow(Flow):
         return {"inputs": [desc(p) for p in part.inputs], "outputs": [desc(p) for p in part.outputs]}
 
     def jobs(self) -> list:
-        from ...engine import Job
         out = super().jobs()
         run = not self.emit_only
+        tools = self.step("hls").tools
         for part in self.pt.partitions:
             spec = self.lowered.specs[part.name]
-            out.append(Job(id=f"{part.name}/hls", partition=part.name, step="hls", fn=hls_job,
-                           params={"spec": spec, "ports": self.ports[part.name], "run_vitis": run},
-                           key_data=spec.key_data() + json.dumps([self.ports[part.name], run]).encode(),
-                           tools=("hls4ml", "torch", "numpy") + (("vitis_hls",) if run else ())))
+            out.append(self.job("hls", part.name, hls_job,
+                                {"spec": spec, "ports": self.ports[part.name], "run_vitis": run},
+                                key_data=spec.key_data() + json.dumps([self.ports[part.name], run]).encode(),
+                                tools=tools if run else tuple(t for t in tools if t != "vitis_hls")))
         return out
 
     def export(self, result) -> None:
@@ -216,7 +270,6 @@ class VitisFlow(Flow):
     def post_jobs(self, jobs: list) -> list:
         """With the tools (not emit only): the Vivado stitch, after the bundle is written. It depends on every
         partition's ``hls`` job (cached by now: they are passed again so the engine hands over their IPs)."""
-        from ...engine import Job
         if self.emit_only:
             return []
         bundle = self.out / STITCHED / "vitis"
@@ -225,10 +278,8 @@ class VitisFlow(Flow):
                  (f.parts[len(bundle.parts)] in ("tcl", "vectors") or f == bundle / "fxsplit_tb.v")}
         desc = json.loads((bundle / "stitch.json").read_text())
         hls = [j for j in jobs if j.step == "hls"]
-        return hls + [Job(id=f"{STITCHED}/vivado", partition=STITCHED, step="vivado", fn=vivado_job,
-                          params={"desc": desc, "files": files},
-                          key_data=json.dumps([desc, files], sort_keys=True), deps=tuple(j.id for j in hls),
-                          tools=("vivado",))]
+        return hls + [self.job("vivado", STITCHED, vivado_job, {"desc": desc, "files": files},
+                               key_data=json.dumps([desc, files], sort_keys=True), deps=tuple(j.id for j in hls))]
 
     def post_finish(self, result) -> dict:
         """Copy the stitched Vivado project out of the cache; its figures go to the report."""
@@ -240,8 +291,8 @@ class VitisFlow(Flow):
     def _write_vectors(self, where: Path, built: Built) -> None:
         """Inputs drawn over each input type's whole raw range; expected outputs from the stitched C
         simulation (the uncut one is checked equal in ``verify``)."""
-        from ...design import Design
         from ...fixed import layout, raw_to_float, words_to_raw
+        from ..hls4ml.csim import run_stitched
         from ..rtl.testbench import write_hex
         where.mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng(0)
@@ -254,8 +305,7 @@ class VitisFlow(Flow):
                 if lay.width <= 62 else np.array([[int(rng.integers(0, 2 ** 62)) % (hi - lo + 1) + lo
                                                    for _ in range(p.size)] for _ in range(n)], dtype=object)
             xs.append(raw_to_float(raw, p.precision).reshape(n, *p.shape))
-        d = Design(self.pt, self.name, str(self.out), built.csims, built.monolithic)
-        env = d._stitched(xs)
+        env = run_stitched(self.pt, built.csims, xs)
         for kind, ports in (("in", self.pt.inputs), ("exp", self.pt.outputs)):
             for p in ports:
                 write_hex(str(where / f"{kind}_{p.name}.hex"), words_to_raw(env[p.name], p.precision),
