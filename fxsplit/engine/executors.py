@@ -40,7 +40,7 @@ _FD_LOCK = threading.Lock()
 # ``fxsplit`` package *without running its __init__*: ``import fxsplit.engine`` and the job
 # functions' modules load only what they import themselves; the package __init__ (which may
 # import torch) runs on first access to one of its attributes, so semantics are unchanged.
-# (tests/test_build_engine.py::test_workers_stay_light checks a worker loads neither torch nor hls4ml.)
+# (tests/test_engine_executors.py::test_workers_stay_light checks a worker loads neither torch nor hls4ml.)
 _BOOTSTRAP = r"""
 import importlib.util, os, signal, sys
 try:
