@@ -16,7 +16,11 @@ from .verify import VerifyResult, as_list, compare, outputs_at_limits, torch_err
 
 
 class Design:
-    """Returned by :func:`fxsplit.compile`."""
+    """Returned by :func:`fxsplit.compile`: the partitions' C simulations chained along the DAG (``predict``), the
+    uncut reference (``predict_monolithic``), the float model (``predict_torch``), ``verify`` and the ``report``.
+
+    Every method that takes inputs raises :class:`FxsplitError` for a wrong number of inputs, a wrong shape, or
+    values that are not finite (naming the port, the sample and the element)."""
 
     def __init__(self, partitioning: Partitioning, flow: str, output_dir: str, csims: dict[str, CSim],
                  monolithic: CSim, build=None, report: dict | None = None, rtl=None):
@@ -66,7 +70,13 @@ class Design:
         can get wrong: the first half spans each input type's whole raw range, an eighth of its elements at the
         type's minimum and an eighth at its maximum (results and accumulators wrap and saturate); the second half
         is uniform in [-4, 4), a quarter of its elements midway between two values of the input type (rounding
-        ties). Deterministic in ``seed``."""
+        ties). Deterministic in ``seed``.
+
+        Returns:
+            An array ``(n, *input_shape)`` (PyTorch layout), or a list of them for several inputs.
+
+        Raises:
+            FxsplitError: ``n`` is not a positive integer, or an input's type is not fixed point."""
         from .fixed import parse_type
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise FxsplitError(f"stress_inputs needs a positive number of samples, got {n!r}")
@@ -129,7 +139,15 @@ class Design:
         return run_stitched(self.partitioning, self._csims, xs)
 
     def predict(self, x):
-        """Stitched, bit-accurate emulation: the compiled partitions chained along the DAG."""
+        """Stitched, bit-accurate emulation: the compiled partitions chained along the DAG.
+
+        Args:
+            x: input samples in PyTorch's layout, ``(N, *input_shape)`` (or one sample without the batch dimension);
+                a list of arrays for several inputs. NumPy arrays or tensors.
+
+        Returns:
+            The outputs as floats (exactly the fixed-point values), in PyTorch's layout (channels-last as plain
+            hls4ml returns them for a user's ``hls_config`` without ``TransposeOutputs``); a list for several."""
         xs = self._inputs(x)
         return self._outputs(self._stitched(xs), xs[0].shape[0])
 
@@ -141,7 +159,17 @@ class Design:
         return self._mono.run([self._mono.quantize(k, a) for k, a in enumerate(xs)])
 
     def predict_monolithic(self, x):
-        """The same model uncut, with the same numerics: the reference for equivalence."""
+        """The same model uncut, with the same numerics: the reference for equivalence.
+
+        Args:
+            x: input samples in PyTorch's layout, ``(N, *input_shape)`` (or one sample without the batch dimension);
+                a list of arrays for several inputs. NumPy arrays or tensors.
+
+        Returns:
+            As :meth:`predict`.
+
+        Raises:
+            FxsplitError: the design was compiled with ``reference=False``."""
         xs = self._inputs(x)
         n = xs[0].shape[0]
         ys = self._monolithic(xs)
@@ -161,12 +189,27 @@ class Design:
 
     def verify(self, x, level: str = "csim", simulator: str | None = None, interface: str = "pipeline",
                **stream) -> VerifyResult:
-        """Partitioned == uncut, bit for bit. level='csim' (stitched vs monolithic C simulation)
-        or 'rtl' (stitched RTL simulation vs stitched C simulation vs monolithic; ``simulator``
-        'verilator' (default) or 'icarus'; ``interface`` 'pipeline' (default) or 'axis': the
-        stream-stitched top under random input gaps and output backpressure, ``gaps=0.3,
-        backpressure=0.3, seed=1``). The result is recorded in ``report["verification"]``
-        and the report files in ``output_dir`` are rewritten."""
+        """Partitioned == uncut, bit for bit, on every output element of every sample.
+
+        Args:
+            x: input samples in PyTorch's layout, ``(N, *input_shape)`` (or one sample without the batch dimension);
+                a list of arrays for several inputs. NumPy arrays or tensors.
+            level: a verification level of the design's flow (``Flow.verify_levels``): ``"csim"`` (stitched vs uncut
+                C simulation, every flow) or ``"rtl"`` (flow ``"rtl"``: the stitched RTL simulated, equal to the
+                stitched C simulation, equal to the uncut one).
+            simulator: ``level="rtl"``: ``"verilator"`` (default) or ``"icarus"``.
+            interface: ``level="rtl"``: ``"pipeline"`` (default; one sample per cycle) or ``"axis"``: the
+                stream-stitched top under random input gaps and output backpressure (``gaps=0.3,
+                backpressure=0.3, seed=1``).
+
+        Returns:
+            A :class:`VerifyResult`: true when bit-exact (``bool(result)``), with the mismatches, the outputs at
+            their type's limits and the error against the float model. It is recorded in
+            ``report["verification"]`` and the report files in ``output_dir`` are rewritten.
+
+        Raises:
+            FxsplitError: an unknown level, a level the design's flow does not have, stream options without
+                ``level="rtl"``, or inputs as above; a missing simulator."""
         from .flows import flow_names, get_flow
         levels = {n: get_flow(n).verify_levels for n in flow_names()}
         known = sorted({lv for ls in levels.values() for lv in ls})

@@ -417,10 +417,24 @@ def splits_layers_by_default(flow: str, io_type: str) -> bool:
 
 def auto_splits(model, input_shape, workers: int | None = None, config: dict | None = None, flow: str = "rtl",
                 splits=None, cache_dir=None, reference: bool = True, split_layers: bool | None = None) -> list[str]:
-    """The names to pass as ``splits`` (besides the model's markers) for a build balanced on ``workers``
-    workers (default: this machine's CPUs), with the cost model fitted from ``cache_dir`` (else the shipped
-    defaults). ``config``: the fxsplit config of the build (its precision sizes the datapath). ``split_layers``:
-    may the cuts go inside a wide Linear layer (``"fc2@32"``, :mod:`fxsplit.frontend.layersplit`); None: as ``compile``."""
+    """The cuts ``compile(splits="auto")`` would add to the model's markers, without building anything.
+
+    Args:
+        model, input_shape: as for :func:`fxsplit.compile`.
+        workers: the workers the build is balanced for (default: this machine's CPUs).
+        config: the fxsplit config of the build (its precision sizes the datapath; ``synth``, ``io_type``).
+        flow: the flow whose steps are priced (``Flow.steps``).
+        splits: cuts that must be made too (names, as for ``compile``).
+        cache_dir: a build cache to fit the cost model on (else each step's shipped model).
+        reference: the build includes the uncut reference C simulation.
+        split_layers: may the cuts go inside a wide Linear layer (``"fc2@32"``, :mod:`fxsplit.frontend.layersplit`);
+            None: as the flow says.
+
+    Returns:
+        The names to pass as ``splits`` (the markers stay in the model and are not repeated).
+
+    Raises:
+        FxsplitError: the model does not trace, a required split names nothing, or ``workers`` is not positive."""
     import os
     cfg = dict(config or {})
     if split_layers is None:
