@@ -214,8 +214,8 @@ def build(model: nn.Module, opts: CompileOptions):
             start_workers(jobs, flow_cls.job_modules)
 
     # ---- validate (no file written yet): the model is traced once; the plan and the cuts read copies
-    names = hls4ml_layer_names(model) if opts.hls_config is not None else None
     traced = trace_eval(model, opts.input_shape)
+    names = hls4ml_layer_names(model, traced) if opts.hls_config is not None else None
     plan = None
     costs = CostModel.from_cache(cache)
     mem_model = CostModel.from_cache(cache, target="peak_rss")

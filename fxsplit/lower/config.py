@@ -293,11 +293,12 @@ def _from_hls_config(fc: FlowConfig, hls_config: dict, hls_names: dict[str, str]
         fc.layer_name[hls_names[lname]] = copy.deepcopy(lc)
 
 
-def hls4ml_layer_names(model) -> dict[str, str]:
+def hls4ml_layer_names(model, traced=None) -> dict[str, str]:
     """The layer names hls4ml gives ``model`` (its own tracer) -> fxsplit's fx node names.
 
     The two traces are aligned node by node (fxsplit's markers, invisible to hls4ml, skipped); any
-    disagreement raises instead of guessing."""
+    disagreement raises instead of guessing. ``traced``: fxsplit's trace of the model
+    (:func:`fxsplit.frontend.capture.trace`), markers not yet erased; traced here if not given."""
     from hls4ml.utils.torch import CustomFXTracer
 
     from ..frontend.capture import LeafTracer
@@ -306,7 +307,7 @@ def hls4ml_layer_names(model) -> dict[str, str]:
     was_training = model.training
     model.eval()
     try:
-        ours_gm = LeafTracer().trace(model)
+        ours_gm = traced.graph if traced is not None else LeafTracer().trace(model)
         theirs = [n for n in CustomFXTracer().trace(model).nodes if n.op != "output"]
     finally:
         model.train(was_training)
