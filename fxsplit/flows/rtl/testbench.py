@@ -7,7 +7,9 @@ against expected values read with ``$readmemh``, prints each mismatch as::
 
     MISMATCH sample=<i> port=<name> elem=<j> got=<raw> expected=<raw>
 
-and ends with the exact line ``N passed, M failed`` followed by ``$finish``.
+and ends with the exact line ``N passed, M failed`` followed by ``$finish``. The vector files, that
+report and the checking core are :mod:`fxsplit.flows.common.vectors`, shared with the Vitis flow's
+wrapper testbench.
 
 Runners mimic cocotb's ``get_runner(name)``: ``runner.build(sources=..., hdl_toplevel=..., build_dir=...)``
 then ``runner.test(...)`` which returns a :class:`SimResult`.
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import re
 import shutil
 import subprocess
 import time
@@ -29,6 +30,8 @@ import numpy as np
 from ...errors import FxsplitError
 from ...fixed import raw_to_unsigned, unsigned_to_raw
 from ...verify import Mismatch
+from ..common import vectors as vec
+from ..common.vectors import write_hex
 from .names import verilog_name
 from .rtltype import parse_precision
 
@@ -47,43 +50,17 @@ def _port_entries(ports: Sequence[dict]) -> list[dict]:
     return out
 
 
-def write_hex(path: str, raw: np.ndarray, width: int) -> None:
-    """One line per sample: all elements of the port packed (element 0 in the LSBs), hex."""
-    raw = np.asarray(raw)
-    n = raw.shape[0]
-    flat = raw.reshape(n, -1)
-    size = flat.shape[1]
-    ndig = (size * width + 3) // 4
-    mask = (1 << width) - 1
-    with open(path, 'w') as fh:
-        for s in range(n):
-            word = 0
-            for e, v in enumerate(flat[s].tolist()):
-                word |= (int(v) & mask) << (e * width)
-            fh.write(format(word, 'x').zfill(ndig) + '\n')
-
-
 def _load_vectors(ins: list[dict], outs: list[dict], first: Sequence[str] = ()) -> list[str]:
     """The testbench's initial block (its vectors, ``$readmemh``) and its clock."""
-    L = ['    initial begin'] + [f'        {s}' for s in first]
-    L += [f'        $readmemh("in_{p["verilog"]}.hex", mem_in_{p["verilog"]});' for p in ins]
-    L += [f'        $readmemh("exp_{p["verilog"]}.hex", mem_exp_{p["verilog"]});' for p in outs]
-    return L + ['    end', '    always #5 clk = ~clk;']
+    return vec.load_vectors([p['verilog'] for p in ins], [p['verilog'] for p in outs], before=first) + \
+        ['    always #5 clk = ~clk;']
 
 
 def _compare_lines(p: dict, data: str, sample: str, on_bad: str) -> list[str]:
     """Compare every element of output ``p`` (bus ``data``) with sample ``sample`` of its expectations;
     a mismatch runs ``on_bad`` and prints the MISMATCH line the result parser reads."""
-    v, w = p['verilog'], p['width']
-    return [f'            for (e = 0; e < {p["size"]}; e = e + 1) begin',
-            f'                got_{v} = {data}[e*{w} +: {w}];',
-            f'                exp_{v} = mem_exp_{v}[{sample}][e*{w} +: {w}];',
-            f'                if (got_{v} !== exp_{v}) begin',
-            f'                    {on_bad}',
-            f'                    $display("MISMATCH sample=%0d port={p["name"]} elem=%0d got=%0d expected=%0d", '
-            f'{sample}, e, got_{v}, exp_{v});',
-            '                end',
-            '            end']
+    v = p['verilog']
+    return vec.compare_output(p['name'], v, p['size'], p['width'], data, sample, on_bad, f'got_{v}', f'exp_{v}')
 
 
 def generate_testbench(top: str, inputs: Sequence[dict], outputs: Sequence[dict], n_samples: int, latency: int,
@@ -102,11 +79,11 @@ def generate_testbench(top: str, inputs: Sequence[dict], outputs: Sequence[dict]
     L.append(f'    localparam N = {n_samples};')
     for p in ins:
         b = p['width'] * p['size']
-        L.append(f'    reg [{b - 1}:0] mem_in_{p["verilog"]} [0:N-1];')
+        L.append(vec.vector_memory(vec.INPUT, p['verilog'], b))
         L.append(f'    reg [{b - 1}:0] {p["verilog"]} = {b}\'d0;')
     for p in outs:
         b = p['width'] * p['size']
-        L.append(f'    reg [{b - 1}:0] mem_exp_{p["verilog"]} [0:N-1];')
+        L.append(vec.vector_memory(vec.EXPECTED, p['verilog'], b))
         L.append(f'    wire [{b - 1}:0] {p["verilog"]};')
     conns = ['.clk(clk)', '.in_valid(in_valid)', '.out_valid(out_valid)']
     conns += [f'.{p["verilog"]}({p["verilog"]})' for p in ins + outs]
@@ -119,10 +96,7 @@ def generate_testbench(top: str, inputs: Sequence[dict], outputs: Sequence[dict]
     L.append('    integer e;')
     L.append('    integer bad;')
     for p in outs:
-        w = p['width']
-        sg = 'signed ' if p['signed'] else ''
-        L.append(f'    reg {sg}[{w - 1}:0] got_{p["verilog"]};')
-        L.append(f'    reg {sg}[{w - 1}:0] exp_{p["verilog"]};')
+        L += vec.element_regs(f'got_{p["verilog"]}', f'exp_{p["verilog"]}', p['width'], p['signed'])
     L += _load_vectors(ins, outs)
     # drive on the rising edge (non-blocking), the DUT samples on the next rising edge
     L.append('    always @(posedge clk) begin')
@@ -130,27 +104,15 @@ def generate_testbench(top: str, inputs: Sequence[dict], outputs: Sequence[dict]
     L.append('        if (i_in < N) begin')
     L.append('            in_valid <= 1\'b1;')
     for p in ins:
-        L.append(f'            {p["verilog"]} <= mem_in_{p["verilog"]}[i_in];')
+        L.append(f'            {p["verilog"]} <= {vec.memory(vec.INPUT, p["verilog"])}[i_in];')
     L.append('            i_in <= i_in + 1;')
     L.append('        end else begin')
     L.append('            in_valid <= 1\'b0;')
     L.append('        end')
     L.append('    end')
     # check on the falling edge, once outputs settled
-    L.append('    always @(negedge clk) begin')
-    L.append('        if (out_valid === 1\'b1 && i_out < N) begin')
-    L.append('            bad = 0;')
-    for p in outs:
-        L += _compare_lines(p, p['verilog'], 'i_out', 'bad = 1;')
-    L.append('            if (bad) n_fail = n_fail + 1; else n_pass = n_pass + 1;')
-    L.append('            i_out = i_out + 1;')
-    L.append('        end')
-    L.append(f'        if (i_out >= N || cycles > {timeout}) begin')
-    L.append('            if (i_out < N) $display("TIMEOUT: %0d samples never came out", N - i_out);')
-    L.append('            $display("%0d passed, %0d failed", n_pass, n_fail + (N - i_out));')
-    L.append('            $finish;')
-    L.append('        end')
-    L.append('    end')
+    L += vec.check_in_order('clk', "out_valid === 1'b1",
+                            [x for p in outs for x in _compare_lines(p, p['verilog'], 'i_out', 'bad = 1;')], timeout)
     L.append('endmodule')
     return '\n'.join(L) + '\n'
 
@@ -164,10 +126,8 @@ def write_testbench(workdir: str, top: str, inputs: Sequence[dict], outputs: Seq
     os.makedirs(workdir, exist_ok=True)
     ins, outs = _port_entries(inputs), _port_entries(outputs)
     n = int(np.asarray(input_raw[0]).shape[0])
-    for p, r in zip(ins, input_raw):
-        write_hex(os.path.join(workdir, f'in_{p["verilog"]}.hex'), np.asarray(r), p['width'])
-    for p, r in zip(outs, expected_raw):
-        write_hex(os.path.join(workdir, f'exp_{p["verilog"]}.hex'), np.asarray(r), p['width'])
+    vec.write_vectors(workdir, [(p['verilog'], r, p['width']) for p, r in zip(ins, input_raw)],
+                      [(p['verilog'], r, p['width']) for p, r in zip(outs, expected_raw)])
     path = os.path.join(workdir, f'{tb_name}.v')
     with open(path, 'w') as fh:
         fh.write(generate_testbench(top, inputs, outputs, n, latency, tb_name) if stream is None else
@@ -197,17 +157,16 @@ def generate_stream_testbench(top: str, inputs: Sequence[dict], outputs: Sequenc
     conns = ['.clk(clk)', '.rst(rst)']
     for k, p in enumerate(ins):
         v, b = p['verilog'], p['width'] * p['size']
-        L += [f'    reg [{b - 1}:0] mem_in_{v} [0:N-1];', f'    reg [{b - 1}:0] {v}_TDATA = {b}\'d0;',
+        L += [vec.vector_memory(vec.INPUT, v, b), f'    reg [{b - 1}:0] {v}_TDATA = {b}\'d0;',
               f"    reg {v}_TVALID = 1'b0;", f'    wire {v}_TREADY;', f'    integer i_{v} = 0;',
               f"    reg [31:0] r_{v} = 32'd{seeds[k]};"]
         conns += [f'.{v}_TDATA({v}_TDATA)', f'.{v}_TVALID({v}_TVALID)', f'.{v}_TREADY({v}_TREADY)']
     for k, p in enumerate(outs):
-        v, b, w = p['verilog'], p['width'] * p['size'], p['width']
-        sg = 'signed ' if p['signed'] else ''
-        L += [f'    reg [{b - 1}:0] mem_exp_{v} [0:N-1];', f'    wire [{b - 1}:0] {v}_TDATA;', f'    wire {v}_TVALID;',
+        v, b = p['verilog'], p['width'] * p['size']
+        L += [vec.vector_memory(vec.EXPECTED, v, b), f'    wire [{b - 1}:0] {v}_TDATA;', f'    wire {v}_TVALID;',
               f"    reg {v}_TREADY = 1'b0;", f'    integer j_{v} = 0;',
-              f"    reg [31:0] r_{v} = 32'd{seeds[len(ins) + k]};",
-              f'    reg {sg}[{w - 1}:0] got_{v};', f'    reg {sg}[{w - 1}:0] exp_{v};']
+              f"    reg [31:0] r_{v} = 32'd{seeds[len(ins) + k]};"]
+        L += vec.element_regs(f'got_{v}', f'exp_{v}', p['width'], p['signed'])
         conns += [f'.{v}_TDATA({v}_TDATA)', f'.{v}_TVALID({v}_TVALID)', f'.{v}_TREADY({v}_TREADY)']
     L.append(f'    {top} dut ({", ".join(conns)});')
     L += _load_vectors(ins, outs, ["for (s = 0; s < N; s = s + 1) bad[s] = 1'b0;"])
@@ -230,7 +189,7 @@ def generate_stream_testbench(top: str, inputs: Sequence[dict], outputs: Sequenc
         L.append(f'        if (!{v}_TVALID || {v}_TREADY) begin')
         L.append(f'            if (nxt < N && r_{v}[7:0] >= {g}) begin')
         L.append(f"                {v}_TVALID <= 1'b1;")
-        L.append(f'                {v}_TDATA <= mem_in_{v}[nxt];')
+        L.append(f'                {v}_TDATA <= {vec.memory(vec.INPUT, v)}[nxt];')
         L.append(f"            end else {v}_TVALID <= 1'b0;")
         L.append('        end')
         L.append('    end')
@@ -245,20 +204,14 @@ def generate_stream_testbench(top: str, inputs: Sequence[dict], outputs: Sequenc
         L.append('        end')
         L.append('    end')
     all_done = ' && '.join(f'j_{p["verilog"]} >= N' for p in outs)
+    # s: the samples every output has delivered
+    body = ['n_fail = 0;', 'for (s = 0; s < N; s = s + 1) if (bad[s]) n_fail = n_fail + 1;']
+    body += [vec.timeout_display(f'j_{p["verilog"]} < N', f'%0d samples of {p["name"]} never came out',
+                                 f'N - j_{p["verilog"]}') for p in outs]
+    body += ['s = N;'] + [f'if (j_{p["verilog"]} < s) s = j_{p["verilog"]};' for p in outs]
+    body.append(vec.cycles_display('cycles - 5'))
     L.append('    always @(negedge clk) begin')
-    L.append(f'        if (({all_done}) || cycles > {timeout}) begin')
-    L.append('            n_fail = 0;')
-    L.append('            for (s = 0; s < N; s = s + 1) if (bad[s]) n_fail = n_fail + 1;')
-    for p in outs:
-        L.append(f'            if (j_{p["verilog"]} < N) $display("TIMEOUT: %0d samples of {p["name"]} never came out", '
-                 f'N - j_{p["verilog"]});')
-    L.append('            s = N;')
-    for p in outs:
-        L.append(f'            if (j_{p["verilog"]} < s) s = j_{p["verilog"]};')
-    L.append('            $display("CYCLES %0d", cycles - 5);')
-    L.append('            $display("%0d passed, %0d failed", s - n_fail, n_fail + (N - s));')
-    L.append('            $finish;')
-    L.append('        end')
+    L += vec.finish_lines(f'({all_done}) || cycles > {timeout}', body, 's - n_fail', 'n_fail + (N - s)')
     L.append('    end')
     L.append('endmodule')
     return '\n'.join(L) + '\n'
@@ -286,19 +239,15 @@ class SimResult:
         return sorted({m.sample for m in self.mismatches})
 
 
-_MM_RE = re.compile(r'MISMATCH sample=(\d+) port=(\S+) elem=(\d+) got=(-?\d+) expected=(-?\d+)')
-_SUM_RE = re.compile(r'^(\d+) passed, (\d+) failed\s*$', re.M)
-
-
 def parse_sim_output(text: str) -> SimResult:
-    m = _SUM_RE.search(text)
+    m = vec.SUMMARY_RE.search(text)
     if not m:
         raise FxsplitError('simulation did not print its "N passed, M failed" summary', hint='see the simulator log:\n'
                            + text[-3000:])
     # (got and expected: raw integers of the port's type; the port: its Verilog name)
-    mms = [Mismatch(int(a), b, int(c), int(d), int(e)) for a, b, c, d, e in _MM_RE.findall(text)]
-    cyc = re.search(r'^CYCLES (\d+)$', text, re.M)
-    return SimResult(int(m.group(1)), int(m.group(2)), mms, text, timeout='TIMEOUT' in text,
+    mms = [Mismatch(int(a), b, int(c), int(d), int(e)) for a, b, c, d, e in vec.MISMATCH_RE.findall(text)]
+    cyc = vec.CYCLES_RE.search(text)
+    return SimResult(int(m.group(1)), int(m.group(2)), mms, text, timeout=vec.TIMEOUT in text,
                      cycles=int(cyc.group(1)) if cyc else None)
 
 
@@ -430,7 +379,7 @@ class XsimRunner(_Runner):
         # xsim runs in the build dir (its snapshot lives there); the hex files must be there too
         if test_dir and os.path.abspath(test_dir) != os.path.abspath(self.build_dir):
             for f in os.listdir(test_dir):
-                if f.endswith('.hex'):
+                if f.endswith(vec.SUFFIX):
                     shutil.copy(os.path.join(test_dir, f), self.build_dir)
         out = self._run([xsim, 'fxsplit_sim', '-R'], self.build_dir, log='sim.log', timeout=timeout)
         return parse_sim_output(out)

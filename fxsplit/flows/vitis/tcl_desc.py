@@ -38,6 +38,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from ..common import vectors as vec
 from ..common.dagdesc import MODEL_INPUT, MODEL_OUTPUT, edges as dag_edges
 from ...errors import FxsplitError
 
@@ -301,7 +302,9 @@ def wrapper_testbench(desc: dict, n_samples: int, tb_name: str = "fxsplit_tb",
     """A self-checking Verilog-2001 testbench for the stitched design's wrapper (``<bd>_wrapper``, the ports
     tcl/fxsplit_stitch.tcl makes), reading ``in_<port>.hex`` / ``exp_<port>.hex`` as ``stitched/vitis/vectors``
     writes them (one line per sample, element 0 in the LSBs). Prints each wrong element as
-    ``MISMATCH sample=<i> port=<name> elem=<j> got=<raw> expected=<raw>`` and ends with ``N passed, M failed``.
+    ``MISMATCH sample=<i> port=<name> elem=<j> got=<raw> expected=<raw>`` and ends with ``N passed, M failed``
+    (the vector files and that report: :mod:`fxsplit.flows.common.vectors`, as in the open RTL flow's
+    testbenches).
 
     io_parallel: a sample enters when ``in_ready`` is high (all inputs and their ``_ap_vld`` for one cycle) and
     leaves when the outputs' ``_ap_vld`` pulse. io_stream: ``ap_start`` held high, every input streamed by its
@@ -319,9 +322,7 @@ def wrapper_testbench(desc: dict, n_samples: int, tb_name: str = "fxsplit_tb",
     conns = [".ap_clk(ap_clk)", ".ap_rst(ap_rst)"]
     stream = info["io_type"] == "io_stream"
     for t in ins + outs:
-        bits = T[t]["bits"]
-        kind = "in" if t in ins else "exp"
-        L.append(f"    reg [{bits - 1}:0] mem_{kind}_{t} [0:N-1];")
+        L.append(vec.vector_memory(vec.INPUT if t in ins else vec.EXPECTED, t, T[t]["bits"]))
     if not stream:
         L.append("    wire in_ready;")
         conns.append(".in_ready(in_ready)")
@@ -345,59 +346,41 @@ def wrapper_testbench(desc: dict, n_samples: int, tb_name: str = "fxsplit_tb",
                   f"    reg [{T[t]['bits'] - 1}:0] got_{t};", f"    integer k_{t} = 0, checked_{t} = 0;"]
             conns += [f".{t}_tdata({t}_tdata)", f".{t}_tvalid({t}_tvalid)", f".{t}_tready({t}_tready)"]
         L.append("    reg sbad [0:N-1];")
-    for t in outs:
-        ew = T[t]["element_width"]
-        L += [f"    reg signed [{ew - 1}:0] g_{t}, x_{t};"]
+    for t in outs:                     # (got_<t> is a stream output's whole sample: g_/x_ hold one element)
+        L += vec.element_regs(f"g_{t}", f"x_{t}", T[t]["element_width"], True)
     L.append(f"    {info['bd']}_wrapper dut ({', '.join(conns)});")
-    L.append("    initial begin")
-    for t in ins:
-        L.append(f'        $readmemh("in_{t}.hex", mem_in_{t});')
-    for t in outs:
-        L.append(f'        $readmemh("exp_{t}.hex", mem_exp_{t});')
+    after = ["for (s = 0; s < N; s = s + 1) sbad[s] = 1'b0;"] if stream else []
+    after += ["repeat (8) @(posedge ap_clk);", "ap_rst <= 1'b0;"]
     if stream:
-        L.append("        for (s = 0; s < N; s = s + 1) sbad[s] = 1'b0;")
-    L += ["        repeat (8) @(posedge ap_clk);", "        ap_rst <= 1'b0;"]
-    if stream:
-        L.append("        @(posedge ap_clk) ap_start <= 1'b1;")
-    L += ["    end", "    always @(posedge ap_clk) cycles <= cycles + 1;"]
+        after.append("@(posedge ap_clk) ap_start <= 1'b1;")
+    L += vec.load_vectors(ins, outs, after=after)
+    L.append("    always @(posedge ap_clk) cycles <= cycles + 1;")
 
-    def compare(t, got, sample, bad):
-        ew, size = T[t]["element_width"], T[t]["size"]
-        return [f"        for (e = 0; e < {size}; e = e + 1) begin",
-                f"            g_{t} = {got}[e*{ew} +: {ew}]; x_{t} = mem_exp_{t}[{sample}][e*{ew} +: {ew}];",
-                f"            if (g_{t} !== x_{t}) begin {bad};",
-                f'                $display("MISMATCH sample=%0d port={t} elem=%0d got=%0d expected=%0d", {sample}, e, '
-                f"g_{t}, x_{t});",
-                "            end", "        end"]
+    def compare(t, got, sample, bad, indent):
+        return vec.compare_output(t, t, T[t]["size"], T[t]["element_width"], got, sample, bad, f"g_{t}", f"x_{t}",
+                                  indent)
     if not stream:
         first = ins[0]
         L += ["    integer i_in = 0, i_out = 0, bad;",
               "    always @(posedge ap_clk) begin",
               f"        if (!ap_rst && i_in < N && in_ready && !{first}_ap_vld) begin"]
         for t in ins:
-            L += [f"            {t} <= mem_in_{t}[i_in];", f"            {t}_ap_vld <= 1'b1;"]
+            L += [f"            {t} <= {vec.memory(vec.INPUT, t)}[i_in];", f"            {t}_ap_vld <= 1'b1;"]
         L += ["            i_in <= i_in + 1;", "        end else begin"]
         L += [f"            {t}_ap_vld <= 1'b0;" for t in ins]
-        L += ["        end", "    end", "    always @(negedge ap_clk) begin",
-              f"        if ({' && '.join(f'{t}_ap_vld === 1' for t in outs)} && i_out < N) begin",
-              "            bad = 0;"]
-        for t in outs:
-            L += ["    " + x for x in compare(t, t, "i_out", "bad = 1")]
-        L += ["            if (bad) n_fail = n_fail + 1; else n_pass = n_pass + 1;", "            i_out = i_out + 1;",
-              "        end",
-              f"        else if ({' || '.join(f'{t}_ap_vld === 1' for t in outs)}) begin",
-              '            $display("MISMATCH sample=%0d port=valid elem=0 got=0 expected=1", i_out);',
-              "            n_fail = n_fail + 1;",
-              "            i_out = i_out + 1;", "        end",
-              f"        if (i_out >= N || cycles > {timeout}) begin",
-              '            if (i_out < N) $display("TIMEOUT: %0d samples never came out", N - i_out);',
-              '            $display("%0d passed, %0d failed", n_pass, n_fail + (N - i_out));', "            $finish;",
-              "        end", "    end"]
+        L += ["        end", "    end"]
+        # some but not all outputs valid: the sample fails as a whole
+        partial = [f"        else if ({' || '.join(f'{t}_ap_vld === 1' for t in outs)}) begin",
+                   "            " + vec.mismatch_display("valid", "i_out", 0, 0, 1),
+                   "            n_fail = n_fail + 1;",
+                   "            i_out = i_out + 1;", "        end"]
+        L += vec.check_in_order("ap_clk", " && ".join(f"{t}_ap_vld === 1" for t in outs),
+                                [x for t in outs for x in compare(t, t, "i_out", "bad = 1;", 12)], timeout, partial)
     else:
         for t in ins:
             beats, pw = T[t]["beats"], T[t]["pack"] * T[t]["element_width"]
             pad = T[t]["tdata_width"] - pw
-            data = f"mem_in_{t}[k_{t} / {beats}][(k_{t} % {beats})*{pw} +: {pw}]"
+            data = f"{vec.memory(vec.INPUT, t)}[k_{t} / {beats}][(k_{t} % {beats})*{pw} +: {pw}]"
             L += [f"    always @(posedge ap_clk) if (!ap_rst && (!{t}_tvalid || {t}_tready)) begin",
                   f"        if (k_{t} < N * {beats}) begin",
                   (f"            {t}_tdata <= {{{{{pad}{{1'b0}}}}, {data}}};" if pad else
@@ -410,16 +393,15 @@ def wrapper_testbench(desc: dict, n_samples: int, tb_name: str = "fxsplit_tb",
                   f"        got_{t}[(k_{t} % {beats})*{pw} +: {pw}] <= {t}_tdata[{pw - 1}:0];",
                   f"        k_{t} <= k_{t} + 1;", "    end",
                   f"    always @(negedge ap_clk) if (k_{t} / {beats} > checked_{t} && checked_{t} < N) begin"]
-            L += compare(t, f"got_{t}", f"checked_{t}", f"sbad[checked_{t}] = 1'b1")
+            L += compare(t, f"got_{t}", f"checked_{t}", f"sbad[checked_{t}] = 1'b1;", 8)
             L += [f"        checked_{t} = checked_{t} + 1;", "    end"]
         done = " && ".join(f"checked_{t} >= N" for t in outs)
-        L += ["    always @(negedge ap_clk) begin", f"        if (({done}) || cycles > {timeout}) begin",
-              f'            if (!({done})) $display("TIMEOUT: not every output came out for every sample");',
-              "            for (s = 0; s < N; s = s + 1)",
-              f"                if (!sbad[s] && {' && '.join(f'checked_{t} > s' for t in outs)}) n_pass = n_pass + 1;"
-              " else n_fail = n_fail + 1;",
-              '            $display("%0d passed, %0d failed", n_pass, n_fail);', "            $finish;", "        end",
-              "    end"]
+        body = [vec.timeout_display(f"!({done})", "not every output came out for every sample"),
+                "for (s = 0; s < N; s = s + 1)",
+                f"    if (!sbad[s] && {' && '.join(f'checked_{t} > s' for t in outs)}) n_pass = n_pass + 1;"
+                " else n_fail = n_fail + 1;"]
+        L += ["    always @(negedge ap_clk) begin"]
+        L += vec.finish_lines(f"({done}) || cycles > {timeout}", body, "n_pass", "n_fail") + ["    end"]
     L.append("endmodule")
     return "\n".join(L) + "\n"
 
