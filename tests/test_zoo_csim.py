@@ -102,3 +102,24 @@ def test_wrap_and_saturation_at_O3(tmp_path, rng):
     assert res.bit_exact, res.details[:5]
     y = design.predict(x)
     assert np.mean((y == 2 - 2 ** -5) | (y == -2.0)) > 0.1      # the saturating output type is reached
+
+
+def test_resnet20_small_spanning_weights_io_stream(tmp_path):
+    """ResNet20's topology at 3/6/12 channels, 8-bit weight types spanning each layer's folded weights, io_stream,
+    cut inside residual blocks (the skip tensor crosses the cuts): stitched == uncut on inputs that reach the limits,
+    and the weights keep their significant bits (the largest folded weight of every layer uses its type's top)."""
+    from fxsplit.zoo import folded_weights, integer_bits, spanning_config
+    model, shape = build("resnet20_small")
+    cfg = spanning_config(model, shape, io_type="io_stream", **FAST)
+    types = {name: e["precision"]["weight"] for name, e in cfg["layers"].items()}
+    assert len(types) == 22 and all(t.startswith("fixed<8,") for t in types.values())
+    for name, w in folded_weights(model, shape).items():
+        m = float(w.abs().max())
+        i = integer_bits(m)
+        assert types[name] == f"fixed<8,{i}>" and 2.0 ** (i - 2) <= m < 2.0 ** (i - 1)
+    design = fxsplit.compile(model, shape, splits=["stage1.1.conv2", "stage2.2"], config=cfg,
+                             output_dir=tmp_path / "rs", progress=False)
+    crossing = {p.name for p in design.partitioning["p1"].inputs}
+    assert len(crossing) == 2                       # the block's input (the skip) and conv1's activation
+    res = design.verify(design.stress_inputs(48, seed=2))
+    assert res.bit_exact, res.summary()

@@ -1,6 +1,9 @@
 """ResNet20 for CIFAR-10 (He et al. 2016): 3 stages x 3 basic blocks, 16/32/64 channels,
 1x1-conv projection shortcuts when the shape changes. Cut markers between the stages
-and before the head give four partitions."""
+and before the head give four partitions.
+
+``ResNet20Small``: the same topology at reduced width (3/6/12 channels) on 16x16 inputs, average pooling by 4:
+a network of ResNet20's shape whose every layer a streaming design can hold."""
 
 from torch import nn
 
@@ -28,20 +31,21 @@ class BasicBlock(nn.Module):
 
 
 class ResNet20(nn.Module):
-    def __init__(self, num_classes: int = 10):
+    def __init__(self, num_classes: int = 10, widths: tuple[int, int, int] = (16, 32, 64), pool: int = 8):
         super().__init__()
-        self.conv = nn.Conv2d(3, 16, 3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(16)
+        w1, w2, w3 = widths
+        self.conv = nn.Conv2d(3, w1, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(w1)
         self.relu = nn.ReLU()
-        self.stage1 = nn.Sequential(*[BasicBlock(16, 16, 1) for _ in range(3)])
+        self.stage1 = nn.Sequential(*[BasicBlock(w1, w1, 1) for _ in range(3)])
         self.cut2 = Cut("stage2")
-        self.stage2 = nn.Sequential(BasicBlock(16, 32, 2), BasicBlock(32, 32, 1), BasicBlock(32, 32, 1))
+        self.stage2 = nn.Sequential(BasicBlock(w1, w2, 2), BasicBlock(w2, w2, 1), BasicBlock(w2, w2, 1))
         self.cut3 = Cut("stage3")
-        self.stage3 = nn.Sequential(BasicBlock(32, 64, 2), BasicBlock(64, 64, 1), BasicBlock(64, 64, 1))
+        self.stage3 = nn.Sequential(BasicBlock(w2, w3, 2), BasicBlock(w3, w3, 1), BasicBlock(w3, w3, 1))
         self.cut_head = Cut("head")
-        self.pool = nn.AvgPool2d(8)
+        self.pool = nn.AvgPool2d(pool)
         self.flatten = nn.Flatten()
-        self.fc = nn.Linear(64, num_classes)
+        self.fc = nn.Linear(w3, num_classes)
 
     def forward(self, x):
         x = self.relu(self.bn(self.conv(x)))
@@ -49,3 +53,11 @@ class ResNet20(nn.Module):
         x = self.stage3(self.cut3(x))
         x = self.pool(self.cut_head(x))
         return self.fc(self.flatten(x))
+
+
+class ResNet20Small(ResNet20):
+    """ResNet20 at 3/6/12 channels for 16x16 inputs (average pooling by 4 after the two stride-2 stages)."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__(num_classes, widths=(3, 6, 12), pool=4)
+
