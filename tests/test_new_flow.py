@@ -109,6 +109,7 @@ def test_a_flow_defined_in_a_test_file_runs_is_priced_and_reported(pack_flow, tm
     assert d.report["pack"] == {n: packs[n].meta["packed"] for n in names}
     html = (tmp_path / "out" / "report.html").read_text()
     assert "Steps of the pack flow" in html and "the firmware, gzipped" in html
+    assert "<h2>pack</h2>" in html                 # the flow's own section, rendered by the default renderer
     # a rebuild reuses every job, the new ones too
     again = fxsplit.compile(model, shape, flow="pack", config=dict(FAST), output_dir=tmp_path / "out", jobs=2,
                             progress=False)

@@ -190,3 +190,11 @@ class Flow(abc.ABC):
     @classmethod
     def report(cls, report: dict, design) -> None:
         """Add this flow's sections (``report_sections``) to the report being built for ``design``."""
+
+    @classmethod
+    def report_html(cls, report: dict) -> str:
+        """This flow's sections in the HTML report (by default each as its JSON)."""
+        import html
+        import json
+        return "".join(f"<h2>{html.escape(name)}</h2><pre>{html.escape(json.dumps(report[name], indent=1))}</pre>"
+                       for name in cls.report_sections if report.get(name) is not None)

@@ -202,6 +202,12 @@ class VitisFlow(HLS4MLFlow):
                 out["total_estimate"] = total(hls)
         report["vitis"] = out
 
+    @classmethod
+    def report_html(cls, report: dict) -> str:
+        from .html import section_html
+        vt = report.get("vitis")
+        return "<h2>Vitis HLS</h2>" + section_html(vt, report.get("partitions") or []) if isinstance(vt, dict) and vt else ""
+
     def validate(self) -> None:
         if self.fc.backend != "Vitis":
             raise FxsplitError(f"flow='vitis' builds with hls4ml's Vitis backend, not {self.fc.backend!r}",
