@@ -200,7 +200,55 @@ def trace(model: nn.Module, input_shape) -> torch.fx.GraphModule:
             "trace and would be lost", module=type(model).__name__,
             hint="place markers in the forward of your own modules (not inside a torch.nn or brevitas layer "
                  "subclass), or use splits=['<module name>'] to cut before that layer")
+    _static_reshapes(gm)
     return gm
+
+
+_RESHAPES = {("call_method", "view"), ("call_method", "reshape"), ("call_function", torch.reshape)}
+
+
+def _shape_read(n: torch.fx.Node) -> bool:
+    """``x.shape``, ``x.size()``, ``x.shape[k]``, ``x.size(k)``, ``x.size()[k]`` (a read of a traced tensor's shape),
+    or arithmetic on such reads and constants."""
+    import operator
+    if n.op == "call_method" and n.target == "size":
+        return True
+    if n.op == "call_function" and n.target is getattr and len(n.args) == 2 and n.args[1] == "shape":
+        return True
+    if n.op == "call_function" and n.target is operator.getitem and isinstance(n.args[0], torch.fx.Node):
+        return _shape_read(n.args[0])
+    # arithmetic on shape reads and constants (x.shape[1] * 3)
+    return (n.op == "call_function" and getattr(n.target, "__module__", None) == "_operator"
+            and any(isinstance(a, torch.fx.Node) for a in n.args)
+            and all(_shape_read(a) for a in n.args if isinstance(a, torch.fx.Node)))
+
+
+def _static_reshapes(gm: torch.fx.GraphModule) -> None:
+    """A reshape whose target shape reads a tensor's shape (``x.view(x.shape[0], -1)``, ``x.view(x.size(0), -1)``,
+    ``x.reshape(x.size()[0], ...)``: the flatten idioms of many models) gets the shape it had when traced, the batch
+    left free: ``torch.flatten(x, 1)`` where it flattens every dimension after the batch, else
+    ``reshape(x, -1, d1, ...)``. The shape reads, then unused, leave the graph (hls4ml has no layer for them)."""
+    changed = False
+    for n in list(gm.graph.nodes):
+        if (n.op, n.target) not in _RESHAPES or "tensor_meta" not in n.meta:
+            continue
+        src, *dims = n.args
+        dims = list(dims[0]) if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else dims
+        if not any(isinstance(d, torch.fx.Node) and _shape_read(d) for d in dims):
+            continue
+        out = tuple(int(d) for d in n.meta["tensor_meta"].shape)
+        with gm.graph.inserting_before(n):
+            if len(out) == 2:
+                new = gm.graph.call_function(torch.flatten, (src, 1))
+            else:
+                new = gm.graph.call_method("reshape", (src, -1, *out[1:]))
+        new.meta = dict(n.meta)
+        n.replace_all_uses_with(new)
+        gm.graph.erase_node(n)
+        changed = True
+    if changed:
+        gm.graph.eliminate_dead_code()
+        gm.recompile()
 
 
 def _check_unused_markers(model: nn.Module, gm: torch.fx.GraphModule) -> None:
