@@ -14,7 +14,7 @@ from .errors import FxsplitError
 from .flows import get_flow
 from .ir import Partitioning
 from .lower import hls4ml_layer_names, lower, normalize_config
-from .lower.convert import accumulator_changes
+from .lower.convert import accumulator_changes, nonzero_weights
 from .plan.autosplit import plan_auto
 from .plan.costmodel import CostModel, annotate, partition_features
 from .report.summary import build_report
@@ -243,6 +243,7 @@ def build(model: nn.Module, opts: CompileOptions):
     flow_cls.configure(opts.config, fc)
     lowered = lower(frontend, fc, str(out))
     pt = lowered.partitioning                        # every port typed and laid out
+    nz = nonzero_weights(lowered)                    # (read before the flow's jobs touch the graphs' weights)
     fl = flow_cls(pt, lowered, fc, out, reference=opts.reference, compare_monolithic=opts.compare_monolithic,
                   **opts.flow_options())
     fl.validate()
@@ -281,6 +282,10 @@ def build(model: nn.Module, opts: CompileOptions):
             design.report["layer_splits"] = {e["module"]: list(e["bounds"]) for e in pt.layer_splits.values()}
         if lowered.brevitas is not None:
             design.report["brevitas"] = lowered.brevitas.to_dict()
+        for entry in design.report["partitions"]:
+            entry["nonzero_weights"] = nz.get(entry["name"])
+        design.report["nonzero_weights"] = {"partitions": sum(nz[p.name] for p in pt.partitions),
+                                            "uncut": nz[lowered.mono_spec.name]}
         design.report["numerics"] = {
             "config": "hls_config (the user's hls4ml config)" if fc.from_hls_config else "fxsplit config",
             "default_precision": fc.precision, "io_type": fc.io_type, "exact_accum": bool(fc.exact_accum),

@@ -123,3 +123,9 @@ def test_resnet20_small_spanning_weights_io_stream(tmp_path):
     assert len(crossing) == 2                       # the block's input (the skip) and conv1's activation
     res = design.verify(design.stress_inputs(48, seed=2))
     assert res.bit_exact, res.summary()
+    # the report counts the weights that are not zero in their types: the partitions hold the uncut model's, and
+    # the spanning types keep almost all of them
+    nz = design.report["nonzero_weights"]
+    weights = sum(w.numel() for w in folded_weights(model, shape).values())
+    assert nz["partitions"] == nz["uncut"] == sum(p["nonzero_weights"] for p in design.report["partitions"])
+    assert 0.9 * weights <= nz["uncut"] <= weights

@@ -24,7 +24,7 @@ from .spec import (ModelSpec, _convert, _is_noop, _layer_type, build_modelgraph,
                    hls4ml_source, make_spec, module_settings, output_precisions, reference_config, type_width,
                    write_project)
 
-__all__ = ["MONOLITHIC", "Lowered", "ModelSpec", "lower", "accumulator_changes", "build_modelgraph",
+__all__ = ["MONOLITHIC", "Lowered", "ModelSpec", "lower", "accumulator_changes", "nonzero_weights", "build_modelgraph",
            "channels_last_conversion", "hls4ml_source", "make_spec", "module_settings", "output_precisions",
            "reference_config", "type_width", "write_project"]
 
@@ -200,4 +200,27 @@ def _brevitas_plan(pt: Partitioning, fc: FlowConfig):
     pt.torch_exact = bq.torch_exact
     return bq
 
+
+def nonzero_weights(lowered: Lowered) -> dict[str, int]:
+    """Per partition and for the uncut model (``MONOLITHIC``): the weights that are not zero in their layer's weight
+    type, read from the hls4ml graphs as lowering leaves them (before a flow writes its projects, which replaces the
+    weights' data): what the design multiplies by. A weight type fxsplit cannot read (float) counts the nonzero
+    values."""
+    import numpy as np
+
+    from ..fixed import quantize_raw
+    out = {}
+    for name, hm in {**lowered.graphs, MONOLITHIC: lowered.mono}.items():
+        n = 0
+        for layer in hm.get_layers():
+            w = (getattr(layer, "weights", None) or {}).get("weight")
+            if w is None:
+                continue
+            try:
+                raw = quantize_raw(np.asarray(w.data, dtype=np.float64), w.type.precision)
+            except ValueError:
+                raw = np.asarray(w.data)
+            n += int(np.count_nonzero(raw))
+        out[name] = n
+    return out
 

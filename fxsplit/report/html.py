@@ -83,7 +83,8 @@ def render_html(report: dict) -> str:
     h.append(_layer_splits_html(report.get("layer_splits")))
     # partition table
     colors: dict[str, str] = {}
-    h.append("<h2>Partitions</h2><table><tr><th>partition</th><th>layers</th><th>params</th><th>ops</th>"
+    h.append("<h2>Partitions</h2><table><tr><th>partition</th><th>layers</th><th>params</th>"
+             "<th title=\"weights that are not zero in their layer's weight type\">nonzero weights</th><th>ops</th>"
              "<th>inputs</th><th>outputs</th><th>latency (cycles)</th><th>LUT</th><th>FF</th><th>CARRY</th>"
              "<th>DSP</th><th>steps</th></tr>")
     jobs_by_part: dict[str, list[dict]] = {}
@@ -105,7 +106,8 @@ def render_html(report: dict) -> str:
             steps.append(f'<span class="badge" style="{style}" title="{_esc(tip)}">'
                          f'{_esc(j.get("step"))} {_esc(_fmt_s(secs))} {_esc(mark)}</span>')
         h.append("<tr>" + f"<td><b>{_esc(p.get('name'))}</b></td>"
-                 + "".join(f'<td class="n">{_esc(_fmt_n(p.get(k)))}</td>' for k in ("layers", "params", "ops"))
+                 + "".join(f'<td class="n">{_esc(_fmt_n(p.get(k)))}</td>'
+                           for k in ("layers", "params", "nonzero_weights", "ops"))
                  + f'<td class="ports">{"<br>".join(_esc(s) for s in _ports(p.get("inputs")))}</td>'
                  + f'<td class="ports">{"<br>".join(_esc(s) for s in _ports(p.get("outputs")))}</td>'
                  + f'<td class="n">{_esc(_fmt_n(p.get("latency")))}</td>'
