@@ -27,7 +27,7 @@ partition, behind ``Design.predict``, and of the uncut reference.
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping
 
@@ -90,7 +90,6 @@ class Built:
     csims: dict[str, Any]                   # partition name -> CSim
     monolithic: Any | None                  # the uncut CSim (None with reference=False)
     rtl: Any | None = None                  # flow-specific stitched artifacts (flows.rtl.RTLDesign)
-    extra: dict = field(default_factory=dict)
 
 
 class Flow(abc.ABC):
