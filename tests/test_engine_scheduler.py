@@ -234,6 +234,28 @@ def test_sigkilled_worker_is_retried_without_partial_entry(tmp_path):
     assert_no_partial(cache)
 
 
+
+def test_pool_found_broken_at_submit_is_replaced_and_no_job_is_charged(tmp_path):
+    """A worker can run and die before the scheduler submits the next job (a loaded machine): the submit itself
+    then raises BrokenProcessPool. The job was never started: it waits its turn, uncharged, on a fresh pool."""
+    import concurrent.futures as cf
+    import multiprocessing
+    from concurrent.futures.process import BrokenProcessPool
+    pool = cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver"))
+    work = tmp_path / "w"
+    work.mkdir()
+    with pytest.raises(BrokenProcessPool):
+        pool.submit(kill_always, str(work), {}).result(timeout=60)
+    counter, cache = tmp_path / "count", tmp_path / "cache"
+    jobs = [Job(f"p{i}/hls", f"p{i}", "hls", write_file, {"counter": str(counter), "name": f"{i}.txt"}, b"%d" % i)
+            for i in range(3)]
+    r = run_jobs(jobs, cache, executor=pool, max_workers=2, progress=False, retries=0)
+    assert r.ok, r.to_dict()
+    assert [r[j.id].attempts for j in jobs] == [1, 1, 1]
+    assert len(counts(counter)) == 3
+    assert_no_partial(cache)
+
+
 # ----------------------------------------------------------------------------- Ctrl-C
 
 @contextlib.contextmanager

@@ -207,7 +207,8 @@ class _Engine:
         self.progress.update(r, "cached")
         return True
 
-    def _submit(self, jid: str) -> None:
+    def _submit(self, jid: str) -> bool:
+        """Start ``jid`` on the pool; False when the pool turned out broken (the job was not started)."""
         job = self.jobs[jid]
         r = self.results[jid]
         paths = self.transfer == "paths"
@@ -231,10 +232,23 @@ class _Engine:
             warnings.warn(msg, MemoryBudgetWarning, stacklevel=2)
         # read before submitting: on a loaded machine the worker can start, run and be killed before submit returns
         oom0 = oom_kills()
-        fut, pool = self.pool.submit(spec, memory=need)
+        try:
+            fut, pool = self.pool.submit(spec, memory=need)
+        except BrokenProcessPool:
+            # a worker died before its future reached _finish (on a loaded machine, a job can run and kill its
+            # worker before the next submit): this job was never started and waits its turn again, uncharged;
+            # the break is settled through the futures still in flight on that pool, or here if there are none
+            broken = self.pool.executor
+            if not any(i.pool is broken for i in self.inflight.values()):
+                self.pool.broken(broken, [])
+            if root is not None:
+                self.roots.discard(root)
+                shutil.rmtree(root, ignore_errors=True)
+            return False
         r.attempts += 1
         self.inflight[fut] = _Inflight(jid, root, pool, oom0)
         self.progress.update(r, "running")
+        return True
 
     def _finish(self, fut: cf.Future, ready: _Ready) -> None:
         info = self.inflight.pop(fut)
@@ -460,7 +474,9 @@ class _Engine:
                     if self._lookup(jid):
                         self._release(jid, ready)
                     elif self._fits(jid):
-                        self._submit(jid)
+                        if not self._submit(jid):
+                            ready.appendleft(jid)
+                            break            # settle the broken pool first
                     else:
                         deferred.append(jid)
                 for jid in deferred:
