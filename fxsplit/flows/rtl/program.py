@@ -74,6 +74,141 @@ def _type_max_abs(t: tuple) -> float:
     return max(abs(lo), abs(hi)) * math.ldexp(1.0, -type_frac(t))
 
 
+def layer_entry(layer, var_types: dict, var_shapes: dict, partition: str | None = None) -> dict:
+    """One hls4ml layer (not an input) as a program entry: its kind, inputs, output, types, weights and geometry;
+    ``var_types``/``var_shapes``: the types and shapes of the variables before it. Raises FxsplitError naming the
+    layer, its class and the partition for anything the lowering cannot reproduce bit for bit."""
+    cls = layer.class_name
+    out_var = layer.get_output_variable()
+    out_name = layer.outputs[0]
+    out_shape = tuple(int(d) for d in out_var.shape)
+    res_t = _ptype(out_var.type, 'result type', layer, partition)
+    in_names = list(layer.inputs)
+    for n in in_names:
+        if n not in var_types:
+            raise _layer_error(f'input {n!r} is produced by an unsupported layer', layer, partition)
+    ent: dict[str, Any] = {'name': layer.name, 'class_name': cls, 'inputs': in_names, 'output': out_name,
+                           'out_shape': out_shape, 'res_t': res_t}
+    strategy = str(_attr(layer, 'strategy', 'latency')).lower()
+    in_t = var_types[in_names[0]]
+
+    if cls == 'Dense' or cls in _CONV_CLASSES:
+        if strategy != 'latency':
+            raise _layer_error(f'strategy {strategy!r} is not supported', layer, partition,
+                               hint='set Strategy="Latency" for this layer')
+        if str(_attr(layer, 'rf', _attr(layer, 'reuse_factor', 1))) not in ('1',):
+            pass  # reuse factor does not change numerics in hls4ml's latency kernels
+        w_t = _ptype(layer.weights['weight'].type, 'weight type', layer, partition)
+        acc_t = _ptype(layer.get_attr('accum_t'), 'accumulator type', layer, partition)
+        W = _fmt_weight_values(layer.weights['weight'].data, w_t)
+        if 'bias' in layer.weights and layer.weights['bias'] is not None:
+            b_t = _ptype(layer.weights['bias'].type, 'bias type', layer, partition)
+            B = _fmt_weight_values(layer.weights['bias'].data, b_t)
+        else:
+            B = np.zeros(W.shape[-1])
+        B_acc = _const_to_type(B, acc_t)
+        if acc_t[4] in _SATURATING:
+            bound = _type_max_abs(in_t) * np.abs(W).reshape(-1, W.shape[-1]).sum(axis=0) + np.abs(B_acc)
+            if not all(_sat_safe(float(b) + math.ldexp(1.0, -type_frac(acc_t)), acc_t) for b in bound):
+                raise _layer_error(f'accumulator type {type_str(acc_t)} saturates and may overflow during '
+                                   'accumulation (order-dependent, not reproducible exactly)', layer, partition,
+                                   hint='use a WRAP accumulator type or a wider one')
+        ent.update(kind='dense' if cls == 'Dense' else 'conv', w_t=w_t, acc_t=acc_t, weight=W, bias_acc=B_acc)
+        if cls == 'Dense':
+            n_in = int(layer.get_attr('n_in'))
+            in_size = int(np.prod(var_shapes[in_names[0]]))
+            if in_size != n_in:
+                raise _layer_error(f'Dense on a multi-dimensional input ({var_shapes[in_names[0]]}) is not '
+                                   'supported', layer, partition)
+            ent['weight'] = W.reshape(n_in, -1)
+        else:
+            two_d = '2D' in cls
+            dil = [int(_attr(layer, a, 1)) for a in ('dilation', 'dilation_height', 'dilation_width')]
+            if any(d != 1 for d in dil):
+                raise _layer_error('dilated convolutions are not supported', layer, partition)
+            if two_d:
+                ent.update(
+                    in_hw=(int(layer.get_attr('in_height')), int(layer.get_attr('in_width'))),
+                    n_chan=int(layer.get_attr('n_chan')), n_filt=int(layer.get_attr('n_filt')),
+                    filt=(int(layer.get_attr('filt_height')), int(layer.get_attr('filt_width'))),
+                    stride=(int(layer.get_attr('stride_height')), int(layer.get_attr('stride_width'))),
+                    pad=(int(_attr(layer, 'pad_top', 0)), int(_attr(layer, 'pad_left', 0))),
+                    out_hw=(int(layer.get_attr('out_height')), int(layer.get_attr('out_width'))))
+            else:
+                ent.update(
+                    in_hw=(1, int(layer.get_attr('in_width'))),
+                    n_chan=int(layer.get_attr('n_chan')), n_filt=int(layer.get_attr('n_filt')),
+                    filt=(1, int(layer.get_attr('filt_width'))),
+                    stride=(1, int(layer.get_attr('stride_width'))),
+                    pad=(0, int(_attr(layer, 'pad_left', 0))),
+                    out_hw=(1, int(layer.get_attr('out_width'))))
+            fh, fw = ent['filt']
+            ent['weight'] = W.reshape(fh * fw * ent['n_chan'], ent['n_filt'])
+            if str(_attr(layer, 'data_format', 'channels_last')) != 'channels_last':
+                raise _layer_error('channels_first data format is not supported', layer, partition)
+    elif cls == 'Activation':
+        act = str(layer.get_attr('activation')).lower()
+        if act not in ('relu', 'linear'):
+            raise _layer_error(f'activation {act!r} is not supported (it needs a lookup table or a '
+                               'non-linear function hls4ml approximates)', layer, partition)
+        ent.update(kind=act)
+    elif cls == 'LeakyReLU' or (cls == 'ParametrizedActivation' and
+                                str(layer.get_attr('activation')).lower() == 'leakyrelu'):
+        p_t = _ptype(layer.get_attr('param_t'), 'parameter type', layer, partition)
+        alpha = float(str(layer.get_attr('activ_param')))
+        ent.update(kind='leaky_relu', alpha=math.ldexp(_quantize_scalar(alpha, p_t), -type_frac(p_t)))
+    elif cls == 'BatchNormalization':
+        s_t = _ptype(layer.weights['scale'].type, 'scale type', layer, partition)
+        b_t = _ptype(layer.weights['bias'].type, 'bias type', layer, partition)
+        ent.update(kind='batchnorm', scale=_fmt_weight_values(layer.weights['scale'].data, s_t),
+                   bias=_fmt_weight_values(layer.weights['bias'].data, b_t), n_filt=int(_attr(layer, 'n_filt', -1)))
+    elif cls == 'Merge':
+        op = str(layer.get_attr('op')).lower()
+        if op not in _MERGE_OPS or len(in_names) != 2:
+            raise _layer_error(f'merge operation {op!r} is not supported (only add and subtract)', layer, partition)
+        ent.update(kind=op)
+    elif cls == 'Concatenate':
+        if len(in_names) != 2:
+            raise _layer_error('only two-input concatenation is supported', layer, partition)
+        ent.update(kind='concat', axis=int(_attr(layer, 'axis', -1)))
+    elif cls in ('Reshape', 'Flatten'):
+        ent.update(kind='reshape')
+    elif cls == 'Transpose':
+        perm = [int(p) for p in layer.get_attr('perm')]
+        ent.update(kind='transpose', perm=perm)
+    elif cls in _POOL_CLASSES or cls in ('Pooling1D', 'Pooling2D'):
+        two_d = '2D' in cls
+        if two_d:
+            geo = dict(in_hw=(int(layer.get_attr('in_height')), int(layer.get_attr('in_width'))),
+                       pool=(int(layer.get_attr('pool_height')), int(layer.get_attr('pool_width'))),
+                       stride=(int(layer.get_attr('stride_height')), int(layer.get_attr('stride_width'))),
+                       pad=(int(_attr(layer, 'pad_top', 0)), int(_attr(layer, 'pad_left', 0))),
+                       out_hw=(int(layer.get_attr('out_height')), int(layer.get_attr('out_width'))))
+        else:
+            geo = dict(in_hw=(1, int(layer.get_attr('n_in'))), pool=(1, int(layer.get_attr('pool_width'))),
+                       stride=(1, int(layer.get_attr('stride_width'))), pad=(0, int(_attr(layer, 'pad_left', 0))),
+                       out_hw=(1, int(layer.get_attr('n_out'))))
+        acc_t = _ptype(layer.get_attr('accum_t'), 'accumulator type', layer, partition)
+        pool_op = str(_attr(layer, 'pool_op', 'Average' if cls.startswith('Average') else 'Max'))
+        if pool_op not in ('Max', 'Average'):
+            raise _layer_error(f'pooling operation {pool_op!r} is not supported', layer, partition)
+        is_avg = pool_op == 'Average'
+        count_pad = str(_attr(layer, 'count_pad', 'False')).lower() == 'true'
+        if is_avg and acc_t[4] in _SATURATING:
+            n = geo['pool'][0] * geo['pool'][1]
+            if not _sat_safe(n * _type_max_abs(in_t) + 1e-300, acc_t):
+                raise _layer_error(f'saturating accumulator {type_str(acc_t)} may overflow', layer, partition,
+                                   hint='use a WRAP or wider accumulator type')
+        if str(_attr(layer, 'data_format', 'channels_last')) != 'channels_last':
+            raise _layer_error('channels_first data format is not supported', layer, partition)
+        ent.update(kind='avgpool' if is_avg else 'maxpool', acc_t=acc_t, count_pad=count_pad,
+                   n_filt=int(layer.get_attr('n_filt')), **geo)
+    else:
+        raise _layer_error('layer type is not supported by the RTL flow', layer, partition)
+
+    return ent
+
+
 def extract_program(hls_model, partition: str | None = None, input_names: list[str] | None = None,
                     output_names: list[str] | None = None) -> dict:
     """Describe ``hls_model`` as a plain picklable dict for :func:`emit_verilog`.
@@ -102,131 +237,8 @@ def extract_program(hls_model, partition: str | None = None, input_names: list[s
             continue
         if len(layer.outputs) != 1:
             raise _layer_error('layers with several outputs are not supported', layer, partition)
-        res_t = _ptype(out_var.type, 'result type', layer, partition)
-        in_names = list(layer.inputs)
-        for n in in_names:
-            if n not in var_types:
-                raise _layer_error(f'input {n!r} is produced by an unsupported layer', layer, partition)
-        ent: dict[str, Any] = {'name': layer.name, 'class_name': cls, 'inputs': in_names, 'output': out_name,
-                               'out_shape': out_shape, 'res_t': res_t}
-        strategy = str(_attr(layer, 'strategy', 'latency')).lower()
-        in_t = var_types[in_names[0]]
-
-        if cls == 'Dense' or cls in _CONV_CLASSES:
-            if strategy != 'latency':
-                raise _layer_error(f'strategy {strategy!r} is not supported', layer, partition,
-                                   hint='set Strategy="Latency" for this layer')
-            if str(_attr(layer, 'rf', _attr(layer, 'reuse_factor', 1))) not in ('1',):
-                pass  # reuse factor does not change numerics in hls4ml's latency kernels
-            w_t = _ptype(layer.weights['weight'].type, 'weight type', layer, partition)
-            acc_t = _ptype(layer.get_attr('accum_t'), 'accumulator type', layer, partition)
-            W = _fmt_weight_values(layer.weights['weight'].data, w_t)
-            if 'bias' in layer.weights and layer.weights['bias'] is not None:
-                b_t = _ptype(layer.weights['bias'].type, 'bias type', layer, partition)
-                B = _fmt_weight_values(layer.weights['bias'].data, b_t)
-            else:
-                B = np.zeros(W.shape[-1])
-            B_acc = _const_to_type(B, acc_t)
-            if acc_t[4] in _SATURATING:
-                bound = _type_max_abs(in_t) * np.abs(W).reshape(-1, W.shape[-1]).sum(axis=0) + np.abs(B_acc)
-                if not all(_sat_safe(float(b) + math.ldexp(1.0, -type_frac(acc_t)), acc_t) for b in bound):
-                    raise _layer_error(f'accumulator type {type_str(acc_t)} saturates and may overflow during '
-                                       'accumulation (order-dependent, not reproducible exactly)', layer, partition,
-                                       hint='use a WRAP accumulator type or a wider one')
-            ent.update(kind='dense' if cls == 'Dense' else 'conv', w_t=w_t, acc_t=acc_t, weight=W, bias_acc=B_acc)
-            if cls == 'Dense':
-                n_in = int(layer.get_attr('n_in'))
-                in_size = int(np.prod(var_shapes[in_names[0]]))
-                if in_size != n_in:
-                    raise _layer_error(f'Dense on a multi-dimensional input ({var_shapes[in_names[0]]}) is not '
-                                       'supported', layer, partition)
-                ent['weight'] = W.reshape(n_in, -1)
-            else:
-                two_d = '2D' in cls
-                dil = [int(_attr(layer, a, 1)) for a in ('dilation', 'dilation_height', 'dilation_width')]
-                if any(d != 1 for d in dil):
-                    raise _layer_error('dilated convolutions are not supported', layer, partition)
-                if two_d:
-                    ent.update(
-                        in_hw=(int(layer.get_attr('in_height')), int(layer.get_attr('in_width'))),
-                        n_chan=int(layer.get_attr('n_chan')), n_filt=int(layer.get_attr('n_filt')),
-                        filt=(int(layer.get_attr('filt_height')), int(layer.get_attr('filt_width'))),
-                        stride=(int(layer.get_attr('stride_height')), int(layer.get_attr('stride_width'))),
-                        pad=(int(_attr(layer, 'pad_top', 0)), int(_attr(layer, 'pad_left', 0))),
-                        out_hw=(int(layer.get_attr('out_height')), int(layer.get_attr('out_width'))))
-                else:
-                    ent.update(
-                        in_hw=(1, int(layer.get_attr('in_width'))),
-                        n_chan=int(layer.get_attr('n_chan')), n_filt=int(layer.get_attr('n_filt')),
-                        filt=(1, int(layer.get_attr('filt_width'))),
-                        stride=(1, int(layer.get_attr('stride_width'))),
-                        pad=(0, int(_attr(layer, 'pad_left', 0))),
-                        out_hw=(1, int(layer.get_attr('out_width'))))
-                fh, fw = ent['filt']
-                ent['weight'] = W.reshape(fh * fw * ent['n_chan'], ent['n_filt'])
-                if str(_attr(layer, 'data_format', 'channels_last')) != 'channels_last':
-                    raise _layer_error('channels_first data format is not supported', layer, partition)
-        elif cls == 'Activation':
-            act = str(layer.get_attr('activation')).lower()
-            if act not in ('relu', 'linear'):
-                raise _layer_error(f'activation {act!r} is not supported (it needs a lookup table or a '
-                                   'non-linear function hls4ml approximates)', layer, partition)
-            ent.update(kind=act)
-        elif cls == 'LeakyReLU' or (cls == 'ParametrizedActivation' and
-                                    str(layer.get_attr('activation')).lower() == 'leakyrelu'):
-            p_t = _ptype(layer.get_attr('param_t'), 'parameter type', layer, partition)
-            alpha = float(str(layer.get_attr('activ_param')))
-            ent.update(kind='leaky_relu', alpha=math.ldexp(_quantize_scalar(alpha, p_t), -type_frac(p_t)))
-        elif cls == 'BatchNormalization':
-            s_t = _ptype(layer.weights['scale'].type, 'scale type', layer, partition)
-            b_t = _ptype(layer.weights['bias'].type, 'bias type', layer, partition)
-            ent.update(kind='batchnorm', scale=_fmt_weight_values(layer.weights['scale'].data, s_t),
-                       bias=_fmt_weight_values(layer.weights['bias'].data, b_t), n_filt=int(_attr(layer, 'n_filt', -1)))
-        elif cls == 'Merge':
-            op = str(layer.get_attr('op')).lower()
-            if op not in _MERGE_OPS or len(in_names) != 2:
-                raise _layer_error(f'merge operation {op!r} is not supported (only add and subtract)', layer, partition)
-            ent.update(kind=op)
-        elif cls == 'Concatenate':
-            if len(in_names) != 2:
-                raise _layer_error('only two-input concatenation is supported', layer, partition)
-            ent.update(kind='concat', axis=int(_attr(layer, 'axis', -1)))
-        elif cls in ('Reshape', 'Flatten'):
-            ent.update(kind='reshape')
-        elif cls == 'Transpose':
-            perm = [int(p) for p in layer.get_attr('perm')]
-            ent.update(kind='transpose', perm=perm)
-        elif cls in _POOL_CLASSES or cls in ('Pooling1D', 'Pooling2D'):
-            two_d = '2D' in cls
-            if two_d:
-                geo = dict(in_hw=(int(layer.get_attr('in_height')), int(layer.get_attr('in_width'))),
-                           pool=(int(layer.get_attr('pool_height')), int(layer.get_attr('pool_width'))),
-                           stride=(int(layer.get_attr('stride_height')), int(layer.get_attr('stride_width'))),
-                           pad=(int(_attr(layer, 'pad_top', 0)), int(_attr(layer, 'pad_left', 0))),
-                           out_hw=(int(layer.get_attr('out_height')), int(layer.get_attr('out_width'))))
-            else:
-                geo = dict(in_hw=(1, int(layer.get_attr('n_in'))), pool=(1, int(layer.get_attr('pool_width'))),
-                           stride=(1, int(layer.get_attr('stride_width'))), pad=(0, int(_attr(layer, 'pad_left', 0))),
-                           out_hw=(1, int(layer.get_attr('n_out'))))
-            acc_t = _ptype(layer.get_attr('accum_t'), 'accumulator type', layer, partition)
-            pool_op = str(_attr(layer, 'pool_op', 'Average' if cls.startswith('Average') else 'Max'))
-            if pool_op not in ('Max', 'Average'):
-                raise _layer_error(f'pooling operation {pool_op!r} is not supported', layer, partition)
-            is_avg = pool_op == 'Average'
-            count_pad = str(_attr(layer, 'count_pad', 'False')).lower() == 'true'
-            if is_avg and acc_t[4] in _SATURATING:
-                n = geo['pool'][0] * geo['pool'][1]
-                if not _sat_safe(n * _type_max_abs(in_t) + 1e-300, acc_t):
-                    raise _layer_error(f'saturating accumulator {type_str(acc_t)} may overflow', layer, partition,
-                                       hint='use a WRAP or wider accumulator type')
-            if str(_attr(layer, 'data_format', 'channels_last')) != 'channels_last':
-                raise _layer_error('channels_first data format is not supported', layer, partition)
-            ent.update(kind='avgpool' if is_avg else 'maxpool', acc_t=acc_t, count_pad=count_pad,
-                       n_filt=int(layer.get_attr('n_filt')), **geo)
-        else:
-            raise _layer_error('layer type is not supported by the RTL flow', layer, partition)
-
-        var_types[out_name], var_shapes[out_name] = res_t, out_shape
+        ent = layer_entry(layer, var_types, var_shapes, partition)
+        var_types[out_name], var_shapes[out_name] = ent['res_t'], out_shape
         layers.append(ent)
 
     outputs = []

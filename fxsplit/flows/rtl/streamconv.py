@@ -63,7 +63,7 @@ def _geometry(entry: dict) -> dict:
     if tuple(int(v) for v in entry['out_hw']) != (OH, OW):
         raise FxsplitError(f"stream convolution: layer {entry.get('name')!r}: output {tuple(entry['out_hw'])} is not "
                            f'the valid convolution output {(OH, OW)}')
-    if fh == 1 and sh != 1:
+    if fh == 1 and sh != 1 and entry.get('class_name') != 'PointwiseConv2D':
         # hls4ml's io_stream line buffer handles filt_height == 1 with its 1-d kernel, which ignores stride_height
         raise FxsplitError(f"stream convolution: layer {entry.get('name')!r}: a 1-row filter with a vertical "
                            'stride is not reproduced', hint='use stride 1 for 1xN filters')
@@ -91,49 +91,101 @@ def _clog2(n: int) -> int:
     return max(1, (int(n) - 1).bit_length())
 
 
-def conv_stream_verilog(module: str, kernel_module: str, entry: dict, x_t: tuple, latency: int) -> str:
-    """Verilog-2001 of the streaming convolution ``module`` around the per-pixel kernel ``kernel_module`` (the
-    :func:`emit_verilog` wrapper of :func:`pixel_program`: ports ``clk``, ``in_valid``, ``out_valid``, ``win``,
-    ``pix``; pipelined with ``latency`` cycles). Ports and behaviour: see the module docstring."""
-    for name in (module, kernel_module):
+def check_module_names(*names: str) -> None:
+    for name in names:
         if not re.match(r'^[A-Za-z_][A-Za-z0-9_]*$', name):
-            raise FxsplitError(f'stream convolution: invalid Verilog module name {name!r}')
-    g = _geometry(entry)
-    H, W, fh, fw, sh, sw, C, F = (g[k] for k in ('H', 'W', 'fh', 'fw', 'sh', 'sw', 'C', 'F'))
-    xw, rw = int(x_t[1]), int(entry['res_t'][1])
-    L = int(latency)
-    PW = C * xw                   # one pixel (one input beat)
-    OWB = F * rw                  # one output beat
+            raise FxsplitError(f'streaming RTL: invalid Verilog module name {name!r}')
+
+
+def shell_declarations(depth: int) -> list[str]:
+    """The signals shared by a kernel shell's input side and its back end (:func:`shell_back_end`): the credit
+    counter, the FIFO's occupancy, ``fire`` (the kernel's input is valid this cycle) and ``room`` (a new result
+    has a place)."""
+    cw = _clog2(depth + 1) + 1
+    return [f'    reg [{cw - 1}:0] inflight = 0;', f'    reg [{cw - 1}:0] fifo_n = 0;', "    reg fire = 1'b0;",
+            f'    wire room = (inflight + fifo_n) < {depth};', '    wire kout_valid;']
+
+
+def shell_back_end(kernel_module: str, kernel_ports: str, out_bits: int, latency: int, depth: int,
+                   take: str = 'take') -> list[str]:
+    """A kernel shell's back end: the free-running kernel ``kernel_module`` (instance connections
+    ``kernel_ports``, its result on the wire ``pix``), its valid pipeline of ``latency`` cycles cleared by reset,
+    the credit counter (a computation counts from the cycle its input beat is accepted, ``take``, until its result
+    enters the FIFO) and the output FIFO of ``depth`` beats (first word falls through) driving ``out_TDATA``,
+    ``out_TVALID``; ``out_TREADY`` pops it."""
+    L, OWB = int(latency), int(out_bits)
+    aw = _clog2(depth)
+    o = [f'    wire [{OWB - 1}:0] pix;',
+         f'    {kernel_module} kernel (.clk(clk), .in_valid(fire), .out_valid(), {kernel_ports}, .pix(pix));']
+    if L > 0:
+        o.append(f"    reg [{L - 1}:0] kvalid = {L}'d0;")
+        shift = 'fire' if L == 1 else f'{{kvalid[{L - 2}:0], fire}}'
+        o.append(f"    always @(posedge clk) kvalid <= rst_n ? {shift} : {L}'d0;")
+        o.append(f'    assign kout_valid = kvalid[{L - 1}];')
+    else:
+        o.append('    assign kout_valid = fire;')
+    o += ['    always @(posedge clk) begin',
+          '        if (!rst_n) inflight <= 0;',
+          f'        else if ({take} && !kout_valid) inflight <= inflight + 1;',
+          f'        else if (kout_valid && !{take}) inflight <= inflight - 1;',
+          '    end']
+    o += [f'    reg [{OWB - 1}:0] fifo [0:{depth - 1}];', f'    reg [{aw - 1}:0] rd = 0;',
+          f'    reg [{aw - 1}:0] wr = 0;',
+          '    wire pop = out_TVALID && out_TREADY;',
+          '    assign out_TVALID = (fifo_n != 0);', '    assign out_TDATA = fifo[rd];',
+          '    always @(posedge clk) begin',
+          '        if (!rst_n) begin',
+          '            rd <= 0; wr <= 0; fifo_n <= 0;',
+          '        end else begin',
+          '            if (kout_valid) begin',
+          '                fifo[wr] <= pix;',
+          f'                wr <= (wr == {depth - 1}) ? 0 : wr + 1;',
+          '            end',
+          f'            if (pop) rd <= (rd == {depth - 1}) ? 0 : rd + 1;',
+          '            if (kout_valid && !pop) fifo_n <= fifo_n + 1;',
+          '            else if (pop && !kout_valid) fifo_n <= fifo_n - 1;',
+          '        end',
+          '    end']
+    return o
+
+
+def window_stream_verilog(module: str, kernel_module: str, g: dict, in_bits: int, out_bits: int, latency: int,
+                          title: str) -> str:
+    """Verilog-2001 of a streaming window unit ``module``: line buffer, ``fh x fw`` window, stride counters and the
+    per-window kernel ``kernel_module`` (ports ``clk``, ``in_valid``, ``out_valid``, ``win``: the window's
+    ``fh*fw`` pixels, ``pix``: one output beat; pipelined with ``latency`` cycles). ``g``: the geometry (``H``,
+    ``W``, ``fh``, ``fw``, ``sh``, ``sw``); ``in_bits``/``out_bits``: one input/output beat. A convolution, a
+    pooling window (stride equal to the pool) and a per-pixel layer (1x1, stride 1) are all this unit. Ports and
+    behaviour: see the module docstring."""
+    check_module_names(module, kernel_module)
+    H, W, fh, fw, sh, sw = (int(g[k]) for k in ('H', 'W', 'fh', 'fw', 'sh', 'sw'))
+    PW, OWB, L = int(in_bits), int(out_bits), int(latency)
     NW = fh * fw * PW             # the window
     depth = L + FIFO_EXTRA
-    aw, cw = _clog2(depth), _clog2(depth + 1) + 1
     xcw, ycw = _clog2(W), _clog2(H)
     scw_x, scw_y = _clog2(sw + 1), _clog2(sh + 1)
     nlb = (fh - 1) * W
-    o = [f'// Generated by fxsplit (RTL flow, da4ml): streaming Conv2d {entry["name"]!r}, hls4ml io_stream line buffer',
-         f'// input {H}x{W}x{C} ({xw}-bit elements), filter {fh}x{fw}, stride {sh}x{sw}, output '
-         f'{g["OH"]}x{g["OW"]}x{F} ({rw}-bit elements)',
+    o = [f'// Generated by fxsplit (RTL flow, da4ml): {title}',
+         f'// input {H}x{W} pixels of {PW} bits, window {fh}x{fw}, stride {sh}x{sw}, output beats of {OWB} bits',
          f'// kernel {kernel_module}: latency {L}; output FIFO depth {depth}',
          '`timescale 1 ns / 1 ps', f'module {module} (', '    input clk,', '    input rst_n,',
          f'    input [{PW - 1}:0] in_TDATA,', '    input in_TVALID,', '    output in_TREADY,',
          f'    output [{OWB - 1}:0] out_TDATA,', '    output out_TVALID,', '    input out_TREADY', ');']
+    o += shell_declarations(depth)
     # position of the next beat, and the stride phase of x and y (0: aligned)
     o += [f'    reg [{xcw - 1}:0] px = 0;', f'    reg [{ycw - 1}:0] py = 0;',
-          f'    reg [{scw_x - 1}:0] phx = 0;', f'    reg [{scw_y - 1}:0] phy = 0;',
-          f'    reg [{cw - 1}:0] inflight = 0;', f'    reg [{cw - 1}:0] fifo_n = 0;',
-          '    reg fire = 1\'b0;']
+          f'    reg [{scw_x - 1}:0] phx = 0;', f'    reg [{scw_y - 1}:0] phy = 0;']
     # the beat at (py, px) completes an aligned window
     o.append(f"    wire emits = (py >= {fh - 1}) && (px >= {fw - 1}) && (phx == 0) && (phy == 0);")
-    o.append(f'    wire room = (inflight + fifo_n) < {depth};')
     o.append('    assign in_TREADY = rst_n && (!emits || room);')
     o.append('    wire accept = in_TVALID && in_TREADY;')
-    o.append('    wire kout_valid;')
+    o.append('    wire take = accept && emits;')
     # counters: the stride phase counts from the first full window position; it stays 0 before it
     o += ['    always @(posedge clk) begin',
           '        if (!rst_n) begin',
           "            px <= 0; py <= 0; phx <= 0; phy <= 0; fire <= 1'b0;",
           '        end else begin',
-          '            fire <= accept && emits;',
+          '            fire <= take;',
           '            if (accept) begin',
           f'                if (px == {W - 1}) begin',
           '                    px <= 0;',
@@ -170,42 +222,20 @@ def conv_stream_verilog(module: str, kernel_module: str, entry: dict, x_t: tuple
     o.append('    end')
     for n in range(fh * fw):
         o.append(f'    assign win[{(n + 1) * PW - 1}:{n * PW}] = wreg[{n}];')
-    # the kernel (free running) and its valid pipeline, cleared by reset
-    o.append(f'    wire [{OWB - 1}:0] pix;')
-    o.append(f'    {kernel_module} kernel (.clk(clk), .in_valid(fire), .out_valid(), .win(win), .pix(pix));')
-    if L > 0:
-        o.append(f"    reg [{L - 1}:0] kvalid = {L}'d0;")
-        shift = 'fire' if L == 1 else f'{{kvalid[{L - 2}:0], fire}}'
-        o.append(f"    always @(posedge clk) kvalid <= rst_n ? {shift} : {L}'d0;")
-        o.append(f'    assign kout_valid = kvalid[{L - 1}];')
-    else:
-        o.append('    assign kout_valid = fire;')
-    # credits: a window counts from its accepted beat until its result enters the FIFO
-    o += ['    always @(posedge clk) begin',
-          '        if (!rst_n) inflight <= 0;',
-          '        else if ((accept && emits) && !kout_valid) inflight <= inflight + 1;',
-          '        else if (kout_valid && !(accept && emits)) inflight <= inflight - 1;',
-          '    end']
-    # output FIFO (first word falls through)
-    o += [f'    reg [{OWB - 1}:0] fifo [0:{depth - 1}];', f'    reg [{aw - 1}:0] rd = 0;',
-          f'    reg [{aw - 1}:0] wr = 0;',
-          '    wire pop = out_TVALID && out_TREADY;',
-          '    assign out_TVALID = (fifo_n != 0);', '    assign out_TDATA = fifo[rd];',
-          '    always @(posedge clk) begin',
-          '        if (!rst_n) begin',
-          '            rd <= 0; wr <= 0; fifo_n <= 0;',
-          '        end else begin',
-          '            if (kout_valid) begin',
-          '                fifo[wr] <= pix;',
-          f'                wr <= (wr == {depth - 1}) ? 0 : wr + 1;',
-          '            end',
-          f'            if (pop) rd <= (rd == {depth - 1}) ? 0 : rd + 1;',
-          '            if (kout_valid && !pop) fifo_n <= fifo_n + 1;',
-          '            else if (pop && !kout_valid) fifo_n <= fifo_n - 1;',
-          '        end',
-          '    end',
-          'endmodule']
+    o += shell_back_end(kernel_module, '.win(win)', OWB, L, depth)
+    o.append('endmodule')
     return '\n'.join(o) + '\n'
+
+
+def conv_stream_verilog(module: str, kernel_module: str, entry: dict, x_t: tuple, latency: int) -> str:
+    """Verilog-2001 of the streaming convolution ``module`` around the per-pixel kernel ``kernel_module`` (the
+    :func:`emit_verilog` wrapper of :func:`pixel_program`: ports ``clk``, ``in_valid``, ``out_valid``, ``win``,
+    ``pix``; pipelined with ``latency`` cycles). Ports and behaviour: see the module docstring."""
+    g = _geometry(entry)
+    xw, rw = int(x_t[1]), int(entry['res_t'][1])
+    title = (f'streaming Conv2d {entry["name"]!r}, hls4ml io_stream line buffer; {g["H"]}x{g["W"]}x{g["C"]} '
+             f'({xw}-bit elements) to {g["OH"]}x{g["OW"]}x{g["F"]} ({rw}-bit elements)')
+    return window_stream_verilog(module, kernel_module, g, g['C'] * xw, g['F'] * rw, latency, title)
 
 
 def emit_conv_stream(entry: dict, x_t: tuple, workdir: str, module: str, latency_cutoff: float | None = 5.0) -> dict:
@@ -234,7 +264,9 @@ def conv_stream_testbench(meta: dict, n_in: int, n_out: int, gaps: float = 0.3, 
                           seed: int = 1, tb_name: str = 'fxsplit_tb', signed_out: bool = True,
                           timeout_cycles: int | None = None, reset_after: int = 0,
                           reset_cycles: int = 1) -> str:
-    """Self-checking testbench of a streaming convolution (:func:`emit_conv_stream`): ``n_in`` input beats from
+    """Self-checking testbench of a streaming module with one input and one output stream (:func:`emit_conv_stream`;
+    ``meta``: ``top``, ``in_bits``, ``out_bits``, ``out_elem_bits``, ``latency``, and the port names ``in_port``,
+    ``out_port``, default ``in`` and ``out``): ``n_in`` input beats from
     ``in_in.hex`` (frames back to back, no reset between them) and ``n_out`` expected output beats from
     ``exp_out.hex`` (:mod:`fxsplit.flows.common.vectors` files, one beat per line). The input pauses at random
     (``TVALID`` low with probability ``gaps``; once up it stays up with the same data until ``TREADY``) and the
@@ -271,8 +303,9 @@ def conv_stream_testbench(meta: dict, n_in: int, n_out: int, gaps: float = 0.3, 
          '    integer rcnt = 0;', '    integer dropped = 0;', "    reg main_phase = (NP == 0);",
          f"    reg [31:0] r_in = 32'd{s_in};", f"    reg [31:0] r_out = 32'd{s_out};"]
     L += vec.element_regs('got_out', 'exp_out', ow, signed_out)
-    L.append(f"    {meta['top']} dut (.clk(clk), .rst_n(rst_n), .in_TDATA(in_TDATA), .in_TVALID(in_TVALID), "
-             '.in_TREADY(in_TREADY), .out_TDATA(out_TDATA), .out_TVALID(out_TVALID), .out_TREADY(out_TREADY));')
+    ip, op = meta.get('in_port', 'in'), meta.get('out_port', 'out')
+    L.append(f"    {meta['top']} dut (.clk(clk), .rst_n(rst_n), .{ip}_TDATA(in_TDATA), .{ip}_TVALID(in_TVALID), "
+             f'.{ip}_TREADY(in_TREADY), .{op}_TDATA(out_TDATA), .{op}_TVALID(out_TVALID), .{op}_TREADY(out_TREADY));')
     L += vec.load_vectors(['in'], ['out']) + ['    always #5 clk = ~clk;']
     L += ['    function [31:0] xorshift(input [31:0] x);', '        reg [31:0] y;',
           '        begin y = x ^ (x << 13); y = y ^ (y >> 17); xorshift = y ^ (y << 5); end', '    endfunction',

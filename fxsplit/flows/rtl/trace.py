@@ -190,7 +190,13 @@ def _pool(arr, ent, in_t, hwconf):
                         y, x = oy * sh + ky - pt, ox * sw + kx - pl
                         if 0 <= y < H and 0 <= x < Wd:
                             vals.append(arr[y, x, c])
-                if ent['kind'] == 'maxpool':
+                if ent['kind'] == 'maxpool' and ent.get('cast_each'):
+                    # io_stream: every element cast into accum_t first, then the largest
+                    m = _q(vals[0], acc_t)
+                    for v in vals[1:]:
+                        m = m.max_of(_q(v, acc_t))
+                    r = m
+                elif ent['kind'] == 'maxpool':
                     # padded cells hold the most negative value of data_T: never above a real value
                     m = vals[0]
                     for v in vals[1:]:

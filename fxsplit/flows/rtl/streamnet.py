@@ -1,0 +1,694 @@
+"""Streaming networks of the open RTL flow: an hls4ml io_stream ModelGraph as Verilog units joined by AXI4-Stream
+handshakes, one hls4ml stream word per beat, bit-exact against hls4ml's io_stream C simulation.
+
+A tensor of shape ``(..., C)`` travels as beats of its last dimension (one pixel, all channels, row by row, as
+hls4ml's io_stream does); a 1-D tensor as one beat. The graph (:func:`stream_graph`) maps every hls4ml layer to a
+unit:
+
+- **window** (:func:`~fxsplit.flows.rtl.streamconv.window_stream_verilog`): a line buffer and an ``fh x fw``
+  window feeding one da4ml kernel per output beat. A convolution (hls4ml's per-pixel dense kernel; a pointwise
+  convolution with its stride), a max or average pooling window (pool equal to stride, no padding; each element cast
+  into ``accum_t`` and reduced as hls4ml's io_stream pooling does), a Dense on a 1-D tensor, and a per-pixel layer
+  that has no kernel to join (BatchNorm, an activation: a 1x1 window).
+- **join**: two streams beat by beat into one kernel (Add, Subtract, Concatenate on the channels).
+- The per-pixel layers that follow a kernel's unit as its only consumer (BatchNorm, ReLU, linear, LeakyReLU) run in
+  that unit's kernel, after its own layer: one pipeline, the same casts as hls4ml's separate layers.
+- **zeropad**: hls4ml's ZeroPadding2D/1D, zero beats inserted around the frame (the type is kept).
+- **fork**: hls4ml's Clone, one FIFO per output, its depth from the beats one path must hold while the other
+  reaches the join they meet at (:func:`fork_depths`).
+- **repack**: a Reshape/Flatten/Transpose that keeps the element order, regrouping beats (the whole tensor as one
+  beat for a Dense that reads it).
+
+Every unit's outputs come from registers or FIFOs except a zero pad's (whose valid follows its input's), so
+joining units makes no combinational loop. Pins of every unit and of the top: ``clk``, ``rst_n`` (active-low,
+synchronous; clears the counters, credits and FIFOs; frames follow each other without a reset), and per stream
+``<name>_TDATA`` (element 0 in the LSBs, raw two's complement), ``<name>_TVALID``, ``<name>_TREADY``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from ...errors import FxsplitError
+from .names import verilog_name
+from .program import _POOL_CLASSES, _ptype, layer_entry
+from .streamconv import (FIFO_EXTRA, _clog2, check_module_names, shell_back_end, shell_declarations,
+                         window_stream_verilog)
+
+ELEMENTWISE = ('relu', 'linear', 'leaky_relu', 'batchnorm')
+FORK_SLACK = 2          # beats a fork's FIFO holds beyond the computed need
+
+
+def _err(msg: str, layer, partition, hint: str | None = None) -> FxsplitError:
+    return FxsplitError(f'streaming RTL flow: layer {layer.name!r} ({layer.class_name}): {msg}', partition=partition,
+                        hint=hint)
+
+
+def _tensor(shape, t) -> dict:
+    shape = tuple(int(d) for d in shape)
+    beat = shape[-1] if shape else 1
+    n = int(np.prod(shape)) if shape else 1
+    return {'shape': shape, 'type': tuple(t), 'beat': beat, 'beats': n // beat}
+
+
+def _spatial(shape) -> tuple[int, int, int]:
+    """(H, W, C) of a channels-last tensor of 1, 2 or 3 dimensions."""
+    if len(shape) == 3:
+        return shape[0], shape[1], shape[2]
+    if len(shape) == 2:
+        return 1, shape[0], shape[1]
+    return 1, 1, shape[0]
+
+
+def stream_graph(hls_model, partition: str | None = None, input_names: list[str] | None = None,
+                 output_names: list[str] | None = None) -> dict:
+    """The streaming network of an io_stream ``hls_model``: ``{'inputs', 'outputs'`` (``{'var', 'port'}``),
+    ``'tensors'`` (name -> shape, type, beat, beats), ``'units'`` (in dataflow order)``}``. Every layer the flow
+    cannot stream bit for bit is refused here, naming it and the partition."""
+    if str(hls_model.config.get_config_value('IOType')) != 'io_stream':
+        raise FxsplitError('streaming RTL flow: the model is not io_stream', partition=partition,
+                           hint='convert with io_type="io_stream"')
+    tensors: dict[str, dict] = {}
+    var_types: dict[str, tuple] = {}
+    var_shapes: dict[str, tuple] = {}
+    units: list[dict] = []
+    producer: dict[str, dict] = {}        # tensor -> the unit producing it
+    inputs: list[str] = []
+    layers = list(hls_model.get_layers())
+    users: dict[str, int] = {}
+    for layer in layers:
+        for n in layer.inputs:
+            users[n] = users.get(n, 0) + 1
+    for n in hls_model.outputs:
+        users[n] = users.get(n, 0) + 1
+
+    def add(unit: dict) -> None:
+        units.append(unit)
+        for o in unit['outs']:
+            producer[o] = unit
+
+    for layer in layers:
+        cls = layer.class_name
+        out_var = layer.get_output_variable()
+        if cls in ('Input', 'InputLayer'):
+            name = layer.outputs[0]
+            t = _ptype(out_var.type, 'input type', layer, partition)
+            tensors[name] = _tensor(out_var.shape, t)
+            var_types[name], var_shapes[name] = t, tensors[name]['shape']
+            inputs.append(name)
+            continue
+        for n in layer.inputs:
+            if n not in tensors:
+                raise _err(f'input {n!r} is produced by a layer the streaming flow does not support', layer, partition)
+            if users.get(n, 0) > 1:
+                raise _err(f'tensor {n!r} has {users[n]} consumers without an hls4ml Clone', layer, partition)
+        src = tensors[layer.inputs[0]]
+        if cls == 'Clone':
+            outs = list(layer.outputs)
+            for o in outs:
+                tensors[o] = dict(src)
+                var_types[o], var_shapes[o] = src['type'], src['shape']
+            add({'op': 'fork', 'name': layer.name, 'ins': [layer.inputs[0]], 'outs': outs})
+            continue
+        out = layer.outputs[0]
+        res_t = _ptype(out_var.type, 'result type', layer, partition)
+        if cls in ('ZeroPadding1D', 'ZeroPadding2D'):
+            if tuple(res_t) != tuple(src['type']):
+                raise _err('a zero padding that changes the type is not hls4ml io_stream\'s', layer, partition)
+            pads = tuple(int(layer.get_attr(a, 0) or 0) for a in ('pad_top', 'pad_bottom', 'pad_left', 'pad_right'))
+            tensors[out] = _tensor(out_var.shape, res_t)
+            H, W, C = _spatial(src['shape'])
+            OH, OW, _ = _spatial(tensors[out]['shape'])
+            if (OH, OW) != (H + pads[0] + pads[1], W + pads[2] + pads[3]):
+                raise _err(f'padded size {(OH, OW)} is not {(H, W)} plus the padding {pads}', layer, partition)
+            add({'op': 'zeropad', 'name': layer.name, 'ins': [layer.inputs[0]], 'outs': [out], 'H': H, 'W': W,
+                 'C': C, 'pad': pads})
+        elif cls in ('Reshape', 'Flatten', 'Transpose'):
+            shape = tuple(int(d) for d in out_var.shape)
+            order = None
+            if cls == 'Transpose':
+                perm = [int(p) for p in layer.get_attr('perm')]
+                order = np.transpose(np.arange(int(np.prod(src['shape']))).reshape(src['shape']), perm).ravel()
+                if np.array_equal(order, np.arange(order.size)):
+                    order = None          # only dimensions of size 1 move
+            if tuple(res_t) != tuple(src['type']):
+                raise _err('a reshape that changes the type is not supported', layer, partition)
+            tensors[out] = _tensor(shape, res_t)
+            add({'op': 'repack', 'name': layer.name, 'ins': [layer.inputs[0]], 'outs': [out],
+                 'order': None if order is None else order.tolist()})
+        else:
+            ent = layer_entry(layer, var_types, var_shapes, partition)
+            kind = ent['kind']
+            tensors[out] = _tensor(out_var.shape, res_t)
+            prev = producer.get(layer.inputs[0])
+            if (kind in ELEMENTWISE and prev is not None and prev['op'] in ('window', 'join')
+                    and users.get(layer.inputs[0], 0) == 1 and layer.inputs[0] not in hls_model.outputs):
+                _fuse(prev, ent, tensors[out])          # runs in the kernel before it
+                producer[out] = prev
+            elif kind in ('conv', 'avgpool', 'maxpool', 'dense') or kind in ELEMENTWISE:
+                ins = [layer.inputs[0]]
+                if kind == 'dense' and src['beats'] != 1:
+                    # hls4ml's dense_stream reads the whole vector: gather it into one beat first
+                    g = f'{layer.inputs[0]}__whole'
+                    tensors[g] = {**src, 'shape': (int(np.prod(src['shape'])),), 'beat': src['beat'] * src['beats'],
+                                  'beats': 1}
+                    add({'op': 'repack', 'name': f'{layer.name}_gather', 'ins': ins, 'outs': [g], 'order': None})
+                    ins = [g]
+                add(_window_unit(layer, ent, ins, out, tensors, partition))
+            elif kind in ('add', 'subtract', 'concat'):
+                add(_join_unit(layer, ent, out, tensors, partition))
+            else:
+                raise _err(f'{kind} is not supported on streams', layer, partition)
+        var_types[out], var_shapes[out] = res_t, tensors[out]['shape']
+
+    outputs = list(hls_model.outputs)
+    for n in outputs:
+        if n not in tensors:
+            raise FxsplitError(f'streaming RTL flow: output {n!r} is not produced by a supported layer',
+                               partition=partition)
+    _fold_repacks(units, tensors, set(inputs) | set(outputs))
+    ports_in = list(input_names or inputs)
+    ports_out = list(output_names or outputs)
+    if len(ports_in) != len(inputs) or len(ports_out) != len(outputs):
+        raise FxsplitError('streaming RTL flow: port names do not match the inputs and outputs', partition=partition)
+    net = {'version': 1, 'partition': partition, 'tensors': tensors, 'units': units,
+           'inputs': [{'var': v, 'port': p} for v, p in zip(inputs, ports_in)],
+           'outputs': [{'var': v, 'port': p} for v, p in zip(outputs, ports_out)]}
+    fork_depths(net)
+    return net
+
+
+def _window_geometry(layer, ent: dict, src: dict, partition) -> dict:
+    kind = ent['kind']
+    H, W, C = _spatial(src['shape'])
+    if kind == 'conv':
+        if tuple(ent['pad']) != (0, 0) or any(int(layer.get_attr(a, 0) or 0) for a in ('pad_bottom', 'pad_right')):
+            raise _err('padding inside an io_stream convolution; hls4ml pads in a ZeroPadding layer before it',
+                       layer, partition)
+        (fh, fw), (sh, sw) = ent['filt'], ent['stride']
+        if fh == 1 and sh != 1 and ent['class_name'] != 'PointwiseConv2D':
+            raise _err('a 1-row filter with a vertical stride is not reproduced', layer, partition,
+                       hint='use stride 1 for 1xN filters')
+        F = int(ent['n_filt'])
+    elif kind in ('avgpool', 'maxpool'):
+        (fh, fw), (sh, sw) = ent['pool'], ent['stride']
+        if (fh, fw) != (sh, sw) or tuple(ent['pad']) != (0, 0):
+            raise _err('io_stream pooling needs the stride equal to the pool and no padding (as hls4ml asserts)',
+                       layer, partition)
+        F = C
+    elif kind == 'dense':
+        H, W, C, fh, fw, sh, sw = 1, 1, src['beat'], 1, 1, 1, 1
+        F = int(ent['out_shape'][-1])
+    else:                                       # a per-pixel layer
+        fh = fw = sh = sw = 1
+        F = C
+    OH, OW = (H - fh) // sh + 1, (W - fw) // sw + 1
+    return dict(H=H, W=W, C=C, F=F, fh=fh, fw=fw, sh=sh, sw=sw, OH=OH, OW=OW)
+
+
+def _window_unit(layer, ent: dict, ins: list[str], out: str, tensors: dict, partition) -> dict:
+    src = tensors[ins[0]]
+    g = _window_geometry(layer, ent, src, partition)
+    n_in = g['fh'] * g['fw'] * g['C']
+    kind = ent['kind']
+    head = copy.deepcopy(ent)
+    head.update(inputs=['win'], output='y0', out_shape=(g['F'],))
+    if kind == 'conv':
+        head.update(kind='dense', class_name='Dense', weight=np.asarray(ent['weight']).reshape(n_in, g['F']))
+        for k in ('in_hw', 'filt', 'stride', 'pad', 'out_hw', 'n_chan', 'n_filt'):
+            head.pop(k, None)
+    elif kind in ('avgpool', 'maxpool'):
+        head.update(in_hw=(g['fh'], g['fw']), out_hw=(1, 1), stride=(g['fh'], g['fw']), pad=(0, 0),
+                    n_filt=g['C'], cast_each=True)
+    elif kind == 'batchnorm':
+        _per_channel(layer, head, src, partition)
+    exp = tensors[out]
+    if tuple(exp['shape'][:-1]) and (g['OH'], g['OW']) != _spatial(exp['shape'])[:2]:
+        raise _err(f'output {exp["shape"]} is not the streamed window output {(g["OH"], g["OW"], g["F"])}',
+                   layer, partition)
+    return {'op': 'window', 'name': layer.name, 'ins': ins, 'outs': [out], 'geometry': g,
+            'program': {'version': 1, 'partition': layer.name,
+                        'inputs': [{'var': 'win', 'shape': (n_in,), 'type': tuple(src['type']), 'port': 'win'}],
+                        'outputs': [{'var': 'y0', 'shape': (g['F'],), 'type': tuple(ent['res_t']), 'port': 'pix'}],
+                        'layers': [head]}}
+
+
+def _per_channel(layer, ent: dict, src: dict, partition) -> None:
+    """A BatchNorm run on one beat: its scale and bias per channel."""
+    C = src['beat']
+    nf = int(ent.get('n_filt', -1))
+    if nf not in (-1, C) or (nf == -1 and src['beats'] != 1 and np.asarray(ent['scale']).size != C):
+        raise _err('a BatchNorm whose scale is not per channel is not supported on streams', layer, partition)
+    ent['n_filt'] = C
+
+
+def _join_unit(layer, ent: dict, out: str, tensors: dict, partition) -> dict:
+    a, b = (tensors[n] for n in layer.inputs)
+    if ent['kind'] == 'concat':
+        nd = len(a['shape'])
+        if ent['axis'] not in (-1, nd) or a['beats'] != b['beats']:
+            raise _err('only concatenation along the channels streams', layer, partition)
+    elif a['shape'] != b['shape']:
+        raise _err('a merge of tensors of different shapes (broadcast) is not supported on streams', layer, partition)
+    C = tensors[out]['beat']
+    head = copy.deepcopy(ent)
+    head.update(inputs=['a', 'b'], output='y0', out_shape=(C,), axis=-1)
+    return {'op': 'join', 'name': layer.name, 'ins': list(layer.inputs), 'outs': [out],
+            'program': {'version': 1, 'partition': layer.name,
+                        'inputs': [{'var': 'a', 'shape': (a['beat'],), 'type': tuple(a['type']), 'port': 'a'},
+                                   {'var': 'b', 'shape': (b['beat'],), 'type': tuple(b['type']), 'port': 'b'}],
+                        'outputs': [{'var': 'y0', 'shape': (C,), 'type': tuple(ent['res_t']), 'port': 'pix'}],
+                        'layers': [head]}}
+
+
+def _fuse(unit: dict, ent: dict, out: dict) -> None:
+    """Append the per-pixel layer ``ent`` to ``unit``'s kernel; the unit now produces ``ent``'s output."""
+    prog = unit['program']
+    last = prog['outputs'][0]
+    k = len(prog['layers'])
+    tail = copy.deepcopy(ent)
+    C = last['shape'][0]
+    tail.update(inputs=[last['var']], output=f'y{k}', out_shape=(C,))
+    if tail['kind'] == 'batchnorm':
+        nf = int(tail.get('n_filt', -1))
+        if nf not in (-1, C):
+            raise FxsplitError(f"streaming RTL flow: layer {ent['name']!r}: BatchNorm over {nf} channels on beats of "
+                               f'{C}', partition=prog.get('partition'))
+        tail['n_filt'] = C
+    prog['layers'].append(tail)
+    prog['outputs'] = [{'var': f'y{k}', 'shape': (C,), 'type': tuple(ent['res_t']), 'port': 'pix'}]
+    unit['outs'] = [ent['output']]
+    unit.setdefault('fused', []).append(ent['name'])
+
+
+def _fold_repacks(units: list[dict], tensors: dict, keep: set) -> None:
+    """A repack feeding only another repack is folded into it; a repack between equal beats is a wire (its output
+    tensor renamed to its input everywhere)."""
+    changed = True
+    while changed:
+        changed = False
+        by_out = {o: u for u in units for o in u['outs']}
+        for u in list(units):
+            if u['op'] != 'repack':
+                continue
+            src = u['ins'][0]
+            p = by_out.get(src)
+            if p is not None and p['op'] == 'repack' and src not in keep:
+                # out element e of u is u's input element u[e], which is p's input element p[u[e]]
+                po, uo = p.get('order'), u.get('order')
+                if po is not None or uo is not None:
+                    n = tensors[src]['beat'] * tensors[src]['beats']
+                    po = np.arange(n) if po is None else np.asarray(po)
+                    uo = np.arange(n) if uo is None else np.asarray(uo)
+                    o = po[uo]
+                    u['order'] = None if np.array_equal(o, np.arange(n)) else o.tolist()
+                u['ins'] = list(p['ins'])
+                units.remove(p)
+                changed = True
+                break
+            if (u.get('order') is None and tensors[src]['beat'] == tensors[u['outs'][0]]['beat']
+                    and u['outs'][0] not in keep):
+                out = u['outs'][0]
+                units.remove(u)
+                for v in units:
+                    v['ins'] = [src if n == out else n for n in v['ins']]
+                changed = True
+                break
+
+
+# ----------------------------------------------------------------------------- FIFO depths
+
+def _need_through(unit: dict, tensors: dict, need_in: list[np.ndarray]) -> np.ndarray:
+    """For every beat of ``unit``'s output: the last beat of the fork output being followed that it needs, given
+    that of each input (-1: none)."""
+    op = unit['op']
+    out = tensors[unit['outs'][0]]
+    if op == 'window':
+        g = unit['geometry']
+        oy, ox = np.divmod(np.arange(g['OH'] * g['OW']), g['OW'])
+        idx = (oy * g['sh'] + g['fh'] - 1) * g['W'] + ox * g['sw'] + g['fw'] - 1
+        return need_in[0][idx]
+    if op == 'join':
+        return np.maximum(need_in[0], need_in[1])
+    if op == 'zeropad':
+        H, W = unit['H'], unit['W']
+        t, b, left, r = unit['pad']
+        OW = W + left + r
+        y, x = np.divmod(np.arange((H + t + b) * OW), OW)
+        real = (y >= t) & (y < t + H) & (x >= left) & (x < left + W)
+        got = np.full(y.size, -1)
+        got[real] = need_in[0][(y[real] - t) * W + (x[real] - left)]
+        return np.maximum.accumulate(got)
+    if op == 'repack':
+        src = tensors[unit['ins'][0]]
+        n = src['beat'] * src['beats']
+        if unit.get('order') is not None:        # the whole tensor is gathered before the first beat leaves
+            return np.full(out['beats'], need_in[0][-1])
+        last_elem = np.minimum((np.arange(out['beats']) + 1) * out['beat'], n) - 1
+        return need_in[0][last_elem // src['beat']]
+    return need_in[0]          # a fork's outputs: the input's
+
+
+def fork_depths(net: dict, latencies: dict[str, int] | None = None) -> None:
+    """Set every fork output's FIFO depth.
+
+    ``unit['min_depths']``: deadlock-free. Where two outputs of a fork meet again at a join, the beats of the fork
+    that one path needs before the join's beat ``j`` can be made, beyond those the other path has taken by then, for
+    the worst ``j`` (``need``), plus :data:`FORK_SLACK`; a path that meets no other needs only the slack. Every beat
+    a path needs reaches it while the other FIFOs hold the rest.
+
+    ``unit['depths']``: full rate. The other path also holds beats in flight in its kernels' pipelines and output
+    FIFOs (``latencies``: unit name -> kernel latency; 3 where not known yet) and falls behind by as much again
+    while the zero paddings on it send their rows of zeros, so each FIFO gets ``2 * need`` plus those, at most one
+    frame beyond the minimum."""
+    tensors, units = net['tensors'], net['units']
+    lat = latencies or {}
+    for fork in (u for u in units if u['op'] == 'fork'):
+        reach: list[dict[str, np.ndarray]] = []
+        paths: list[dict[str, list[str]]] = []       # tensor -> the kernel units on the way to it
+        for o in fork['outs']:
+            need = {o: np.arange(tensors[o]['beats'])}
+            via: dict[str, list[str]] = {o: []}
+            for u in units:
+                if any(n in need for n in u['ins']):
+                    ins = [need.get(n, np.full(tensors[n]['beats'], -1)) for n in u['ins']]
+                    r = _need_through(u, tensors, ins)
+                    before = max((via[n] for n in u['ins'] if n in via), key=len)
+                    for n in u['outs']:
+                        need[n] = r
+                        via[n] = before + ([u['name']] if u['op'] in ('window', 'join') else [])
+            reach.append(need)
+            paths.append(via)
+        mins, fulls = [], []
+        for i, mine in enumerate(reach):
+            extra, inflight = 0, 0
+            for j, other in enumerate(reach):
+                if i == j:
+                    continue
+                for u in units:
+                    if u['op'] != 'join':
+                        continue
+                    # the join where the two paths meet: an input on each that the other does not reach
+                    pi = [n for n in u['ins'] if n in mine and n not in other]
+                    pj = [n for n in u['ins'] if n in other and n not in mine]
+                    if not pi or not pj:
+                        continue
+                    a = np.max([mine[n] for n in pi], axis=0)
+                    b = np.max([other[n] for n in pj], axis=0)
+                    extra = max(extra, int(np.max(b - a)))
+                    held = sum(int(lat.get(k, 3)) + FIFO_EXTRA for n in pj for k in paths[j][n])
+                    inflight = max(inflight, held)
+            need = max(extra, 0)
+            mins.append(need + FORK_SLACK)
+            fulls.append(need + FORK_SLACK + (min(need + inflight, tensors[fork['ins'][0]]['beats']) if need else 0))
+        fork['min_depths'], fork['depths'] = mins, fulls
+
+
+# ----------------------------------------------------------------------------- Verilog
+
+def _fifo_lines(prefix: str, width: int, depth: int, din: str, push: str, out_data: str, out_valid: str,
+                out_ready: str) -> list[str]:
+    """A FIFO (first word falls through) of ``depth`` beats: ``push`` writes ``din``; ``<prefix>_room`` high when
+    it has a free entry."""
+    aw, cw = _clog2(depth), _clog2(depth + 1) + 1
+    p = prefix
+    return [f'    reg [{width - 1}:0] {p}_mem [0:{depth - 1}];', f'    reg [{aw - 1}:0] {p}_rd = 0;',
+            f'    reg [{aw - 1}:0] {p}_wr = 0;', f'    reg [{cw - 1}:0] {p}_n = 0;',
+            f'    wire {p}_room = ({p}_n < {depth});',
+            f'    wire {p}_pop = {out_valid} && {out_ready};',
+            f'    assign {out_valid} = ({p}_n != 0);', f'    assign {out_data} = {p}_mem[{p}_rd];',
+            '    always @(posedge clk) begin',
+            f'        if (!rst_n) begin {p}_rd <= 0; {p}_wr <= 0; {p}_n <= 0; end',
+            '        else begin',
+            f'            if ({push}) begin {p}_mem[{p}_wr] <= {din}; '
+            f'{p}_wr <= ({p}_wr == {depth - 1}) ? 0 : {p}_wr + 1; end',
+            f'            if ({p}_pop) {p}_rd <= ({p}_rd == {depth - 1}) ? 0 : {p}_rd + 1;',
+            f'            if ({push} && !{p}_pop) {p}_n <= {p}_n + 1;',
+            f'            else if ({p}_pop && !{push}) {p}_n <= {p}_n - 1;',
+            '        end', '    end']
+
+
+def _header(module: str, title: str, ins: list[tuple[str, int]], outs: list[tuple[str, int]]) -> list[str]:
+    ports = ['    input clk', '    input rst_n']
+    for n, w in ins:
+        ports += [f'    input [{w - 1}:0] {n}_TDATA', f'    input {n}_TVALID', f'    output {n}_TREADY']
+    for n, w in outs:
+        ports += [f'    output [{w - 1}:0] {n}_TDATA', f'    output {n}_TVALID', f'    input {n}_TREADY']
+    return [f'// Generated by fxsplit (RTL flow, da4ml): {title}', '`timescale 1 ns / 1 ps', f'module {module} (',
+            ',\n'.join(ports), ');']
+
+
+def join_verilog(module: str, kernel_module: str, a_bits: int, b_bits: int, out_bits: int, latency: int,
+                 title: str) -> str:
+    """Two streams ``a`` and ``b`` taken beat by beat together into the kernel (ports ``a``, ``b``, ``pix``),
+    its results through the credit-guarded output FIFO ``out``. Each input's ready waits for the other's valid
+    (never the reverse), so the pair is taken in one cycle."""
+    check_module_names(module, kernel_module)
+    depth = int(latency) + FIFO_EXTRA
+    o = _header(module, title, [('a', a_bits), ('b', b_bits)], [('out', out_bits)])
+    o += shell_declarations(depth)
+    o += [f'    reg [{a_bits - 1}:0] ka = 0;', f'    reg [{b_bits - 1}:0] kb = 0;',
+          '    wire take = rst_n && a_TVALID && b_TVALID && room;',
+          '    assign a_TREADY = rst_n && b_TVALID && room;', '    assign b_TREADY = rst_n && a_TVALID && room;',
+          '    always @(posedge clk) begin',
+          "        fire <= rst_n ? take : 1'b0;",
+          '        if (take) begin ka <= a_TDATA; kb <= b_TDATA; end',
+          '    end']
+    o += shell_back_end(kernel_module, '.a(ka), .b(kb)', out_bits, latency, depth)
+    return '\n'.join(o + ['endmodule']) + '\n'
+
+
+def zeropad_verilog(module: str, unit: dict, bits: int) -> str:
+    """hls4ml's io_stream zero padding: the padded frame row by row, zero beats where there is no input pixel."""
+    check_module_names(module)
+    H, W, C = unit['H'], unit['W'], unit['C']
+    t, b, left, r = unit['pad']
+    OH, OW = H + t + b, W + left + r
+    PW = C * bits
+    o = _header(module, f'zero padding {unit["name"]!r}, {H}x{W} to {OH}x{OW}', [('in', PW)], [('out', PW)])
+    src = 'in'
+    o += [f'    reg [{_clog2(OW) - 1}:0] qx = 0;', f'    reg [{_clog2(OH) - 1}:0] qy = 0;',
+          f'    wire pad = (qy < {t}) || (qy >= {t + H}) || (qx < {left}) || (qx >= {left + W});',
+          f'    assign out_TVALID = rst_n && (pad || {src}_TVALID);',
+          f"    assign out_TDATA = pad ? {PW}'d0 : {src}_TDATA;",
+          f'    assign {src}_TREADY = rst_n && !pad && out_TREADY;',
+          '    always @(posedge clk) begin',
+          '        if (!rst_n) begin qx <= 0; qy <= 0; end',
+          '        else if (out_TVALID && out_TREADY) begin',
+          f'            if (qx == {OW - 1}) begin qx <= 0; qy <= (qy == {OH - 1}) ? 0 : qy + 1; end',
+          '            else qx <= qx + 1;', '        end', '    end', 'endmodule']
+    return '\n'.join(o) + '\n'
+
+
+def fork_verilog(module: str, unit: dict, bits: int) -> str:
+    """hls4ml's Clone: every input beat into one FIFO per output (depths ``unit['depths']``), taken when all have
+    room."""
+    check_module_names(module)
+    n = len(unit['outs'])
+    o = _header(module, f'fork {unit["name"]!r}, FIFO depths {unit["depths"]}', [('in', bits)],
+                [(f'o{k}', bits) for k in range(n)])
+    o.append('    wire push;')
+    for k, d in enumerate(unit['depths']):
+        o += _fifo_lines(f'f{k}', bits, d, 'in_TDATA', 'push', f'o{k}_TDATA', f'o{k}_TVALID', f'o{k}_TREADY')
+    o.append('    assign in_TREADY = rst_n && ' + ' && '.join(f'f{k}_room' for k in range(n)) + ';')
+    o.append('    assign push = in_TVALID && in_TREADY;')
+    return '\n'.join(o + ['endmodule']) + '\n'
+
+
+def repack_verilog(module: str, unit: dict, a: int, b: int, bits: int, n: int) -> str:
+    """A tensor of ``n`` elements in beats of ``a`` elements regrouped into beats of ``b``: in order where one divides
+    the other (a beat at a time), or in the order ``unit['order']`` (output element ``e`` is input element
+    ``order[e]``; the whole tensor is gathered first, then sent)."""
+    check_module_names(module)
+    o = _header(module, f'repack {unit["name"]!r}, beats of {a} to beats of {b} elements', [('in', a * bits)],
+                [('out', b * bits)])
+    order = unit.get('order')
+    if order is not None or (a % b and b % a):
+        order = list(range(n)) if order is None else [int(v) for v in order]
+        kin, kout = n // a, n // b
+        o += [f'    reg [{n * bits - 1}:0] buf_ = 0;', f'    reg [{_clog2(kin + 1)}:0] cnt = 0;',
+              f'    reg [{_clog2(kout + 1)}:0] sent = 0;', '    reg full = 0;',
+              f'    reg [{b * bits - 1}:0] beat;', '    assign out_TVALID = full;', '    assign out_TDATA = beat;',
+              '    assign in_TREADY = rst_n && !full;',
+              '    always @(*) begin', '        case (sent)']
+        for j in range(kout):
+            parts = [f'buf_[{(order[j * b + e] + 1) * bits - 1}:{order[j * b + e] * bits}]' for e in range(b)]
+            o.append(f'            {j}: beat = {{{", ".join(reversed(parts))}}};')
+        o += [f"            default: beat = {b * bits}'d0;", '        endcase', '    end',
+              '    always @(posedge clk) begin',
+              '        if (!rst_n) begin cnt <= 0; sent <= 0; full <= 0; end',
+              '        else if (in_TVALID && in_TREADY) begin',
+              (f'            buf_ <= {{in_TDATA, buf_[{n * bits - 1}:{a * bits}]}};' if kin > 1 else
+               '            buf_ <= in_TDATA;'),
+              f'            if (cnt == {kin - 1}) begin cnt <= 0; full <= 1; end else cnt <= cnt + 1;',
+              '        end',
+              '        else if (out_TVALID && out_TREADY) begin',
+              f'            if (sent == {kout - 1}) begin sent <= 0; full <= 0; end else sent <= sent + 1;',
+              '        end', '    end']
+    elif b % a == 0:                    # gather k input beats
+        k = b // a
+        o += [f'    reg [{b * bits - 1}:0] buf_ = 0;', f'    reg [{_clog2(k + 1)}:0] cnt = 0;',
+              f'    assign out_TVALID = (cnt == {k});', '    assign out_TDATA = buf_;',
+              f'    assign in_TREADY = rst_n && (cnt != {k});',
+              '    always @(posedge clk) begin',
+              '        if (!rst_n) cnt <= 0;',
+              '        else if (out_TVALID && out_TREADY) cnt <= 0;',
+              '        else if (in_TVALID && in_TREADY) begin',
+              f'            buf_ <= {{in_TDATA, buf_[{b * bits - 1}:{a * bits}]}};' if k > 1 else
+              '            buf_ <= in_TDATA;',
+              '            cnt <= cnt + 1;', '        end', '    end']
+    elif a % b == 0:                  # scatter one input beat
+        k = a // b
+        o += [f'    reg [{a * bits - 1}:0] buf_ = 0;', f'    reg [{_clog2(k + 1)}:0] left = 0;',
+              '    assign out_TVALID = (left != 0);', f'    assign out_TDATA = buf_[{b * bits - 1}:0];',
+              '    assign in_TREADY = rst_n && (left == 0);',
+              '    always @(posedge clk) begin',
+              '        if (!rst_n) left <= 0;',
+              '        else if (in_TVALID && in_TREADY) begin buf_ <= in_TDATA; left <= ' + str(k) + '; end',
+              '        else if (out_TVALID && out_TREADY) begin',
+              f'            buf_ <= buf_ >> {b * bits};', '            left <= left - 1;', '        end', '    end']
+    return '\n'.join(o + ['endmodule']) + '\n'
+
+
+def emit_stream_net(net: dict, workdir: str, top: str, latency_cutoff: float | None = 5.0,
+                    depths: str = 'full') -> dict:
+    """Write every unit of ``net`` (:func:`stream_graph`) and the top ``top`` joining them into ``workdir``.
+    ``depths``: the forks' FIFO depths (:func:`fork_depths`), ``'full'`` (full rate), ``'min'`` (the least that
+    cannot deadlock) or ``'given'`` (each fork's ``depths`` as set, e.g. to see a network stop).
+    Returns JSON-able metadata: ``top``, ``files`` (relative to ``workdir``, dependencies first), ``ports`` (per
+    input and output: name, beat and element bits, beats per frame), ``units`` (name, op, latency, FIFO depths,
+    kernel cost, fused layers)."""
+    from .emit import emit_verilog
+
+    check_module_names(top)
+    os.makedirs(os.path.join(workdir, 'src'), exist_ok=True)
+    tensors = net['tensors']
+    bits = {n: int(t['type'][1]) for n, t in tensors.items()}
+    files: list[str] = []
+    info: list[dict] = []
+    body: list[str] = []
+    port_of = {e['var']: verilog_name(e['port']) for e in net['inputs'] + net['outputs']}
+
+    def wire(n: str) -> str:
+        return port_of.get(n) or f'w_{verilog_name(n)}'
+
+    declared = set(port_of)
+
+    def declare(n: str) -> None:
+        if n not in declared:
+            declared.add(n)
+            w = tensors[n]['beat'] * bits[n]
+            body.extend([f'    wire [{w - 1}:0] {wire(n)}_TDATA;', f'    wire {wire(n)}_TVALID;',
+                         f'    wire {wire(n)}_TREADY;'])
+
+    def write(name: str, text: str) -> None:
+        fn = f'src/{name}.v'
+        with open(os.path.join(workdir, fn), 'w') as fh:
+            fh.write(text)
+        files.append(fn)
+
+    def conn(port: str, n: str) -> str:
+        return f'.{port}_TDATA({wire(n)}_TDATA), .{port}_TVALID({wire(n)}_TVALID), .{port}_TREADY({wire(n)}_TREADY)'
+
+    def module(k: int, u: dict) -> str:
+        return f'{top}_u{k}_{verilog_name(u["name"])}'[:120]
+
+    kernels = {}                    # the kernels first: the forks' depths count their latencies
+    for k, u in enumerate(net['units']):
+        if u['op'] in ('window', 'join'):
+            kernels[u['name']] = emit_verilog(u['program'], workdir, f'{module(k, u)}_k', latency_cutoff=latency_cutoff)
+    if depths not in ('full', 'min', 'given'):
+        raise FxsplitError(f"streaming RTL flow: depths={depths!r}: use 'full', 'min' or 'given'")
+    if depths != 'given':
+        fork_depths(net, {n: int(m['latency']) for n, m in kernels.items()})
+        if depths == 'min':
+            for u in net['units']:
+                if u['op'] == 'fork':
+                    u['depths'] = list(u['min_depths'])
+    for k, u in enumerate(net['units']):
+        for n in u['ins'] + u['outs']:
+            declare(n)
+        mod = module(k, u)
+        op = u['op']
+        entry: dict[str, Any] = {'name': u['name'], 'op': op, 'module': mod}
+        if op in ('window', 'join'):
+            kmeta = kernels[u['name']]
+            files.extend(f for f in kmeta['files'] if f not in files)
+            lat = int(kmeta['latency'])
+            out = u['outs'][0]
+            ob = tensors[out]['beat'] * bits[out]
+            if op == 'window':
+                src = u['ins'][0]
+                write(mod, window_stream_verilog(mod, f'{mod}_k', u['geometry'], tensors[src]['beat'] * bits[src], ob,
+                                                 lat, f'streaming {u["name"]!r} (+ {u.get("fused", [])})'))
+                ports = [conn('in', src)]
+            else:
+                a, b = u['ins']
+                write(mod, join_verilog(mod, f'{mod}_k', tensors[a]['beat'] * bits[a], tensors[b]['beat'] * bits[b], ob,
+                                        lat, f'join {u["name"]!r} (+ {u.get("fused", [])})'))
+                ports = [conn('a', a), conn('b', b)]
+            ports.append(conn('out', out))
+            entry.update(latency=lat, fifo_depth=lat + FIFO_EXTRA, cost=kmeta.get('cost'), fused=u.get('fused', []))
+        elif op == 'zeropad':
+            src = u['ins'][0]
+            write(mod, zeropad_verilog(mod, u, bits[src]))
+            ports = [conn('in', src), conn('out', u['outs'][0])]
+        elif op == 'fork':
+            src = u['ins'][0]
+            write(mod, fork_verilog(mod, u, tensors[src]['beat'] * bits[src]))
+            ports = [conn('in', src)] + [conn(f'o{i}', o) for i, o in enumerate(u['outs'])]
+            entry.update(depths=list(u['depths']), min_depths=list(u.get('min_depths', u['depths'])))
+        elif op == 'repack':
+            src, out = u['ins'][0], u['outs'][0]
+            write(mod, repack_verilog(mod, u, tensors[src]['beat'], tensors[out]['beat'], bits[src],
+                                      tensors[src]['beat'] * tensors[src]['beats']))
+            entry.update(order=u.get('order') is not None)
+            ports = [conn('in', src), conn('out', out)]
+        else:
+            raise FxsplitError(f'streaming RTL flow: unknown unit {op!r}')
+        body.append(f'    {mod} u{k} (.clk(clk), .rst_n(rst_n), {", ".join(ports)});')
+        info.append(entry)
+    # a port tensor passed straight through (an input that is also an output) is a wire
+    for e in net['outputs']:
+        if e['var'] in [i['var'] for i in net['inputs']]:
+            raise FxsplitError(f"streaming RTL flow: input {e['var']!r} is also an output", partition=net['partition'])
+    ins = [(port_of[e['var']], tensors[e['var']]['beat'] * bits[e['var']]) for e in net['inputs']]
+    outs = [(port_of[e['var']], tensors[e['var']]['beat'] * bits[e['var']]) for e in net['outputs']]
+    text = _header(top, f'streaming partition {net["partition"]!r}: {len(net["units"])} units', ins, outs)
+    write(top, '\n'.join(text + body + ['endmodule']) + '\n')
+    meta = {'top': top, 'files': files, 'units': info,
+            'ports': {'inputs': [{'name': port_of[e['var']], 'var': e['var'], 'beat': tensors[e['var']]['beat'],
+                                  'elem_bits': bits[e['var']], 'beats': tensors[e['var']]['beats']}
+                                 for e in net['inputs']],
+                      'outputs': [{'name': port_of[e['var']], 'var': e['var'], 'beat': tensors[e['var']]['beat'],
+                                   'elem_bits': bits[e['var']], 'beats': tensors[e['var']]['beats']}
+                                  for e in net['outputs']]}}
+    with open(os.path.join(workdir, f'{top}.stream.json'), 'w') as fh:
+        json.dump(meta, fh, indent=1)
+    meta['workdir'] = workdir
+    return meta
+
+
+def simulate_stream_net(meta: dict, workdir: str, in_raw: np.ndarray, exp_raw: np.ndarray,
+                        simulator: str = 'verilator', **tb) -> dict:
+    """Simulate a streaming network of one input and one output stream (:func:`emit_stream_net`) on ``in_raw``
+    input beats (n, beat) against ``exp_raw`` expected output beats, with the self-checking testbench of
+    :func:`~fxsplit.flows.rtl.streamconv.conv_stream_testbench` (random input gaps and output backpressure,
+    frames back to back); ``tb``: its options. Returns what
+    :func:`~fxsplit.flows.rtl.streamconv.simulate_conv_stream` does."""
+    from .streamconv import simulate_conv_stream
+
+    (pi,), (po,) = meta['ports']['inputs'], meta['ports']['outputs']
+    m = dict(meta, in_port=pi['name'], out_port=po['name'], in_bits=pi['beat'] * pi['elem_bits'],
+             out_bits=po['beat'] * po['elem_bits'], in_elem_bits=pi['elem_bits'], out_elem_bits=po['elem_bits'],
+             latency=sum(int(u.get('latency') or 0) for u in meta['units']) + len(meta['units']))
+    return simulate_conv_stream(m, workdir, in_raw, exp_raw, simulator=simulator, **tb)
+
+
+__all__ = ['stream_graph', 'simulate_stream_net', 'fork_depths', 'emit_stream_net', 'join_verilog', 'zeropad_verilog', 'fork_verilog',
+           'repack_verilog', 'ELEMENTWISE', 'FORK_SLACK']
