@@ -323,18 +323,18 @@ def _fold_repacks(units: list[dict], tensors: dict, keep: set) -> None:
 
 # ----------------------------------------------------------------------------- FIFO depths
 
-def _need_through(unit: dict, tensors: dict, need_in: list[np.ndarray]) -> np.ndarray:
-    """For every beat of ``unit``'s output: the last beat of the fork output being followed that it needs, given
-    that of each input (-1: none)."""
+def _need_through(unit: dict, tensors: dict, need_in: list[np.ndarray]) -> list[np.ndarray]:
+    """Per output of ``unit``, for every beat: the last beat of the stream being followed that it needs, given that
+    of each input (-1: none)."""
     op = unit['op']
     out = tensors[unit['outs'][0]]
     if op == 'window':
         g = unit['geometry']
         oy, ox = np.divmod(np.arange(g['OH'] * g['OW']), g['OW'])
         idx = (oy * g['sh'] + g['fh'] - 1) * g['W'] + ox * g['sw'] + g['fw'] - 1
-        return need_in[0][idx]
+        return [need_in[0][idx]]
     if op == 'join':
-        return np.maximum(need_in[0], need_in[1])
+        return [np.maximum(need_in[0], need_in[1])]
     if op == 'zeropad':
         H, W = unit['H'], unit['W']
         t, b, left, r = unit['pad']
@@ -343,65 +343,101 @@ def _need_through(unit: dict, tensors: dict, need_in: list[np.ndarray]) -> np.nd
         real = (y >= t) & (y < t + H) & (x >= left) & (x < left + W)
         got = np.full(y.size, -1)
         got[real] = need_in[0][(y[real] - t) * W + (x[real] - left)]
-        return np.maximum.accumulate(got)
+        return [np.maximum.accumulate(got)]
     if op == 'repack':
         src = tensors[unit['ins'][0]]
         n = src['beat'] * src['beats']
         if unit.get('order') is not None:        # the whole tensor is gathered before the first beat leaves
-            return np.full(out['beats'], need_in[0][-1])
+            return [np.full(out['beats'], need_in[0][-1])]
         last_elem = np.minimum((np.arange(out['beats']) + 1) * out['beat'], n) - 1
-        return need_in[0][last_elem // src['beat']]
-    return need_in[0]          # a fork's outputs: the input's
+        return [need_in[0][last_elem // src['beat']]]
+    if op == 'part':                             # a partition: its own need maps (:func:`need_maps`)
+        res = []
+        for q in unit['outs']:
+            acc = np.full(tensors[q]['beats'], -1)
+            for p, nin in zip(unit['ins'], need_in):
+                m = np.asarray(unit['maps'][p][q])
+                acc = np.maximum(acc, np.where(m >= 0, nin[np.maximum(m, 0)], -1))
+            res.append(acc)
+        return res
+    return [need_in[0]] * len(unit['outs'])          # a fork's outputs: the input's
+
+
+def _propagate(net: dict, start: str) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
+    """From every beat of tensor ``start``: for each tensor downstream, the last beat of ``start`` each of its beats
+    needs, and the units with buffers (kernels, partitions) on the way to it."""
+    tensors = net['tensors']
+    need = {start: np.arange(tensors[start]['beats'])}
+    via: dict[str, list[str]] = {start: []}
+    for u in net['units']:
+        if any(n in need for n in u['ins']):
+            ins = [need.get(n, np.full(tensors[n]['beats'], -1)) for n in u['ins']]
+            before = max((via[n] for n in u['ins'] if n in via), key=len)
+            for n, r in zip(u['outs'], _need_through(u, tensors, ins)):
+                need[n] = r
+                via[n] = before + ([u['name']] if u['op'] in ('window', 'join', 'part') else [])
+    return need, via
+
+
+def need_maps(net: dict) -> dict[str, dict[str, list[int]]]:
+    """Per input port and output port of a streaming network: for every beat of the output, the last beat of the
+    input it needs (-1: none), by port name."""
+    port = {e['var']: e['port'] for e in net['inputs'] + net['outputs']}
+    out = {}
+    for e in net['inputs']:
+        need, _ = _propagate(net, e['var'])
+        out[e['port']] = {port[o['var']]: (need[o['var']] if o['var'] in need
+                                           else np.full(net['tensors'][o['var']]['beats'], -1)).tolist()
+                          for o in net['outputs']}
+    return out
+
+
+def buffer_beats(meta: dict) -> int:
+    """The beats a streaming network holds in flight in its kernels' pipelines and output FIFOs."""
+    return sum(int(u.get('fifo_depth') or 0) for u in meta['units'])
 
 
 def fork_depths(net: dict, latencies: dict[str, int] | None = None) -> None:
     """Set every fork output's FIFO depth.
 
-    ``unit['min_depths']``: deadlock-free. Where two outputs of a fork meet again at a join, the beats of the fork
-    that one path needs before the join's beat ``j`` can be made, beyond those the other path has taken by then, for
-    the worst ``j`` (``need``), plus :data:`FORK_SLACK`; a path that meets no other needs only the slack. Every beat
-    a path needs reaches it while the other FIFOs hold the rest.
+    ``unit['min_depths']``: deadlock-free. Where two outputs of a fork meet again (a join, or a partition with an
+    input on each path), the beats of the fork that one path needs before an output beat ``j`` of the meeting unit
+    can be made, beyond those the other path has taken by then, for the worst ``j`` (``need``), plus
+    :data:`FORK_SLACK`; a path that meets no other needs only the slack. Every beat a path needs reaches it while
+    the other FIFOs hold the rest.
 
     ``unit['depths']``: full rate. The other path also holds beats in flight in its kernels' pipelines and output
-    FIFOs (``latencies``: unit name -> kernel latency; 3 where not known yet) and falls behind by as much again
-    while the zero paddings on it send their rows of zeros, so each FIFO gets ``2 * need`` plus those, at most one
-    frame beyond the minimum."""
+    FIFOs (``latencies``: unit name -> kernel latency, 3 where not known; a partition's ``capacity``) and falls
+    behind by as much again while the zero paddings on it send their rows of zeros, so each FIFO gets ``2 * need``
+    plus those, at most one frame beyond the minimum."""
     tensors, units = net['tensors'], net['units']
     lat = latencies or {}
+    cap = {u['name']: int(u['capacity']) for u in units if 'capacity' in u}
     for fork in (u for u in units if u['op'] == 'fork'):
-        reach: list[dict[str, np.ndarray]] = []
-        paths: list[dict[str, list[str]]] = []       # tensor -> the kernel units on the way to it
-        for o in fork['outs']:
-            need = {o: np.arange(tensors[o]['beats'])}
-            via: dict[str, list[str]] = {o: []}
-            for u in units:
-                if any(n in need for n in u['ins']):
-                    ins = [need.get(n, np.full(tensors[n]['beats'], -1)) for n in u['ins']]
-                    r = _need_through(u, tensors, ins)
-                    before = max((via[n] for n in u['ins'] if n in via), key=len)
-                    for n in u['outs']:
-                        need[n] = r
-                        via[n] = before + ([u['name']] if u['op'] in ('window', 'join') else [])
-            reach.append(need)
-            paths.append(via)
+        walks = [_propagate(net, o) for o in fork['outs']]
         mins, fulls = [], []
-        for i, mine in enumerate(reach):
+        for i, (mine, _) in enumerate(walks):
             extra, inflight = 0, 0
-            for j, other in enumerate(reach):
+            for j, (other, via) in enumerate(walks):
                 if i == j:
                     continue
                 for u in units:
-                    if u['op'] != 'join':
+                    if len(u['ins']) < 2 or u['op'] == 'fork':
                         continue
-                    # the join where the two paths meet: an input on each that the other does not reach
+                    # where the two paths meet: an input on each that the other does not reach
                     pi = [n for n in u['ins'] if n in mine and n not in other]
                     pj = [n for n in u['ins'] if n in other and n not in mine]
                     if not pi or not pj:
                         continue
-                    a = np.max([mine[n] for n in pi], axis=0)
-                    b = np.max([other[n] for n in pj], axis=0)
-                    extra = max(extra, int(np.max(b - a)))
-                    held = sum(int(lat.get(k, 3)) + FIFO_EXTRA for n in pj for k in paths[j][n])
+
+                    def through(side, names):
+                        return _need_through(u, tensors, [side[n] if n in names else
+                                                          np.full(tensors[n]['beats'], -1) for n in u['ins']])
+                    for a, b in zip(through(mine, pi), through(other, pj)):
+                        both = (a >= 0) & (b >= 0)
+                        if both.any():
+                            extra = max(extra, int(np.max((b - a)[both])))
+                    held = sum(cap.get(k, int(lat.get(k, 3)) + FIFO_EXTRA) for n in pj for k in via[n])
                     inflight = max(inflight, held)
             need = max(extra, 0)
             mins.append(need + FORK_SLACK)
@@ -674,21 +710,216 @@ def emit_stream_net(net: dict, workdir: str, top: str, latency_cutoff: float | N
     return meta
 
 
-def simulate_stream_net(meta: dict, workdir: str, in_raw: np.ndarray, exp_raw: np.ndarray,
-                        simulator: str = 'verilator', **tb) -> dict:
-    """Simulate a streaming network of one input and one output stream (:func:`emit_stream_net`) on ``in_raw``
-    input beats (n, beat) against ``exp_raw`` expected output beats, with the self-checking testbench of
-    :func:`~fxsplit.flows.rtl.streamconv.conv_stream_testbench` (random input gaps and output backpressure,
-    frames back to back); ``tb``: its options. Returns what
-    :func:`~fxsplit.flows.rtl.streamconv.simulate_conv_stream` does."""
-    from .streamconv import simulate_conv_stream
+def simulate_stream_net(meta: dict, workdir: str, in_raw, exp_raw, simulator: str = 'verilator',
+                        runs: list[dict] | None = None, **tb):
+    """Simulate a streaming network (:func:`emit_stream_net`) with :func:`~fxsplit.flows.rtl.streamtb.stream_testbench`
+    (random input gaps and output backpressure per stream, frames back to back). ``in_raw``/``exp_raw``: per port
+    name, the beats (n, elements per beat) of raw integers to drive and to expect; an array where the network has
+    one input (output). ``tb``: the run's gaps, backpressure and seed; ``runs``: several of them on one build.
+    Returns :func:`~fxsplit.flows.rtl.streamtb.simulate_streams`' result (a list with ``runs``) with ``in_cycles``,
+    ``out_cycles``, ``stalls`` and ``extra`` keyed by port name."""
+    from .streamtb import simulate_streams
 
-    (pi,), (po,) = meta['ports']['inputs'], meta['ports']['outputs']
-    m = dict(meta, in_port=pi['name'], out_port=po['name'], in_bits=pi['beat'] * pi['elem_bits'],
-             out_bits=po['beat'] * po['elem_bits'], in_elem_bits=pi['elem_bits'], out_elem_bits=po['elem_bits'],
-             latency=sum(int(u.get('latency') or 0) for u in meta['units']) + len(meta['units']))
-    return simulate_conv_stream(m, workdir, in_raw, exp_raw, simulator=simulator, **tb)
+    pin, pout = meta['ports']['inputs'], meta['ports']['outputs']
+
+    def by_name(raw, ports, what):
+        if not isinstance(raw, dict):
+            if len(ports) != 1:
+                raise FxsplitError(f'{meta["top"]} has {len(ports)} {what} streams: give their beats by port name')
+            raw = {ports[0]['name']: raw}
+        missing = {p['name'] for p in ports} - set(raw)
+        if missing:
+            raise FxsplitError(f'{meta["top"]}: no beats for the {what} stream(s) {sorted(missing)}')
+        return [{'name': p['name'], 'elem_bits': p['elem_bits'], 'raw': np.asarray(raw[p['name']])} for p in ports]
+
+    files = [os.path.join(meta['workdir'], f) for f in meta['files']]
+    lat = sum(int(u.get('latency') or 0) for u in meta['units']) + len(meta['units'])
+    got = simulate_streams(meta['top'], files, workdir, by_name(in_raw, pin, 'input'),
+                           by_name(exp_raw, pout, 'output'), simulator=simulator, latency=lat, runs=runs, **tb)
+    for r in (got if runs is not None else [got]):
+        for key, ports in (('in_cycles', pin), ('stalls', pin), ('out_cycles', pout), ('extra', pout)):
+            r[key] = {p['name']: v for p, v in zip(ports, r[key])}
+    return got
 
 
-__all__ = ['stream_graph', 'simulate_stream_net', 'fork_depths', 'emit_stream_net', 'join_verilog', 'zeropad_verilog', 'fork_verilog',
+def edge_depths(graph: dict, sources: list[str]) -> dict[str, tuple[int, int]]:
+    """FIFO depths (deadlock-free, full rate) of the streams into units with several inputs, in a graph of
+    partitions (``part`` units with need maps) and forks. For a unit ``M`` that reads the stream ``e`` and others, in
+    terms of the beats of a model input ``A`` both come from: before ``M`` can make its output beat ``q``, the
+    other streams need ``A`` up to beat ``b_q``; by then ``e``'s producer may have sent every beat of ``e`` that
+    needs no more of ``A`` than that, of which ``M`` has taken those it needs for ``q``. The most ``e`` holds
+    at once, plus :data:`FORK_SLACK`, is its deadlock-free depth (``e`` may come from a fork inside a partition,
+    which the partition's own analysis cannot see meeting the other path). Full rate adds the beats in flight in
+    the partitions' kernels on the other streams' way, at most one frame."""
+    tensors, units = graph['tensors'], graph['units']
+    cap = {u['name']: int(u['capacity']) for u in units if 'capacity' in u}
+    out: dict[str, tuple[int, int]] = {}
+    for src in sources:
+        need, via = _propagate(graph, src)
+        for m in units:
+            if m['op'] != 'part' or len(m['ins']) < 2:
+                continue
+            reach = [n for n in m['ins'] if n in need]
+            for e in reach:
+                others = [n for n in reach if n != e]
+                if not others:
+                    continue
+                a = _need_through(m, tensors, [need[n] if n == e else np.full(tensors[n]['beats'], -1)
+                                               for n in m['ins']])
+                b = _need_through(m, tensors, [need[n] if n in others else np.full(tensors[n]['beats'], -1)
+                                               for n in m['ins']])
+                sent_by = np.maximum.accumulate(need[e])          # e's beat k needs A up to sent_by[k]
+                held = 0
+                for q, aq, bq in zip(m['outs'], a, b):
+                    took = np.asarray(m['maps'][e][q])
+                    both = (aq >= 0) & (bq >= 0) & (took >= 0)
+                    if both.any():
+                        sent = np.searchsorted(sent_by, bq[both], side='right')
+                        held = max(held, int(np.max(sent - (took[both] + 1))))
+                if held <= 0:
+                    continue
+                inflight = sum(cap.get(k, 0) for n in others for k in via[n] if k != m['name'])
+                mn = held + FORK_SLACK
+                full = mn + min(inflight, tensors[e]['beats'])
+                old = out.get(e, (0, 0))
+                out[e] = (max(old[0], mn), max(old[1], full))
+    return out
+
+
+def stitch_stream_nets(parts: list[dict], inputs: list[str], outputs: list[str], workdir: str, top: str,
+                       depths: str = 'full') -> dict:
+    """The stitched streaming top ``top``: partitions (``parts``, in dataflow order: ``name``, ``net`` from
+    :func:`stream_graph` and ``meta`` from :func:`emit_stream_net`, their ports named by the tensors that cross the
+    cuts) joined stream to stream. A tensor that several partitions read (a skip across a cut) leaves its producer
+    through a fork whose FIFO depths come from the partitions' own need maps and buffers (:func:`fork_depths` over
+    the graph of partitions). ``inputs``/``outputs``: the model's port names. Returns metadata like
+    :func:`emit_stream_net`'s (``files`` absolute, the partitions' first), with ``forks``."""
+    check_module_names(top)
+    os.makedirs(os.path.join(workdir, 'src'), exist_ok=True)
+    tensors: dict[str, dict] = {}
+    bits: dict[str, int] = {}
+    producer: dict[str, str] = {}
+    for pt in parts:
+        for side in ('inputs', 'outputs'):
+            for e in pt['meta']['ports'][side]:
+                name = next(x['port'] for x in pt['net'][side] if verilog_name(x['port']) == e['name'])
+                t = {'beat': int(e['beat']), 'beats': int(e['beats'])}
+                if name in tensors and tensors[name] != t:
+                    raise FxsplitError(f'stitched stream: port {name!r} is {tensors[name]} on one side of the cut '
+                                       f'and {t} on the other', partition=pt['name'])
+                tensors[name], bits[name] = t, int(e['elem_bits'])
+                if side == 'outputs':
+                    producer[name] = pt['name']
+    for n in inputs + outputs:
+        if n not in tensors:
+            raise FxsplitError(f'stitched stream: model port {n!r} is on no partition')
+    consumers: dict[str, list[str]] = {}
+    for pt in parts:
+        for e in pt['net']['inputs']:
+            consumers.setdefault(e['port'], []).append(pt['name'])
+    for n in outputs:
+        consumers.setdefault(n, []).append(top)
+    units: list[dict] = []
+    feeds: dict[tuple[str, str], str] = {}          # (port, consumer) -> the tensor it reads
+
+    def fork_of(port: str) -> None:
+        users = consumers.get(port, [])
+        if len(users) < 2:
+            for c in users:
+                feeds[(port, c)] = port
+            return
+        outs = [f'{port}__{k}' for k in range(len(users))]
+        for o, c in zip(outs, users):
+            tensors[o], bits[o] = dict(tensors[port]), bits[port]
+            feeds[(port, c)] = o
+        units.append({'op': 'fork', 'name': f'fork_{verilog_name(port)}', 'ins': [port], 'outs': outs})
+
+    for n in inputs:
+        fork_of(n)
+    for pt in parts:
+        ins = [feeds[(e['port'], pt['name'])] for e in pt['net']['inputs']]
+        maps = need_maps(pt['net'])
+        units.append({'op': 'part', 'name': pt['name'], 'ins': ins, 'outs': [e['port'] for e in pt['net']['outputs']],
+                      'maps': {i: maps[e['port']] for i, e in zip(ins, pt['net']['inputs'])},
+                      'capacity': buffer_beats(pt['meta']), 'meta': pt['meta'], 'net': pt['net']})
+        for e in pt['net']['outputs']:
+            fork_of(e['port'])
+    graph = {'tensors': tensors, 'units': units}
+    if depths != 'given':
+        edge = edge_depths(graph, inputs)
+        for k, u in enumerate(list(units)):
+            if u['op'] == 'part':                # a FIFO on every edge into a partition that must hold beats
+                for i, n in enumerate(u['ins']):
+                    mn, full = edge.get(n, (FORK_SLACK, FORK_SLACK))
+                    if n in producer and consumers.get(n, []) == [u['name']] and mn > FORK_SLACK:
+                        f = f'{n}__fifo'
+                        tensors[f], bits[f] = dict(tensors[n]), bits[n]
+                        units.insert(units.index(u), {'op': 'fork', 'name': f'fifo_{verilog_name(n)}', 'ins': [n],
+                                                      'outs': [f], 'min_depths': [mn], 'depths': [full]})
+                        u['ins'][i] = f
+                        u['maps'][f] = u['maps'][n]
+        for u in units:
+            if u['op'] == 'fork' and 'depths' not in u:
+                got = [edge.get(o, (FORK_SLACK, FORK_SLACK)) for o in u['outs']]
+                u['min_depths'] = [g[0] for g in got]
+                u['depths'] = [g[1] if depths == 'full' else g[0] for g in got]
+            elif u['op'] == 'fork' and depths == 'min':
+                u['depths'] = list(u['min_depths'])
+    port_of = {n: verilog_name(n) for n in inputs}
+    port_of.update({feeds[(n, top)]: verilog_name(n) for n in outputs})
+
+    def wire(n: str) -> str:
+        return port_of.get(n) or f'w_{verilog_name(n)}'
+
+    body, files, forks = [], [], []
+    for n, t in tensors.items():
+        if n not in port_of and (n in producer or any(n in u['outs'] for u in units)):
+            w = t['beat'] * bits[n]
+            body += [f'    wire [{w - 1}:0] {wire(n)}_TDATA;', f'    wire {wire(n)}_TVALID;', f'    wire {wire(n)}_TREADY;']
+
+    def conn(port: str, n: str) -> str:
+        return f'.{port}_TDATA({wire(n)}_TDATA), .{port}_TVALID({wire(n)}_TVALID), .{port}_TREADY({wire(n)}_TREADY)'
+
+    for k, u in enumerate(units):
+        if u['op'] == 'fork':
+            mod = f'{top}_{u["name"]}'[:120]
+            fn = os.path.join(workdir, 'src', f'{mod}.v')
+            with open(fn, 'w') as fh:
+                fh.write(fork_verilog(mod, u, tensors[u['ins'][0]]['beat'] * bits[u['ins'][0]]))
+            files.append(fn)
+            ports = [conn('in', u['ins'][0])] + [conn(f'o{i}', o) for i, o in enumerate(u['outs'])]
+            forks.append({'name': u['name'], 'port': u['ins'][0], 'depths': u['depths'],
+                          'min_depths': u.get('min_depths', u['depths'])})
+        else:
+            m, net = u['meta'], u['net']
+            files = [os.path.join(m['workdir'], f) for f in m['files']] + files
+            ports = [conn(verilog_name(e['port']), i) for e, i in zip(net['inputs'], u['ins'])]
+            ports += [conn(verilog_name(e['port']), e['port']) for e in net['outputs']]
+            mod = m['top']
+        body.append(f'    {mod} u{k} (.clk(clk), .rst_n(rst_n), {", ".join(ports)});')
+    ins = [(verilog_name(n), tensors[n]['beat'] * bits[n]) for n in inputs]
+    outs = [(verilog_name(n), tensors[n]['beat'] * bits[n]) for n in outputs]
+    text = _header(top, f'stitched streaming design: {len(parts)} partitions, {len(forks)} forks', ins, outs)
+    fn = os.path.join(workdir, 'src', f'{top}.v')
+    with open(fn, 'w') as fh:
+        fh.write('\n'.join(text + body + ['endmodule']) + '\n')
+    # the partitions in dataflow order, then the forks and the top
+    part_files = []
+    for pt in parts:
+        part_files += [os.path.join(pt['meta']['workdir'], f) for f in pt['meta']['files']]
+    fork_files = [f for f in files if f not in part_files]
+    meta = {'top': top, 'files': part_files + fork_files + [fn], 'workdir': workdir, 'forks': forks,
+            'units': [{'name': u['name'], 'op': u['op'], 'latency': sum(int(x.get('latency') or 0)
+                                                                     for x in u['meta']['units']) if 'meta' in u else 0}
+                      for u in units],
+            'ports': {'inputs': [{'name': verilog_name(n), 'var': n, 'beat': tensors[n]['beat'], 'elem_bits': bits[n],
+                                  'beats': tensors[n]['beats']} for n in inputs],
+                      'outputs': [{'name': verilog_name(n), 'var': n, 'beat': tensors[n]['beat'], 'elem_bits': bits[n],
+                                   'beats': tensors[n]['beats']} for n in outputs]}}
+    with open(os.path.join(workdir, f'{top}.stream.json'), 'w') as fh:
+        json.dump({k: v for k, v in meta.items() if k != 'workdir'}, fh, indent=1)
+    return meta
+
+
+__all__ = ['stream_graph', 'simulate_stream_net', 'stitch_stream_nets', 'edge_depths', 'need_maps', 'buffer_beats', 'fork_depths', 'emit_stream_net', 'join_verilog', 'zeropad_verilog', 'fork_verilog',
            'repack_verilog', 'ELEMENTWISE', 'FORK_SLACK']
