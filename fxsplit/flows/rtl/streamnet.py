@@ -36,7 +36,7 @@ import numpy as np
 
 from ...errors import FxsplitError
 from .names import verilog_name
-from .program import _POOL_CLASSES, _ptype, layer_entry
+from .program import _ptype, layer_entry
 from .streamconv import (FIFO_EXTRA, _clog2, check_module_names, shell_back_end, shell_declarations,
                          window_stream_verilog)
 
