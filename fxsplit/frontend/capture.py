@@ -201,7 +201,23 @@ def trace(model: nn.Module, input_shape) -> torch.fx.GraphModule:
             hint="place markers in the forward of your own modules (not inside a torch.nn or brevitas layer "
                  "subclass), or use splits=['<module name>'] to cut before that layer")
     _static_reshapes(gm)
+    _keyword_dims(gm)
     return gm
+
+
+_CONCATS = (torch.cat, torch.concat, torch.concatenate)
+
+
+def _keyword_dims(gm: torch.fx.GraphModule) -> None:
+    """``torch.cat(xs, 1)`` becomes ``torch.cat(xs, dim=1)``: hls4ml's PyTorch parser reads the dimension from the
+    keyword only (a positional one it takes for 0, the batch, and fails)."""
+    changed = False
+    for n in gm.graph.nodes:
+        if n.op == "call_function" and n.target in _CONCATS and len(n.args) == 2 and "dim" not in n.kwargs:
+            n.args, n.kwargs = (n.args[0],), {**n.kwargs, "dim": n.args[1]}
+            changed = True
+    if changed:
+        gm.recompile()
 
 
 _RESHAPES = {("call_method", "view"), ("call_method", "reshape"), ("call_function", torch.reshape)}
