@@ -196,7 +196,7 @@ def test_pieces_are_priced_as_the_layer_they_came_from():
 
 def test_eight_workers_balance_within_a_piece():
     """With the shipped cost model, the wide MLP's plan for 8 workers (its markers kept, cuts inside its layers)
-    is predicted within 15 % of its partitions' total / 8 (issue 10's target; before the finer pieces, their
+    is predicted within 15 % of its partitions' total / 8 (the balance target; before the finer pieces, their
     pricing and the packing refinement after the dynamic program, 1.27x)."""
     model, shape = build("wide_mlp")
     plan = plan_auto(model, shape, 8, precision="fixed<8,3>", flow="rtl", cost_model=CostModel(), split_layers=True)
