@@ -507,12 +507,11 @@ def zeropad_verilog(module: str, unit: dict, bits: int) -> str:
     OH, OW = H + t + b, W + left + r
     PW = C * bits
     o = _header(module, f'zero padding {unit["name"]!r}, {H}x{W} to {OH}x{OW}', [('in', PW)], [('out', PW)])
-    src = 'in'
     o += [f'    reg [{_clog2(OW) - 1}:0] qx = 0;', f'    reg [{_clog2(OH) - 1}:0] qy = 0;',
           f'    wire pad = (qy < {t}) || (qy >= {t + H}) || (qx < {left}) || (qx >= {left + W});',
-          f'    assign out_TVALID = rst_n && (pad || {src}_TVALID);',
-          f"    assign out_TDATA = pad ? {PW}'d0 : {src}_TDATA;",
-          f'    assign {src}_TREADY = rst_n && !pad && out_TREADY;',
+          '    assign out_TVALID = rst_n && (pad || in_TVALID);',
+          f"    assign out_TDATA = pad ? {PW}'d0 : in_TDATA;",
+          '    assign in_TREADY = rst_n && !pad && out_TREADY;',
           '    always @(posedge clk) begin',
           '        if (!rst_n) begin qx <= 0; qy <= 0; end',
           '        else if (out_TVALID && out_TREADY) begin',
@@ -871,7 +870,7 @@ def stitch_stream_nets(parts: list[dict], inputs: list[str], outputs: list[str],
     def wire(n: str) -> str:
         return port_of.get(n) or f'w_{verilog_name(n)}'
 
-    body, files, forks = [], [], []
+    body, fork_files, forks = [], [], []
     for n, t in tensors.items():
         if n not in port_of and (n in producer or any(n in u['outs'] for u in units)):
             w = t['beat'] * bits[n]
@@ -886,13 +885,12 @@ def stitch_stream_nets(parts: list[dict], inputs: list[str], outputs: list[str],
             fn = os.path.join(workdir, 'src', f'{mod}.v')
             with open(fn, 'w') as fh:
                 fh.write(fork_verilog(mod, u, tensors[u['ins'][0]]['beat'] * bits[u['ins'][0]]))
-            files.append(fn)
+            fork_files.append(fn)
             ports = [conn('in', u['ins'][0])] + [conn(f'o{i}', o) for i, o in enumerate(u['outs'])]
             forks.append({'name': u['name'], 'port': u['ins'][0], 'depths': u['depths'],
                           'min_depths': u.get('min_depths', u['depths'])})
         else:
             m, net = u['meta'], u['net']
-            files = [os.path.join(m['workdir'], f) for f in m['files']] + files
             ports = [conn(verilog_name(e['port']), i) for e, i in zip(net['inputs'], u['ins'])]
             ports += [conn(verilog_name(e['port']), e['port']) for e in net['outputs']]
             mod = m['top']
@@ -904,10 +902,7 @@ def stitch_stream_nets(parts: list[dict], inputs: list[str], outputs: list[str],
     with open(fn, 'w') as fh:
         fh.write('\n'.join(text + body + ['endmodule']) + '\n')
     # the partitions in dataflow order, then the forks and the top
-    part_files = []
-    for pt in parts:
-        part_files += [os.path.join(pt['meta']['workdir'], f) for f in pt['meta']['files']]
-    fork_files = [f for f in files if f not in part_files]
+    part_files = [os.path.join(pt['meta']['workdir'], f) for pt in parts for f in pt['meta']['files']]
     meta = {'top': top, 'files': part_files + fork_files + [fn], 'workdir': workdir, 'forks': forks,
             'units': [{'name': u['name'], 'op': u['op'], 'latency': sum(int(x.get('latency') or 0)
                                                                      for x in u['meta']['units']) if 'meta' in u else 0}
