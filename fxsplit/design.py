@@ -187,7 +187,7 @@ class Design:
             ys = output_arrays(g(*xs))
         return ys[0] if len(ys) == 1 else ys
 
-    def verify(self, x, level: str = "csim", simulator: str | None = None, interface: str = "pipeline",
+    def verify(self, x, level: str = "csim", simulator: str | None = None, interface: str | None = None,
                **stream) -> VerifyResult:
         """Partitioned == uncut, bit for bit, on every output element of every sample.
 
@@ -198,9 +198,10 @@ class Design:
                 C simulation, every flow) or ``"rtl"`` (flow ``"rtl"``: the stitched RTL simulated, equal to the
                 stitched C simulation, equal to the uncut one).
             simulator: ``level="rtl"``: ``"verilator"`` (default) or ``"icarus"``.
-            interface: ``level="rtl"``: ``"pipeline"`` (default; one sample per cycle) or ``"axis"``: the
-                stream-stitched top under random input gaps and output backpressure (``gaps=0.3,
-                backpressure=0.3, seed=1``).
+            interface: ``level="rtl"`` of a fully parallel design: ``"pipeline"`` (default; one sample per cycle)
+                or ``"axis"``: the stream-stitched top under random input gaps and output backpressure (``gaps=0.3,
+                backpressure=0.3, seed=1``). A streaming design (``io_type="io_stream"``) has the AXI4-Stream top
+                only: it runs under gaps and backpressure, then free running for its latency and interval.
 
         Returns:
             A :class:`VerifyResult`: true when bit-exact (``bool(result)``), with the mismatches, the outputs at
@@ -215,7 +216,7 @@ class Design:
         known = sorted({lv for ls in levels.values() for lv in ls})
         if level not in known:
             raise FxsplitError(f"unknown verification level {level!r}", hint=f"use one of {known}")
-        if level != "rtl" and (interface != "pipeline" or stream):
+        if level != "rtl" and (interface is not None or stream):
             raise FxsplitError("interface and stream options apply to verify(level='rtl')")
         if level not in levels.get(self.flow, ()) or (level == "rtl" and self.rtl is None):
             having = [n for n, ls in levels.items() if level in ls]

@@ -49,7 +49,8 @@ class Step:
     every partition. ``tool``: the tool whose run the step's time measures (a job without it among its tools, e.g.
     an emit-only project, is not priced); None for pure Python. ``tools``: what its jobs run by default (their
     versions key the job; :class:`fxsplit.engine.Tool` for a flow's own binary). ``when``: a boolean option
-    (``FlowConfig`` attribute or compile option) that must be on for the step to run. ``seconds``/``memory``: the
+    (``FlowConfig`` attribute or compile option, :meth:`Flow.run_options`), or several, that must be on for the
+    step to run. ``seconds``/``memory``: the
     shipped time and peak-memory models (:class:`~fxsplit.plan.costmodel.StepModel`; ``size`` says what they grow
     with), refitted from each user's cache. ``model``: the cost model's name for it (default: ``name``, for the
     stitched scope ``stitch_<name>``)."""
@@ -61,7 +62,7 @@ class Step:
     deps: tuple[str, ...] = ()
     after: tuple[str, ...] = ()
     tools: tuple = ()
-    when: str | None = None
+    when: str | tuple[str, ...] | None = None
     reference: bool = False
     model: str = ""
     doc: str = ""
@@ -75,12 +76,16 @@ class Step:
         if not self.model:
             object.__setattr__(self, "model", self.name if self.scope == "partition" else f"stitch_{self.name}")
 
+    @property
+    def whens(self) -> tuple[str, ...]:
+        return () if self.when is None else (self.when,) if isinstance(self.when, str) else tuple(self.when)
+
     def active(self, options: Mapping[str, Any]) -> bool:
-        return self.when is None or bool(options.get(self.when, True))
+        return all(bool(options.get(w, True)) for w in self.whens)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "scope": self.scope, "tool": self.tool, "deps": list(self.deps),
-                "after": list(self.after), "when": self.when, "model": self.model, "size": self.seconds.size,
+                "after": list(self.after), "when": " and ".join(self.whens) or None, "model": self.model, "size": self.seconds.size,
                 "doc": self.doc}
 
 

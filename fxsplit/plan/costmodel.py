@@ -9,6 +9,8 @@ layer and summed per partition (every one is additive):
   adder per nonzero digit, which is what da4ml builds and Yosys maps);
 - ``adders``: ``digits`` times the positions a weight is applied at (conv: output pixels; fully unrolled in the
   RTL flow) times the input width over 16: the size of the fully parallel datapath;
+- ``kernels``: ``digits`` times the input width over 16, each weight counted once: the size of a streaming
+  datapath, whose kernel computes one output pixel (all its channels) per beat;
 - ``ports``: bits entering and leaving the partition (the stitched top's size grows with them).
 
 Each step a flow declares (``fxsplit.flows.base.Step``) has one model ``t = a + b * layers + d * x ** c`` with
@@ -35,8 +37,8 @@ from typing import Iterable
 
 import numpy as np
 
-FEATURES = ("layers", "elems", "weights", "macs", "digits", "adders", "ports")
-SIZES = ("code", "adders", "macs", "ports", "weights", "elems", "digits")   # what a step's time may grow with
+FEATURES = ("layers", "elems", "weights", "macs", "digits", "adders", "kernels", "ports")
+SIZES = ("code", "adders", "kernels", "macs", "ports", "weights", "elems", "digits")   # what a step's time may grow with
 MIN_RECORDS = 4
 MiB = 2 ** 20
 C_GRID = tuple(round(0.5 + 0.05 * i, 2) for i in range(41))          # 0.5 .. 2.5
@@ -257,6 +259,7 @@ def layer_features(gm, weight_precision: str, input_precision: str | None = None
                 positions = max(1, elems // max(1, mod.out_channels))
             f["macs"] = node_macs(n, mod)                  # the report's own count of multiply-accumulates
             f["adders"] = int(round(f["digits"] * positions * in_w / 16))
+            f["kernels"] = int(round(f["digits"] * in_w / 16))
         feats[n.name] = f
     return feats
 

@@ -159,8 +159,10 @@ def _stream_desc(d: dict) -> str:
     """How a stream-top simulation paused: ``; AXI4-Stream top, random input gaps 0.3, ...``."""
     if d.get("interface") != "axis":
         return ""
+    interval = d.get("interval_cycles", d.get("interval"))
     return (f"; AXI4-Stream top, random input gaps {d.get('gaps')}, output backpressure {d.get('backpressure')} "
-            f"(seed {d.get('seed')}), {_fmt_n(d.get('cycles'))} cycles")
+            f"(seed {d.get('seed')}), {_fmt_n(d.get('cycles'))} cycles"
+            + (f"; free running: {_fmt_n(interval)} cycles between frames" if interval is not None else ""))
 
 
 _LEVELS = {"csim": "stitched C simulation vs the uncut C simulation",
@@ -283,12 +285,20 @@ def _stitched_html(st: dict) -> str:
     tot = st.get("resources_total") or {}
     top = st.get("resources_top") or {}
     rows = [("top module", st.get("top")), ("Verilog", st.get("file")),
-            ("latency (cycles)", _fmt_n(st.get("latency")))]
+            ("latency (cycles)", _fmt_n(st.get("latency")) if st.get("latency") is not None else
+             "from the RTL simulation: run verify(x, level='rtl')")]
+    if st.get("interface") == "axis":
+        rows[0] = ("top module", f"{st.get('top')} (streaming, AXI4-Stream)")
+        rows.append(("interval between frames (cycles)", _fmt_n(st.get("interval"))))
+        for f in st.get("fifos") or []:
+            rows.append((f"FIFO {f.get('name')}", f"stream {f.get('stream')}: depth {', '.join(map(str, f.get('depths', [])))}"
+                         f" (deadlock-free minimum {', '.join(map(str, f.get('min_depths', [])))})"))
     if st.get("axis_file"):
         rows.append(("stream top (AXI4-Stream)", f'{st.get("axis_top")}: {st.get("axis_file")}'))
     if tot:
         rows.append(("resources (partitions + top)", _resources(tot)))
-        rows.append(("of which the top (delay and valid lines)", _resources(top)))
+        rows.append(("of which the top (forks and FIFOs)" if st.get("interface") == "axis" else
+                     "of which the top (delay and valid lines)", _resources(top)))
         rows.append(("top synthesis log", st.get("top_synth_log")))
     sim = st.get("simulation")
     if isinstance(sim, dict) and sim:

@@ -78,7 +78,7 @@ def compare_monolithic(build, rtl, stitched: dict) -> dict:
                 "cpu_seconds": round(sum(r.cpu_seconds or 0.0 for r in jobs), 3),
                 "peak_rss_max": max(peaks) if peaks else None, "peak_rss_sum": sum(peaks) if peaks else None}
 
-    synth_steps = ("rtl", "synth")
+    synth_steps = ("rtl", "synth", "stream", "stream_synth")     # the Verilog and its synthesis, either design
     uncut = [r for r in build if r.partition == MONOLITHIC and r.step in synth_steps]
     split = [r for r in build if r.partition != MONOLITHIC and r.step in synth_steps]
     mono = rtl.monolithic_report()
@@ -89,5 +89,9 @@ def compare_monolithic(build, rtl, stitched: dict) -> dict:
 
 
 def stitched_update(report: dict, rtl) -> None:
-    """Refresh the stitched section after an RTL simulation (it records the last simulation)."""
+    """Refresh the stitched section and the partitions' RTL figures after an RTL simulation (it records the last
+    simulation; a streaming design's latency and interval come from it)."""
     report["stitched"] = rtl.stitched_report()
+    for entry in report.get("partitions", []):
+        if entry.get("name") in rtl.partitions:
+            entry.update(rtl.partition_report(entry["name"]))

@@ -1,6 +1,10 @@
 """Open RTL flow: per-partition Verilog from the hls4ml ModelGraph via da4ml, parallel Yosys
 synthesis, a stitched top with latency-balanced bypass paths, and a self-checking testbench.
 
+Two kinds of design, by the config's ``io_type``: ``io_parallel`` lowers every partition fully parallel (one
+sample per cycle); ``io_stream`` makes every partition a streaming network, one hls4ml stream word per beat
+(:mod:`.streamflow`, :mod:`.streamnet`).
+
 Stages (each its own module of this package):
 
 - ``lower``: refuse what cannot be matched bit for bit (main process, before any build) and
@@ -29,6 +33,7 @@ from ...verify import Mismatch, VerifyResult, compare
 from ..base import Built, Step
 from ..hls4ml import HLS4MLFlow
 from . import lower as rl
+from . import streamflow as sf
 
 DEFAULT_LATENCY_CUTOFF = 5.0
 STITCHED_TOP = "fxsplit_top"
@@ -39,19 +44,22 @@ STITCHED_TOP = "fxsplit_top"
 # user's own cache as soon as it holds enough jobs of a step.
 STEPS = (
     # 27 jobs, 4.3 s .. 317 s, median error 11 %; rms 1.5 s. Memory: rms 6 MiB on 21 jobs
-    Step("rtl", tool="da4ml", tools=("da4ml",), doc="da4ml Verilog of the partition",
+    Step("rtl", tool="da4ml", tools=("da4ml",), when="parallel", doc="da4ml Verilog of the partition",
          seconds=StepModel(a=0.0101, b=0.0, d=7.18e-05, c=1.35, size="adders"),
          memory=StepModel(a=3.665e8, b=0.0, d=3445.0, c=1.0, size="adders")),
     # 25 jobs, 4.7 s .. 277 s, with the Yosys script that skips synth_xilinx's memory maps where there are no
     # memories and reads the cell libraries from RTLIL; rms 7.1 s. Memory: rms 25 MiB on 20 jobs (520 MiB .. 2.6 GiB)
-    Step("synth", tool="yosys", tools=("yosys",), deps=("rtl",), when="synth", doc="Yosys synth_xilinx",
+    Step("synth", tool="yosys", tools=("yosys",), deps=("rtl",), when=("parallel", "synth"),
+         doc="Yosys synth_xilinx",
          seconds=StepModel(a=3.13, b=0.0, d=0.00763, c=1.2, size="adders"),
          memory=StepModel(a=5.197e8, b=0.0, d=4.016e5, c=1.0, size="adders")),
     # the stitched top: the mean of its jobs there (10 and 7 jobs; synthesis 1.4 s .. 3.9 s)
-    Step("rtl", tool=None, scope="stitched", after=("rtl",), doc="the stitched tops (pipelined and stream)",
+    Step("rtl", tool=None, scope="stitched", after=("rtl",), when="parallel",
+         doc="the stitched tops (pipelined and stream)",
          seconds=StepModel(a=0.0071, b=0.0, d=0.0, c=1.0, size="ports"),
          memory=StepModel(a=360 * MiB, b=0.0, d=0.0, c=1.0, size="ports")),
-    Step("synth", tool="yosys", tools=("yosys",), scope="stitched", deps=("rtl",), after=("rtl",), when="synth",
+    Step("synth", tool="yosys", tools=("yosys",), scope="stitched", deps=("rtl",), after=("rtl",),
+         when=("parallel", "synth"),
          doc="Yosys on the stitched top, partitions as black boxes",
          seconds=StepModel(a=2.47, b=0.0, d=0.0, c=1.0, size="ports"),
          memory=StepModel(a=495 * MiB, b=0.0, d=0.0, c=1.0, size="ports")),
@@ -124,9 +132,9 @@ def _digest(obj) -> bytes:
 class RTLFlow(HLS4MLFlow):
     name = "rtl"
     summary = "da4ml Verilog per partition, Yosys in parallel, a stitched top simulated in Verilator or Icarus"
-    steps = (*HLS4MLFlow.steps, *STEPS)
+    steps = (*HLS4MLFlow.steps, *STEPS, *sf.STREAM_STEPS)
     verify_levels = ("csim", "rtl")
-    job_modules = (*HLS4MLFlow.job_modules, __name__)
+    job_modules = (*HLS4MLFlow.job_modules, __name__, sf.__name__)
     can_compare_monolithic = True
     exact_accum_default = True
 
@@ -136,6 +144,12 @@ class RTLFlow(HLS4MLFlow):
         wide Linear layers (the pieces keep the layer's accumulator type, exact or not)."""
         return io_type == "io_parallel"
 
+    @classmethod
+    def run_options(cls, fc, **options) -> dict:
+        """``parallel`` or ``stream``: which of the two designs the config's ``io_type`` asks for."""
+        io = getattr(fc, "io_type", "io_parallel")
+        return {**super().run_options(fc, **options), "parallel": io == "io_parallel", "stream": io == "io_stream"}
+
     def validate(self) -> None:
         """Refuse unsupported layers/types (before any build) and extract one program per partition (and one of
         the uncut model with ``compare_monolithic``)."""
@@ -143,9 +157,14 @@ class RTLFlow(HLS4MLFlow):
         if self.compare_monolithic and not self.fc.synth:
             raise FxsplitError("compare_monolithic compares synthesized designs, and synthesis is off",
                                hint="leave config['synth'] on (CLI: drop --no-synth)")
-        if self.fc.io_type != "io_parallel":
-            raise FxsplitError("flow='rtl' lowers fully parallel hls4ml models",
-                               hint="use config io_type='io_parallel'")
+        self.cutoff = DEFAULT_LATENCY_CUTOFF if self.fc.latency_cutoff is None else self.fc.latency_cutoff
+        self.dag = self.pt.dag()
+        self.stream = self.fc.io_type == "io_stream"
+        if self.fc.io_type not in ("io_parallel", "io_stream"):
+            raise FxsplitError(f"flow='rtl' has no {self.fc.io_type!r} design",
+                               hint="use config io_type='io_parallel' or 'io_stream'")
+        if self.stream:
+            return self._validate_stream()
         self.programs = {}
         specs, graphs = self.lowered.specs, self.lowered.graphs
         for part in self.pt.partitions:
@@ -162,11 +181,83 @@ class RTLFlow(HLS4MLFlow):
             inv = {v: k for k, v in spec.name_map.items()}
             self.mono_program = rl.extract_program(mono, MONOLITHIC, input_names=[inv.get(v, v) for v in mono.inputs],
                                                    output_names=[p.name for p in self.pt.outputs])
-        self.cutoff = DEFAULT_LATENCY_CUTOFF if self.fc.latency_cutoff is None else self.fc.latency_cutoff
-        self.dag = self.pt.dag()
+
+    def _validate_stream(self) -> None:
+        """Every partition's stream graph (refusing, naming the layer, what it cannot stream exactly)."""
+        from .streamnet import stream_graph
+        specs, graphs = self.lowered.specs, self.lowered.graphs
+        self.nets = {}
+        for part in self.pt.partitions:
+            hm = graphs[part.name]
+            inv = {v: k for k, v in specs[part.name].name_map.items()}
+            self.nets[part.name] = stream_graph(hm, part.name, input_names=[inv.get(v, v) for v in hm.inputs],
+                                                output_names=[p.name for p in part.outputs])
+        self.mono_net = None
+        if self.compare_monolithic:
+            mono, spec = self.lowered.mono, self.lowered.mono_spec
+            inv = {v: k for k, v in spec.name_map.items()}
+            self.mono_net = stream_graph(mono, MONOLITHIC, input_names=[inv.get(v, v) for v in mono.inputs],
+                                         output_names=[p.name for p in self.pt.outputs])
+
+    def _stream_jobs(self) -> list:
+        out = []
+        names = [p.name for p in self.pt.partitions]
+        nets = dict(self.nets)
+        if self.mono_net is not None:
+            nets[MONOLITHIC] = self.mono_net
+        digests = {}
+        for name, net in nets.items():
+            digests[name] = _digest(net)
+            out.append(self.job("stream", name, sf.stream_job,
+                                {"net": net, "module": module_name(name), "latency_cutoff": self.cutoff},
+                                key_data=b"%s|%s|%r" % (digests[name], module_name(name).encode(), self.cutoff)))
+            if self.fc.synth:
+                out.append(self.job("stream_synth", name, sf.stream_synth_job,
+                                    {"stream_job_id": f"{name}/stream"},
+                                    key_data="synth_xilinx -family xcup -flatten", deps=(f"{name}/stream",)))
+        ids = tuple(f"{n}/stream" for n in names)
+        ins, outs = [p.name for p in self.pt.inputs], [p.name for p in self.pt.outputs]
+        out.append(self.job("stream", STITCHED, sf.stream_stitch_job,
+                            {"parts": [{"name": n, "net": self.nets[n]} for n in names], "model_inputs": ins,
+                             "model_outputs": outs, "top": sf.STREAM_TOP},
+                            key_data=b"|".join([json.dumps([ins, outs, sf.STREAM_TOP]).encode()]
+                                               + [digests[n] for n in names]), deps=ids))
+        if self.fc.synth:
+            out.append(self.job("stream_synth", STITCHED, sf.stream_top_synth_job,
+                                {"top": sf.STREAM_TOP, "partitions": names},
+                                key_data=f"synth_xilinx -family xcup -flatten|{sf.STREAM_TOP}",
+                                deps=(f"{STITCHED}/stream", *ids)))
+        return out
+
+    def _finish_stream(self, result, built: Built) -> Built:
+        from ...engine import copy_artifacts
+        metas, synth = {}, {}
+        for part in self.pt.partitions:
+            r = result[f"{part.name}/stream"]
+            dest = copy_artifacts(Path(r.artifact_dir), self.out / part.name / "rtl", r.key)
+            metas[part.name] = dict(r.meta, workdir=str(dest))
+            if self.fc.synth:
+                synth[part.name] = _copy_synth(result[f"{part.name}/stream_synth"], dest / "synth")
+        mono = None
+        if self.mono_net is not None:
+            r = result[f"{MONOLITHIC}/stream"]
+            dest = copy_artifacts(Path(r.artifact_dir), self.out / MONOLITHIC / "rtl", r.key)
+            mono = dict(r.meta, workdir=str(dest),
+                        synth=_copy_synth(result[f"{MONOLITHIC}/stream_synth"], dest / "synth"))
+        st = result[f"{STITCHED}/stream"]
+        st_dir = copy_artifacts(Path(st.artifact_dir), self.out / STITCHED / "rtl", st.key)
+        top_synth = _copy_synth(result[f"{STITCHED}/stream_synth"], st_dir / "synth") if self.fc.synth else None
+        stitched = dict(st.meta, workdir=str(st_dir))
+        files = sf.design_files(metas, [str(st_dir / f) for f in st.meta["files"]])
+        built.rtl = sf.StreamDesign(top=st.meta["top"], files=files, partitions=metas, stitched=stitched,
+                                    synth=synth, stitched_dir=str(self.out / STITCHED), top_synth=top_synth,
+                                    monolithic=mono)
+        return built
 
     def jobs(self) -> list:
         out = super().jobs()
+        if self.stream:
+            return out + self._stream_jobs()
         names = [p.name for p in self.pt.partitions]
         progs = dict(self.programs)
         if self.mono_program is not None:        # the uncut design, emitted and synthesized like a partition
@@ -192,6 +283,8 @@ class RTLFlow(HLS4MLFlow):
     def finish(self, result) -> Built:
         from ...engine import copy_artifacts
         built = super().finish(result)
+        if self.stream:
+            return self._finish_stream(result, built)
         rtl, synth = {}, {}
         for part in self.pt.partitions:
             name = part.name
@@ -232,22 +325,10 @@ def _copy_synth(r, dest: Path) -> dict:
 
 def _stitched_files(partitions, rtl: dict) -> list[str]:
     """Every partition's Verilog (da4ml's shared primitives once, first)."""
-    files: list[str] = []
-    static_seen: set[str] = set()
-    for part in partitions:
-        meta = rtl[part.name]
-        static = set(meta.get("static_files", []))
-        for f in meta["files"]:
-            if f in static:
-                if os.path.basename(f) in static_seen:
-                    continue
-                static_seen.add(os.path.basename(f))
-            files.append(os.path.abspath(os.path.join(meta["workdir"], f)))
-    files.sort(key=lambda f: 0 if os.path.basename(os.path.dirname(f)) == "static" else 1)
-    return files
+    return sf.design_files({p.name: rtl[p.name] for p in partitions}, [])
 
 
-RESOURCES = {"LUT": "lut", "FF": "ff", "CARRY": "carry", "DSP": "dsp", "SRL": "srl", "BRAM": "bram"}
+RESOURCES = sf.RESOURCES
 
 
 @dataclass
@@ -299,7 +380,7 @@ class RTLDesign:
 
     def verify(self, raw_in: list[np.ndarray], inputs: list, outputs: list, csim: list[np.ndarray],
                mono: list[np.ndarray], decode: list, torch_err: float, simulator: str = "verilator",
-               interface: str = "pipeline", gaps: float = 0.3, backpressure: float = 0.3, seed: int = 1) -> VerifyResult:
+               interface: str | None = None, gaps: float = 0.3, backpressure: float = 0.3, seed: int = 1) -> VerifyResult:
         """Three ways: stitched RTL simulation == stitched C simulation == uncut C simulation.
 
         ``raw_in``: model inputs as raw integers of their types (N, size), as the C simulation converted
@@ -308,6 +389,7 @@ class RTLDesign:
         ``interface``: "pipeline" (the pipelined top, one sample per cycle) or "axis" (the stream top, with
         random input gaps and output backpressure: ``gaps``, ``backpressure``, ``seed``)."""
         from .testbench import simulate
+        interface = interface or "pipeline"
         if interface not in ("pipeline", "axis"):
             raise FxsplitError(f"unknown RTL interface {interface!r}", hint="use 'pipeline' or 'axis'")
         n = raw_in[0].shape[0]

@@ -696,7 +696,8 @@ def emit_stream_net(net: dict, workdir: str, top: str, latency_cutoff: float | N
     outs = [(port_of[e['var']], tensors[e['var']]['beat'] * bits[e['var']]) for e in net['outputs']]
     text = _header(top, f'streaming partition {net["partition"]!r}: {len(net["units"])} units', ins, outs)
     write(top, '\n'.join(text + body + ['endmodule']) + '\n')
-    meta = {'top': top, 'files': files, 'units': info,
+    static = sorted({f for m in kernels.values() for f in m.get('static_files', [])})
+    meta = {'top': top, 'files': files, 'static_files': static, 'units': info,
             'ports': {'inputs': [{'name': port_of[e['var']], 'var': e['var'], 'beat': tensors[e['var']]['beat'],
                                   'elem_bits': bits[e['var']], 'beats': tensors[e['var']]['beats']}
                                  for e in net['inputs']],
@@ -792,7 +793,9 @@ def stitch_stream_nets(parts: list[dict], inputs: list[str], outputs: list[str],
     cuts) joined stream to stream. A tensor that several partitions read (a skip across a cut) leaves its producer
     through a fork whose FIFO depths come from the partitions' own need maps and buffers (:func:`fork_depths` over
     the graph of partitions). ``inputs``/``outputs``: the model's port names. Returns metadata like
-    :func:`emit_stream_net`'s (``files`` absolute, the partitions' first), with ``forks``."""
+    :func:`emit_stream_net`'s (``files`` absolute, the partitions' first), with ``forks`` and ``streams`` (per
+    partition, the top's signals of the streams into and out of it, with their beats per frame: probes for the
+    testbench)."""
     check_module_names(top)
     os.makedirs(os.path.join(workdir, 'src'), exist_ok=True)
     tensors: dict[str, dict] = {}
@@ -870,7 +873,7 @@ def stitch_stream_nets(parts: list[dict], inputs: list[str], outputs: list[str],
     def wire(n: str) -> str:
         return port_of.get(n) or f'w_{verilog_name(n)}'
 
-    body, fork_files, forks = [], [], []
+    body, fork_files, forks, streams = [], [], [], {}
     for n, t in tensors.items():
         if n not in port_of and (n in producer or any(n in u['outs'] for u in units)):
             w = t['beat'] * bits[n]
@@ -894,6 +897,9 @@ def stitch_stream_nets(parts: list[dict], inputs: list[str], outputs: list[str],
             ports = [conn(verilog_name(e['port']), i) for e, i in zip(net['inputs'], u['ins'])]
             ports += [conn(verilog_name(e['port']), e['port']) for e in net['outputs']]
             mod = m['top']
+            streams[u['name']] = {'ins': [{'wire': wire(i), 'beats': tensors[i]['beats']} for i in u['ins']],
+                                  'outs': [{'wire': wire(e['port']), 'beats': tensors[e['port']]['beats']}
+                                           for e in net['outputs']]}
         body.append(f'    {mod} u{k} (.clk(clk), .rst_n(rst_n), {", ".join(ports)});')
     ins = [(verilog_name(n), tensors[n]['beat'] * bits[n]) for n in inputs]
     outs = [(verilog_name(n), tensors[n]['beat'] * bits[n]) for n in outputs]
@@ -904,6 +910,7 @@ def stitch_stream_nets(parts: list[dict], inputs: list[str], outputs: list[str],
     # the partitions in dataflow order, then the forks and the top
     part_files = [os.path.join(pt['meta']['workdir'], f) for pt in parts for f in pt['meta']['files']]
     meta = {'top': top, 'files': part_files + fork_files + [fn], 'workdir': workdir, 'forks': forks,
+            'streams': streams,
             'units': [{'name': u['name'], 'op': u['op'], 'latency': sum(int(x.get('latency') or 0)
                                                                      for x in u['meta']['units']) if 'meta' in u else 0}
                       for u in units],

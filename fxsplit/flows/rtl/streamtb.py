@@ -33,7 +33,8 @@ def run_params(n_in: int, n_out: int, total: int, gaps: float = 0.3, backpressur
             [_seed(seed, k) for k in range(n_in)] + [_seed(seed, 100 + k) for k in range(n_out)])
 
 
-def stream_testbench(top: str, ins: list[dict], outs: list[dict], tb_name: str = 'fxsplit_tb') -> str:
+def stream_testbench(top: str, ins: list[dict], outs: list[dict], tb_name: str = 'fxsplit_tb',
+                     probes: list[str] = ()) -> str:
     """Verilog of the testbench of module ``top``. ``ins``/``outs``: per stream ``name`` (the module's port prefix),
     ``bits`` (one beat), ``elem_bits`` and ``n`` (beats in the run); vectors ``in_i<k>.hex``/``exp_o<k>.hex``
     (:mod:`fxsplit.flows.common.vectors`, one beat per line). An input pauses at random (``TVALID`` low with
@@ -43,7 +44,9 @@ def stream_testbench(top: str, ins: list[dict], outs: list[dict], tb_name: str =
     <cycle>`` per accepted input beat, ``OUT <k> <j> <cycle>`` per output beat, ``STALLS <k> <n>`` and ``EXTRA <k>
     <n>`` (beats after the last expected one: failures), the vectors module's MISMATCH lines (sample = the output's
     beat), ``CYCLES`` (to the last expected beat) and ``N passed, M failed`` (output beats; a beat that never came is
-    a failure). A network that stops (a deadlock) ends at the timeout, saying how many beats never came out."""
+    a failure). A network that stops (a deadlock) ends at the timeout, saying how many beats never came out.
+    ``probes``: streams inside ``top`` (their signal prefix in the module, e.g. the wire between two partitions of
+    a stitched top): ``PROBE <k> <cycle>`` per beat that passes on each."""
     if not ins or not outs:
         raise FxsplitError('a streaming testbench needs at least one input and one output stream')
     npar = 3 + len(ins) + len(outs)
@@ -101,6 +104,11 @@ def stream_testbench(top: str, ins: list[dict], outs: list[dict], tb_name: str =
         L += ['                if (bad) n_fail = n_fail + 1; else n_pass = n_pass + 1;',
               f'            end else o{k}_extra = o{k}_extra + 1;', f'            o{k}_n <= o{k}_n + 1;', '        end',
               '    end']
+    for k, sig in enumerate(probes):
+        if not re.fullmatch(r'[A-Za-z_][A-Za-z0-9_$]*', sig):
+            raise FxsplitError(f'stream probe {sig!r} is not a signal name of {top}')
+        L.append(f'    always @(posedge clk) if (rst_n && dut.{sig}_TVALID && dut.{sig}_TREADY) '
+                 f'$display("PROBE {k} %0d", cycles);')
     complete = ' && '.join(f'o{k}_n >= {int(s["n"])}' for k, s in enumerate(outs))
     missing = ' + '.join(f'(o{k}_n < {int(s["n"])} ? {int(s["n"])} - o{k}_n : 0)' for k, s in enumerate(outs))
     extras = ' + '.join(f'o{k}_extra' for k in range(len(outs)))
@@ -118,13 +126,15 @@ def stream_testbench(top: str, ins: list[dict], outs: list[dict], tb_name: str =
 
 
 def simulate_streams(top: str, files: list[str], workdir: str, ins: list[dict], outs: list[dict],
-                     simulator: str = 'verilator', runs: list[dict] | None = None, latency: int = 0, **tb):
+                     simulator: str = 'verilator', runs: list[dict] | None = None, latency: int = 0,
+                     probes: list[str] = (), **tb):
     """Simulate module ``top`` (Verilog ``files``, absolute) with :func:`stream_testbench`, built once. ``ins``/
     ``outs``: per stream ``name``, ``elem_bits`` and ``raw`` (beats, elements per beat) of raw integers: the inputs
     to drive and the outputs to expect. ``tb``: one run's :func:`run_params` options (``gaps``, ``backpressure``,
     ``seed``, ``timeout_cycles``); ``runs``: several, each in its own directory, returned as a list. A run's result:
     ``{'result': SimResult, 'in_cycles': [per input: the cycle of each accepted beat], 'out_cycles': [per output],
-    'stalls': [per input], 'extra': [per output], 'build_seconds', 'sim_seconds'}``."""
+    'stalls': [per input], 'extra': [per output], 'probe_cycles': [per probe: the cycle of each beat on it],
+    'build_seconds', 'sim_seconds'}``."""
     from .testbench import get_runner
 
     os.makedirs(workdir, exist_ok=True)
@@ -136,7 +146,7 @@ def simulate_streams(top: str, files: list[str], workdir: str, ins: list[dict], 
 
     path = os.path.join(workdir, 'fxsplit_tb.v')
     with open(path, 'w') as fh:
-        fh.write(stream_testbench(top, [spec(s) for s in ins], [spec(s) for s in outs]))
+        fh.write(stream_testbench(top, [spec(s) for s in ins], [spec(s) for s in outs], probes=list(probes)))
     r = get_runner(simulator)
     r.build(list(files) + [path], 'fxsplit_tb', os.path.join(workdir, f'build_{r.name}'))
     total = sum(np.asarray(s['raw']).shape[0] for s in ins + outs)
@@ -150,11 +160,11 @@ def simulate_streams(top: str, files: list[str], workdir: str, ins: list[dict], 
         with open(os.path.join(where, PARAMS), 'w') as fh:
             fh.write(''.join(f'{w & 0xFFFFFFFF:08x}\n' for w in words))
         res = r.test(test_dir=where)
-        results.append(_read(res, len(ins), len(outs), r.build_seconds))
+        results.append(_read(res, len(ins), len(outs), r.build_seconds, len(probes)))
     return results if runs is not None else results[0]
 
 
-def _read(res, n_in: int, n_out: int, build_seconds: float) -> dict:
+def _read(res, n_in: int, n_out: int, build_seconds: float, n_probes: int = 0) -> dict:
     text = res.log
 
     def grab(tag: str, k: int) -> list[int]:
@@ -167,6 +177,7 @@ def _read(res, n_in: int, n_out: int, build_seconds: float) -> dict:
     return {'result': res, 'in_cycles': [grab('IN', k) for k in range(n_in)],
             'out_cycles': [grab('OUT', k) for k in range(n_out)],
             'stalls': [one('STALLS', k) for k in range(n_in)], 'extra': [one('EXTRA', k) for k in range(n_out)],
+            'probe_cycles': [[int(c) for c in re.findall(rf'^PROBE {k} (\d+)$', text, re.M)] for k in range(n_probes)],
             'build_seconds': round(build_seconds, 2), 'sim_seconds': round(res.seconds, 2)}
 
 

@@ -1,0 +1,153 @@
+"""The streaming open RTL flow through ``fxsplit.compile(flow="rtl", config={"io_type": "io_stream"})``: every
+partition a streaming network built as engine jobs, the stitched top joined stream to stream, verified in Verilator
+against the C simulation over frames back to back (under gaps and backpressure, then free running for the latency
+and interval), synthesized by Yosys partition by partition with the top's FIFOs counted beside them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import fxsplit
+from conftest import FAST
+from fxsplit.errors import FxsplitError
+from fxsplit.flows.rtl import RTLFlow
+from fxsplit.flows.rtl.streamflow import frame_timing
+from fxsplit.zoo import build, spanning_config
+from test_rtl_streamnet import _randomize
+
+SPLITS = ["stage1.1.conv2", "stage2.2"]
+
+
+@pytest.fixture(scope="module")
+def resnet_design(tmp_path_factory):
+    """Reduced-width ResNet20 (3/6/12 channels, 8-bit weight types spanning each layer) cut inside two residual
+    blocks, so that a block's skip crosses each cut beside its first conv's activation."""
+    model, shape = build("resnet20_small")
+    cfg = spanning_config(model, shape, io_type="io_stream", synth=False, **FAST)
+    design = fxsplit.compile(model, shape, flow="rtl", splits=SPLITS, config=cfg,
+                             output_dir=tmp_path_factory.mktemp("streamflow") / "out", progress=False)
+    return design
+
+
+def test_resnet20_small_cut_streams_bit_exact_in_verilator(resnet_design):
+    """Four frames back to back, no reset between them: bit-exact under gaps and backpressure and free running;
+    the report gives the stitched latency and interval, and every partition's."""
+    d = resnet_design
+    ids = {j["id"] for j in d.report["jobs"]}
+    assert {f"{p.name}/stream" for p in d.partitions} | {"stitched/stream"} <= ids
+    assert not any(i.endswith("/rtl") or i.endswith("synth") for i in ids)   # no fully parallel job, synthesis off
+    x = d.stress_inputs(4, seed=7)
+    r = d.verify(x, level="rtl")
+    assert r.bit_exact and r.mismatches == 0, r.details[:5]
+    ex = r.extra
+    assert ex["rtl_vs_csim"] == {"passed": 4, "failed": 0} and ex["interface"] == "axis"
+    # the padded 16x16 stages set the rate: 18 x 18 beats a frame
+    assert ex["interval_cycles"] == 18 * 18 and 18 * 18 < ex["latency_cycles"] < 4 * 18 * 18
+    timing = ex["partition_timing"]
+    assert set(timing) == {p.name for p in d.partitions}
+    assert all(t["interval"] == 18 * 18 and 0 < t["latency"] < ex["latency_cycles"] for t in timing.values())
+    st = d.report["stitched"]
+    assert st["latency"] == ex["latency_cycles"] and st["simulation"]["passed"] == 4
+    # the skip into the partition after the first cut waits a conv behind the activation: its edge holds beats
+    fifo = {f["stream"]: f for f in st["fifos"]}
+    assert fifo["stage1_0_relu2"]["min_depths"][0] > 2 * 16
+    part = {p["name"]: p for p in d.report["partitions"]}
+    assert all(part[n]["latency"] == timing[n]["latency"] for n in timing)
+    assert all(p["nonzero_weights"] > 0 for p in d.report["partitions"] if p["params"])
+    html = open(f"{d.output_dir}/report.html").read()
+    assert "fifo_stage1_0_relu2" in html and "interval" in html
+
+
+def test_verify_refuses_the_pipelined_interface(resnet_design):
+    with pytest.raises(FxsplitError, match="one interface, AXI4-Stream"):
+        resnet_design.verify(resnet_design.stress_inputs(1), level="rtl", interface="pipeline")
+
+
+def test_stream_steps_are_declared_and_chosen_by_io_type():
+    """The auto split and the cost model price the streaming jobs, not the fully parallel ones, for io_stream."""
+    stream = SimpleFC("io_stream")
+    par = SimpleFC("io_parallel")
+    on = {s.model for s in RTLFlow.active_steps(RTLFlow.run_options(stream))}
+    assert {"stream", "stream_synth", "stitch_stream", "stitch_stream_synth"} <= on and "rtl" not in on
+    on = {s.model for s in RTLFlow.active_steps(RTLFlow.run_options(par))}
+    assert {"rtl", "synth"} <= on and not any("stream" in m for m in on)
+    off = {s.model for s in RTLFlow.active_steps({**RTLFlow.run_options(stream), "synth": False})}
+    assert "stream" in off and "stream_synth" not in off
+
+
+class SimpleFC:
+    def __init__(self, io_type):
+        self.io_type, self.synth = io_type, True
+
+
+def test_auto_split_plans_streaming_jobs(tmp_path):
+    """splits='auto' for a streaming CNN: the plan's jobs are the streaming steps, priced by the kernel size."""
+    from fxsplit.plan.autosplit import plan_auto
+    model, shape = build("resnet20_small")
+    opts = RTLFlow.run_options(SimpleFC("io_stream"))
+    plan = plan_auto(model, shape, 2, precision="fixed<8,3>", flow="rtl", options=opts)
+    assert plan.partitions >= 2 and plan.predicted_wall < plan.uncut["predicted_wall"]
+
+
+def test_unstreamable_layer_refused_before_any_build(tmp_path):
+    class Strided(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 2, 3)
+            self.pool = nn.MaxPool2d(3, stride=2)
+
+        def forward(self, x):
+            return self.pool(self.conv(x))
+
+    out = tmp_path / "out"
+    with pytest.raises(FxsplitError, match=r"layer 'pool'.*stride equal to the pool") as e:
+        fxsplit.compile(Strided().eval(), (2, 11, 11), flow="rtl", splits=["pool"], output_dir=out, progress=False,
+                        config={"precision": "fixed<8,3>", "io_type": "io_stream", **FAST})
+    assert "p1" in str(e.value) or "pool" in str(e.value)
+    assert not out.exists()
+
+
+class TinyJoin(nn.Module):
+    """A fork into a pointwise and a padded 3x3 branch, joined by an add: cut before the 3x3 conv, both the
+    input and the pointwise branch cross the cut."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(2, 2, 1)
+        self.b = nn.Conv2d(2, 2, 3, padding=1)
+
+    def forward(self, x):
+        x = torch.relu(x)
+        return self.a(x) + self.b(x)
+
+
+def test_streaming_partitions_synthesize_in_parallel_with_yosys(tmp_path):
+    """Yosys synthesizes each partition as its own job and the stitched top with the partitions as black boxes;
+    the stitched total adds the top's FIFOs to the partitions'; the uncut network beside it
+    (compare_monolithic)."""
+    model = TinyJoin()
+    _randomize(model)
+    cfg = spanning_config(model, (2, 6, 6), io_type="io_stream", **FAST)
+    d = fxsplit.compile(model, (2, 6, 6), flow="rtl", splits=["b"], config=cfg, output_dir=tmp_path / "out",
+                        progress=False, compare_monolithic=True)
+    parts = {p["name"]: p for p in d.report["partitions"]}
+    assert len(parts) == 2 and all(p["resources"]["LUT"] > 0 for p in parts.values())
+    st = d.report["stitched"]
+    top = st["resources_top"]
+    assert top["LUT"] + top["FF"] + top["SRL"] > 0          # the fork of the cut's crossing streams
+    assert st["resources_total"]["LUT"] == top["LUT"] + sum(p["resources"]["LUT"] for p in parts.values())
+    cmp = d.report["compare_monolithic"]
+    assert cmp["uncut"]["resources"]["LUT"] > 0 and cmp["uncut"]["jobs"] == 2 and cmp["stitched"]["jobs"] == 6
+    log = open(d.rtl.top_synth["log"]).read()
+    assert "Latch inferred" not in log
+    r = d.verify(d.stress_inputs(3, seed=2), level="rtl")
+    assert r.bit_exact, r.details[:5]
+
+
+def test_frame_timing():
+    ins = [([10, 11, 12, 13, 20, 21, 22, 23], 4)]
+    outs = [([30, 31, 40, 41], 2)]
+    assert frame_timing(ins, outs, 2) == {"latency": 21, "interval": 10}
+    assert frame_timing(ins, [([30], 2)], 2) == {"latency": None, "interval": None}
