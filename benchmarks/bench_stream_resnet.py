@@ -1,10 +1,11 @@
 """The streaming open RTL flow on ResNet20's topology: Yosys end to end, uncut vs cut, side by side in one run.
 
     python benchmarks/bench_stream_resnet.py [--jobs 2] [--model resnet20_small] [--frames 3] [--out-root DIR]
+    python benchmarks/bench_stream_resnet.py --wide resnet20 [--synth-limit 3600]
 
 Every build is cold (its own cache), ``flow="rtl"`` with ``io_type="io_stream"``, 8-bit weight types spanning each
-layer's weights (``fxsplit.zoo.spanning_config``), synthesis on, no uncut C-simulation reference (the same on
-every side: what is compared is the design's build):
+layer's weights (``fxsplit.zoo.spanning_config``), synthesis on, with the uncut C-simulation reference that
+``verify`` compares against (one C-simulation job, the same on every side):
 
 1. **uncut on one job**: the model (markers erased) as one partition, ``jobs=1``;
 2. **auto on the machine**: ``splits="auto", workers=--jobs``, ``jobs=--jobs``;
@@ -17,6 +18,11 @@ the largest job's peak memory against the uncut one's (target <= 0.3 for the 8-w
 job (what bounds the 8-worker wall: io_stream cannot cut inside a layer), stitched resources, and the latency and
 interval of each design from ``verify(level="rtl")`` (Verilator, ``--frames`` frames back to back). The step models'
 coefficients fitted on this run's jobs are printed too (``--fit``), ready for ``flows/rtl/streamflow.py``.
+
+``--wide MODEL[,MODEL]`` (e.g. the zoo's full-width ``resnet20``, 16/32/64 channels): the plan for 8 workers,
+every partition built here (C simulation and streaming Verilog, measured); each partition's Yosys time and peak
+memory predicted by the cost model and measured where every partition is predicted under ``--synth-limit`` seconds
+and 12 GiB; the uncut build likewise (predicted, and said so, where it would not fit).
 """
 
 from __future__ import annotations
@@ -30,25 +36,76 @@ import fxsplit  # noqa: E402
 from fxsplit.engine import predict_wall_time  # noqa: E402
 from fxsplit.frontend.partitioner import strip_markers  # noqa: E402
 from fxsplit.plan.autosplit import plan_auto  # noqa: E402
-from fxsplit.plan.costmodel import CostModel, cache_records  # noqa: E402
+from fxsplit.lower import normalize_config  # noqa: E402
+from fxsplit.plan.costmodel import CostModel, partition_features, weight_types  # noqa: E402
 from fxsplit.zoo import build, spanning_config  # noqa: E402
 
 MiB = 2 ** 20
+GiB = 2 ** 30
+STREAM = {"synth": True, "parallel": False, "stream": True}
+
+
+def types_of(model, shape, cfg) -> dict:
+    """The per-layer weight types the config gives (what compile prices the layers with)."""
+    return weight_types(normalize_config(cfg, fxsplit.partition(model, shape)).layer_name)
+
+
+def plan8(model, shape, cfg):
+    return plan_auto(model, shape, 8, precision=cfg["precision"], flow="rtl", options=STREAM,
+                     cost_model=CostModel(), types=types_of(model, shape, cfg))
+
+
+def wide(name, run, jobs, synth_limit):
+    """A wide model: the 8-worker plan's partitions built (Yosys where predicted to fit), the rest predicted."""
+    model, shape = build(name)
+    cfg = spanning_config(model, shape, io_type="io_stream", csim_opt="-O0")
+    cm, mm = CostModel(), CostModel.fit([], target="peak_rss")
+    p8 = plan8(model, shape, cfg)
+    pt = fxsplit.partition(model, shape, splits=p8.splits)
+    feats = partition_features(pt, cfg["precision"], types=types_of(model, shape, cfg))
+    pred = {n: (cm.predict("stream_synth", f), mm.predict("stream_synth", f)) for n, f in feats.items()}
+    fits = all(t <= synth_limit and m <= 12 * GiB for n, (t, m) in pred.items() if n != "*")
+    print(f"{name}: plan for 8 workers {p8.splits}; Yosys per partition predicted "
+          + ", ".join(f"{n} {t:.0f} s / {m / GiB:.1f} GiB" for n, (t, m) in pred.items() if n != "*")
+          + f"; uncut {pred['*'][0]:.0f} s / {pred['*'][1] / GiB:.1f} GiB (predicted)", flush=True)
+    t0 = time.time()
+    d = fxsplit.compile(model, shape, flow="rtl", config={**cfg, "synth": fits}, splits=p8.splits,
+                        output_dir=run / f"wide_{name}", cache_dir=run / f"wide_{name}.cache", jobs=jobs,
+                        progress=False, reference=False)
+    wall = time.time() - t0
+    rows = []
+    for p in d.partitions:
+        got = {r.step: r for r in d.build if r.partition == p.name}
+        syn = got.get("stream_synth")
+        rows.append([name, p.name, f["kernels"] if (f := feats.get(p.name)) else "-",
+                     f"{got['csim'].build_seconds:.1f}s", f"{got['stream'].build_seconds:.1f}s",
+                     f"{pred[p.name][0]:.0f}s", f"{pred[p.name][1] / GiB:.1f}",
+                     f"{syn.build_seconds:.0f}s" if syn else "predicted only",
+                     f"{syn.peak_rss / GiB:.1f}" if syn and syn.peak_rss else "-"])
+    print(C.table(rows, ["model", "partition", "kernels", "csim", "stream emit", "Yosys pred", "GiB pred",
+                         "Yosys", "GiB"], f"{name}: the 8-worker plan, built on {jobs} jobs in {wall:.0f} s"))
+    print(f"{name} uncut: Yosys predicted {pred['*'][0]:.0f} s and {pred['*'][1] / GiB:.1f} GiB "
+          + ("(not built: predicted over the limit)" if pred["*"][0] > synth_limit or pred["*"][1] > 12 * GiB
+             else "(under the limit: build it with --model)"), flush=True)
+    return {"plan8": p8.to_dict(), "wall": wall, "synth": fits, "predicted": pred, "jobs": C.job_rows(d.build)}
 
 
 def one(tag, model, shape, run, cfg, jobs, frames, **kw):
     t0 = time.time()
     d = fxsplit.compile(model, shape, flow="rtl", config=cfg, output_dir=run / tag, cache_dir=run / f"{tag}.cache",
-                        jobs=jobs, progress=False, reference=False, **kw)
+                        jobs=jobs, progress=False, **kw)
     wall = time.time() - t0
     jobs_ = [r for r in d.build]
     peaks = [r.peak_rss for r in jobs_ if r.peak_rss]
     biggest = max(jobs_, key=lambda r: r.build_seconds)
+    auto = d.report.get("auto_split") or {}
     res = {"tag": tag, "wall": wall, "partitions": len(d.partitions), "splits": kw.get("splits"),
+           "cuts": auto.get("splits", kw.get("splits")) if kw.get("splits") == "auto" else kw.get("splits") or [],
            "job_seconds": sum(r.build_seconds for r in jobs_), "peak_rss": max(peaks) if peaks else None,
            "biggest_job": {"id": biggest.id, "seconds": biggest.build_seconds},
            "w8": predict_wall_time(d.build, 8), "resources": d.report["stitched"]["resources_total"],
            "jobs": C.job_rows(d.build), "auto": d.report.get("auto_split")}
+    print(f"  {tag}: built in {wall:.1f} s", flush=True)
     if frames:
         v = d.verify(d.stress_inputs(frames, seed=1), level="rtl")
         res.update(bit_exact=bool(v), latency=v.extra["latency_cycles"], interval=v.extra["interval_cycles"],
@@ -67,9 +124,15 @@ def main():
     ap.add_argument("--frames", type=int, default=3)
     ap.add_argument("--out-root", default=None)
     ap.add_argument("--fit", action="store_true", help="fit the stream steps' models on this run's jobs")
+    ap.add_argument("--wide", default=None, help="wide models instead (e.g. resnet20): see the docstring")
+    ap.add_argument("--synth-limit", type=float, default=3600.0)
     a = ap.parse_args()
     run = C.fresh_run_dir("bench_stream_resnet", a.out_root)
     info = C.machine()
+    if a.wide:
+        out = {n: wide(n, run, a.jobs, a.synth_limit) for n in a.wide.split(",")}
+        print("figures:", C.write_json(run, {"benchmark": "bench_stream_resnet --wide", "machine": info, "wide": out}))
+        return
     print(f"run dir: {run}\nmodel={a.model} jobs={a.jobs} cpus={info['cpus']} loadavg={info['loadavg_at_start']}",
           flush=True)
     model, shape = build(a.model)
@@ -78,8 +141,7 @@ def main():
     res = {}
     res["uncut"], _ = one("uncut", uncut_model, shape, run, cfg, 1, a.frames)
     res["auto"], _ = one(f"auto{a.jobs}", model, shape, run, cfg, a.jobs, a.frames, splits="auto", workers=a.jobs)
-    p8 = plan_auto(model, shape, 8, precision=cfg["precision"], flow="rtl", reference=False,
-                   options={"synth": True, "parallel": False, "stream": True}, cost_model=CostModel())
+    p8 = plan8(model, shape, cfg)
     print(f"  plan for 8 workers: {p8.splits} (predicted {p8.predicted_wall:.1f} s)", flush=True)
     res["plan8"], _ = one("plan8", model, shape, run, cfg, a.jobs, 0, splits=p8.splits)
     u = res["uncut"]
@@ -105,19 +167,37 @@ def main():
     print(f"largest job's peak memory vs uncut: auto on {a.jobs} {mem2:.2f}, 8-worker plan {mem8:.2f} "
           f"(target <= 0.3) -> {'OK' if mem8 <= 0.3 else 'MISSED'}")
     if a.fit:
-        for target, unit in (("seconds", "s"), ("peak_rss", "MiB")):
-            recs = []
-            for tag in res:
-                recs += [r for r in cache_records(run / f"{tag}.cache", target=target) if "stream" in r[0]]
-            cm = CostModel.fit(recs, target=target)
-            for step in ("stream", "stream_synth", "stitch_stream", "stitch_stream_synth"):
-                m = cm.steps.get(step)
-                n = sum(1 for r in recs if r[0] == step)
-                if m is not None:
-                    print(f'  {target} "{step}": StepModel(a={m.a:.4g}, b={m.b:.4g}, d={m.d:.4g}, c={m.c:.3g}, '
-                          f'size="{m.size}")  # {n} jobs, {cm.source(step)}, rms {m.rms}')
+        fit(run, {"uncut": (uncut_model, []), f"auto{a.jobs}": (model, res["auto"]["cuts"]),
+                  "plan8": (model, p8.splits)}, shape, cfg)
     print("figures:", C.write_json(run, {"benchmark": "bench_stream_resnet", "machine": info, "model": a.model,
                                          "jobs": a.jobs, "results": res, "plan8": p8.to_dict()}))
+
+
+def fit(run, builds: dict, shape, cfg) -> None:
+    """The stream steps' models fitted on this run's jobs (time and peak memory from each build's cache manifests),
+    each partition's features computed as compile computes them."""
+    import json
+    recs = {"seconds": [], "peak_rss": []}
+    for tag, (model, cuts) in builds.items():
+        pt = fxsplit.partition(model, shape, splits=cuts)
+        feats = partition_features(pt, cfg["precision"], types=types_of(model, shape, cfg))
+        top = {"layers": len(pt.partitions), "ports": sum(f["ports"] for n, f in feats.items() if n != "*")}
+        for m in (run / f"{tag}.cache").glob("*/manifest.json"):
+            d = json.loads(m.read_text())
+            model_name = (d.get("cost") or {}).get("model")
+            f = top if d["partition"] == "stitched" else feats.get(d["partition"])
+            if model_name and "stream" in model_name and f is not None:
+                recs["seconds"].append((model_name, f, float(d["seconds"])))
+                if (d.get("usage") or {}).get("peak_rss"):
+                    recs["peak_rss"].append((model_name, f, float(d["usage"]["peak_rss"])))
+    for target in ("seconds", "peak_rss"):
+        cm = CostModel.fit(recs[target], target=target)
+        for step in ("stream", "stream_synth", "stitch_stream", "stitch_stream_synth"):
+            m = cm.steps.get(step)
+            n = sum(1 for r in recs[target] if r[0] == step)
+            if m is not None:
+                print(f'  {target} "{step}": StepModel(a={m.a:.4g}, b={m.b:.4g}, d={m.d:.4g}, c={m.c:.3g}, '
+                      f'size="{m.size}")  # {n} jobs, {cm.source(step)}, rms {m.rms}')
 
 
 if __name__ == "__main__":

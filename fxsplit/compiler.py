@@ -16,7 +16,7 @@ from .ir import Partitioning
 from .lower import hls4ml_layer_names, lower, normalize_config
 from .lower.convert import accumulator_changes, nonzero_weights
 from .plan.autosplit import plan_auto
-from .plan.costmodel import CostModel, annotate, partition_features
+from .plan.costmodel import CostModel, annotate, partition_features, weight_types
 from .report.summary import build_report
 
 
@@ -233,7 +233,8 @@ def build(model: nn.Module, opts: CompileOptions):
                          max_job_memory=(memory_budget(opts.max_job_memory) if opts.max_job_memory is not None
                                          else None),
                          memory_model=mem_model, split_layers=split_layers,
-                         options=flow_cls.run_options(fc0, **opts.flow_options()), traced=traced)
+                         options=flow_cls.run_options(fc0, **opts.flow_options()), traced=traced,
+                         types=weight_types(fc0.layer_name))
         cuts = plan.cuts
     frontend: Partitioning = partition_graph(traced, [cuts] if isinstance(cuts, str) else list(cuts or []))
     if not opts.auto:
@@ -248,7 +249,7 @@ def build(model: nn.Module, opts: CompileOptions):
                   **opts.flow_options())
     fl.validate()
     job_list = fl.jobs()
-    feats = partition_features(pt, fc.precision, fc.input_precision)
+    feats = partition_features(pt, fc.precision, fc.input_precision, types=weight_types(fc.layer_name))
     annotate(job_list, feats, costs, flow_cls.steps, memory=mem_model)
     t_validated = time.time()
 

@@ -126,7 +126,7 @@ class TinyJoin(nn.Module):
 def test_streaming_partitions_synthesize_in_parallel_with_yosys(tmp_path):
     """Yosys synthesizes each partition as its own job and the stitched top with the partitions as black boxes;
     the stitched total adds the top's FIFOs to the partitions'; the uncut network beside it
-    (compare_monolithic)."""
+    (compare_monolithic); the stitched design is bit-exact in simulation."""
     model = TinyJoin()
     _randomize(model)
     cfg = spanning_config(model, (2, 6, 6), io_type="io_stream", **FAST)
@@ -140,8 +140,12 @@ def test_streaming_partitions_synthesize_in_parallel_with_yosys(tmp_path):
     assert st["resources_total"]["LUT"] == top["LUT"] + sum(p["resources"]["LUT"] for p in parts.values())
     cmp = d.report["compare_monolithic"]
     assert cmp["uncut"]["resources"]["LUT"] > 0 and cmp["uncut"]["jobs"] == 2 and cmp["stitched"]["jobs"] == 6
-    log = open(d.rtl.top_synth["log"]).read()
-    assert "Latch inferred" not in log
+    # the kernels are kept (a network whose outputs were not driven would lose them): at least half the LUTs
+    # da4ml estimates for them; no latch anywhere
+    estimate = sum(float(u["cost"]) for m in d.rtl.partitions.values() for u in m["units"] if u.get("cost"))
+    assert estimate > 0 and sum(p["resources"]["LUT"] for p in parts.values()) >= 0.5 * estimate
+    for log in [d.rtl.top_synth["log"], *(s["log"] for s in d.rtl.synth.values())]:
+        assert "Latch inferred" not in open(log).read()
     r = d.verify(d.stress_inputs(3, seed=2), level="rtl")
     assert r.bit_exact, r.details[:5]
 
@@ -151,3 +155,23 @@ def test_frame_timing():
     outs = [([30, 31, 40, 41], 2)]
     assert frame_timing(ins, outs, 2) == {"latency": 21, "interval": 10}
     assert frame_timing(ins, [([30], 2)], 2) == {"latency": None, "interval": None}
+
+
+def test_cost_features_count_each_layers_own_weight_type():
+    """A config that gives each layer its own weight type (8 bits spanning its weights) sizes the kernels in that
+    type, not in the default precision; auto_splits reads the types and the streaming steps from the config."""
+    from types import SimpleNamespace
+
+    from fxsplit.lower import normalize_config
+    from fxsplit.plan.autosplit import plan_auto
+    from fxsplit.plan.costmodel import partition_features, weight_types
+    model, shape = build("resnet20_small")
+    cfg = spanning_config(model, shape, io_type="io_stream")
+    pt = fxsplit.partition(model, shape)
+    types = weight_types(normalize_config(cfg, pt).layer_name)
+    assert types["stage1_0_conv1"].startswith("fixed<8,") and len(types) == 22     # 21 convs and the fc
+    coarse, fine = partition_features(pt, "fixed<8,3>")["*"], partition_features(pt, "fixed<8,3>", types=types)["*"]
+    assert fine["digits"] > coarse["digits"] and fine["kernels"] > coarse["kernels"]
+    opts = RTLFlow.run_options(SimpleNamespace(io_type="io_stream", synth=True))
+    assert fxsplit.auto_splits(model, shape, workers=4, config=cfg, flow="rtl") == \
+        plan_auto(model, shape, 4, precision=cfg["precision"], flow="rtl", options=opts, types=types).splits

@@ -68,9 +68,13 @@ class AutoPlan:
 
 
 def flow_steps(flow: str, options: dict | None = None) -> list:
-    """The steps a flow runs under ``options`` (``{"synth": False}``...), as the flow declares them."""
+    """The steps a flow runs under ``options`` (``{"synth": False}``...), as the flow declares them; an option not
+    given is the flow's own under a default config (``Flow.run_options``: e.g. the rtl flow's fully parallel design)."""
+    from types import SimpleNamespace
+
     from ..flows import get_flow
-    return get_flow(flow).active_steps(options or {})
+    cls = get_flow(flow)
+    return cls.active_steps({**cls.run_options(SimpleNamespace(synth=True, io_type="io_parallel")), **(options or {})})
 
 
 def _job_rows(seg_feats: list[dict], whole: dict, steps: list, reference: bool, cm: CostModel,
@@ -111,11 +115,13 @@ def plan_auto(model, input_shape, workers: int, *, precision: str = "fixed<16,6>
               input_precision: str | None = None, flow: str = "rtl", synth: bool = True, reference: bool = True,
               splits=None, cost_model: CostModel | None = None, max_partitions: int | None = None,
               max_job_memory: int | None = None, memory_model: CostModel | None = None,
-              split_layers: bool = False, options: dict | None = None, traced=None) -> AutoPlan:
+              split_layers: bool = False, options: dict | None = None, traced=None,
+              types: dict[str, str] | None = None) -> AutoPlan:
     """Choose the cuts (see the module docstring). ``splits``: names that must be cut too (as for compile).
     ``split_layers``: cuts inside a wide Linear layer (by outputs, :mod:`fxsplit.frontend.layersplit`) are candidates too.
     ``max_job_memory`` (bytes): only plans whose every partition job is predicted (``memory_model``, default the
-    shipped peak-memory model) to peak under it; a single operation predicted above it is an error."""
+    shipped peak-memory model) to peak under it; a single operation predicted above it is an error. ``types``:
+    per-layer weight types (:func:`~fxsplit.plan.costmodel.weight_types`) where the config sets them."""
     from torch import nn
 
     from ..engine import predict_wall_time
@@ -138,7 +144,8 @@ def plan_auto(model, input_shape, workers: int, *, precision: str = "fixed<16,6>
     user = [CutPoint.of(s) for s in ([splits] if isinstance(splits, (str, CutPoint)) else list(splits or []))]
     required = layersplit.resolve(gm, [(c.layer, c.output, str(c)) for c in user if c.output is not None])
     steps = flow_steps(flow, {"synth": synth, **(options or {})})
-    pieces = _offer_layer_splits(gm, workers if split_layers else 0, cm, precision, input_precision, steps, required)
+    pieces = _offer_layer_splits(gm, workers if split_layers else 0, cm, precision, input_precision, steps, required,
+                                 types)
     inside = {}                                          # piece node name -> its 'layer@first output' split name
     cats = set()
     for e in pieces.values():
@@ -150,7 +157,7 @@ def plan_auto(model, input_shape, workers: int, *, precision: str = "fixed<16,6>
     n = len(ops)
     if n == 0:
         raise FxsplitError("the model computes nothing: no operation to cut between")
-    lf = layer_features(gm, precision, input_precision)
+    lf = layer_features(gm, precision, input_precision, types)
     for e in pieces.values():          # a run of pieces in one partition is lowered as one layer, without joins
         for nm in e["pieces"]:
             lf[nm] = {**lf[nm], "layers": 1.0 / len(e["pieces"])}
@@ -381,14 +388,14 @@ PIECES_PER_SHARE = 16     # a piece is about 1/16 of a worker's fair share: the 
 
 
 def _offer_layer_splits(gm, workers: int, cm: CostModel, precision: str, input_precision: str | None, steps: list,
-                        required: dict[str, list[int]]) -> dict:
+                        required: dict[str, list[int]], types: dict[str, str] | None = None) -> dict:
     """Rewrite ``gm`` with every Linear whose own build is predicted above a sixteenth of a worker's fair share (the
     whole model's predicted time / (16 W), :data:`PIECES_PER_SHARE`) cut into pieces of about that share (equal
     output ranges, at most :data:`MAX_PIECES`, at least :data:`MIN_PIECE_OUTPUTS` outputs each): the dynamic program
     may then cut between pieces, so a partition's predicted time can land within one piece of the fair share;
     bounds it does not cut at are not applied. Returns ``layersplit.apply``'s description."""
     from ..frontend import layersplit
-    lf = layer_features(gm, precision, input_precision)
+    lf = layer_features(gm, precision, input_precision, types)
 
     def t(f: dict) -> float:
         return sum(cm.predict(s.model, {**f, "ports": 0}) for s in steps if s.scope == "partition")
@@ -436,13 +443,24 @@ def auto_splits(model, input_shape, workers: int | None = None, config: dict | N
     Raises:
         FxsplitError: the model does not trace, a required split names nothing, or ``workers`` is not positive."""
     import os
-    cfg = dict(config or {})
+
+    from ..flows import get_flow
+    from ..frontend.layersplit import copy_graph
+    from ..frontend.partitioner import partition_graph, trace_eval
+    from ..lower import normalize_config
+    from .costmodel import weight_types
+    flow_cls = get_flow(flow)
+    traced = trace_eval(model, input_shape)
+    # the config as compile reads it: its per-layer weight types and the steps its io_type runs
+    fc = normalize_config(dict(config or {}), partition_graph(copy_graph(traced), []),
+                          exact_accum_default=flow_cls.exact_accum_default)
     if split_layers is None:
-        split_layers = splits_layers_by_default(flow, cfg.get("io_type", "io_parallel"))
+        split_layers = flow_cls.splits_layers_by_default(fc.io_type)
     plan = plan_auto(model, input_shape, workers or os.cpu_count() or 1,
-                     precision=str(cfg.get("precision", "fixed<16,6>")), input_precision=cfg.get("input_precision"),
-                     flow=flow, synth=bool(cfg.get("synth", True)), reference=reference, splits=splits,
-                     cost_model=CostModel.from_cache(cache_dir), split_layers=bool(split_layers))
+                     precision=fc.precision, input_precision=fc.input_precision,
+                     flow=flow, synth=fc.synth, reference=reference, splits=splits,
+                     cost_model=CostModel.from_cache(cache_dir), split_layers=bool(split_layers),
+                     options=flow_cls.run_options(fc), traced=traced, types=weight_types(fc.layer_name))
     return plan.splits
 
 

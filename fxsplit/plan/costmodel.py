@@ -217,23 +217,38 @@ def _popcount_sum(q: np.ndarray) -> int:
     return n
 
 
-def layer_features(gm, weight_precision: str, input_precision: str | None = None) -> dict[str, dict]:
-    """Per compute node of a traced GraphModule (ShapeProp shapes in ``tensor_meta``): its features."""
+def weight_types(layer_name: dict) -> dict[str, str]:
+    """The weight type the config gives each layer (fx node name -> type string), from a normalized config's
+    per-layer section (``FlowConfig.layer_name``): the weights' digits are counted in the type they are built in."""
+    out = {}
+    for name, sec in (layer_name or {}).items():
+        prec = sec.get("Precision") if isinstance(sec, dict) else None
+        w = prec.get("weight") if isinstance(prec, dict) else None
+        if isinstance(w, str):
+            out[name] = w
+    return out
+
+
+def layer_features(gm, weight_precision: str, input_precision: str | None = None,
+                   types: dict[str, str] | None = None) -> dict[str, dict]:
+    """Per compute node of a traced GraphModule (ShapeProp shapes in ``tensor_meta``): its features. ``types``: a
+    layer's own weight type where the config sets one (:func:`weight_types`), else ``weight_precision``."""
     import torch
     from torch import nn
 
     from ..frontend.capture import node_shape
     from ..fixed import layout
     from ..frontend.capture import COMPUTE_OPS, node_macs
-    try:
-        wl = layout(weight_precision)
-    except ValueError:
-        wl = layout("fixed<16,6>")
+    def weight_layout(t: str):
+        try:
+            return layout(t)
+        except ValueError:
+            return layout("fixed<16,6>")
     try:
         in_w = layout(input_precision or weight_precision).width
     except ValueError:
         in_w = 16
-    lim = (1 << (wl.width - 1)) - 1 if wl.signed else (1 << wl.width) - 1
+    types = types or {}
     feats: dict[str, dict] = {}
     from ..frontend.markers import is_cut_node
     for n in gm.graph.nodes:
@@ -250,6 +265,8 @@ def layer_features(gm, weight_precision: str, input_precision: str | None = None
         w = getattr(mod, "weight", None) if isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d)) else None
         if w is not None:
             w = w.detach().to(torch.float64).cpu().numpy()
+            wl = weight_layout(types.get(n.name, weight_precision))
+            lim = (1 << (wl.width - 1)) - 1 if wl.signed else (1 << wl.width) - 1
             f["weights"] = int(w.size + (mod.bias.numel() if getattr(mod, "bias", None) is not None else 0))
             q = np.clip(np.round(w * (1 << wl.frac) if wl.frac >= 0 else w / (1 << -wl.frac)), -lim, lim)
             f["digits"] = _popcount_sum(q)
@@ -273,10 +290,10 @@ def add(fs: Iterable[dict]) -> dict:
 
 
 def partition_features(pt, weight_precision: str, input_precision: str | None = None,
-                       width: int | None = None) -> dict[str, dict]:
-    """Features per partition of a Partitioning (and ``"*"``: the whole model)."""
+                       width: int | None = None, types: dict[str, str] | None = None) -> dict[str, dict]:
+    """Features per partition of a Partitioning (and ``"*"``: the whole model); ``types``: per-layer weight types."""
     from ..fixed import layout
-    lf = layer_features(pt.graph, weight_precision, input_precision)
+    lf = layer_features(pt.graph, weight_precision, input_precision, types)
     if width is None:
         try:
             width = layout(weight_precision).width
@@ -289,10 +306,11 @@ def partition_features(pt, weight_precision: str, input_precision: str | None = 
         out[p.name] = f
     # the whole model as written (with layer splits, the pieces' sum would count its Concatenates too)
     out["*"] = add(lf.values()) if pt.original is None else add(
-        layer_features(pt.original, weight_precision, input_precision).values())
+        layer_features(pt.original, weight_precision, input_precision, types).values())
     out["*"]["ports"] = int(sum(math.prod(port.shape) for port in [*pt.inputs, *pt.outputs]) * width)
     return out
 
 
 __all__ = ["CostModel", "StepModel", "default_models", "FEATURES", "SIZES", "layer_features", "partition_features",
+           "weight_types",
            "cache_records", "size_of", "add", "annotate"]

@@ -79,6 +79,7 @@ def format_text(report: dict, width: int = 120) -> str:
         tot = st.get("resources_total") or {}
         sim = st.get("simulation") or {}
         con.print(f"stitched: {st.get('top')} ({st.get('file')}), latency {_fmt_n(st.get('latency'))} cycles"
+                  + (f", {_fmt_n(st.get('interval'))} cycles between frames" if st.get("interval") is not None else "")
                   + (f", partitions + top: {_resources(tot)} (top alone: {_resources(st.get('resources_top') or {})})"
                      if tot else "")
                   + (f"; last simulation ({sim.get('simulator')}): {sim.get('passed')}/{sim.get('samples')} passed"
