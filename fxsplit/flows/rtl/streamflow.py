@@ -33,26 +33,30 @@ from ..base import Step
 
 STREAM_TOP = "fxsplit_stream_top"
 
-# Shipped models: measured on the 2-core x86 development machine on the reduced-width ResNet20 (zoo
-# ``resnet20_small``), cut and uncut, 8-bit weight types spanning each layer (benchmarks/bench_stream_resnet.py
-# --fit); refitted from every user's own cache as soon as it holds enough jobs of a step. Yosys on a streaming
-# partition grows about linearly with its kernels (no fully unrolled datapath: one pixel's kernel per layer).
+# Shipped models: fitted by benchmarks/bench_stream_resnet.py --fit on the 2-core x86 development machine, on the
+# 16 partition jobs of its three cold builds of the reduced-width ResNet20 (zoo ``resnet20_small``: uncut, cut for 2
+# and for 8 workers; 8-bit weight types spanning each layer); refitted from every user's own cache as soon as it
+# holds enough jobs of a step. Yosys grows superlinearly with a partition's kernels (c = 1.3: the uncut network
+# took 910 s, its 10 partitions for 8 workers 30-89 s each).
 STREAM_STEPS = (
+    # 16 jobs, 0.1 s .. 24 s; rms 2.4 s. Memory: rms 2.5 MiB (390 .. 420 MiB)
     Step("stream", tool="da4ml", tools=("da4ml",), when="stream",
          doc="da4ml kernels, line buffers and FIFOs of the streaming partition",
-         seconds=StepModel(a=0.2, b=0.0, d=4.5e-3, c=1.0, size="kernels"),
-         memory=StepModel(a=3.85e8, b=0.0, d=500.0, c=1.0, size="kernels")),
+         seconds=StepModel(a=0.0384, b=0.0, d=3.494e-05, c=1.35, size="kernels"),
+         memory=StepModel(a=4.066e8, b=0.0, d=1.173e4, c=0.5, size="kernels")),
+    # 16 jobs, 30 s .. 910 s; rms 24.5 s. Memory: rms 81 MiB (up to 7.9 GiB)
     Step("stream_synth", tool="yosys", tools=("yosys",), deps=("stream",), when=("stream", "synth"),
          doc="Yosys synth_xilinx of the streaming partition",
-         seconds=StepModel(a=20.0, b=0.0, d=0.22, c=1.0, size="kernels"),
-         memory=StepModel(a=7.3e8, b=0.0, d=1.15e6, c=1.0, size="kernels")),
+         seconds=StepModel(a=31.21, b=0.0, d=3.101e-03, c=1.3, size="kernels"),
+         memory=StepModel(a=7.31e8, b=0.0, d=2.059e5, c=1.1, size="kernels")),
+    # the stitched top: the mean of its 3 jobs there (0.04 .. 0.07 s; synthesis 1.9 .. 8.0 s)
     Step("stream", tool=None, scope="stitched", after=("stream",), when="stream",
          doc="the stitched streaming top and its edge FIFOs",
-         seconds=StepModel(a=0.5, b=0.0, d=0.0, c=1.0, size="ports"),
+         seconds=StepModel(a=0.06, b=0.0, d=0.0, c=1.0, size="ports"),
          memory=StepModel(a=360 * MiB, b=0.0, d=0.0, c=1.0, size="ports")),
     Step("stream_synth", tool="yosys", tools=("yosys",), scope="stitched", deps=("stream",), after=("stream",),
          when=("stream", "synth"), doc="Yosys on the stitched streaming top, partitions as black boxes",
-         seconds=StepModel(a=2.5, b=0.0, d=0.0, c=1.0, size="ports"),
+         seconds=StepModel(a=3.96, b=0.0, d=0.0, c=1.0, size="ports"),
          memory=StepModel(a=495 * MiB, b=0.0, d=0.0, c=1.0, size="ports")),
 )
 
