@@ -138,7 +138,12 @@ def test_rtl_refuses_unsupported_layer_before_build(tmp_path):
     assert not out.exists()
 
 
-def test_rtl_refuses_io_stream(tmp_path):
-    model, shape = build("jet_tagger")
-    with pytest.raises(fxsplit.FxsplitError, match="io_parallel"):
-        fxsplit.compile(model, shape, flow="rtl", config={"io_type": "io_stream"}, output_dir=tmp_path / "o")
+def test_rtl_streaming_refuses_unsupported_layer_before_build(tmp_path):
+    """io_stream: the streaming design refuses, naming the layer and partition, what it cannot stream exactly."""
+    model = nn.Sequential(nn.Linear(4, 8), fxsplit.Cut("act"), nn.Sigmoid(), nn.Linear(8, 2))
+    out = tmp_path / "o"
+    with pytest.raises(fxsplit.FxsplitError) as e:
+        fxsplit.compile(model, (4,), flow="rtl", config={**FAST, "io_type": "io_stream"}, output_dir=out)
+    msg = str(e.value)
+    assert "RTL flow" in msg and "sigmoid" in msg.lower() and "partition: act" in msg, msg
+    assert not out.exists()

@@ -328,7 +328,6 @@ def _stitched_files(partitions, rtl: dict) -> list[str]:
     return sf.design_files({p.name: rtl[p.name] for p in partitions}, [])
 
 
-RESOURCES = sf.RESOURCES
 
 
 @dataclass
@@ -348,31 +347,17 @@ class RTLDesign:
 
     def monolithic_report(self) -> dict | None:
         """The uncut design beside the stitched one: its latency, resources, Verilog and synthesis log."""
-        m = self.monolithic
-        if not m:
-            return None
-        s = m.get("synth") or {}
-        return {"latency": m.get("latency"), "resources": {k: s.get(v) for k, v in RESOURCES.items()},
-                "verilog": [os.path.join(m["workdir"], f) for f in m["files"]], "rtl_module": m.get("top"),
-                "synth_log": s.get("log"), "netlist": s.get("netlist")}
+        return sf.monolithic_entry(self.monolithic, (self.monolithic or {}).get("latency"))
 
     def partition_report(self, name: str) -> dict:
         meta = self.partitions[name]
         entry = {"latency": meta.get("latency"), "verilog": [os.path.join(meta["workdir"], f) for f in meta["files"]],
                  "rtl_module": meta.get("top")}
-        s = self.synth.get(name)
-        if s:
-            entry["resources"] = {k: s.get(v) for k, v in RESOURCES.items()}
-            entry["synth_seconds"] = s.get("seconds")
-            entry["synth_log"], entry["netlist"] = s.get("log"), s.get("netlist")
-        return entry
+        return {**entry, **sf.synth_entry(self.synth.get(name))}
 
     def stitched_report(self) -> dict:
         """Resources: every partition plus the top's own logic (delay lines, valid line)."""
-        totals = top = None
-        if self.synth and self.top_synth:
-            top = {k: int(self.top_synth.get(v) or 0) for k, v in RESOURCES.items()}
-            totals = {k: top[k] + sum(int(s.get(v) or 0) for s in self.synth.values()) for k, v in RESOURCES.items()}
+        totals, top = sf.resource_totals(self.synth, self.top_synth)
         return {"top": self.top, "file": self.file, "latency": self.latency, "resources_total": totals,
                 "resources_top": top, "top_synth_log": (self.top_synth or {}).get("log"),
                 "axis_top": (self.axis or {}).get("top"), "axis_file": (self.axis or {}).get("file"),

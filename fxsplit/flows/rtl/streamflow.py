@@ -124,6 +124,33 @@ def _resources(s: dict | None) -> dict | None:
     return {k: s.get(v) for k, v in RESOURCES.items()} if s else None
 
 
+def synth_entry(s: dict | None) -> dict:
+    """A partition's synthesis in the report: resources, Yosys time, log and netlist (empty without synthesis)."""
+    if not s:
+        return {}
+    return {"resources": _resources(s), "synth_seconds": s.get("seconds"), "synth_log": s.get("log"),
+            "netlist": s.get("netlist")}
+
+
+def resource_totals(synth: dict[str, dict], top_synth: dict | None) -> tuple[dict | None, dict | None]:
+    """(every partition plus the stitched top's own logic, the top's own logic), or (None, None) without
+    synthesis."""
+    if not (synth and top_synth):
+        return None, None
+    top = {k: int(top_synth.get(v) or 0) for k, v in RESOURCES.items()}
+    return {k: top[k] + sum(int(s.get(v) or 0) for s in synth.values()) for k, v in RESOURCES.items()}, top
+
+
+def monolithic_entry(m: dict | None, latency) -> dict | None:
+    """The uncut design beside the stitched one: its latency, resources, Verilog and synthesis log."""
+    if not m:
+        return None
+    s = m.get("synth") or {}
+    return {"latency": latency, "resources": _resources(s) or {k: None for k in RESOURCES},
+            "verilog": [os.path.join(m["workdir"], f) for f in m["files"]], "rtl_module": m.get("top"),
+            "synth_log": s.get("log"), "netlist": s.get("netlist")}
+
+
 def frame_timing(ins: list[tuple[list[int], int]], outs: list[tuple[list[int], int]], frames: int) -> dict:
     """Latency and interval of a streaming module from the cycles of the beats on its streams: ``ins``/``outs``
     per stream (cycles of its beats, beats per frame). Latency: the first beat of frame 0 in to the last beat of frame 0
@@ -156,13 +183,7 @@ class StreamDesign:
     latency: int | None = None             # from the last free-running simulation
 
     def monolithic_report(self) -> dict | None:
-        m = self.monolithic
-        if not m:
-            return None
-        s = m.get("synth") or {}
-        return {"latency": None, "resources": _resources(s),
-                "verilog": [os.path.join(m["workdir"], f) for f in m["files"]], "rtl_module": m.get("top"),
-                "synth_log": s.get("log"), "netlist": s.get("netlist")}
+        return monolithic_entry(self.monolithic, None)
 
     def partition_report(self, name: str) -> dict:
         meta = self.partitions[name]
@@ -172,19 +193,11 @@ class StreamDesign:
                  "stream_units": {op: sum(u["op"] == op for u in meta["units"])
                                   for op in sorted({u["op"] for u in meta["units"]})},
                  "fork_depths": {u["name"]: u["depths"] for u in meta["units"] if u["op"] == "fork"}}
-        s = self.synth.get(name)
-        if s:
-            entry["resources"] = _resources(s)
-            entry["synth_seconds"] = s.get("seconds")
-            entry["synth_log"], entry["netlist"] = s.get("log"), s.get("netlist")
-        return entry
+        return {**entry, **synth_entry(self.synth.get(name))}
 
     def stitched_report(self) -> dict:
         """Resources: every partition plus the top's own forks and edge FIFOs."""
-        totals = top = None
-        if self.synth and self.top_synth:
-            top = {k: int(self.top_synth.get(v) or 0) for k, v in RESOURCES.items()}
-            totals = {k: top[k] + sum(int(s.get(v) or 0) for s in self.synth.values()) for k, v in RESOURCES.items()}
+        totals, top = resource_totals(self.synth, self.top_synth)
         return {"top": self.top, "file": os.path.join(self.stitched["workdir"], "src", f"{self.top}.v"),
                 "interface": "axis", "latency": self.latency,
                 "interval": (self.last_sim or {}).get("interval"), "resources_total": totals,
@@ -297,4 +310,5 @@ def design_files(partitions: dict[str, dict], own: list[str]) -> list[str]:
 
 
 __all__ = ["STREAM_STEPS", "STREAM_TOP", "StreamDesign", "stream_job", "stream_synth_job", "stream_stitch_job",
-           "stream_top_synth_job", "frame_timing", "design_files"]
+           "stream_top_synth_job", "frame_timing", "design_files", "synth_entry", "resource_totals",
+           "monolithic_entry"]
