@@ -14,7 +14,7 @@ stitched top), on the wide MLP, the jet tagger and the residual CNN:
 Printed per model: the measured wall on ``--jobs`` workers, the max and mean partition time (the sum of a
 partition's jobs), the wall predicted for 4 and 8 workers from the measured jobs, the cost model's prediction
 error per partition, and for ``splits="auto", workers=8`` its predicted wall against the predicted total / 8.
-Targets (issue 10): auto's measured wall no worse than the markers'; the wide MLP's auto build at least 2.4x
+Targets: auto's measured wall no worse than the markers'; the wide MLP's auto build at least 2.4x
 faster than its uncut build; the W=8 plan within 15 % of total/8 where the model has enough layers (read: at least
 one weight layer, Linear or Conv, per worker; the smaller models' ratios are printed without a verdict).
 --quick: precision fixed<6,2>, no uncut build.
