@@ -85,13 +85,12 @@ def rtl_job(workdir: str, inputs: dict, program: dict, module: str, latency_cuto
     return meta
 
 
-def _rtl_meta(src: str) -> dict:
-    with open(os.path.join(src, "rtl_meta.json")) as f:
-        return json.load(f)
+_rtl_meta = sf.read_meta
 
 
 def synth_job(workdir: str, inputs: dict, rtl_job_id: str) -> dict:
-    """Yosys on one partition: counts, log, stat.json and netlist stay in the job's artifacts."""
+    """Yosys on one partition (fully parallel or streaming: the Verilog job ``rtl_job_id`` wrote its
+    ``rtl_meta.json``): counts, log, stat.json and netlist stay in the job's artifacts."""
     from .synth import synthesize
     src = inputs[rtl_job_id]
     meta = _rtl_meta(src)
@@ -170,16 +169,13 @@ class RTLFlow(HLS4MLFlow):
         for part in self.pt.partitions:
             hm = graphs[part.name]
             rl.check_rtl_supported(hm, part.name)
-            inv = {v: k for k, v in specs[part.name].name_map.items()}
-            self.programs[part.name] = rl.extract_program(
-                hm, part.name, input_names=[inv.get(v, v) for v in hm.inputs],
-                output_names=[p.name for p in part.outputs])
+            self.programs[part.name] = rl.extract_program(hm, part.name, input_names=_port_names(hm, specs[part.name]),
+                                                          output_names=[p.name for p in part.outputs])
         self.mono_program = None
         if self.compare_monolithic:
             mono, spec = self.lowered.mono, self.lowered.mono_spec
             rl.check_rtl_supported(mono, MONOLITHIC)
-            inv = {v: k for k, v in spec.name_map.items()}
-            self.mono_program = rl.extract_program(mono, MONOLITHIC, input_names=[inv.get(v, v) for v in mono.inputs],
+            self.mono_program = rl.extract_program(mono, MONOLITHIC, input_names=_port_names(mono, spec),
                                                    output_names=[p.name for p in self.pt.outputs])
 
     def _validate_stream(self) -> None:
@@ -189,14 +185,12 @@ class RTLFlow(HLS4MLFlow):
         self.nets = {}
         for part in self.pt.partitions:
             hm = graphs[part.name]
-            inv = {v: k for k, v in specs[part.name].name_map.items()}
-            self.nets[part.name] = stream_graph(hm, part.name, input_names=[inv.get(v, v) for v in hm.inputs],
+            self.nets[part.name] = stream_graph(hm, part.name, input_names=_port_names(hm, specs[part.name]),
                                                 output_names=[p.name for p in part.outputs])
         self.mono_net = None
         if self.compare_monolithic:
             mono, spec = self.lowered.mono, self.lowered.mono_spec
-            inv = {v: k for k, v in spec.name_map.items()}
-            self.mono_net = stream_graph(mono, MONOLITHIC, input_names=[inv.get(v, v) for v in mono.inputs],
+            self.mono_net = stream_graph(mono, MONOLITHIC, input_names=_port_names(mono, spec),
                                          output_names=[p.name for p in self.pt.outputs])
 
     def _stream_jobs(self) -> list:
@@ -212,8 +206,7 @@ class RTLFlow(HLS4MLFlow):
                                 {"net": net, "module": module_name(name), "latency_cutoff": self.cutoff},
                                 key_data=b"%s|%s|%r" % (digests[name], module_name(name).encode(), self.cutoff)))
             if self.fc.synth:
-                out.append(self.job("stream_synth", name, sf.stream_synth_job,
-                                    {"stream_job_id": f"{name}/stream"},
+                out.append(self.job("stream_synth", name, synth_job, {"rtl_job_id": f"{name}/stream"},
                                     key_data="synth_xilinx -family xcup -flatten", deps=(f"{name}/stream",)))
         ids = tuple(f"{n}/stream" for n in names)
         ins, outs = [p.name for p in self.pt.inputs], [p.name for p in self.pt.outputs]
@@ -310,6 +303,12 @@ class RTLFlow(HLS4MLFlow):
                               synth=synth, top_synth=top_synth, stitched_dir=str(self.out / STITCHED), axis=axis,
                               monolithic=mono)
         return built
+
+
+def _port_names(hm, spec) -> list[str]:
+    """The model graph's inputs by the names of the tensors that cross the cuts (hls4ml may rename them)."""
+    inv = {v: k for k, v in spec.name_map.items()}
+    return [inv.get(v, v) for v in hm.inputs]
 
 
 def _copy_synth(r, dest: Path) -> dict:

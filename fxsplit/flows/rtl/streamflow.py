@@ -63,7 +63,8 @@ STREAM_STEPS = (
 
 # ----------------------------------------------------------------------------- jobs (worker side)
 
-def _meta(src: str) -> dict:
+def read_meta(src: str) -> dict:
+    """A Verilog job's metadata (``rtl_meta.json`` in its artifacts: ``top``, ``files`` relative to them)."""
     with open(os.path.join(src, "rtl_meta.json")) as f:
         return json.load(f)
 
@@ -78,21 +79,13 @@ def stream_job(workdir: str, inputs: dict, net: dict, module: str, latency_cutof
     return meta
 
 
-def stream_synth_job(workdir: str, inputs: dict, stream_job_id: str) -> dict:
-    """Yosys on one streaming partition: its kernels, line buffers and FIFOs."""
-    from .synth import synthesize
-    src = inputs[stream_job_id]
-    meta = _meta(src)
-    return synthesize(workdir, [os.path.join(src, p) for p in meta["files"]], meta["top"])
-
-
 def stream_stitch_job(workdir: str, inputs: dict, parts: list[dict], model_inputs: list[str],
                       model_outputs: list[str], top: str) -> dict:
     """The stitched streaming top (its forks, edge FIFOs and top module in ``src/``) from every partition's stream
     graph (``parts``: name and net) and emitted metadata."""
     from .streamnet import stitch_stream_nets
     full = [{"name": p["name"], "net": p["net"],
-             "meta": dict(_meta(inputs[f"{p['name']}/stream"]), workdir=inputs[f"{p['name']}/stream"])}
+             "meta": dict(read_meta(inputs[f"{p['name']}/stream"]), workdir=inputs[f"{p['name']}/stream"])}
             for p in parts]
     meta = stitch_stream_nets(full, model_inputs, model_outputs, workdir, top)
     root = os.path.abspath(workdir)
@@ -111,8 +104,8 @@ def stream_top_synth_job(workdir: str, inputs: dict, top: str, partitions: list[
     boxes = []
     for name in partitions:
         src = inputs[f"{name}/stream"]
-        boxes.append(os.path.join(src, "src", f"{_meta(src)['top']}.v"))
-    return synthesize(workdir, [os.path.join(st, f) for f in _meta(st)["files"]], top, blackboxes=boxes)
+        boxes.append(os.path.join(src, "src", f"{read_meta(src)['top']}.v"))
+    return synthesize(workdir, [os.path.join(st, f) for f in read_meta(st)["files"]], top, blackboxes=boxes)
 
 
 # ----------------------------------------------------------------------------- the design (main process)
@@ -309,6 +302,6 @@ def design_files(partitions: dict[str, dict], own: list[str]) -> list[str]:
     return files + list(own)
 
 
-__all__ = ["STREAM_STEPS", "STREAM_TOP", "StreamDesign", "stream_job", "stream_synth_job", "stream_stitch_job",
+__all__ = ["STREAM_STEPS", "STREAM_TOP", "StreamDesign", "stream_job", "read_meta", "stream_stitch_job",
            "stream_top_synth_job", "frame_timing", "design_files", "synth_entry", "resource_totals",
            "monolithic_entry"]
