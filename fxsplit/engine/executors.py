@@ -512,7 +512,12 @@ class Pool:
         :meth:`submit` starts a fresh pool of ours (also in place of a caller's broken pool)."""
         procs = dict(self.procs or {})
         cf.wait(futures, timeout=30)
-        for p in procs.values():          # the pool terminates its workers; wait for their exit codes
+        # the pool's manager thread terminates and joins its workers: let it finish first. Two threads joining one
+        # worker race to read its exit status, and the loser of a forkserver worker's reads 255 for a SIGKILL
+        manager = getattr(pool, "_executor_manager_thread", None)
+        if manager is not None:
+            manager.join(10)
+        for p in procs.values():          # wait for their exit codes (cached by the manager's join)
             with contextlib.suppress(Exception):
                 p.join(5)
         exitcodes = {pid: p.exitcode for pid, p in procs.items()}
