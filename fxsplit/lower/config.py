@@ -13,7 +13,11 @@ DEFAULT_PRECISION = "fixed<16,6>"
 
 _CONFIG_KEYS = {"precision", "input_precision", "reuse_factor", "strategy", "io_type", "backend", "part",
                 "clock_period", "partitions", "layers", "latency_cutoff", "csim_opt", "csim_pch",
-                "tb_vectors", "synth", "exact_accum"}
+                "tb_vectors", "synth", "exact_accum", "da4ml_solver"}
+# da4ml's constant-matrix solver settings the rtl flow passes on (da4ml.cmvm.solve's keyword arguments)
+_SOLVER_KEYS = {"method0": str, "method1": str, "hard_dc": int, "decompose_dc": int, "search_all_decompose_dc": bool}
+_SOLVER_METHODS = {"method0": ("wmc", "wmc-dc", "wmc-pdc", "mc", "mc-dc", "mc-pdc", "dummy"),
+                   "method1": ("auto", "wmc", "wmc-dc", "wmc-pdc", "mc", "mc-dc", "mc-pdc", "dummy")}
 # keys that describe numerics: with hls_config= they live in the user's hls4ml config instead
 _NUMERIC_KEYS = {"precision", "input_precision", "reuse_factor", "strategy", "partitions", "layers"}
 _OVERRIDE_KEYS = {"precision", "reuse_factor", "strategy"}
@@ -52,6 +56,7 @@ class FlowConfig:
     csim_opt: str = "-O3"             # g++ optimisation of the C-simulation library (numerics do not depend on it)
     tb_vectors: int = 200             # vitis flow: random samples in the vendor testbench's vectors
     csim_pch: bool = True             # precompiled hls4ml headers, once per host (speed only; same bits)
+    da4ml_solver: dict = field(default_factory=dict)   # rtl flow: da4ml.cmvm.solve settings (adder graphs; exact)
 
 
 def _close(name, known):
@@ -101,6 +106,7 @@ def normalize_config(config: dict | None, pt: Partitioning, hls_config: dict | N
         raise FxsplitError(f"config csim_pch must be True or False, got {fc.csim_pch!r}")
     if fc.io_type not in ("io_parallel", "io_stream"):
         raise FxsplitError(f"config io_type must be 'io_parallel' or 'io_stream', got {fc.io_type!r}")
+    _check_solver(fc.da4ml_solver)
     # qualified module name (layer2.0.conv1) or node name (layer2_0_conv1) -> node name
     alias: dict[str, str] = {}
     part_of: dict[str, str] = {}
@@ -130,6 +136,22 @@ def normalize_config(config: dict | None, pt: Partitioning, hls_config: dict | N
         _exact_accumulators(fc, graphs)
     _settle_split_layers(fc, pt)
     return fc
+
+
+def _check_solver(opts) -> None:
+    """config['da4ml_solver']: da4ml.cmvm.solve's settings, each known and of its type (checked before any build:
+    a misspelt one would otherwise reach da4ml only in a worker, or be dropped)."""
+    if not isinstance(opts, dict):
+        raise FxsplitError(f"config da4ml_solver must be a dict of da4ml.cmvm.solve settings, got {opts!r}",
+                           hint="e.g. {'search_all_decompose_dc': True}")
+    _check_keys(opts, set(_SOLVER_KEYS), "config['da4ml_solver']")
+    for k, v in opts.items():
+        want = _SOLVER_KEYS[k]
+        if type(v) is not want:
+            raise FxsplitError(f"config['da4ml_solver'][{k!r}] must be a {want.__name__}, got {v!r}")
+        if k in _SOLVER_METHODS and v not in _SOLVER_METHODS[k]:
+            raise FxsplitError(f"config['da4ml_solver'][{k!r}] = {v!r} is not a da4ml method",
+                               hint=f"one of {', '.join(_SOLVER_METHODS[k])}")
 
 
 def given_precision(fc: FlowConfig, node: str, hls_class: str, var: str) -> str | None:

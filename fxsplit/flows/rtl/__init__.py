@@ -78,8 +78,9 @@ def warm_worker() -> None:
     import da4ml.trace  # noqa: F401
 
 
-def rtl_job(workdir: str, inputs: dict, program: dict, module: str, latency_cutoff: float | None) -> dict:
-    meta = rl.emit_verilog(program, workdir, module, latency_cutoff=latency_cutoff)
+def rtl_job(workdir: str, inputs: dict, program: dict, module: str, latency_cutoff: float | None,
+            solver: dict | None = None) -> dict:
+    meta = rl.emit_verilog(program, workdir, module, latency_cutoff=latency_cutoff, solver_options=solver)
     with open(os.path.join(workdir, "rtl_meta.json"), "w") as f:
         json.dump(meta, f, default=str)
     return meta
@@ -193,6 +194,10 @@ class RTLFlow(HLS4MLFlow):
             self.mono_net = stream_graph(mono, MONOLITHIC, input_names=_port_names(mono, spec),
                                          output_names=[p.name for p in self.pt.outputs])
 
+    def _solver_key(self) -> bytes:
+        """config['da4ml_solver'] in a Verilog job's key (it changes the adder graphs, never the numbers)."""
+        return json.dumps(self.fc.da4ml_solver, sort_keys=True).encode()
+
     def _stream_jobs(self) -> list:
         out = []
         names = [p.name for p in self.pt.partitions]
@@ -203,8 +208,10 @@ class RTLFlow(HLS4MLFlow):
         for name, net in nets.items():
             digests[name] = _digest(net)
             out.append(self.job("stream", name, sf.stream_job,
-                                {"net": net, "module": module_name(name), "latency_cutoff": self.cutoff},
-                                key_data=b"%s|%s|%r" % (digests[name], module_name(name).encode(), self.cutoff)))
+                                {"net": net, "module": module_name(name), "latency_cutoff": self.cutoff,
+                                 "solver": self.fc.da4ml_solver},
+                                key_data=b"%s|%s|%r|%s" % (digests[name], module_name(name).encode(), self.cutoff,
+                                                           self._solver_key())))
             if self.fc.synth:
                 out.append(self.job("stream_synth", name, synth_job, {"rtl_job_id": f"{name}/stream"},
                                     key_data="synth_xilinx -family xcup -flatten", deps=(f"{name}/stream",)))
@@ -259,8 +266,10 @@ class RTLFlow(HLS4MLFlow):
             prog = progs[name]
             rid = f"{name}/rtl"
             out.append(self.job("rtl", name, rtl_job,
-                                {"program": prog, "module": module_name(name), "latency_cutoff": self.cutoff},
-                                key_data=b"%s|%s|%r" % (_digest(prog), module_name(name).encode(), self.cutoff)))
+                                {"program": prog, "module": module_name(name), "latency_cutoff": self.cutoff,
+                                 "solver": self.fc.da4ml_solver},
+                                key_data=b"%s|%s|%r|%s" % (_digest(prog), module_name(name).encode(), self.cutoff,
+                                                           self._solver_key())))
             if self.fc.synth:
                 out.append(self.job("synth", name, synth_job, {"rtl_job_id": rid},
                                     key_data="synth_xilinx -family xcup -flatten", deps=(rid,)))

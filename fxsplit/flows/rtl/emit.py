@@ -96,7 +96,9 @@ def emit_verilog(program: dict, workdir: str, module_name: str, latency_cutoff: 
     """Trace ``program`` with da4ml and write Verilog into ``workdir`` (only there).
 
     ``latency_cutoff`` is da4ml's pipelining cutoff (in da4ml's adder-delay units; None or <= 0:
-    purely combinational, latency 0).  Returns JSON-able metadata: ``top`` (module name),
+    purely combinational, latency 0).  ``solver_options``: da4ml.cmvm.solve settings over fxsplit's default
+    (:func:`~fxsplit.flows.rtl.trace.solver_settings`); they shape the adder graphs, never the numbers.
+    Returns JSON-able metadata: ``top`` (module name),
     ``files`` (Verilog files relative to workdir, dependencies first), ``latency`` (cycles),
     ``ports`` (bus layout, see :func:`port_layout`), ``cost`` (da4ml's LUT estimate) and more.
     """

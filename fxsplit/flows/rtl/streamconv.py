@@ -238,14 +238,16 @@ def conv_stream_verilog(module: str, kernel_module: str, entry: dict, x_t: tuple
     return window_stream_verilog(module, kernel_module, g, g['C'] * xw, g['F'] * rw, latency, title)
 
 
-def emit_conv_stream(entry: dict, x_t: tuple, workdir: str, module: str, latency_cutoff: float | None = 5.0) -> dict:
+def emit_conv_stream(entry: dict, x_t: tuple, workdir: str, module: str, latency_cutoff: float | None = 5.0,
+                     solver_options: dict | None = None) -> dict:
     """Write the per-pixel da4ml kernel (``<module>_kernel``, :func:`emit_verilog` of :func:`pixel_program`) and the
     streaming wrapper ``module`` into ``workdir``. Returns JSON-able metadata: ``top``, ``files`` (relative to
     ``workdir``, dependencies first), ``latency`` (the kernel's), ``fifo_depth``, ``in_bits``/``out_bits`` (beat
     widths), ``in_elem_bits``/``out_elem_bits``, the geometry and the kernel's metadata."""
     g = _geometry(entry)
     kmod = f'{module}_kernel'
-    kmeta = emit_verilog(pixel_program(entry, x_t), workdir, kmod, latency_cutoff=latency_cutoff)
+    kmeta = emit_verilog(pixel_program(entry, x_t), workdir, kmod, latency_cutoff=latency_cutoff,
+                         solver_options=solver_options)
     lat = int(kmeta['latency'])
     fn = f'src/{module}.v'
     with open(os.path.join(workdir, fn), 'w') as fh:

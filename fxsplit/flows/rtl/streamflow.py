@@ -69,10 +69,11 @@ def read_meta(src: str) -> dict:
         return json.load(f)
 
 
-def stream_job(workdir: str, inputs: dict, net: dict, module: str, latency_cutoff: float | None) -> dict:
+def stream_job(workdir: str, inputs: dict, net: dict, module: str, latency_cutoff: float | None,
+               solver: dict | None = None) -> dict:
     """One partition's streaming network; ``rtl_meta.json`` holds its metadata (files relative to the job)."""
     from .streamnet import emit_stream_net
-    meta = emit_stream_net(net, workdir, module, latency_cutoff=latency_cutoff)
+    meta = emit_stream_net(net, workdir, module, latency_cutoff=latency_cutoff, solver_options=solver)
     meta.pop("workdir")
     with open(os.path.join(workdir, "rtl_meta.json"), "w") as f:
         json.dump(meta, f, default=str)

@@ -591,7 +591,7 @@ def repack_verilog(module: str, unit: dict, a: int, b: int, bits: int, n: int) -
 
 
 def emit_stream_net(net: dict, workdir: str, top: str, latency_cutoff: float | None = 5.0,
-                    depths: str = 'full') -> dict:
+                    depths: str = 'full', solver_options: dict | None = None) -> dict:
     """Write every unit of ``net`` (:func:`stream_graph`) and the top ``top`` joining them into ``workdir``.
     ``depths``: the forks' FIFO depths (:func:`fork_depths`), ``'full'`` (full rate), ``'min'`` (the least that
     cannot deadlock) or ``'given'`` (each fork's ``depths`` as set, e.g. to see a network stop).
@@ -636,7 +636,8 @@ def emit_stream_net(net: dict, workdir: str, top: str, latency_cutoff: float | N
     kernels = {}                    # the kernels first: the forks' depths count their latencies
     for k, u in enumerate(net['units']):
         if u['op'] in ('window', 'join'):
-            kernels[u['name']] = emit_verilog(u['program'], workdir, f'{module(k, u)}_k', latency_cutoff=latency_cutoff)
+            kernels[u['name']] = emit_verilog(u['program'], workdir, f'{module(k, u)}_k', latency_cutoff=latency_cutoff,
+                                              solver_options=solver_options)
     if depths not in ('full', 'min', 'given'):
         raise FxsplitError(f"streaming RTL flow: depths={depths!r}: use 'full', 'min' or 'given'")
     if depths != 'given':

@@ -11,6 +11,19 @@ import numpy as np
 from ...errors import FxsplitError
 from .rtltype import quantize_scalar as _quantize_scalar, type_frac, type_kif
 
+# da4ml searches every decomposition depth of a constant matrix by default. On convolution kernels that search
+# costs about 5x the solver's time for 0.4 % fewer adders (12 kernels, 27x3 to 144x32 weights), and one of
+# ResNet20's 576x64 kernels ran for over 18 minutes; above this many weights da4ml's default depth is taken.
+# config['da4ml_solver'] overrides it (and every other da4ml.cmvm.solve setting) for all kernels.
+SEARCH_DEPTHS_UP_TO = 4096
+
+
+def solver_settings(n_weights: int, given: dict | None) -> dict:
+    """da4ml.cmvm.solve's settings for a ``n_weights`` kernel: the user's (config['da4ml_solver']) over fxsplit's
+    default (search every decomposition depth for kernels up to :data:`SEARCH_DEPTHS_UP_TO` weights)."""
+    return {"search_all_decompose_dc": n_weights <= SEARCH_DEPTHS_UP_TO, **(given or {})}
+
+
 def _tree_sum(terms: list):
     terms = [t for t in terms if t is not None]
     if not terms:
@@ -108,7 +121,8 @@ def _matvec(xs: list, W: np.ndarray, bias_acc: np.ndarray, x_t: tuple, acc_t: tu
     cols: list[list] = [[] for _ in range(n_out)]
     if np.any(lin != 0):
         rows = np.nonzero(np.any(lin != 0, axis=1))[0]
-        xa = FixedVariableArray(np.array([xs[r] for r in rows], dtype=object), solver_options, hwconf=hwconf)
+        xa = FixedVariableArray(np.array([xs[r] for r in rows], dtype=object),
+                                solver_settings(int(np.count_nonzero(lin[rows])), solver_options), hwconf=hwconf)
         y = xa @ lin[rows]
         for j in range(n_out):
             if np.any(lin[rows, j] != 0):
