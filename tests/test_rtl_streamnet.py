@@ -187,10 +187,12 @@ def resnet(tmp_path_factory):
     return _setup(model, shape, tmp_path_factory.mktemp("streamnet_resnet"), 6)
 
 
+@pytest.mark.slow
 def test_resnet20_small_streams_bit_exact(resnet, tmp_path):
     """ResNet20's topology at 3/6/12 channels with 8-bit weight types spanning each layer, whole, as one streaming
     network: every output of 6 frames back to back equals hls4ml's io_stream C simulation under gaps and
-    backpressure; every residual block's skip FIFO is sized from its branch (two padded 3x3 convolutions)."""
+    backpressure; every residual block's skip FIFO is sized from its branch (two padded 3x3 convolutions). (In the
+    default run the same model streams cut in three through compile: tests/test_rtl_streamflow.py.)"""
     units = resnet.net["units"]
     assert sum(u["op"] == "join" for u in units) == 9 and sum(u["op"] == "fork" for u in units) == 9
     assert not any(u["op"] == "repack" for u in units)          # pool -> transpose -> flatten -> fc: all wires
