@@ -104,6 +104,7 @@ def write_json(run_dir: Path, payload: dict) -> Path:
 def job_rows(build) -> list[dict]:
     return [{"id": r.id, "partition": r.partition, "step": r.step, "state": r.state,
              "seconds": round(r.seconds, 3), "build_seconds": round(r.build_seconds, 3),
+             "cpu_seconds": r.cpu_seconds, "peak_rss": r.peak_rss,
              "start": r.start, "end": r.end, "deps": list(r.deps), "meta": _small_meta(r.meta)} for r in build]
 
 

@@ -19,7 +19,7 @@ job (what bounds the 8-worker wall: io_stream cannot cut inside a layer), stitch
 interval of each design from ``verify(level="rtl")`` (Verilator, ``--frames`` frames back to back). The step models'
 coefficients fitted on this run's jobs are printed too (``--fit``), ready for ``flows/rtl/streamflow.py``.
 
-``--wide MODEL[,MODEL]`` (e.g. the zoo's full-width ``resnet20``, 16/32/64 channels): the plan for 8 workers,
+``--wide MODEL[,MODEL]`` (the zoo's ``resnet20_half``, 8/16/32 channels, or the full-width ``resnet20``, 16/32/64): the plan for 8 workers,
 every partition built here (C simulation and streaming Verilog, measured); each partition's Yosys time and peak
 memory predicted by the cost model and measured where every partition is predicted under ``--synth-limit`` seconds
 and 12 GiB; the uncut build likewise (predicted, and said so, where it would not fit).
@@ -81,9 +81,11 @@ def wide(name, run, jobs, synth_limit):
                      f"{got['csim'].build_seconds:.1f}s", f"{got['stream'].build_seconds:.1f}s",
                      f"{pred[p.name][0]:.0f}s", f"{pred[p.name][1] / GiB:.1f}",
                      f"{syn.build_seconds:.0f}s" if syn else "predicted only",
+                     f"{syn.cpu_seconds:.0f}s" if syn and syn.cpu_seconds else "-",
                      f"{syn.peak_rss / GiB:.1f}" if syn and syn.peak_rss else "-"])
+    # Yosys runs on one core: its CPU time is its wall time on an idle core, whatever else shared the machine
     print(C.table(rows, ["model", "partition", "kernels", "csim", "stream emit", "Yosys pred", "GiB pred",
-                         "Yosys", "GiB"], f"{name}: the 8-worker plan, built on {jobs} jobs in {wall:.0f} s"))
+                         "Yosys", "Yosys CPU", "GiB"], f"{name}: the 8-worker plan, built on {jobs} jobs in {wall:.0f} s"))
     print(f"{name} uncut: Yosys predicted {pred['*'][0]:.0f} s and {pred['*'][1] / GiB:.1f} GiB "
           + ("(not built: predicted over the limit)" if pred["*"][0] > synth_limit or pred["*"][1] > 12 * GiB
              else "(under the limit: build it with --model)"), flush=True)

@@ -7,7 +7,7 @@ non-trivial values so the numerics are exercised.
 
 from .jet_tagger import JetTagger, WideMLP
 from .residual_cnn import ResidualCNN, BranchyCNN
-from .resnet20 import ResNet20, ResNet20Small
+from .resnet20 import ResNet20, ResNet20Half, ResNet20Small
 from .precision import folded_weights, integer_bits, spanning_config
 from .qat import QATJetTagger, QATResidualCNN
 
@@ -18,6 +18,7 @@ ZOO = {
     "branchy_cnn": (BranchyCNN, (4, 8, 8)),
     "resnet20": (ResNet20, (3, 32, 32)),
     "resnet20_small": (ResNet20Small, (3, 16, 16)),  # ResNet20's topology at 3/6/12 channels
+    "resnet20_half": (ResNet20Half, (3, 32, 32)),    # at 8/16/32 channels
     "qat_jet_tagger": (QATJetTagger, (16,)),       # brevitas, quantization-aware
     "qat_residual_cnn": (QATResidualCNN, (3, 8, 8)),
 }

@@ -61,3 +61,10 @@ class ResNet20Small(ResNet20):
     def __init__(self, num_classes: int = 10):
         super().__init__(num_classes, widths=(3, 6, 12), pool=4)
 
+
+class ResNet20Half(ResNet20):
+    """ResNet20 at half width (8/16/32 channels) on CIFAR-10's 32x32 inputs: the width between the reduced model
+    the tests stream and the full one."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__(num_classes, widths=(8, 16, 32), pool=8)
