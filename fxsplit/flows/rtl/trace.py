@@ -11,9 +11,9 @@ import numpy as np
 from ...errors import FxsplitError
 from .rtltype import quantize_scalar as _quantize_scalar, type_frac, type_kif
 
-# da4ml searches every decomposition depth of a constant matrix by default. On convolution kernels that search
-# costs about 5x the solver's time for 0.4 % fewer adders (12 kernels, 27x3 to 144x32 weights), and one of
-# ResNet20's 576x64 kernels ran for over 18 minutes; above this many weights da4ml's default depth is taken.
+# da4ml searches every decomposition depth of a constant matrix by default. On the zoo's kernels that search costs
+# about 4x the solver's time for about 1 % fewer adders (benchmarks/bench_da4ml_solver.py), and one of ResNet20's
+# 576x64 kernels ran for over 18 minutes; above this many nonzero weights da4ml's default depth is taken.
 # config['da4ml_solver'] overrides it (and every other da4ml.cmvm.solve setting) for all kernels.
 SEARCH_DEPTHS_UP_TO = 4096
 
