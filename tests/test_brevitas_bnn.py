@@ -126,7 +126,7 @@ def test_tfc_1w1a_exports_qonnx(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cfg", ["CNV_1W1A", "CNV_1W2A"])
+@pytest.mark.parametrize("cfg", ["CNV_1W1A", "CNV_1W2A", "CNV_2W2A"])
 def test_bnn_pynq_cnv_as_written(tmp_path, cfg):
     net = _net(cfg)
     t = time.time()
