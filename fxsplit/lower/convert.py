@@ -178,7 +178,13 @@ def _pin_split_layers(pt: Partitioning, fc: FlowConfig, mono, nmap: dict[str, st
 def _brevitas_plan(pt: Partitioning, fc: FlowConfig):
     """brevitas layers read exactly (``lower/brevitas/``), their types pinned in the config; None without."""
     from . import brevitas
-    bq = brevitas.plan(pt.graph, [p.torch_shape for p in pt.inputs])
+    declared = {}
+    for p in pt.inputs:                       # a model input's type the config sets (input_precision, layers)
+        prec = (fc.layer_name.get(p.name) or {}).get("Precision")
+        prec = prec.get("result") if isinstance(prec, dict) else prec
+        if prec is not None and str(prec) != "auto":
+            declared[p.name] = str(prec)
+    bq = brevitas.plan(pt.graph, [p.torch_shape for p in pt.inputs], declared)
     if bq is None:
         return None
     nodes = {n.name: n for n in pt.graph.graph.nodes}

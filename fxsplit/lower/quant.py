@@ -21,16 +21,24 @@ _ROUND = {"RND_CONV": torch.round, "TRN": torch.floor, "TRN_ZERO": torch.trunc}
 
 class FxsQuantAct(HLS4MLModule):
     """``y = clamp(round(act(x) * 2**frac), qmin, qmax) * 2**-frac``: a brevitas activation quantizer
-    (QuantIdentity, QuantReLU, QuantHardTanh) read exactly. ``activation``: 'linear' or 'relu'."""
+    (QuantIdentity, QuantReLU, QuantHardTanh) read exactly. ``activation``: 'linear' or 'relu'.
+
+    ``binary``: brevitas' binary quantizer, ``+2**-frac`` where ``x >= 0``, else ``-2**-frac`` (``qmin, qmax =
+    -1, 1``, type ``fixed<2,2-frac,TRN,SAT_SYM>``). hls4ml converts it as that type's linear quantizer, which is the
+    identity on values already binary: fxsplit lowers it so only there (elsewhere the sign is a
+    :class:`FxsQuantBatchNorm`, ``lower/brevitas/norm.py``)."""
 
     def __init__(self, activation: str, precision: str, frac: int, qmin: int, qmax: int, rounding: str,
-                 source: str):
+                 source: str, binary: bool = False):
         super().__init__()
         self.activation, self.precision, self.frac = activation, precision, int(frac)
         self.qmin, self.qmax, self.rounding, self.source = int(qmin), int(qmax), rounding, source
+        self.binary = bool(binary)
 
     def forward(self, x):
         x = getattr(x, "value", x).to(torch.float64)
+        if self.binary:
+            return torch.where(x >= 0, 1.0, -1.0).to(torch.float64) * 2.0 ** -self.frac
         if self.activation == "relu":
             x = torch.relu(x)
         q = _ROUND[self.rounding](x * 2.0 ** self.frac).clamp(self.qmin, self.qmax)
@@ -41,7 +49,7 @@ class FxsQuantAct(HLS4MLModule):
         return 2.0 ** -self.frac
 
     def extra_repr(self) -> str:
-        return f"{self.activation}, {self.precision}, from {self.source}"
+        return f"{'binary' if self.binary else self.activation}, {self.precision}, from {self.source}"
 
 
 class FxsQuantBatchNorm(HLS4MLModule):

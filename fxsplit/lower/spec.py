@@ -33,9 +33,20 @@ def _supported_ops() -> set[str]:
 _NO_OPS = ("Dropout", "Identity")
 
 
+_RESHAPES = ("flatten", "view", "reshape", "contiguous")
+
+
 def _is_noop(node: torch.fx.Node, module: torch.nn.Module) -> bool:
-    """``node`` calls a Dropout or an Identity module of ``module`` on one tensor."""
-    if node.op != "call_module" or not node.args or not isinstance(node.args[0], torch.fx.Node):
+    """``node`` calls a Dropout or an Identity module of ``module`` on one tensor, or reshapes a tensor to the shape
+    it has (``x.view(x.shape[0], -1)`` of a vector: hls4ml's channels-last pass would transpose a 1-d tensor)."""
+    if not node.args or not isinstance(node.args[0], torch.fx.Node):
+        return False
+    if node.op in ("call_function", "call_method"):
+        name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+        a, b = node.args[0].meta.get("tensor_meta"), node.meta.get("tensor_meta")
+        return (name in _RESHAPES and a is not None and b is not None and hasattr(a, "shape") and hasattr(b, "shape")
+                and tuple(a.shape) == tuple(b.shape))
+    if node.op != "call_module":
         return False
     try:
         return type(module.get_submodule(node.target)).__name__ in _NO_OPS

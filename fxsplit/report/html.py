@@ -225,7 +225,10 @@ def _brevitas_html(bq: dict) -> str:
     claim = ("brevitas' own arithmetic is exact: the design must equal it bit for bit" if bq.get("torch_exact") else
              "brevitas rounds in float32 in " + ", ".join(bq.get("inexact_in_brevitas") or []) +
              ": the error against it is reported")
-    return (f"<p>{_esc(claim)}. Model inputs: <code>{_esc(inputs or '-')}</code>.</p>"
+    arith = "".join(f"<p>Input arithmetic {_esc(', '.join(a.get('operations') or []))} on "
+                    f"<code>{_esc(a.get('input_type'))}</code> -> <code>{_esc(a.get('type'))}</code>: "
+                    f"{_esc(a.get('note', ''))}.</p>" for a in bq.get("input_arithmetic") or [])
+    return (f"<p>{_esc(claim)}. Model inputs: <code>{_esc(inputs or '-')}</code>.</p>{arith}"
             "<table><tr><th>layer</th><th>kind</th><th>bits</th><th>scale</th><th>rounding</th><th>hls4ml type</th>"
             f"</tr>{rows}</table>")
 

@@ -19,6 +19,7 @@ MAX_WIDTH = 64                       # widest weight or bias type fxsplit derive
 ACTS = {"QuantIdentity": "linear", "QuantReLU": "relu", "QuantHardTanh": "linear"}
 _ROUNDING = {"RoundSte": "RND_CONV", "FloorSte": "TRN", "RoundToZeroSte": "TRN_ZERO"}
 _CLAMPS = {"TensorClamp", "TensorClampSte"}
+_BINARY = {"BinaryQuant", "ClampedBinaryQuant"}
 SAME_GRID_MODULES = {"Dropout", "Flatten", "Identity"}
 GRID_MODULES = {"ReLU", "MaxPool1d", "MaxPool2d"}
 _WEIGHTED = {"QuantLinear", "QuantConv1d", "QuantConv2d"}
@@ -56,6 +57,8 @@ class Plan:
     input_precisions: dict[str, str] = field(default_factory=dict)          # model input -> type
     inexact_in_brevitas: list[str] = field(default_factory=list)           # layers brevitas rounds in float32
     quantizers: list[dict] = field(default_factory=list)                    # for the report
+    affines: dict[str, tuple] = field(default_factory=dict)     # last node -> (affine.Affine, its exact layer)
+    input_arithmetic: list[dict] = field(default_factory=list)             # for the report
 
     @property
     def torch_exact(self) -> bool:
@@ -71,15 +74,21 @@ class Plan:
         for n in gm.graph.nodes:
             if n.op == "call_module" and n.name in self.frozen:
                 gm.set_submodule(str(n.target), self.frozen[n.name])
+        from . import affine
+        for last, (aff, mod) in self.affines.items():
+            affine.rewrite(gm, last, aff, mod)
         return gm
 
     def to_dict(self) -> dict:
         return {"quantizers": self.quantizers, "input_precisions": self.input_precisions,
+                "input_arithmetic": self.input_arithmetic,
                 "torch_exact": self.torch_exact, "inexact_in_brevitas": self.inexact_in_brevitas}
 
 
 def _err(msg: str, node: torch.fx.Node, hint: str) -> FxsplitError:
-    return FxsplitError(msg, module=str(node.target), source=node_source(node), hint=hint)
+    """A refusal naming the module (an operation: its node), the source line, the reason and what to change."""
+    return FxsplitError(msg, module=str(node.target) if node.op == "call_module" else node.name,
+                        source=node_source(node), hint=hint)
 
 
 def _scalar(t) -> float:

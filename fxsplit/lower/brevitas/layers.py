@@ -9,7 +9,7 @@ import torch
 import torch.fx
 
 from ...errors import FxsplitError
-from .grid import (Grid, _CLAMPS, _ROUNDING, _err, _fixed, _int_quant, _po2_exponent, _scalar, exact_type)
+from .grid import (Grid, _BINARY, _CLAMPS, _ROUNDING, _err, _fixed, _int_quant, _po2_exponent, _scalar, exact_type)
 
 
 def read_act(node: torch.fx.Node, mod) -> tuple[torch.nn.Module, Grid, dict]:
@@ -26,12 +26,15 @@ def read_act(node: torch.fx.Node, mod) -> tuple[torch.nn.Module, Grid, dict]:
                                                         "(QuantReLU) or Int8ActPerTensorFixedPoint")
     q = _int_quant(proxy)
     quantizer = f"{where}'s act_quant"
-    if q is None:
-        raise _err(f"{quantizer} is not an integer quantizer (binary, ternary and float quantizers are not read "
-                   "exactly yet)", node, "use an integer quantizer with a power-of-two scale, e.g. "
-                                         "Int8ActPerTensorFixedPoint with bit_width=2..8")
     act_impl = getattr(getattr(proxy, "fused_activation_quant_proxy", None), "activation_impl", None)
     act_name = type(act_impl).__name__ if act_impl is not None else "Identity"
+    if q is None and _binary_quant(proxy) is not None:
+        return _read_binary_act(node, mod, proxy, act_name)
+    if q is None:
+        raise _err(f"{quantizer} is neither an integer nor a binary quantizer (ternary and float quantizers are not "
+                   "read exactly yet)", node, "use an integer quantizer with a power-of-two scale, e.g. "
+                                              "Int8ActPerTensorFixedPoint with bit_width=2..8, or a binary one "
+                                              "(bit_width=1) with a power-of-two scale")
     if act_name not in ("Identity", "ReLU"):
         raise _err(f"{where} applies {act_name} before quantizing: fxsplit reads Identity and ReLU only", node,
                    "use QuantIdentity / QuantReLU, or QuantHardTanh with an integer quantizer that clamps")
@@ -73,6 +76,46 @@ def read_act(node: torch.fx.Node, mod) -> tuple[torch.nn.Module, Grid, dict]:
             "signed": signed, "narrow_range": narrow, "scale": scale, "rounding": rounding, "type": prec}
     return FxsQuantAct(activation, prec, frac, qmin, qmax, rounding, f"{cls} {node.target}"), grid, info
 
+
+
+def _binary_quant(proxy):
+    """The BinaryQuant / ClampedBinaryQuant inside a brevitas quant proxy, else None."""
+    for m in proxy.modules():
+        if type(m).__name__ in _BINARY:
+            return m
+    return None
+
+
+def _read_binary_act(node: torch.fx.Node, mod, proxy, act_name: str) -> tuple[torch.nn.Module, Grid, dict]:
+    """brevitas' binary activation quantizer (bit_width=1: ``BinaryQuant``, ``ClampedBinaryQuant``):
+    ``binary_sign(x) * scale``, +scale where ``x >= 0`` (0 included) and -scale below; the clamp of
+    ClampedBinaryQuant to [-scale, scale] keeps the sign. Read as ``FxsQuantAct(binary=True)`` on
+    ``fixed<2,2+e,TRN,SAT_SYM>`` (``scale = 2**e``)."""
+    from ..quant import FxsQuantAct
+    cls = type(mod).__name__
+    where = f"{cls} {node.target!r}"
+    quantizer = f"{where}'s act_quant"
+    if act_name != "Identity":
+        raise _err(f"{where} applies {act_name} before its binary quantizer: fxsplit reads a binary quantizer on its "
+                   "input as it is", node, "use QuantIdentity with the binary quantizer")
+    with torch.no_grad():
+        try:
+            scale, zp = _scalar(proxy.scale()), _scalar(proxy.zero_point())
+        except ValueError:
+            raise _err(f"{quantizer} has a scale per channel: hls4ml's types are one per layer", node,
+                       "use a per-tensor binary quantizer (scaling_per_output_channel=False)") from None
+    e = _po2_exponent(scale)
+    if e is None:
+        raise _err(f"{quantizer} is binary with scale {scale!r}, not a power of two: no fixed-point type holds "
+                   "+-scale", node, "give the binary quantizer a power-of-two scale (scaling_const, or min_val / "
+                                    "max_val of +-2**k with ScalingImplType.CONST)")
+    if zp != 0:
+        raise _err(f"{quantizer} has zero point {zp!r}", node, "use a binary quantizer with zero point 0")
+    grid = Grid(2, 2 + e, True)
+    prec = _fixed(grid, ",TRN,SAT_SYM")
+    info = {"layer": str(node.target), "kind": cls, "quantizer": type(proxy).__name__, "bit_width": 1,
+            "signed": True, "binary": True, "scale": scale, "rounding": "sign (x >= 0: +scale)", "type": prec}
+    return FxsQuantAct("linear", prec, -e, -1, 1, "TRN", f"{cls} {node.target}", binary=True), grid, info
 
 
 def read_weighted(node: torch.fx.Node, mod, in_grid: Grid, bias_value) -> tuple[torch.nn.Module, Grid, dict]:

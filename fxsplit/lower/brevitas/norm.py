@@ -109,6 +109,9 @@ def read_batchnorm(gm: torch.fx.GraphModule, node: torch.fx.Node, bn, src, p: Pl
         torch.sqrt(var + bn.eps)
     beta = (bn.bias.detach().to(torch.float64) if bn.affine else torch.zeros(C, dtype=torch.float64)) - \
         bn.running_mean.detach().to(torch.float64) * alpha
+    if frozen_act.binary:
+        return _binary_batchnorm(node, bn, act, act_node, frozen_act, alpha.numpy(), beta.numpy(),
+                                 ks.numpy().astype(np.int64), valid, L, src, prod)
     found = _fit_affine(alpha.numpy(), beta.numpy(), ks.numpy().astype(np.int64), valid, L, src.frac, frozen_act)
     if found is None:
         raise _err(f"{where}: no fixed-point scale and bias up to {_BN_PRECISIONS[-1]} fractional bits reproduce "
@@ -125,6 +128,84 @@ def read_batchnorm(gm: torch.fx.GraphModule, node: torch.fx.Node, bn, src, p: Pl
             "type": frozen.precision, "scale": f"{_fixed(sg)} ({P} fractional bits)", "bias": _fixed(bg),
             "checked_inputs": int(valid.sum())}
     return frozen, g_out, info, prod.name if prod is not None else None
+
+
+def _sign_form(S, B, src_frac: int, act, channels: int, where: str, node, source: str, extra: dict):
+    """The binary quantizer of ``k * S + B`` (integers; k the raw input at ``src_frac``): +scale where it is >= 0.
+    hls4ml computes ``x * scale' + bias'`` with ``scale' = 2 S 2**(e + src_frac)``, ``bias' = (2 B + 1) 2**e``, i.e.
+    ``(2 (k S + B) + 1) 2**e``, an odd multiple of ``2**e`` whatever ``k``: its type ``fixed<2,2+e,TRN,SAT_SYM>``
+    (truncation exact, saturation at +-2**e) gives +2**e exactly where ``k S + B >= 0``, -2**e elsewhere."""
+    from ..quant import FxsQuantBatchNorm
+    e = -act.frac
+    S = [int(v) for v in np.broadcast_to(np.asarray(S, dtype=object), (channels,))]
+    B = [int(v) for v in np.broadcast_to(np.asarray(B, dtype=object), (channels,))]
+    for c in range(channels):               # the narrowest equivalent integers: the sign of k S + B is kept
+        g = math.gcd(S[c], B[c])
+        if g > 1:
+            S[c], B[c] = S[c] // g, B[c] // g
+    scale = torch.tensor([math.ldexp(2 * v, e + src_frac) for v in S], dtype=torch.float64)
+    bias = torch.tensor([math.ldexp(2 * v + 1, e) for v in B], dtype=torch.float64)
+    if any(math.ldexp(float(a), -(e + src_frac) - 1) != b for a, b in zip(scale.tolist(), S)) or \
+            any(math.ldexp(float(a), -e) != 2 * b + 1 for a, b in zip(bias.tolist(), B)):
+        raise FxsplitError(f"internal: {where}: the sign form's coefficients are not exact", module=str(node.target))
+    hint = "use fewer bits before the binary quantizer"
+    sg = exact_type(scale.numpy(), f"{where}'s scale", node, hint)
+    bg = exact_type(bias.numpy(), f"{where}'s bias", node, hint)
+    frozen = FxsQuantBatchNorm(scale, bias, _fixed(sg), _fixed(bg), act, source)
+    info = {"type": frozen.precision, "scale": _fixed(sg), "bias": _fixed(bg), "form": "binary sign", **extra}
+    return frozen, info
+
+
+def binary_sign(node: torch.fx.Node, act, src: Grid, channels: int):
+    """A binary quantizer on values of grid ``src`` (raw ``k`` at ``src.frac``): the sign of ``k``, as
+    :func:`_sign_form` with ``S = 1, B = 0`` (one channel value repeated: hls4ml's BatchNormalization)."""
+    return _sign_form(1, 0, src.frac, act, channels, f"{act.source}", node, act.source, {})
+
+
+def _binary_batchnorm(node, bn, act, act_node, frozen_act, alpha, beta, ks, valid, L, src, prod):
+    """A BatchNorm before a binary quantizer: integers S, B per channel with ``k S + B >= 0`` exactly where brevitas'
+    float32 BatchNorm gives a value >= 0 (its sign: +scale), on every input ``k`` the channel can receive."""
+    cls = type(bn).__name__
+    where = f"{cls} {node.target!r}"
+    found = None
+    for P in _BN_PRECISIONS:
+        if (np.max(np.abs(ks)) * (np.max(np.abs(alpha)) + 1) + np.max(np.abs(beta)) * 2.0 ** src.frac
+                ) * 2.0 ** P > 2.0 ** 61:
+            continue                            # (int64 arithmetic below: never near overflow)
+        S = np.round(alpha * 2.0 ** P).astype(np.int64)
+        B = np.round(beta * 2.0 ** (P + src.frac)).astype(np.int64)
+        ok = True
+        for c in range(len(alpha)):
+            if _signs_match(ks, S[c], B[c], valid[c], L[c]):
+                continue
+            for d in (1, -1, 2, -2, 3, -3):       # brevitas' float32 rounding put a value near 0 on the other side
+                if _signs_match(ks, S[c], B[c] + d, valid[c], L[c]):
+                    B[c] += d
+                    break
+            else:
+                ok = False
+                break
+        if ok:
+            found = S, B, P
+            break
+    if found is None:
+        raise _err(f"{where}: no fixed-point scale and bias up to {_BN_PRECISIONS[-1]} fractional bits reproduce the "
+                   "sign brevitas' float32 BatchNorm gives its binary quantizer on every input", node,
+                   "fold the BatchNorm into the layer's weights while training (or use a float-free threshold layer)")
+    S, B, P = found
+    frozen, info = _sign_form(S, B, src.frac, frozen_act, len(alpha), where, node, f"{cls} {node.target}",
+                              {"layer": str(node.target), "kind": cls,
+                               "quantizer": f"with {type(act).__name__} {act_node.target} (binary)",
+                               "checked_inputs": int(valid.sum()), "threshold_bits": P})
+    info = {k: info[k] for k in ("layer", "kind", "quantizer", "type", "scale", "bias", "form", "checked_inputs",
+                                 "threshold_bits")}
+    g_out = Grid(2, 2 - frozen_act.frac, True)
+    return frozen, g_out, info, prod.name if prod is not None else None
+
+
+def _signs_match(ks, S, B, valid, target) -> bool:
+    acc = ks[valid] * int(S) + int(B)
+    return bool(np.array_equal(np.where(acc >= 0, 1, -1), target[valid]))
 
 
 AFFINE_BITS = 24                     # significant bits of a float affine's coefficients (float32 holds 24)

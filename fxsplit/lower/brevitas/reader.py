@@ -11,7 +11,8 @@ import torch.fx
 
 from ...frontend.capture import eval_mode, node_source
 from ...errors import FxsplitError
-from . import layers, norm
+from ...fixed import parse_type
+from . import affine, layers, norm
 from .grid import (_describe, ACTS, FLOAT32_BITS, GRID_MODULES, Grid, Plan, SAME_GRID_FUNCS, SAME_GRID_MODULES, _ADDS, _READ,
                    _WEIGHTED, _err, _fixed, uses_brevitas)
 
@@ -42,23 +43,70 @@ def _calibrate(gm: torch.fx.GraphModule, examples: list[torch.Tensor]) -> tuple[
     return values, biases
 
 
-def plan(gm: torch.fx.GraphModule, input_shapes: list[tuple[int, ...]]) -> Plan | None:
+def plan(gm: torch.fx.GraphModule, input_shapes: list[tuple[int, ...]],
+         declared: dict[str, str] | None = None) -> Plan | None:
     """Read every brevitas layer of the uncut graph ``gm`` exactly (see the module doc); None for a model
-    without brevitas layers. Raises :class:`FxsplitError` naming the layer, its quantizer and what to change."""
+    without brevitas layers. ``declared``: the model inputs' types the config sets (where it sets one).
+    Raises :class:`FxsplitError` naming the layer, its quantizer and what to change."""
     if not uses_brevitas(gm):
         return None
     with eval_mode(gm):
-        return _plan(gm, input_shapes)
+        return _plan(gm, input_shapes, dict(declared or {}))
 
 
-def _plan(gm: torch.fx.GraphModule, input_shapes: list[tuple[int, ...]]) -> Plan:
+def _plan(gm: torch.fx.GraphModule, input_shapes: list[tuple[int, ...]], declared: dict[str, str]) -> Plan:
     gen = torch.Generator().manual_seed(0)
     examples = [torch.randn((64, *s), generator=gen) * 4 for s in input_shapes]
     values, biases = _calibrate(gm, examples)
     p = Plan()
-    grid: dict[str, Grid | str | None] = {}       # Grid: exact; "input:<name>": a model input, float; None: float
+    grid: dict[str, object] = {}     # Grid: exact; "input:<name>": a model input, float; affine.Affine: float
+    #                                  arithmetic on a model input; affine.Const / Meta: constants; None: float
     needs: dict[str, list[tuple[int, int, torch.fx.Node]]] = {}   # model input -> (frac, qmax + 1) of its quantizers
     reshapes: list[tuple[str, str]] = []       # (reshape, its source): its type is the source's (else: the default)
+    signs: dict[str, int] = {}                 # tensors holding binary values +-2**-frac (a binary quantizer's)
+    pending: list[tuple[torch.fx.Node, object, str]] = []   # binary quantizers of a float model input
+    nodes = {n.name: n for n in gm.graph.nodes}
+    f32_affine: dict[str, tuple] = {}          # affine node -> what counting its moved decisions needs
+
+    def settle(node: torch.fx.Node) -> None:
+        """Float arithmetic on a model input read by ``node``'s consumer: its exact layer."""
+        aff = grid[node.name]
+        frozen, g, info, f32, g_in, rng = affine.materialize(gm, node, aff, declared.get(aff.inp), nodes)
+        _check_affine(gm, aff, nodes, frozen, declared[aff.inp], f32, node)
+        p.affines[node.name] = (aff, frozen)
+        p.precisions[node.name] = {"scale": frozen.scale_precision, "bias": frozen.bias_precision,
+                                   "result": frozen.precision}
+        p.input_precisions[aff.inp] = declared[aff.inp]
+        p.quantizers.append(info)
+        p.input_arithmetic.append(info)
+        if f32:
+            info["decisions_moved"] = 0
+            info["note"] = ("every value of the input type and every intermediate value fit in float32's 24 "
+                            "significant bits: brevitas' float32 arithmetic is exact, no quantizer decision moves")
+        else:
+            f32_affine[node.name] = (aff, frozen, g_in, rng, info)
+        grid[node.name] = g
+
+    def count(node: torch.fx.Node, act_node: torch.fx.Node | None, frozen_act) -> None:
+        """The quantizer decisions brevitas' float32 rounding of the input arithmetic at ``node`` moves."""
+        if node.name not in f32_affine:
+            return
+        aff, frozen, g_in, rng, info = f32_affine.pop(node.name)
+        moved, total = (None, None) if act_node is None else affine.count_moved(
+            gm, aff, nodes, frozen, g_in, rng, gm.get_submodule(act_node.target), frozen_act,
+            len(node.meta["tensor_meta"].shape))
+        info["decisions_moved"] = moved
+        if moved is None:
+            info["note"] = ("brevitas rounds this arithmetic in float32 on some inputs of the declared type; the moved "
+                            "quantizer decisions are not counted (" + (f"{total} input values" if total else
+                                                                         "not read by a quantizer") + ")")
+        else:
+            info["decisions_checked"] = total
+            info["note"] = (f"brevitas rounds this arithmetic in float32 on some inputs of the declared type: "
+                            f"{moved} of {total} quantizer decisions (input value x channel) differ from the exact "
+                            "ones")
+        if moved != 0:
+            p.inexact_in_brevitas.append(node.name)
 
     def type_of(name: str) -> str | None:
         """The exact type string of tensor ``name``: the one pinned for it, else its grid's (an 'auto' sum)."""
@@ -75,12 +123,35 @@ def _plan(gm: torch.fx.GraphModule, input_shapes: list[tuple[int, ...]]) -> Plan
         if n.op == "placeholder":
             grid[n.name] = f"input:{n.name}"
             continue
-        if n.op == "output":
+        const = affine.read_const(gm, n, grid)
+        if const is not None:
+            grid[n.name] = const
             continue
         if n.op == "get_attr":
-            raise _err("a brevitas model whose graph reads a tensor attribute: fxsplit reads brevitas layers, "
+            raise _err("a brevitas model whose graph reads a non-tensor attribute: fxsplit reads brevitas layers, "
                        "reshapes and dropout only (yet)", n, "compute constants in the layers' quantizers")
         srcs = [a for a in n.all_input_nodes]
+        operands = [grid.get(a.name) if isinstance(a, torch.fx.Node) else a for a in n.args]
+        if affine.is_op(n) and any(isinstance(o, affine.Affine) or (isinstance(o, str) and o.startswith("input:"))
+                                   for o in operands):
+            for a in srcs:
+                if isinstance(grid.get(a.name), affine.Affine) and len(a.users) != 1:
+                    raise _err(f"the float arithmetic on the model input at {a.name!r} is read by {len(a.users)} "
+                               "operations: fxsplit computes one chain of operations on a model input", a,
+                               "compute the arithmetic once, before its one consumer")
+            grid[n.name] = affine.step(n, operands, lambda o, arg: affine.Affine(o[len("input:"):], arg.name))
+            if grid[n.name].consts is not None:
+                grid[n.name].consts += [a.name for a in srcs if isinstance(grid.get(a.name), affine.Const)]
+                grid[n.name].consts += [v.name for a in srcs if isinstance(grid.get(a.name), affine.Const)
+                                        for v in a.all_input_nodes if isinstance(grid.get(v.name), affine.Meta)]
+            continue
+        for a in srcs:
+            if isinstance(grid.get(a.name), affine.Affine):
+                settle(a)
+        if n.op == "output":
+            for a in srcs:
+                count(a, None, None)
+            continue
         src = grid.get(srcs[0].name) if srcs else None
         if n.op == "call_module":
             m = gm.get_submodule(n.target)
@@ -90,12 +161,30 @@ def _plan(gm: torch.fx.GraphModule, input_shapes: list[tuple[int, ...]]) -> Plan
                 if cls == "QuantHardTanh" and frozen.activation != "linear":
                     raise _err(f"QuantHardTanh {n.target!r} applies an activation fxsplit cannot read", n,
                                "use QuantIdentity")
+                count(srcs[0], n, frozen)
                 if isinstance(src, str):
                     needs.setdefault(src[len("input:"):], []).append((frozen.frac, frozen.qmax + 1, n))
-                p.frozen[n.name] = frozen
-                p.precisions[n.name] = {"result": frozen.precision}
                 p.quantizers.append(info)
                 grid[n.name] = g
+                if frozen.binary:
+                    signs[n.name] = frozen.frac
+                    if not isinstance(src, (Grid, str)):
+                        raise _err(f"the binary quantizer {n.target!r} reads {_describe(src, srcs[0])}: fxsplit "
+                                   "computes its sign exactly on a fixed-point grid or a model input only", n,
+                                   "put a BatchNorm after a quantized layer before it, or quantize its input first")
+                    if isinstance(src, str):
+                        pending.append((n, frozen, src[len("input:"):]))
+                        continue
+                    if isinstance(src, Grid) and signs.get(srcs[0].name) != frozen.frac:
+                        # the sign of values that are not binary yet: an exact affine map and a saturating type
+                        bnf, binfo = norm.binary_sign(n, frozen, src, _channels(n))
+                        info.update(binfo)
+                        p.frozen[n.name] = bnf
+                        p.precisions[n.name] = {"scale": bnf.scale_precision, "bias": bnf.bias_precision,
+                                                "result": bnf.precision}
+                        continue
+                p.frozen[n.name] = frozen
+                p.precisions[n.name] = {"result": frozen.precision}
                 continue
             if cls in _WEIGHTED:
                 if not isinstance(src, Grid):
@@ -128,6 +217,8 @@ def _plan(gm: torch.fx.GraphModule, input_shapes: list[tuple[int, ...]]) -> Plan
                 continue
             if cls in ("BatchNorm1d", "BatchNorm2d"):
                 frozen, g, info, prod = norm.read_batchnorm(gm, n, m, src, p, grid)
+                if info.get("form") == "binary sign":
+                    signs[n.name] = frozen.frac
                 p.frozen[n.name] = frozen
                 p.precisions[n.name] = {"scale": frozen.scale_precision, "bias": frozen.bias_precision,
                                         "result": frozen.precision}
@@ -138,6 +229,9 @@ def _plan(gm: torch.fx.GraphModule, input_shapes: list[tuple[int, ...]]) -> Plan
                 p.quantizers.append(info)
                 grid[n.name] = g
                 continue
+            if cls in SAME_GRID_MODULES or cls in ("MaxPool1d", "MaxPool2d"):
+                if srcs[0].name in signs:         # (the maximum of binary values is binary)
+                    signs[n.name] = signs[srcs[0].name]
             if cls in SAME_GRID_MODULES:
                 grid[n.name] = src
                 if cls == "Flatten":
@@ -154,6 +248,8 @@ def _plan(gm: torch.fx.GraphModule, input_shapes: list[tuple[int, ...]]) -> Plan
                                                                      "or replace it with one of those")
         name = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", str(n.target))
         if name in SAME_GRID_FUNCS and len(srcs) == 1:
+            if srcs[0].name in signs:
+                signs[n.name] = signs[srcs[0].name]
             grid[n.name] = src
             reshapes.append((n.name, srcs[0].name))
             continue
@@ -177,10 +273,18 @@ def _plan(gm: torch.fx.GraphModule, input_shapes: list[tuple[int, ...]]) -> Plan
                        "index outside the compiled model")
         raise _err(f"operation {n.name!r} ({name}) in a brevitas model: fxsplit reads {_READ} exactly", n,
                    "keep this operation out of the model you compile")
+    for name in list(f32_affine):         # input arithmetic read by no quantizer, where brevitas rounds it
+        count(nodes[name], None, None)
     for inp, qs in needs.items():
         frac = max(f for f, _, _ in qs) + FLOAT32_BITS
         integer = max(int(top).bit_length() - f for f, top, _ in qs) + 1
         p.input_precisions[inp] = f"fixed<{integer + frac},{integer},TRN,SAT>"
+    for n, frozen, inp in pending:            # a binary quantizer of a float model input, on the input's type
+        t = parse_type(p.input_precisions[inp])
+        bnf, binfo = norm.binary_sign(n, frozen, Grid(t.width, t.integer, bool(t.signed)), _channels(n))
+        next(q for q in p.quantizers if q["layer"] == str(n.target)).update(binfo)
+        p.frozen[n.name] = bnf
+        p.precisions[n.name] = {"scale": bnf.scale_precision, "bias": bnf.bias_precision, "result": bnf.precision}
     for name, src in reshapes:            # (in graph order: a reshape of a reshape finds its source's type set)
         t = type_of(src)
         if t is not None:
@@ -201,9 +305,23 @@ def _check_reading(gm: torch.fx.GraphModule, p: Plan, values: dict) -> None:
         if mod is None or str(n.target) in inexact:
             continue
         inp = values[n.all_input_nodes[0].name]
+        own = values
+        with_act = type(gm.get_submodule(n.target)).__name__ in ("BatchNorm1d", "BatchNorm2d")
+        if n.all_input_nodes[0].name in p.affines:
+            # the calibration batch is float; the design reads the input arithmetic's exact values: brevitas' layer
+            # fed those (the declared input type's random values through the exact arithmetic, float32-exact ones)
+            aff, am = p.affines[n.all_input_nodes[0].name]
+            y = am(_grid_sample(p.input_precisions[aff.inp], n.all_input_nodes[0], aff))
+            y = y[(y.to(torch.float32).to(torch.float64) == y).reshape(y.shape[0], -1).all(1)]
+            with torch.no_grad():
+                own = {**values, n.name: gm.get_submodule(n.target)(y.to(torch.float32))}
+                if with_act:
+                    user = next(iter(n.users))
+                    own[user.name] = gm.get_submodule(user.target)(own[n.name])
+            inp = y
         with torch.no_grad():
             got = mod(getattr(inp, "value", inp).detach())
-        out = values[next(iter(n.users)).name] if type(mod).__name__ == "FxsQuantBatchNorm" else values[n.name]
+        out = own[next(iter(n.users)).name] if with_act else own[n.name]
         ref = getattr(out, "value", out).detach().to(torch.float64)        # (a BatchNorm: with its quantizer)
         if ref.shape != got.shape or not torch.equal(ref, got):
             bad = int((ref != got).sum()) if ref.shape == got.shape else -1
@@ -211,6 +329,41 @@ def _check_reading(gm: torch.fx.GraphModule, p: Plan, values: dict) -> None:
                                f"on a random batch ({bad} elements): its quantizer holds something fxsplit does not "
                                "read", module=str(n.target), source=node_source(n),
                                hint="please report this model; meanwhile compile without this layer")
+
+
+def _channels(n: torch.fx.Node) -> int:
+    """The channels of a node's tensor (its features for a vector): hls4ml's BatchNormalization's scale length."""
+    shape = n.meta["tensor_meta"].shape if "tensor_meta" in n.meta else None
+    if shape is None or len(shape) < 2:
+        raise _err(f"{n.target!r} has no recorded shape", n, "give the model a batch dimension")
+    return int(shape[1])
+
+
+def _grid_sample(declared: str, node: torch.fx.Node, aff) -> torch.Tensor:
+    """32 random samples of the declared input type, shaped as the input arithmetic reads them (the first all at
+    the type's minimum, the second at its maximum)."""
+    t = parse_type(declared)
+    lo, hi = t.raw_range()
+    start = next(a for a in node.graph.nodes if a.name == aff.start)
+    shape = tuple(start.meta["tensor_meta"].shape)[1:]
+    gen = torch.Generator().manual_seed(1)
+    raw = torch.randint(lo, hi + 1, (32, *shape), generator=gen, dtype=torch.int64)
+    raw[0], raw[1] = lo, hi
+    return raw.to(torch.float64) * 2.0 ** -t.frac
+
+
+def _check_affine(gm, aff, nodes, frozen, declared: str, f32: bool, node) -> None:
+    """The exact layer of the input arithmetic against the graph's own operations, on random values of the
+    declared input type (where brevitas' float32 is exact: bit for bit). A difference: raise, never build on it."""
+    x = _grid_sample(declared, node, aff)
+    with torch.no_grad():
+        ref = affine.replay(gm, aff, nodes, x.to(torch.float32)).to(torch.float64)
+        got = frozen(x)
+    if ref.shape != got.shape or (f32 and not torch.equal(ref, got)) or \
+            not torch.allclose(ref, got, rtol=2.0 ** -20, atol=2.0 ** -20 * float(ref.abs().max())):
+        raise FxsplitError(f"internal: fxsplit's exact reading of the input arithmetic {', '.join(aff.nodes)} "
+                           "differs from the model's own operations", module=node.name, source=node_source(node),
+                           hint="please report this model; meanwhile compute the arithmetic outside the model")
 
 
 def freeze_partitions(pt, p: Plan):
