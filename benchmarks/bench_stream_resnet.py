@@ -15,7 +15,7 @@ layer's weights (``fxsplit.zoo.spanning_config``), synthesis on, with the uncut 
 
 Printed: walls and their ratios to the uncut build (targets: >= 2.0x for 2, >= 7x for the 8-worker schedule),
 the largest job's peak memory against the uncut one's (target <= 0.3 for the 8-worker plan), the largest single
-job (what bounds the 8-worker wall: io_stream cannot cut inside a layer), stitched resources, and the latency and
+job (what bounds the 8-worker wall), stitched resources, and the latency and
 interval of each design from ``verify(level="rtl")`` (Verilator, ``--frames`` frames back to back). The step models'
 coefficients fitted on this run's jobs are printed too (``--fit``), ready for ``flows/rtl/streamflow.py``.
 
@@ -52,7 +52,7 @@ def types_of(model, shape, cfg) -> dict:
 
 def plan8(model, shape, cfg):
     return plan_auto(model, shape, 8, precision=cfg["precision"], flow="rtl", options=STREAM,
-                     cost_model=CostModel(), types=types_of(model, shape, cfg))
+                     cost_model=CostModel(), types=types_of(model, shape, cfg), split_layers=True)
 
 
 def wide(name, run, jobs, synth_limit):

@@ -81,12 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "(optional for zoo models)")
     c.add_argument("--splits", nargs="+", default=None, metavar="NAME",
                    help="also split before these modules / nodes (in addition to the Cut markers); LAYER@K cuts "
-                        "inside Linear layer LAYER, before its output K (its outputs built as separate partitions)")
+                        "inside Linear or convolution LAYER, before its output (channel) K (its outputs built as separate "
+                        "partitions)")
     c.add_argument("--auto-split", type=_positive, default=None, metavar="W",
                    help="add balanced cuts (to the markers) for the shortest predicted build on W workers")
     c.add_argument("--split-layers", choices=("on", "off"), default=None,
-                   help="with --auto-split: may the cuts go inside a wide Linear layer (default: in the rtl flow "
-                        "with exact accumulation)")
+                   help="with --auto-split: may the cuts go inside a wide Linear or convolution (default: in the "
+                        "rtl flow)")
     c.add_argument("--flow", choices=flow_names(), default="hls4ml")
     c.add_argument("--emit-only", action="store_true",
                    help="vitis flow: write every Vitis HLS project, the DAG description, test vectors and the run "

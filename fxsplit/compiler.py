@@ -168,8 +168,8 @@ def compile(model: nn.Module, input_shape, splits=None, flow: str = "hls4ml", co
         compare_monolithic: ``flow="rtl"``: emit and synthesize the uncut design as well; the report's
             ``compare_monolithic`` puts it beside the stitched one (build wall, CPU time, peak memory, resources,
             latency).
-        split_layers: with ``splits="auto"``: may the cuts go inside a wide Linear layer? None (default): as the
-            flow says (the fully parallel open RTL flow); True: wherever the layer allows it; False: never.
+        split_layers: with ``splits="auto"``: may the cuts go inside a wide Linear or convolution? None (default):
+            as the flow says (the open RTL flow); True: wherever the layer allows it; False: never.
 
     Returns:
         A :class:`~fxsplit.Design`: ``predict`` (the stitched emulation), ``predict_monolithic``, ``verify``,

@@ -106,7 +106,7 @@ class Partitioning:
                                            # (hls4ml's TransposeOutputs=False, its default for a user's hls_config)
     original: torch.fx.GraphModule | None = None   # with layer splits: the uncut graph as the model is written
                                                    # (``graph`` then holds the pieces; see fxsplit.frontend.layersplit)
-    layer_splits: dict[str, dict] = field(default_factory=dict)   # original Linear node -> its pieces and cats
+    layer_splits: dict[str, dict] = field(default_factory=dict)   # original layer node -> its pieces and cats
 
     @property
     def uncut(self) -> torch.fx.GraphModule:
@@ -114,11 +114,10 @@ class Partitioning:
         return self.original if self.original is not None else self.graph
 
     def origin(self, name: str) -> str:
-        """The uncut graph's node that a node of ``graph`` computes (a piece or cat of a split layer: the layer)."""
-        for layer, e in self.layer_splits.items():
-            if name in e["pieces"] or name in e["cats"]:
-                return layer
-        return name
+        """The uncut graph's node that a node of ``graph`` computes (a piece of a split layer: the layer; a piece of
+        its BatchNorm, or a cat joining them: the layer's output node)."""
+        from .frontend.layersplit import origins
+        return origins(self.layer_splits).get(name, name)
 
     def copy(self) -> "Partitioning":
         """The same partitioning with its own Port objects (graphs and modules shared): lowering types and lays

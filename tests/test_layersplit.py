@@ -107,6 +107,59 @@ def test_layer_split_keeps_the_layers_config(tmp_path):
     assert d.verify(x).bit_exact
 
 
+class ConvNet(nn.Module):
+    """Conv2d + BatchNorm + ReLU split by output channels, a 1x1 Conv2d without BatchNorm after it, a Conv1d head."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1, self.relu = nn.Conv2d(3, 10, 3, padding=1), nn.BatchNorm2d(10), nn.ReLU()
+        self.conv2 = nn.Conv2d(10, 6, 1, bias=False)
+        self.flat = nn.Flatten(2)
+        self.conv3 = nn.Conv1d(6, 5, 3, stride=2)
+
+    def forward(self, x):
+        return self.conv3(self.flat(self.conv2(self.relu(self.bn1(self.conv1(x))))))
+
+
+def _conv_net():
+    from fxsplit.zoo import randomize_batchnorm
+    torch.manual_seed(3)
+    m = ConvNet()
+    randomize_batchnorm(m, seed=3)
+    return m.eval(), (3, 6, 6)
+
+
+@pytest.mark.parametrize("io_type", ["io_parallel", "io_stream"])
+def test_conv_split_by_output_channels_csim_bit_exact(io_type, tmp_path):
+    """A convolution's filters in pieces, each with its slice of the BatchNorm that follows, joined over the
+    channels: the same bits as the uncut layer, on inputs that wrap; a 1x1 convolution split at its width."""
+    model, shape = _conv_net()
+    d = fxsplit.compile(model, shape, splits=["conv1@4", "conv1@7", "conv2@3", "conv2@6"],
+                        config={**P8, "io_type": io_type}, output_dir=tmp_path / "o", progress=False, jobs=2)
+    assert _pieces(d) == {"conv1": [0, 4, 7, 10], "conv2": [0, 3, 6]}
+    pt = d.partitioning
+    e = pt.layer_splits["conv1"]
+    assert e["norm"] == "bn1" and e["norms"] == ["bn1__o0", "bn1__o4", "bn1__o7"]
+    assert [o.name for o in pt["p0"].outputs] == ["bn1__o0"] and [o.shape for o in pt["p1"].outputs] == [(6, 6, 3)]
+    # the pieces' BatchNorms carry the BatchNorm's types; the join hands on the BatchNorm's result type
+    assert {pt.ports()[n].precision for n in ("bn1__o0", "bn1__o4")} == {"fixed<8,3,TRN,WRAP,0>"}
+    assert pt.origin("bn1__o4") == "bn1" and pt.origin("conv1__o4") == "conv1" and pt.origin(e["cats"][-1]) == "bn1"
+    x = np.random.default_rng(6).uniform(-8, 8, size=(60, *shape))       # fixed<8,3> holds +-4: wrap
+    res = d.verify(x)
+    assert res.bit_exact and res.n_samples == 60, res.details[:3]
+    y = model(torch.as_tensor(x, dtype=torch.float32)).detach().numpy()
+    assert np.allclose(d.predict_torch(x), y, atol=1e-5)
+
+
+class GroupConv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, groups=2)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
 class LinBN(nn.Module):
     def __init__(self):
         super().__init__()
@@ -134,10 +187,14 @@ def test_layer_split_refusals(tmp_path):
         (wide, wshape, ["fc2@65"], {}, "has 64 outputs, so a piece can start at 1 .. 63"),
         (wide, wshape, ["fc2@0"], {}, "not 0"),
         (wide, wshape, ["fcc2@3"], {}, "did you mean 'fc2'"),
-        (build("residual_cnn")[0], (3, 8, 8), ["stem.0@2"], {}, "only a plain torch.nn.Linear"),
+        (GroupConv().eval(), (4, 6, 6), ["conv@2"], {}, "groups=2"),
+        (build("qat_residual_cnn")[0], (3, 8, 8), ["stem.0@2"], {}, "only a plain torch.nn.Linear, Conv1d or Conv2d"),
+        (_conv_net()[0], (3, 6, 6), ["conv1@4"], {"layers": {"conv1": {"precision": {"result": "auto"}}}},
+         "hls4ml fuses that BatchNorm into the layer"),
         (LinBN().eval(), (8,), ["fc1@8"], {}, "hls4ml fuses it with the BatchNorm1d 'bn'"),
         (FlatHead().eval(), (2, 8), ["fc@3"], {}, "flattened multi-dimensional tensor"),
         (build("qat_jet_tagger")[0], (16,), ["fc1@8"], {}, "only a plain torch.nn.Linear"),
+        (build("residual_cnn")[0], (3, 8, 8), ["pool@2"], {}, "only a plain torch.nn.Linear, Conv1d or Conv2d"),
         (wide, wshape, ["fc2@32"], {"layers": {"fc2": {"precision": {"accum": "fixed<14,6,TRN,SAT>"}}}},
          "saturates"),
         (wide, wshape, ["fc2@32"], {"partitions": {"l2": {"precision": "fixed<10,4>"}}},

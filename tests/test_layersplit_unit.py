@@ -108,8 +108,8 @@ def test_why_not_accepts_a_plain_linear_on_one_vector():
 
 def test_why_not_names_what_is_refused():
     gm = trace(MLP(), (8,))
-    assert layersplit.why_not(gm, _node(gm, "relu")) == ("it is a ReLU; only a plain torch.nn.Linear is split by "
-                                                         "outputs")
+    assert layersplit.why_not(gm, _node(gm, "relu")) == ("it is a ReLU; only a plain torch.nn.Linear, Conv1d or "
+                                                         "Conv2d is split by outputs")
     assert layersplit.why_not(gm, _node(gm, "x")) == "it is not a module call"
     gm = trace(PerPosition(), (3, 8))
     assert layersplit.why_not(gm, _node(gm, "fc")) == (
@@ -145,7 +145,8 @@ def test_resolve_refuses_an_unknown_layer_with_close_names():
     assert ei.value.hint == "did you mean 'fc2', 'fc1'?"
     with pytest.raises(FxsplitError, match="names layer 'zzz'") as ei:
         layersplit.resolve(gm, [("zzz", 3, "zzz@3")])
-    assert ei.value.hint == "write '<Linear module>@<first output of the second piece>', e.g. 'fc2@32'"
+    assert ei.value.hint == ("write '<Linear or Conv module>@<first output of the second piece>', "
+                             "e.g. 'fc2@32'")
 
 
 def test_resolve_refuses_a_layer_that_cannot_be_split_naming_its_source_line():
@@ -181,6 +182,7 @@ def test_apply_builds_the_pieces_and_their_join():
     gm = trace(model, (8,))
     info = layersplit.apply(gm, {"fc1": [4, 8]})
     assert info == {"fc1": {"module": "fc1", "bounds": [0, 4, 8, 16], "pieces": ["fc1__o0", "fc1__o4", "fc1__o8"],
+                            "norm": None, "norm_module": None, "norms": [],
                             "starts": {0: "fc1__o0", 4: "fc1__o4", 8: "fc1__o8", 16: "cat"}, "cats": ["cat", "cat_1"]}}
     assert [n.name for n in gm.graph.nodes] == ["x", "fc1__o0", "fc1__o4", "fc1__o8", "cat", "cat_1", "relu", "fc2",
                                                 "output"]
@@ -244,3 +246,44 @@ def test_copy_graph_is_independent_of_the_rewrite():
     with torch.no_grad():
         uncut.fc1.weight.zero_()
     assert not torch.equal(model.fc1.weight, uncut.fc1.weight)
+
+
+class ConvBN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.head = nn.Conv1d(8, 4, 2)
+
+    def forward(self, x):
+        return self.head(self.block(x).flatten(2))
+
+
+def test_apply_splits_a_convolution_with_its_batchnorm():
+    """A convolution's filters in pieces, each followed by its channels of the BatchNorm (statistics included),
+    joined over the channels where the BatchNorm's output went; the rewritten graph computes what the model does."""
+    torch.manual_seed(1)
+    model = ConvBN().eval()
+    with torch.no_grad():
+        bn = model.block[1]
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.uniform_(0.5, 2)
+    gm = trace(model, (3, 6, 6))
+    assert layersplit.why_not(gm, _node(gm, "block_0")) is None
+    assert layersplit.norm_of(gm, _node(gm, "block_0")).name == "block_1"
+    info = layersplit.apply(gm, layersplit.resolve(gm, [("block.0", 3, "block.0@3"), ("head", 2, "head@2")]))
+    e = info["block_0"]
+    assert e["pieces"] == ["block_0__o0", "block_0__o3"] and e["norms"] == ["block_1__o0", "block_1__o3"]
+    assert e["norm"] == "block_1" and e["norm_module"] == "block.1" and info["head"]["norms"] == []
+    names = [n.name for n in gm.graph.nodes]
+    assert names.index("block_0__o3") == names.index("block_1__o0") + 1 and "block_1" not in names
+    assert _node(gm, "block_2").args == (_node(gm, e["cats"][0]),)
+    assert tuple(_node(gm, "block_1__o3").meta["tensor_meta"].shape)[1:] == (5, 3, 3)
+    modules = dict(gm.named_modules())
+    piece, norm = modules["block.0__o3"], modules["block.1__o3"]
+    assert (piece.out_channels, piece.stride, piece.padding) == (5, (2, 2), (1, 1))
+    assert torch.equal(piece.weight, model.block[0].weight[3:]) and torch.equal(norm.running_var, bn.running_var[3:])
+    assert layersplit.origins(info)["block_1__o3"] == "block_1" and layersplit.origins(info)["block_0__o3"] == \
+        "block_0"
+    x = torch.randn(4, 3, 6, 6)
+    assert torch.allclose(gm(x), model(x), atol=1e-6)
+    grouped = trace(nn.Sequential(nn.Conv2d(4, 4, 3, groups=2)).eval(), (4, 5, 5))
+    assert "groups=2" in layersplit.why_not(grouped, _node(grouped, "_0"))

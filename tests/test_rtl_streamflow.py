@@ -17,13 +17,14 @@ from fxsplit.flows.rtl.streamflow import frame_timing
 from fxsplit.zoo import build, spanning_config
 from test_rtl_streamnet import _randomize
 
-SPLITS = ["stage1.1.conv2", "stage2.2"]
+SPLITS = ["stage1.1.conv2", "stage2.2", "stage3.0.conv1@6"]
 
 
 @pytest.fixture(scope="module")
 def resnet_design(tmp_path_factory):
     """Reduced-width ResNet20 (3/6/12 channels, 8-bit weight types spanning each layer) cut inside two residual
-    blocks, so that a block's skip crosses each cut beside its first conv's activation."""
+    blocks, so that a block's skip crosses each cut beside its first conv's activation, and inside the stride-2
+    convolution of stage 3: its filters 0..5 (with their BatchNorm channels) a partition of their own."""
     model, shape = build("resnet20_small")
     cfg = spanning_config(model, shape, io_type="io_stream", synth=False, **FAST)
     design = fxsplit.compile(model, shape, flow="rtl", splits=SPLITS, config=cfg,
@@ -48,6 +49,11 @@ def test_resnet20_small_cut_streams_bit_exact_in_verilator(resnet_design):
     timing = ex["partition_timing"]
     assert set(timing) == {p.name for p in d.partitions}
     assert all(t["interval"] == 18 * 18 and 0 < t["latency"] < ex["latency_cycles"] for t in timing.values())
+    # the convolution's two pieces read the same stream; the join starts the next partition
+    assert d.report["layer_splits"] == {"stage3.0.conv1": [0, 6, 12]}
+    first, second = (next(p for p in d.partitions if f"stage3_0_conv1__o{k}" in p.nodes) for k in (0, 6))
+    assert "stage3_0_bn1__o0" in {o.name for o in first.outputs} and "stage3_0_relu2" not in first.nodes
+    assert "stage3_0_bn1__o6" in second.nodes and "stage3_0_bn1__o0" in {i.name for i in second.inputs}
     st = d.report["stitched"]
     assert st["latency"] == ex["latency_cycles"] and st["simulation"]["passed"] == 4
     # the skip into the partition after the first cut waits a conv behind the activation: its edge holds beats
@@ -89,6 +95,36 @@ def test_auto_split_plans_streaming_jobs(tmp_path):
     opts = RTLFlow.run_options(SimpleFC("io_stream"))
     plan = plan_auto(model, shape, 2, precision="fixed<8,3>", flow="rtl", options=opts)
     assert plan.partitions >= 2 and plan.predicted_wall < plan.uncut["predicted_wall"]
+
+
+def test_auto_split_cuts_inside_the_convolutions_that_bound_the_build():
+    """At half width, planned for 8 workers, each of stage 3's 32-channel convolutions is predicted above half a
+    worker's share: the automatic cuts go inside them (by default in the streaming open RTL flow), which brings the
+    largest partition's predicted Yosys time down; on 2 workers no layer is that large and none is split."""
+    from fxsplit.lower import normalize_config
+    from fxsplit.plan.autosplit import auto_splits, plan_auto
+    from fxsplit.plan.costmodel import CostModel, weight_types
+    model, shape = build("resnet20_half")
+    cfg = spanning_config(model, shape, io_type="io_stream")
+    types = weight_types(normalize_config(cfg, fxsplit.partition(model, shape)).layer_name)
+    opts = RTLFlow.run_options(SimpleFC("io_stream"))
+    plans = {(w, sl): plan_auto(model, shape, w, precision=cfg["precision"], flow="rtl", options=opts,
+                                cost_model=CostModel(), types=types, split_layers=sl)
+             for w in (2, 8) for sl in (False, True)}
+    inside = plans[8, True].layer_splits
+    assert inside and set(inside) <= {f"stage3.{b}.conv{c}" for b in range(3) for c in (1, 2)}, inside
+    assert all(v == [16] for v in inside.values())                    # two pieces of 16 channels each
+    assert max(plans[8, True].predicted) < 0.8 * max(plans[8, False].predicted)
+    assert not plans[2, True].layer_splits and plans[2, True].splits == plans[2, False].splits
+    names = auto_splits(model, shape, 8, config=cfg, flow="rtl")
+    assert names == plans[8, True].splits and any("@" in n for n in names)
+    # the pieces are built in the layer's own weight type: priced as the layer they came from
+    from fxsplit.frontend.partitioner import strip_markers
+    bare = strip_markers(model, shape)
+    one = {sl: plan_auto(bare, shape, 8, precision=cfg["precision"], flow="rtl", options=opts,
+                         cost_model=CostModel(), types=types, split_layers=sl, max_partitions=1) for sl in (0, 1)}
+    assert one[0].partitions == one[1].partitions == 1
+    assert one[1].predicted[0] == pytest.approx(one[0].predicted[0], rel=2e-3)
 
 
 def test_unstreamable_layer_refused_before_any_build(tmp_path):

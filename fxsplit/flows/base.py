@@ -143,7 +143,7 @@ class Flow(abc.ABC):
 
     @classmethod
     def splits_layers_by_default(cls, io_type: str) -> bool:
-        """``compile(splits="auto", split_layers=None)``: may the automatic cuts go inside a wide Linear layer?"""
+        """``compile(splits="auto", split_layers=None)``: may the automatic cuts go inside a wide Linear or convolution?"""
         return False
 
     @classmethod

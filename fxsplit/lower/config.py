@@ -211,35 +211,42 @@ def _exact_accumulators(fc: FlowConfig, graphs) -> None:
 
 
 def _settle_split_layers(fc: FlowConfig, pt: Partitioning) -> None:
-    """A layer built as pieces (``splits=["fc2@32"]``) is one layer of the uncut model: its pieces take its settings.
-    Settings given to the pieces (a partition override) must agree, and then are the layer's; the types of the
-    pieces and their Concatenates are pinned to the layer's own in ``lower``."""
-    import copy
+    """A layer built as pieces (``splits=["fc2@32"]``) is one layer of the uncut model: its pieces take its settings
+    (and the pieces of its BatchNorm the BatchNorm's). Settings given to the pieces (a partition override) must
+    agree, and then are the layer's; the types of the pieces and their Concatenates are pinned to the layer's own in
+    ``lower``."""
     for layer, e in pt.layer_splits.items():
-        base = fc.layer_name.get(layer) or {}
+        _settle(fc, pt, layer, e["pieces"], e["module"])
+        if e.get("norm"):
+            _settle(fc, pt, e["norm"], e["norms"], e["norm_module"])
 
-        def merged(c: dict | None) -> dict:
-            c = c or {}
-            out = {**base, **c}
-            pb, pc = base.get("Precision"), c.get("Precision")
-            if isinstance(pb, dict) and isinstance(pc, dict):
-                out["Precision"] = {**pb, **pc}
-            return out
 
-        settings = [merged(fc.layer_name.get(p)) for p in e["pieces"]]
-        if any(s != settings[0] for s in settings):
-            parts = sorted({pp.name for pp in pt.partitions for n in pp.nodes if n in e["pieces"]})
-            raise FxsplitError(f"layer {e['module']!r} is split across partitions {parts}, and the config gives its "
-                               "pieces different settings: the uncut layer cannot have all of them",
-                               module=e["module"], hint="give the layer its settings in config['layers'], or the same "
-                                                        "override to every partition holding a piece")
+def _settle(fc: FlowConfig, pt: Partitioning, layer: str, pieces: list[str], module: str) -> None:
+    import copy
+    base = fc.layer_name.get(layer) or {}
+
+    def merged(c: dict | None) -> dict:
+        c = c or {}
+        out = {**base, **c}
+        pb, pc = base.get("Precision"), c.get("Precision")
+        if isinstance(pb, dict) and isinstance(pc, dict):
+            out["Precision"] = {**pb, **pc}
+        return out
+
+    settings = [merged(fc.layer_name.get(p)) for p in pieces]
+    if any(s != settings[0] for s in settings):
+        parts = sorted({pp.name for pp in pt.partitions for n in pp.nodes if n in pieces})
+        raise FxsplitError(f"layer {module!r} is split across partitions {parts}, and the config gives its "
+                           "pieces different settings: the uncut layer cannot have all of them",
+                           module=module, hint="give the layer its settings in config['layers'], or the same "
+                                               "override to every partition holding a piece")
+    if settings[0]:
+        fc.layer_name[layer] = settings[0]
+    for p in pieces:
         if settings[0]:
-            fc.layer_name[layer] = settings[0]
-        for p in e["pieces"]:
-            if settings[0]:
-                fc.layer_name[p] = copy.deepcopy(settings[0])
-            else:
-                fc.layer_name.pop(p, None)
+            fc.layer_name[p] = copy.deepcopy(settings[0])
+        else:
+            fc.layer_name.pop(p, None)
 
 
 def _from_fxsplit_config(fc: FlowConfig, config: dict, pt: Partitioning, alias: dict, part_of: dict) -> None:

@@ -142,17 +142,22 @@ def accumulator_changes(pt: Partitioning, fc: FlowConfig, lowered: "Lowered") ->
     return out
 
 
+SPLITTABLE = ("Dense", "Conv1D", "Conv2D", "PointwiseConv1D", "PointwiseConv2D")
+
+
 def _pin_split_layers(pt: Partitioning, fc: FlowConfig, mono, nmap: dict[str, str]) -> None:
     """Every piece of a split layer gets the weight, bias and result types hls4ml gives the whole layer in the
-    uncut model (and its accumulator type, unless that is exact: 'auto'), every Concatenate joining them the
-    layer's result type: each output neuron is then the same sum in the same types (see fxsplit.frontend.layersplit)."""
+    uncut model (and its accumulator type, unless that is exact: 'auto'), every piece of its BatchNorm the
+    BatchNorm's scale, bias and result types, every Concatenate joining them the result type of what it replaces:
+    each output is then the same sum in the same types (see fxsplit.frontend.layersplit)."""
     for layer, e in pt.layer_splits.items():
         node = next(n for n in pt.uncut.graph.nodes if n.name == layer)
         hl = mono.graph.get(nmap.get(layer, ""))
-        if hl is None or hl.class_name != "Dense":
-            raise FxsplitError(f"layer {e['module']!r} is split by outputs, but hls4ml does not build it as one Dense "
-                               "layer in the uncut model, so its pieces could not match it", module=e["module"],
-                               source=node_source(node), hint="cut before or after this layer instead")
+        if hl is None or hl.class_name not in SPLITTABLE:
+            raise FxsplitError(f"layer {e['module']!r} is split by outputs, but hls4ml does not build it as one "
+                               "Dense or convolution layer in the uncut model, so its pieces could not match it",
+                               module=e["module"], source=node_source(node),
+                               hint="cut before or after this layer instead")
         types = {"result": str(hl.get_output_variable().type.precision),
                  "weight": str(hl.weights["weight"].type.precision)}
         if "bias" in hl.weights:
@@ -167,12 +172,30 @@ def _pin_split_layers(pt: Partitioning, fc: FlowConfig, mono, nmap: dict[str, st
                                    hint="give it an exact accumulator (config exact_accum=True, or accum 'auto') or a "
                                         "wrapping one, or cut before or after the layer instead")
             types["accum"] = accum
-        for piece in e["pieces"]:
-            lc = fc.layer_name.setdefault(piece, {})
-            prec = lc.get("Precision")
-            lc["Precision"] = {**(prec if isinstance(prec, dict) else {}), **types}
+        _pin(fc, e["pieces"], types)
+        joined = types["result"]
+        if e.get("norm"):
+            bn = mono.graph.get(nmap.get(e["norm"], ""))
+            if bn is None or bn.class_name != "BatchNormalization":
+                raise FxsplitError(f"layer {e['module']!r} is split by outputs with its BatchNorm "
+                                   f"{e['norm_module']!r}, but hls4ml fuses that BatchNorm into the layer in the uncut "
+                                   "model (the layer's result type is not set), so the pieces could not match it",
+                                   module=e["module"], source=node_source(node),
+                                   hint=f"give {e['module']!r} a result precision in the config (hls4ml then keeps "
+                                        "the BatchNorm apart), or cut before or after this layer instead")
+            norm = {"result": str(bn.get_output_variable().type.precision),
+                    "scale": str(bn.weights["scale"].type.precision), "bias": str(bn.weights["bias"].type.precision)}
+            _pin(fc, e["norms"], norm)
+            joined = norm["result"]
         for cat in e["cats"]:
-            fc.layer_name[cat] = {"Precision": {"result": types["result"]}}
+            fc.layer_name[cat] = {"Precision": {"result": joined}}
+
+
+def _pin(fc: FlowConfig, names: list[str], types: dict[str, str]) -> None:
+    for piece in names:
+        lc = fc.layer_name.setdefault(piece, {})
+        prec = lc.get("Precision")
+        lc["Precision"] = {**(prec if isinstance(prec, dict) else {}), **types}
 
 
 def _brevitas_plan(pt: Partitioning, fc: FlowConfig):

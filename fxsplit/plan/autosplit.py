@@ -118,7 +118,7 @@ def plan_auto(model, input_shape, workers: int, *, precision: str = "fixed<16,6>
               split_layers: bool = False, options: dict | None = None, traced=None,
               types: dict[str, str] | None = None) -> AutoPlan:
     """Choose the cuts (see the module docstring). ``splits``: names that must be cut too (as for compile).
-    ``split_layers``: cuts inside a wide Linear layer (by outputs, :mod:`fxsplit.frontend.layersplit`) are candidates too.
+    ``split_layers``: cuts inside a wide Linear or convolution (by outputs, :mod:`fxsplit.frontend.layersplit`) are candidates too.
     ``max_job_memory`` (bytes): only plans whose every partition job is predicted (``memory_model``, default the
     shipped peak-memory model) to peak under it; a single operation predicted above it is an error. ``types``:
     per-layer weight types (:func:`~fxsplit.plan.costmodel.weight_types`) where the config sets them."""
@@ -144,8 +144,9 @@ def plan_auto(model, input_shape, workers: int, *, precision: str = "fixed<16,6>
     user = [CutPoint.of(s) for s in ([splits] if isinstance(splits, (str, CutPoint)) else list(splits or []))]
     required = layersplit.resolve(gm, [(c.layer, c.output, str(c)) for c in user if c.output is not None])
     steps = flow_steps(flow, {"synth": synth, **(options or {})})
+    per_share = STREAM_PIECES_PER_SHARE if (options or {}).get("stream") else PIECES_PER_SHARE
     pieces = _offer_layer_splits(gm, workers if split_layers else 0, cm, precision, input_precision, steps, required,
-                                 types)
+                                 types, per_share)
     inside = {}                                          # piece node name -> its 'layer@first output' split name
     cats = set()
     for e in pieces.values():
@@ -159,7 +160,7 @@ def plan_auto(model, input_shape, workers: int, *, precision: str = "fixed<16,6>
         raise FxsplitError("the model computes nothing: no operation to cut between")
     lf = layer_features(gm, precision, input_precision, types)
     for e in pieces.values():          # a run of pieces in one partition is lowered as one layer, without joins
-        for nm in e["pieces"]:
+        for nm in (*e["pieces"], *e.get("norms", ())):
             lf[nm] = {**lf[nm], "layers": 1.0 / len(e["pieces"])}
         for nm in e["cats"]:
             lf[nm] = {k: 0 for k in FEATURES}
@@ -385,15 +386,19 @@ def plan_auto(model, input_shape, workers: int, *, precision: str = "fixed<16,6>
 MIN_PIECE_OUTPUTS = 2     # a piece of a split layer computes at least this many outputs
 MAX_PIECES = 32
 PIECES_PER_SHARE = 16     # a piece is about 1/16 of a worker's fair share: the balance the plan can reach
+STREAM_PIECES_PER_SHARE = 2    # streaming: every piece re-reads the layer's input through a line buffer of its own
 
 
 def _offer_layer_splits(gm, workers: int, cm: CostModel, precision: str, input_precision: str | None, steps: list,
-                        required: dict[str, list[int]], types: dict[str, str] | None = None) -> dict:
-    """Rewrite ``gm`` with every Linear whose own build is predicted above a sixteenth of a worker's fair share (the
-    whole model's predicted time / (16 W), :data:`PIECES_PER_SHARE`) cut into pieces of about that share (equal
-    output ranges, at most :data:`MAX_PIECES`, at least :data:`MIN_PIECE_OUTPUTS` outputs each): the dynamic program
-    may then cut between pieces, so a partition's predicted time can land within one piece of the fair share;
-    bounds it does not cut at are not applied. Returns ``layersplit.apply``'s description."""
+                        required: dict[str, list[int]], types: dict[str, str] | None = None,
+                        per_share: int = PIECES_PER_SHARE) -> dict:
+    """Rewrite ``gm`` with every Linear or convolution whose own build is predicted above ``1/per_share`` of a
+    worker's fair share (the whole model's predicted time / (per_share W); :data:`PIECES_PER_SHARE` for a fully
+    parallel design, :data:`STREAM_PIECES_PER_SHARE` for a streaming one, whose pieces each hold a line buffer) cut
+    into pieces of about that size (equal output ranges, at most :data:`MAX_PIECES`, at least
+    :data:`MIN_PIECE_OUTPUTS` outputs each): the dynamic program may then cut between pieces, so a partition's
+    predicted time can land within one piece of the fair share; bounds it does not cut at are not applied. Returns
+    ``layersplit.apply``'s description."""
     from ..frontend import layersplit
     lf = layer_features(gm, precision, input_precision, types)
 
@@ -403,11 +408,11 @@ def _offer_layer_splits(gm, workers: int, cm: CostModel, precision: str, input_p
     bounds = {k: list(v) for k, v in required.items()}            # the user's own cuts inside layers
     if workers:                                                     # 0: offer none
         per = {name: t(f) for name, f in lf.items()}
-        share = sum(per.values()) / (PIECES_PER_SHARE * workers)
+        share = sum(per.values()) / (per_share * workers)
         for nd in gm.graph.nodes:
             if nd.name not in per or per[nd.name] <= share or layersplit.why_not(gm, nd) is not None:
                 continue
-            width = gm.get_submodule(nd.target).out_features
+            width = layersplit.width(gm.get_submodule(nd.target))
             m = min(MAX_PIECES, width // MIN_PIECE_OUTPUTS, math.ceil(per[nd.name] / share))
             if m >= 2:
                 bounds[nd.name] = sorted({*bounds.get(nd.name, []), *(round(i * width / m) for i in range(1, m))})
@@ -415,9 +420,9 @@ def _offer_layer_splits(gm, workers: int, cm: CostModel, precision: str, input_p
 
 
 def splits_layers_by_default(flow: str, io_type: str) -> bool:
-    """``split_layers=None``: may the automatic cuts go inside wide Linear layers? As the flow says
-    (``Flow.splits_layers_by_default``: the fully parallel open RTL flow, where a layer's Yosys time is the
-    build's); elsewhere only when asked (``split_layers=True``)."""
+    """``split_layers=None``: may the automatic cuts go inside wide Linear layers or convolutions? As the flow says
+    (``Flow.splits_layers_by_default``: the open RTL flow, where one layer's Yosys time can be the build's);
+    elsewhere only when asked (``split_layers=True``)."""
     from ..flows import get_flow
     return get_flow(flow).splits_layers_by_default(io_type)
 
@@ -434,7 +439,7 @@ def auto_splits(model, input_shape, workers: int | None = None, config: dict | N
         splits: cuts that must be made too (names, as for ``compile``).
         cache_dir: a build cache to fit the cost model on (else each step's shipped model).
         reference: the build includes the uncut reference C simulation.
-        split_layers: may the cuts go inside a wide Linear layer (``"fc2@32"``, :mod:`fxsplit.frontend.layersplit`);
+        split_layers: may the cuts go inside a wide Linear or convolution (``"fc2@32"``, :mod:`fxsplit.frontend.layersplit`);
             None: as the flow says.
 
     Returns:

@@ -239,6 +239,7 @@ def layer_features(gm, weight_precision: str, input_precision: str | None = None
     from ..frontend.capture import node_shape
     from ..fixed import layout
     from ..frontend.capture import COMPUTE_OPS, node_macs
+    from ..frontend.layersplit import PIECE_SEP
     def weight_layout(t: str):
         try:
             return layout(t)
@@ -265,7 +266,8 @@ def layer_features(gm, weight_precision: str, input_precision: str | None = None
         w = getattr(mod, "weight", None) if isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d)) else None
         if w is not None:
             w = w.detach().to(torch.float64).cpu().numpy()
-            wl = weight_layout(types.get(n.name, weight_precision))
+            # a piece of a split layer (<layer>__o<first output>) is built in the layer's own weight type
+            wl = weight_layout(types.get(n.name) or types.get(n.name.split(PIECE_SEP)[0], weight_precision))
             lim = (1 << (wl.width - 1)) - 1 if wl.signed else (1 << wl.width) - 1
             f["weights"] = int(w.size + (mod.bias.numel() if getattr(mod, "bias", None) is not None else 0))
             q = np.clip(np.round(w * (1 << wl.frac) if wl.frac >= 0 else w / (1 << -wl.frac)), -lim, lim)

@@ -140,9 +140,10 @@ class RTLFlow(HLS4MLFlow):
 
     @classmethod
     def splits_layers_by_default(cls, io_type: str) -> bool:
-        """In the fully parallel open RTL flow a layer's Yosys time is the build's: the automatic cuts may go inside
-        wide Linear layers (the pieces keep the layer's accumulator type, exact or not)."""
-        return io_type == "io_parallel"
+        """In the open RTL flow one layer's Yosys time can be the build's: the automatic cuts may go inside a wide
+        Linear or convolution (the pieces keep the layer's types; a streaming design splits only a layer predicted
+        above a worker's fair share, each piece holding a line buffer of its own)."""
+        return io_type in ("io_parallel", "io_stream")
 
     @classmethod
     def run_options(cls, fc, **options) -> dict:
