@@ -100,7 +100,8 @@ def test_auto_split_plans_streaming_jobs(tmp_path):
 def test_auto_split_cuts_inside_the_convolutions_that_bound_the_build():
     """At half width, planned for 8 workers, each of stage 3's 32-channel convolutions is predicted above half a
     worker's share: the automatic cuts go inside them (by default in the streaming open RTL flow), which brings the
-    largest partition's predicted Yosys time down; on 2 workers no layer is that large and none is split."""
+    largest partition's predicted Yosys time down; on 2 workers no layer is that large and none is split, unless a
+    memory budget asks for it."""
     from fxsplit.lower import normalize_config
     from fxsplit.plan.autosplit import auto_splits, plan_auto
     from fxsplit.plan.costmodel import CostModel, weight_types
@@ -116,6 +117,15 @@ def test_auto_split_cuts_inside_the_convolutions_that_bound_the_build():
     assert all(v == [16] for v in inside.values())                    # two pieces of 16 channels each
     assert max(plans[8, True].predicted) < 0.8 * max(plans[8, False].predicted)
     assert not plans[2, True].layer_splits and plans[2, True].splits == plans[2, False].splits
+    # a memory budget below a whole convolution's prediction cuts inside it, however few the workers
+    budget = 4 * 2 ** 30
+    tight = plan_auto(model, shape, 2, precision=cfg["precision"], flow="rtl", options=opts, cost_model=CostModel(),
+                      types=types, split_layers=True, max_job_memory=budget)
+    assert tight.layer_splits and max(tight.predicted_rss) <= budget < max(plans[2, True].predicted_rss)
+    with pytest.raises(FxsplitError, match=r"alone is predicted to need") as e:
+        plan_auto(model, shape, 2, precision=cfg["precision"], flow="rtl", options=opts, cost_model=CostModel(),
+                  types=types, split_layers=False, max_job_memory=budget)
+    assert "split_layers=True" in e.value.hint
     names = auto_splits(model, shape, 8, config=cfg, flow="rtl")
     assert names == plans[8, True].splits and any("@" in n for n in names)
     # the pieces are built in the layer's own weight type: priced as the layer they came from

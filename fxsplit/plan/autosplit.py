@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from .costmodel import FEATURES, CostModel, layer_features
+from .costmodel import FEATURES, SIZES, CostModel, layer_features
 from ..errors import FxsplitError
 from ..ir import MONOLITHIC, STITCHED, CutPoint
 TIE_WALL = 0.05            # a plan with more partitions must be predicted 5 % faster to be taken
@@ -146,7 +146,7 @@ def plan_auto(model, input_shape, workers: int, *, precision: str = "fixed<16,6>
     steps = flow_steps(flow, {"synth": synth, **(options or {})})
     per_share = STREAM_PIECES_PER_SHARE if (options or {}).get("stream") else PIECES_PER_SHARE
     pieces = _offer_layer_splits(gm, workers if split_layers else 0, cm, precision, input_precision, steps, required,
-                                 types, per_share)
+                                 types, per_share, mm, max_job_memory)
     inside = {}                                          # piece node name -> its 'layer@first output' split name
     cats = set()
     for e in pieces.values():
@@ -285,8 +285,10 @@ def plan_auto(model, input_shape, workers: int, *, precision: str = "fixed<16,6>
                 raise FxsplitError(
                     f"no cut makes every job fit in max_job_memory={_size(max_job_memory)}: the partition "
                     f"of {what} alone is predicted to need {_size(seg_mem(a, b))}",
-                    hint="raise max_job_memory, or lower that layer's cost (precision, size); the prediction comes "
-                         "from the peak-memory model fitted from your cache (report: predicted vs measured)")
+                    hint="raise max_job_memory, " + ("" if split_layers else "let the cuts go inside layers "
+                                                                 "(split_layers=True), ") +
+                         "or lower that layer's cost (precision, size); the prediction comes from the peak-memory "
+                         "model fitted from your cache (report: predicted vs measured)")
     whole = seg(0, n)
     total_ports = lambda cuts: sum(seg(a, b)["ports"] for a, b in zip(cuts, cuts[1:]))  # noqa: E731
 
@@ -386,34 +388,46 @@ def plan_auto(model, input_shape, workers: int, *, precision: str = "fixed<16,6>
 MIN_PIECE_OUTPUTS = 2     # a piece of a split layer computes at least this many outputs
 MAX_PIECES = 32
 PIECES_PER_SHARE = 16     # a piece is about 1/16 of a worker's fair share: the balance the plan can reach
+MEMORY_MARGIN = 0.9       # a layer's pieces under a memory budget: each predicted under 90 % of it (its ports too)
 STREAM_PIECES_PER_SHARE = 2    # streaming: every piece re-reads the layer's input through a line buffer of its own
 
 
 def _offer_layer_splits(gm, workers: int, cm: CostModel, precision: str, input_precision: str | None, steps: list,
                         required: dict[str, list[int]], types: dict[str, str] | None = None,
-                        per_share: int = PIECES_PER_SHARE) -> dict:
+                        per_share: int = PIECES_PER_SHARE, memory_model: CostModel | None = None,
+                        max_job_memory: int | None = None) -> dict:
     """Rewrite ``gm`` with every Linear or convolution whose own build is predicted above ``1/per_share`` of a
     worker's fair share (the whole model's predicted time / (per_share W); :data:`PIECES_PER_SHARE` for a fully
     parallel design, :data:`STREAM_PIECES_PER_SHARE` for a streaming one, whose pieces each hold a line buffer) cut
     into pieces of about that size (equal output ranges, at most :data:`MAX_PIECES`, at least
     :data:`MIN_PIECE_OUTPUTS` outputs each): the dynamic program may then cut between pieces, so a partition's
-    predicted time can land within one piece of the fair share; bounds it does not cut at are not applied. Returns
-    ``layersplit.apply``'s description."""
+    predicted time can land within one piece of the fair share; bounds it does not cut at are not applied. With
+    ``max_job_memory``, a layer predicted (``memory_model``) above it is cut into pieces predicted under it (at
+    :data:`MEMORY_MARGIN`), however small its time. Returns ``layersplit.apply``'s description."""
     from ..frontend import layersplit
     lf = layer_features(gm, precision, input_precision, types)
 
     def t(f: dict) -> float:
         return sum(cm.predict(s.model, {**f, "ports": 0}) for s in steps if s.scope == "partition")
 
+    def rss(f: dict, m: int) -> float:      # a piece of 1/m of the layer: its sizes scale with its outputs
+        piece = {k: (v / m if k in SIZES else v) for k, v in f.items()}
+        return max(memory_model.predict(s.model, {**piece, "ports": 0}) for s in steps if s.scope == "partition")
+
     bounds = {k: list(v) for k, v in required.items()}            # the user's own cuts inside layers
     if workers:                                                     # 0: offer none
         per = {name: t(f) for name, f in lf.items()}
         share = sum(per.values()) / (per_share * workers)
         for nd in gm.graph.nodes:
-            if nd.name not in per or per[nd.name] <= share or layersplit.why_not(gm, nd) is not None:
+            if nd.name not in per or layersplit.why_not(gm, nd) is not None:
                 continue
             width = layersplit.width(gm.get_submodule(nd.target))
-            m = min(MAX_PIECES, width // MIN_PIECE_OUTPUTS, math.ceil(per[nd.name] / share))
+            cap = min(MAX_PIECES, width // MIN_PIECE_OUTPUTS)
+            m = math.ceil(per[nd.name] / share) if per[nd.name] > share else 1
+            if max_job_memory is not None and memory_model is not None:
+                while m < cap and rss(lf[nd.name], m) > MEMORY_MARGIN * max_job_memory:
+                    m += 1
+            m = min(cap, m)
             if m >= 2:
                 bounds[nd.name] = sorted({*bounds.get(nd.name, []), *(round(i * width / m) for i in range(1, m))})
     return layersplit.apply(gm, bounds) if bounds else {}
