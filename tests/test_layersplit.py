@@ -151,6 +151,19 @@ def test_conv_split_by_output_channels_csim_bit_exact(io_type, tmp_path):
     assert np.allclose(d.predict_torch(x), y, atol=1e-5)
 
 
+@pytest.mark.slow
+def test_conv_split_fully_parallel_rtl_bit_exact(tmp_path):
+    """The fully parallel open RTL flow: a convolution's pieces (with their BatchNorm channels) and a 1x1
+    convolution's side by side in the stitched top, bit-exact in Verilator against the uncut C simulation."""
+    model, shape = _conv_net()
+    d = fxsplit.compile(model, shape, flow="rtl", splits=["conv1@4", "conv2@3"], config={**P8, "synth": False},
+                        output_dir=tmp_path / "o", progress=False, jobs=2)
+    assert _pieces(d) == {"conv1": [0, 4, 10], "conv2": [0, 3, 6]}
+    x = np.random.default_rng(6).uniform(-8, 8, size=(100, *shape))
+    res = d.verify(x, level="rtl")
+    assert res.bit_exact and res.extra["rtl_vs_csim"] == {"passed": 100, "failed": 0}
+
+
 class GroupConv(nn.Module):
     def __init__(self):
         super().__init__()

@@ -244,9 +244,10 @@ def _layer_splits_html(ls: Any) -> str:
                            for x, y in zip(b, b[1:]))
         h.append(f'<tr><td><code>{_esc(layer)}</code></td><td class="n">{max(len(b) - 1, 0)}</td>'
                  f"<td>{_esc(ranges)}</td></tr>")
-    h.append('</table><p class="muted">Each range of the layer\'s outputs is a partition of its own (a Linear holding '
-             "the layer's rows of weights), joined by hls4ml Concatenates; every type is the uncut layer's, so the "
-             "stitched design equals the uncut one bit for bit.</p>")
+    h.append('</table><p class="muted">Each range of the layer\'s outputs (a convolution\'s output channels) is a '
+             "partition of its own (a layer holding those rows of weights or filters, a convolution's followed by "
+             "those channels of its BatchNorm), joined by hls4ml Concatenates; every type is the uncut layer's, so "
+             "the stitched design equals the uncut one bit for bit.</p>")
     return "".join(h)
 
 
