@@ -9,6 +9,7 @@ module and the source line, with advice.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import re
@@ -18,10 +19,11 @@ from collections.abc import Sequence
 import torch
 import torch.fx
 from torch import nn
+from torch.fx import _symbolic_trace
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import FxsplitError
-from .markers import Cut, count_marker_calls, fxsplit_tracing, is_cut_node
+from .markers import Cut, count_marker_calls, fxsplit_tracing, is_cut_node, outside_tracing
 
 COMPUTE_OPS = ("call_module", "call_function", "call_method")   # the fx node kinds that compute
 _LEAF_PREFIXES = ("torch.nn", "torch.ao.nn", "brevitas.nn")
@@ -55,6 +57,160 @@ class LeafTracer(torch.fx.Tracer):
         if isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
             return False
         return type(m).__module__.startswith(_LEAF_PREFIXES) or _is_tensor_norm(m)
+
+
+_MISSING = object()      # a traced value without a concrete one (a forward argument no example input feeds)
+_VALUE_FIELDS = ("value", "value_")                                     # a QuantTensor's traced tensor
+_META_PROPERTIES = ("signed", "training", "saturating", "eps", "scale", "zero_point")
+
+
+class _ConcreteRunError(Exception):
+    """An operation failed on the example inputs while tracing (raised from the model's own call of it)."""
+
+
+class _TracedValueError(FxsplitError):
+    """A value the model inspects while it is traced cannot be traced (reported as it is, with its own line)."""
+
+
+class ValueTracer(LeafTracer):
+    """:class:`LeafTracer` that runs the model on example inputs while it traces it, so that the model's Python
+    code can inspect what its leaves return.
+
+    Every traced operation is also executed on two example batches (the first is the one shape propagation uses
+    afterwards, the second a different random batch). Where an operation's result is a brevitas QuantTensor, the
+    tracer hands the model a proxy of :func:`quant_proxy_class` instead of a plain proxy: it passes ``isinstance(x, QuantTensor)``
+    and answers reads of the quantization metadata (``x.scale``, ``x.zero_point``, ``x.bit_width``, ``x.signed``,
+    ...) with the concrete values, while ``x.value`` and every operation on ``x`` are traced as usual."""
+
+    def __init__(self, runs: Sequence[Sequence[torch.Tensor]] = ()):
+        super().__init__()
+        self._runs = [list(r) for r in runs]
+        self._values: dict[torch.fx.Node, list] = {}
+        self._n_placeholders = 0
+
+    def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):
+        proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
+        if not isinstance(proxy, torch.fx.Proxy) or proxy.node in self._values:
+            return proxy
+        node = proxy.node
+        if not self._runs:              # (no example inputs: a plain trace)
+            return proxy
+        if kind == "placeholder":
+            i = self._n_placeholders
+            self._n_placeholders += 1
+            vals = [r[i] if i < len(r) else _MISSING for r in self._runs]
+        else:
+            vals = [self._run(node, k) for k in range(len(self._runs))]
+        self._values[node] = vals
+        if not vals or any(v is _MISSING for v in vals) or not _is_quant_tensor(vals[0]):
+            return proxy
+        return quant_proxy_class()(node, self)
+
+    def _value(self, n: torch.fx.Node, k: int):
+        if n not in self._values and n.op == "get_attr":      # a tensor constant torch.fx put on the root
+            self._values[n] = [_fetch(self.root, n.target)] * len(self._runs)
+        return self._values.get(n, [_MISSING] * len(self._runs))[k]
+
+    def _run(self, node: torch.fx.Node, k: int):
+        """``node`` executed on run ``k``'s values of its inputs (as torch.fx.Interpreter executes it)."""
+        from torch.fx.node import map_arg
+        from .markers import cut
+        if any(self._value(a, k) is _MISSING for a in node.all_input_nodes):
+            return _MISSING
+        args = map_arg(node.args, lambda a: self._value(a, k))
+        kwargs = map_arg(node.kwargs, lambda a: self._value(a, k))
+        try:
+            # torch.fx's patches of nn.Module.__call__ / __getattr__ lifted: a leaf runs as it does in eager mode
+            with torch.no_grad(), _symbolic_trace._maybe_revert_all_patches(), outside_tracing():
+                if node.op == "get_attr":
+                    return _fetch(self.root, node.target)
+                if node.op == "call_module":
+                    return self.root.get_submodule(node.target)(*args, **kwargs)
+                if node.op == "call_function":
+                    return args[0] if node.target is cut else node.target(*args, **kwargs)
+                if node.op == "call_method":
+                    return getattr(args[0], node.target)(*args[1:], **kwargs)
+        except Exception as e:  # the model's own operation on a real input: reported with the model's line
+            raise _ConcreteRunError(f"{type(e).__name__}: {e}") from e
+        return _MISSING
+
+    def quant_metadata(self, proxy: torch.fx.Proxy, name: str):
+        """The concrete value of ``proxy``'s QuantTensor field or property ``name``, the same on both example
+        batches, else an FxsplitError."""
+        node = proxy.node
+        vals = [getattr(v, name) for v in self._values[node]]
+        if not all(_same(vals[0], v) for v in vals[1:]):
+            fr = _user_frame_of_stack()
+            raise _TracedValueError(
+                f"the model reads {name!r} of the QuantTensor {_describe_producer(node)} returns, and it differs "
+                "between two example inputs: a quantizer that computes it from its input at run time (a dynamic "
+                "or statistics-collecting quantizer, or a model in training mode) has no constant to trace",
+                module=str(node.target) if node.op == "call_module" else node.name,
+                source=f"{fr.filename}:{fr.lineno}: {fr.line}" if fr else None,
+                hint="give the quantizer a parameter or constant scale (e.g. Int8ActPerTensorFixedPoint) and trace "
+                     "the model in eval mode, or do not read the QuantTensor's metadata in forward")
+        # the same on two different inputs of a model in eval mode (as fxsplit traces it): a constant of the model
+        # (its quantizers' parameters and buffers), so the traced graph may hold it as one
+        return vals[0]
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b))
+    return type(a) is type(b) and a == b
+
+
+def _fetch(root: nn.Module, target: str):
+    obj = root
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _describe_producer(node: torch.fx.Node) -> str:
+    if node.op == "call_module":
+        return f"the module {node.target!r}"
+    return f"the operation {node.name!r}"
+
+
+def _user_frame_of_stack() -> traceback.FrameSummary | None:
+    """The innermost frame of the model's own code on the current stack (the line reading a traced value)."""
+    for fr in reversed(traceback.extract_stack()):
+        if not _internal(fr.filename) and "<eval_with_key>" not in fr.filename:
+            return fr
+    return None
+
+
+class _QuantProxyBase(torch.fx.Proxy):
+    """A traced brevitas QuantTensor (made by :class:`ValueTracer`): ``isinstance(x, QuantTensor)`` holds; reads of
+    its metadata give the tracer's concrete values; ``x.value`` and everything else is traced as on any proxy."""
+
+    def __getattr__(self, name):
+        if not name.startswith("__") and "node" in self.__dict__ and "tracer" in self.__dict__:
+            concrete = self.tracer._values[self.node][0]
+            meta = set(getattr(type(concrete), "_fields", ())) - set(_VALUE_FIELDS)
+            meta |= {p for p in _META_PROPERTIES if isinstance(getattr(type(concrete), p, None), property)}
+            if name in meta:
+                return self.tracer.quant_metadata(self, name)
+        return super().__getattr__(name)
+
+
+def _traced_attr(name: str) -> property:
+    return property(lambda self: torch.fx.Proxy.__getattr__(self, name))
+
+
+@functools.cache
+def quant_proxy_class() -> type:
+    """The class of a traced brevitas QuantTensor: a torch.fx Proxy and a subclass of brevitas' ``QuantTensor``
+    (made when the first QuantTensor is traced: brevitas is imported then). ``isinstance(x, IntQuantTensor)`` does
+    not hold (brevitas' concrete QuantTensors are NamedTuples, which a proxy cannot be)."""
+    from brevitas.quant_tensor import QuantTensor
+    # QuantTensor's own helpers (shape, size, dim, detach, to, ...) read ``self.value``: traced as a proxy's
+    # attribute instead, so the graph holds the same nodes as for a plain proxy
+    shadow = {n: _traced_attr(n) for n in vars(QuantTensor) if not n.startswith("__") and n != "is_zero_zero_point"}
+    shadow["__doc__"] = _QuantProxyBase.__doc__
+    shadow["__module__"] = __name__
+    return type("QuantProxy", (_QuantProxyBase, QuantTensor), shadow)
 
 
 class _ShapeProp(ShapeProp):
@@ -161,11 +317,19 @@ def _keep_origin(old: torch.fx.Graph, new: torch.fx.Graph) -> None:
 
 
 def trace(model: nn.Module, input_shape) -> torch.fx.GraphModule:
-    """Trace ``model`` into a GraphModule whose nodes carry ``tensor_meta`` shapes."""
+    """Trace ``model`` into a GraphModule whose nodes carry ``tensor_meta`` shapes (with :class:`ValueTracer`:
+    the model runs on example inputs as it is traced)."""
     shapes = normalize_shapes(input_shape)
-    tracer = LeafTracer()
+    examples = [torch.rand((2, *s)) for s in shapes]
+    gen = torch.Generator().manual_seed(1)
+    second = [torch.rand((2, *s), generator=gen) * 4 - 2 for s in shapes]
+    tracer = ValueTracer([examples, second])
     try:
         graph = tracer.trace(model)
+    except _TracedValueError:
+        raise
+    except _ConcreteRunError as e:
+        _raise_run_failed(e, examples)
     except Exception as e:  # tracing user code: any failure is the user's model
         fr = _user_frame(e.__traceback__)
         src = f"{fr.filename}:{fr.lineno}: {fr.line}" if fr else None
@@ -181,17 +345,12 @@ def trace(model: nn.Module, input_shape) -> torch.fx.GraphModule:
     if n_placeholders != len(shapes):
         raise FxsplitError(f"the model's forward takes {n_placeholders} tensor input(s) but input_shape gives "
                            f"{len(shapes)} shape(s)", hint="pass one shape per forward argument")
-    examples = [torch.rand((2, *s)) for s in shapes]
     _check_unused_markers(model, gm)
     try:
         with torch.no_grad(), count_marker_calls() as ran:
             _ShapeProp(gm).propagate(*examples)
     except Exception as e:
-        fr = _user_frame(e.__traceback__)
-        raise FxsplitError(
-            f"running the traced model on a random input of shape {[tuple(x.shape) for x in examples]} failed: "
-            f"{type(e).__name__}: {e}", source=f"{fr.filename}:{fr.lineno}: {fr.line}" if fr else None,
-            hint="check input_shape (it excludes the batch dimension)") from e
+        _raise_run_failed(e, examples)
     in_graph = sum(1 for n in gm.graph.nodes if is_cut_node(n, gm))
     if ran[0] != in_graph:
         raise FxsplitError(
@@ -203,6 +362,15 @@ def trace(model: nn.Module, input_shape) -> torch.fx.GraphModule:
     _static_reshapes(gm)
     _keyword_dims(gm)
     return gm
+
+
+def _raise_run_failed(e: Exception, examples: list[torch.Tensor]):
+    fr = _user_frame(e.__traceback__)
+    raise FxsplitError(
+        f"running the traced model on a random input of shape {[tuple(x.shape) for x in examples]} failed: "
+        + (str(e) if isinstance(e, _ConcreteRunError) else f"{type(e).__name__}: {e}"),
+        source=f"{fr.filename}:{fr.lineno}: {fr.line}" if fr else None,
+        hint="check input_shape (it excludes the batch dimension)") from e
 
 
 _CONCATS = (torch.cat, torch.concat, torch.concatenate)

@@ -60,6 +60,17 @@ def fxsplit_tracing():
         _COUNT.tracing = saved
 
 
+@contextlib.contextmanager
+def outside_tracing():
+    """Mark this thread as not tracing (fxsplit's tracer running the model's operations on real tensors)."""
+    saved = getattr(_COUNT, "tracing", False)
+    _COUNT.tracing = False
+    try:
+        yield
+    finally:
+        _COUNT.tracing = saved
+
+
 class Cut(nn.Module):
     """Start a new partition at this point of the forward pass.
 

@@ -19,6 +19,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 
 import numpy as np
 
@@ -339,6 +340,39 @@ def csim_job(workdir: str, inputs: dict[str, str], spec: ModelSpec) -> dict:
 
 # ----------------------------------------------------------------------------- C simulation (main side)
 
+CSIM_STACK_BYTES = 1 << 30
+"""The stack of the thread that runs a C simulation. hls4ml's layers keep their intermediate arrays on the stack:
+an io_parallel Dense (and each output pixel of a Conv) holds all ``n_in * n_out`` products in its accumulator type,
+18 MiB for a 3x3 convolution of 512 channels (4608 x 512) with 8-byte accumulators, past the usual 8 MiB of a
+process's main thread, where it is a segmentation fault rather than an error. The thread's stack is reserved
+address space; only the pages a layer touches take memory."""
+
+_STACK_LOCK = threading.Lock()
+
+
+def on_large_stack(fn, *args):
+    """``fn(*args)`` on a thread with a :data:`CSIM_STACK_BYTES` stack (its result returned, its exception
+    raised here)."""
+    box: dict = {}
+
+    def target():
+        try:
+            box["result"] = fn(*args)
+        except BaseException as e:     # noqa: BLE001  (re-raised in the caller's thread)
+            box["error"] = e
+    with _STACK_LOCK:                  # (threading.stack_size is process-wide: set for this one thread only)
+        old = threading.stack_size(CSIM_STACK_BYTES)
+        try:
+            t = threading.Thread(target=target, name="fxsplit-csim", daemon=True)
+            t.start()
+        finally:
+            threading.stack_size(old)
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box.get("result")
+
+
 class CSim:
     """A compiled hls4ml C-simulation library, called through fxsplit's exact bridge.
 
@@ -379,7 +413,7 @@ class CSim:
         if flat.shape[1] != self.in_sizes[k]:
             raise FxsplitError(f"input of size {flat.shape[1]} given where the C simulation expects {self.in_sizes[k]}")
         out = np.zeros((n, self.in_sizes[k] * self.words[k]), dtype=np.uint64)
-        self._quant[k](n, flat, out)
+        on_large_stack(self._quant[k], n, flat, out)
         return out
 
     def run(self, xs: list[np.ndarray]) -> list[np.ndarray]:
@@ -394,7 +428,7 @@ class CSim:
             ins.append(a)
         nin = len(self.in_sizes)
         outs = [np.zeros((n, s * self.words[nin + k]), dtype=np.uint64) for k, s in enumerate(self.out_sizes)]
-        self._raw(n, *ins, *outs)
+        on_large_stack(self._raw, n, *ins, *outs)
         return outs
 
     def __call__(self, xs: list[np.ndarray]) -> list[np.ndarray]:

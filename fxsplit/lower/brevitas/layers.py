@@ -138,10 +138,18 @@ def read_weighted(node: torch.fx.Node, mod, in_grid: Grid, bias_value) -> tuple[
     exps = [_po2_exponent(float(s)) for s in scale]
     if any(e is None for e in exps):
         bad = next(float(s) for s, e in zip(scale, exps) if e is None)
-        raise _err(f"{where}'s weight_quant has scale {bad!r}, not a power of two: its weights times the input do "
-                   "not stay on a fixed-point grid", node,
-                   "use a power-of-two weight scale: Int8WeightPerTensorFixedPoint (or per channel with "
-                   "restrict_scaling_type=RestrictValueType.POWER_OF_TWO)")
+        per_channel = scale.numel() > 1
+        kind = (f"a float scale per output channel ({sum(e is None for e in exps)} of {scale.numel()} not a power of "
+                f"two, the first {bad!r})" if per_channel else f"scale {bad!r}, not a power of two")
+        raise _err(f"{where}'s weight_quant has {kind}: its weights times the input do not stay on a fixed-point "
+                   "grid", node,
+                   "use a power-of-two weight scale: " + (
+                       "keep one per output channel with a power-of-two restriction (the layer's "
+                       "weight_restrict_scaling_type=RestrictValueType.POWER_OF_TWO, or weight_quant="
+                       "Int8WeightPerTensorFixedPoint with weight_scaling_per_output_channel=True)"
+                       if per_channel else
+                       "Int8WeightPerTensorFixedPoint (or per channel with "
+                       "restrict_scaling_type=RestrictValueType.POWER_OF_TWO)"))
     if torch.any(torch.as_tensor(qw.zero_point) != 0):
         raise _err(f"{where}'s weight_quant has a nonzero zero point", node, "use a symmetric weight quantizer")
     w = qw.value.detach().to(torch.float64)

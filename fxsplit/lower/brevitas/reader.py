@@ -56,7 +56,11 @@ def plan(gm: torch.fx.GraphModule, input_shapes: list[tuple[int, ...]],
 
 def _plan(gm: torch.fx.GraphModule, input_shapes: list[tuple[int, ...]], declared: dict[str, str]) -> Plan:
     gen = torch.Generator().manual_seed(0)
+    fixed_inputs = _fixed_inputs(gm, declared)
     examples = [torch.randn((64, *s), generator=gen) * 4 for s in input_shapes]
+    for k, ph in enumerate(n for n in gm.graph.nodes if n.op == "placeholder"):
+        if ph.name in fixed_inputs and k < len(examples):
+            examples[k] = _declared_sample(declared[ph.name], input_shapes[k], 64)
     values, biases = _calibrate(gm, examples)
     p = Plan()
     grid: dict[str, object] = {}     # Grid: exact; "input:<name>": a model input, float; affine.Affine: float
@@ -122,6 +126,12 @@ def _plan(gm: torch.fx.GraphModule, input_shapes: list[tuple[int, ...]], declare
     for n in gm.graph.nodes:
         if n.op == "placeholder":
             grid[n.name] = f"input:{n.name}"
+            if n.name in fixed_inputs:
+                # a model input of a declared fixed-point type read by a quantized layer: the layer multiplies
+                # values of that grid (the design's input type; brevitas, fed the same values, computes on them)
+                t = parse_type(declared[n.name])
+                grid[n.name] = Grid(t.width, t.integer, bool(t.signed))
+                p.input_precisions[n.name] = declared[n.name]
             continue
         const = affine.read_const(gm, n, grid)
         if const is not None:
@@ -188,10 +198,14 @@ def _plan(gm: torch.fx.GraphModule, input_shapes: list[tuple[int, ...]], declare
                 continue
             if cls in _WEIGHTED:
                 if not isinstance(src, Grid):
+                    model_input = isinstance(src, str)
                     raise _err(f"the input of {cls} {n.target!r} is {_describe(src, srcs[0])}: brevitas "
                                "multiplies float values there, which no fixed-point type holds exactly", n,
                                "quantize its input first (a QuantIdentity, or return_quant_tensor=True from a "
-                               "quantizer layer before it)")
+                               "quantizer layer before it)" + (
+                                   "; or, where the model input already holds fixed-point values (8-bit pixels "
+                                   "k/256, say), declare its type: config input_precision='ufixed<8,0,TRN,SAT>'"
+                                   if model_input else ""))
                 frozen, g, info = layers.read_weighted(n, m, src, biases.get(n.name))
                 p.frozen[n.name] = frozen
                 prec = {"weight": frozen.weight_precision, "accum": "auto", "result": "auto"}
@@ -293,6 +307,30 @@ def _plan(gm: torch.fx.GraphModule, input_shapes: list[tuple[int, ...]], declare
     return p
 
 
+
+
+def _fixed_inputs(gm: torch.fx.GraphModule, declared: dict[str, str]) -> set[str]:
+    """The model inputs of a declared type that a QuantLinear / QuantConv reads directly."""
+    out = set()
+    for n in gm.graph.nodes:
+        if n.op == "placeholder" and n.name in declared and any(
+                u.op == "call_module" and type(gm.get_submodule(u.target)).__name__ in _WEIGHTED for u in n.users):
+            out.add(n.name)
+    return out
+
+
+def _declared_sample(declared: str, shape, n: int) -> torch.Tensor:
+    """``n`` random samples of the declared type (the first all at its minimum, the second at its maximum), as the
+    float32 values brevitas is fed (refused where the type has more significant bits than float32 holds)."""
+    t = parse_type(declared)
+    if t.width > FLOAT32_BITS:
+        raise FxsplitError(f"the declared input type {declared} has {t.width} bits: brevitas, fed float32 values, "
+                           "would not see them exactly", hint=f"declare an input type of at most {FLOAT32_BITS} bits")
+    lo, hi = t.raw_range()
+    gen = torch.Generator().manual_seed(2)
+    raw = torch.randint(lo, hi + 1, (n, *shape), generator=gen, dtype=torch.int64)
+    raw[0], raw[1] = lo, hi
+    return (raw.to(torch.float64) * 2.0 ** -t.frac).to(torch.float32)
 
 
 def _check_reading(gm: torch.fx.GraphModule, p: Plan, values: dict) -> None:
