@@ -50,25 +50,23 @@ def _counted() -> None:
 
 
 @contextlib.contextmanager
+def _tracing(flag: bool):
+    saved = getattr(_COUNT, "tracing", False)
+    _COUNT.tracing = flag
+    try:
+        yield
+    finally:
+        _COUNT.tracing = saved
+
+
 def fxsplit_tracing():
     """Mark this thread as tracing with fxsplit's tracer (markers become nodes only then)."""
-    saved = getattr(_COUNT, "tracing", False)
-    _COUNT.tracing = True
-    try:
-        yield
-    finally:
-        _COUNT.tracing = saved
+    return _tracing(True)
 
 
-@contextlib.contextmanager
 def outside_tracing():
     """Mark this thread as not tracing (fxsplit's tracer running the model's operations on real tensors)."""
-    saved = getattr(_COUNT, "tracing", False)
-    _COUNT.tracing = False
-    try:
-        yield
-    finally:
-        _COUNT.tracing = saved
+    return _tracing(False)
 
 
 class Cut(nn.Module):
