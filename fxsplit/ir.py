@@ -116,8 +116,11 @@ class Partitioning:
     def origin(self, name: str) -> str:
         """The uncut graph's node that a node of ``graph`` computes (a piece of a split layer: the layer; a piece of
         its BatchNorm, or a cat joining them: the layer's output node)."""
-        from .frontend.layersplit import origins
-        return origins(self.layer_splits).get(name, name)
+        key = id(self.layer_splits), len(self.layer_splits)
+        if getattr(self, "_origins", (None,))[0] != key:        # (read once per layer_splits, not per node)
+            from .frontend.layersplit import origins
+            self._origins = key, origins(self.layer_splits)
+        return self._origins[1].get(name, name)
 
     def copy(self) -> "Partitioning":
         """The same partitioning with its own Port objects (graphs and modules shared): lowering types and lays

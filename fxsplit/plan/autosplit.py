@@ -158,7 +158,7 @@ def plan_auto(model, input_shape, workers: int, *, precision: str = "fixed<16,6>
     n = len(ops)
     if n == 0:
         raise FxsplitError("the model computes nothing: no operation to cut between")
-    lf = layer_features(gm, precision, input_precision, types)
+    lf = layer_features(gm, precision, input_precision, types, layersplit.origins(pieces))
     for e in pieces.values():          # a run of pieces in one partition is lowered as one layer, without joins
         for nm in (*e["pieces"], *e.get("norms", ())):
             lf[nm] = {**lf[nm], "layers": 1.0 / len(e["pieces"])}

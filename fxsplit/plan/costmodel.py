@@ -230,16 +230,17 @@ def weight_types(layer_name: dict) -> dict[str, str]:
 
 
 def layer_features(gm, weight_precision: str, input_precision: str | None = None,
-                   types: dict[str, str] | None = None) -> dict[str, dict]:
+                   types: dict[str, str] | None = None, origin: dict[str, str] | None = None) -> dict[str, dict]:
     """Per compute node of a traced GraphModule (ShapeProp shapes in ``tensor_meta``): its features. ``types``: a
-    layer's own weight type where the config sets one (:func:`weight_types`), else ``weight_precision``."""
+    layer's own weight type where the config sets one (:func:`weight_types`), else ``weight_precision``; ``origin``:
+    with layer splits, each piece's layer in the model as written (``layersplit.origins``): a piece is built in its
+    layer's own type."""
     import torch
     from torch import nn
 
     from ..frontend.capture import node_shape
     from ..fixed import layout
     from ..frontend.capture import COMPUTE_OPS, node_macs
-    from ..frontend.layersplit import PIECE_SEP
     def weight_layout(t: str):
         try:
             return layout(t)
@@ -249,7 +250,7 @@ def layer_features(gm, weight_precision: str, input_precision: str | None = None
         in_w = layout(input_precision or weight_precision).width
     except ValueError:
         in_w = 16
-    types = types or {}
+    types, origin = types or {}, origin or {}
     feats: dict[str, dict] = {}
     from ..frontend.markers import is_cut_node
     for n in gm.graph.nodes:
@@ -266,8 +267,7 @@ def layer_features(gm, weight_precision: str, input_precision: str | None = None
         w = getattr(mod, "weight", None) if isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d)) else None
         if w is not None:
             w = w.detach().to(torch.float64).cpu().numpy()
-            # a piece of a split layer (<layer>__o<first output>) is built in the layer's own weight type
-            wl = weight_layout(types.get(n.name) or types.get(n.name.split(PIECE_SEP)[0], weight_precision))
+            wl = weight_layout(types.get(origin.get(n.name, n.name), weight_precision))
             lim = (1 << (wl.width - 1)) - 1 if wl.signed else (1 << wl.width) - 1
             f["weights"] = int(w.size + (mod.bias.numel() if getattr(mod, "bias", None) is not None else 0))
             q = np.clip(np.round(w * (1 << wl.frac) if wl.frac >= 0 else w / (1 << -wl.frac)), -lim, lim)
@@ -295,7 +295,8 @@ def partition_features(pt, weight_precision: str, input_precision: str | None = 
                        width: int | None = None, types: dict[str, str] | None = None) -> dict[str, dict]:
     """Features per partition of a Partitioning (and ``"*"``: the whole model); ``types``: per-layer weight types."""
     from ..fixed import layout
-    lf = layer_features(pt.graph, weight_precision, input_precision, types)
+    from ..frontend.layersplit import origins
+    lf = layer_features(pt.graph, weight_precision, input_precision, types, origins(pt.layer_splits))
     if width is None:
         try:
             width = layout(weight_precision).width
