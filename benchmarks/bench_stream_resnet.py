@@ -1,7 +1,7 @@
 """The streaming open RTL flow on ResNet20's topology: Yosys end to end, uncut vs cut, side by side in one run.
 
     python benchmarks/bench_stream_resnet.py [--jobs 2] [--model resnet20_small] [--frames 3] [--out-root DIR]
-    python benchmarks/bench_stream_resnet.py --wide resnet20 [--synth-limit 3600]
+    python benchmarks/bench_stream_resnet.py --wide resnet20 [--synth-limit 3600] [--max-job-memory 8] [--run-dir DIR]
 
 Every build is cold (its own cache), ``flow="rtl"`` with ``io_type="io_stream"``, 8-bit weight types spanning each
 layer's weights (``fxsplit.zoo.spanning_config``), synthesis on, with the uncut C-simulation reference that
@@ -22,13 +22,17 @@ coefficients fitted on this run's jobs are printed too (``--fit``), ready for ``
 ``--wide MODEL[,MODEL]`` (the zoo's ``resnet20_half``, 8/16/32 channels, or the full-width ``resnet20``, 16/32/64): the plan for 8 workers,
 every partition built here (C simulation and streaming Verilog, measured); each partition's Yosys time and peak
 memory predicted by the cost model and measured where every partition is predicted under ``--synth-limit`` seconds
-and 12 GiB; the uncut build likewise (predicted, and said so, where it would not fit).
+and 12 GiB; the uncut build likewise (predicted, and said so, where it would not fit). ``--max-job-memory GIB``:
+the plan keeps every partition's predicted peak under it (cutting inside convolutions), so that ``--jobs`` of them fit
+the machine at once. ``--run-dir DIR``: build in DIR, resuming an interrupted run there: jobs its caches hold are
+reused, and their times and peak memory are the ones recorded when they were built (their manifests).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import _common as C
 
@@ -50,22 +54,24 @@ def types_of(model, shape, cfg) -> dict:
     return weight_types(normalize_config(cfg, fxsplit.partition(model, shape)).layer_name)
 
 
-def plan8(model, shape, cfg):
+def plan8(model, shape, cfg, max_job_memory=None):
     return plan_auto(model, shape, 8, precision=cfg["precision"], flow="rtl", options=STREAM,
-                     cost_model=CostModel(), types=types_of(model, shape, cfg), split_layers=True)
+                     cost_model=CostModel(), types=types_of(model, shape, cfg), split_layers=True,
+                     max_job_memory=max_job_memory)
 
 
-def wide(name, run, jobs, synth_limit):
+def wide(name, run, jobs, synth_limit, max_job_memory=None):
     """A wide model: the 8-worker plan's partitions built (Yosys where predicted to fit), the rest predicted."""
     model, shape = build(name)
     cfg = spanning_config(model, shape, io_type="io_stream", csim_opt="-O0")
     cm, mm = CostModel(), CostModel.fit([], target="peak_rss")
-    p8 = plan8(model, shape, cfg)
+    p8 = plan8(model, shape, cfg, max_job_memory)
     pt = fxsplit.partition(model, shape, splits=p8.splits)
     feats = partition_features(pt, cfg["precision"], types=types_of(model, shape, cfg))
     pred = {n: (cm.predict("stream_synth", f), mm.predict("stream_synth", f)) for n, f in feats.items()}
     fits = all(t <= synth_limit and m <= 12 * GiB for n, (t, m) in pred.items() if n != "*")
-    print(f"{name}: plan for 8 workers {p8.splits}; Yosys per partition predicted "
+    budget = f" (max_job_memory {max_job_memory / GiB:g} GiB)" if max_job_memory else ""
+    print(f"{name}: plan for 8 workers{budget} {p8.splits}; Yosys per partition predicted "
           + ", ".join(f"{n} {t:.0f} s / {m / GiB:.1f} GiB" for n, (t, m) in pred.items() if n != "*")
           + f"; uncut {pred['*'][0]:.0f} s / {pred['*'][1] / GiB:.1f} GiB (predicted)", flush=True)
     t0 = time.time()
@@ -73,6 +79,7 @@ def wide(name, run, jobs, synth_limit):
                         output_dir=run / f"wide_{name}", cache_dir=run / f"wide_{name}.cache", jobs=jobs,
                         progress=False, reference=False)
     wall = time.time() - t0
+    reused = sum(r.state == "cached" for r in d.build)
     rows = []
     for p in d.partitions:
         got = {r.step: r for r in d.build if r.partition == p.name}
@@ -80,12 +87,14 @@ def wide(name, run, jobs, synth_limit):
         rows.append([name, p.name, f["kernels"] if (f := feats.get(p.name)) else "-",
                      f"{got['csim'].build_seconds:.1f}s", f"{got['stream'].build_seconds:.1f}s",
                      f"{pred[p.name][0]:.0f}s", f"{pred[p.name][1] / GiB:.1f}",
-                     f"{syn.build_seconds:.0f}s" if syn else "predicted only",
+                     (f"{syn.build_seconds:.0f}s" + (" (reused)" if syn.state == "cached" else "")) if syn
+                     else "predicted only",
                      f"{syn.cpu_seconds:.0f}s" if syn and syn.cpu_seconds else "-",
                      f"{syn.peak_rss / GiB:.1f}" if syn and syn.peak_rss else "-"])
     # Yosys runs on one core: its CPU time is its wall time on an idle core, whatever else shared the machine
     print(C.table(rows, ["model", "partition", "kernels", "csim", "stream emit", "Yosys pred", "GiB pred",
-                         "Yosys", "Yosys CPU", "GiB"], f"{name}: the 8-worker plan, built on {jobs} jobs in {wall:.0f} s"))
+                         "Yosys", "Yosys CPU", "GiB"], f"{name}: the 8-worker plan, built on {jobs} jobs in {wall:.0f} s"
+                   + (f" ({reused} jobs reused from an earlier run in this directory)" if reused else "")))
     print(f"{name} uncut: Yosys predicted {pred['*'][0]:.0f} s and {pred['*'][1] / GiB:.1f} GiB "
           + ("(not built: predicted over the limit)" if pred["*"][0] > synth_limit or pred["*"][1] > 12 * GiB
              else "(under the limit: build it with --model)"), flush=True)
@@ -128,11 +137,18 @@ def main():
     ap.add_argument("--fit", action="store_true", help="fit the stream steps' models on this run's jobs")
     ap.add_argument("--wide", default=None, help="wide models instead (e.g. resnet20): see the docstring")
     ap.add_argument("--synth-limit", type=float, default=3600.0)
+    ap.add_argument("--max-job-memory", type=float, default=None, help="GiB: every --wide partition predicted under it")
+    ap.add_argument("--run-dir", default=None, help="build here, resuming a run interrupted in it (its caches reused)")
     a = ap.parse_args()
-    run = C.fresh_run_dir("bench_stream_resnet", a.out_root)
+    if a.run_dir:
+        run = Path(a.run_dir).expanduser().resolve()
+        run.mkdir(parents=True, exist_ok=True)
+    else:
+        run = C.fresh_run_dir("bench_stream_resnet", a.out_root)
     info = C.machine()
     if a.wide:
-        out = {n: wide(n, run, a.jobs, a.synth_limit) for n in a.wide.split(",")}
+        budget = int(a.max_job_memory * GiB) if a.max_job_memory else None
+        out = {n: wide(n, run, a.jobs, a.synth_limit, budget) for n in a.wide.split(",")}
         print("figures:", C.write_json(run, {"benchmark": "bench_stream_resnet --wide", "machine": info, "wide": out}))
         return
     print(f"run dir: {run}\nmodel={a.model} jobs={a.jobs} cpus={info['cpus']} loadavg={info['loadavg_at_start']}",
