@@ -206,6 +206,9 @@ def scaled_fold(gm, node, where: str, act_node, act, bn, src, p: Plan, grids: di
     expected = np.stack([_round_shift(ks * int(S[c]) + int(B[c]), sh, frozen_act.rounding).clip(
         frozen_act.qmin, frozen_act.qmax) for c in range(C)])
     differs = int(((expected != L) & valid).sum())
+    if found is not None and differs:
+        raise FxsplitError(f"internal: {where}: the fitted fold differs from brevitas' levels on {differs} inputs",
+                           module=str(node.target), hint="please report this model")
     if np.any(np.abs(expected - L)[valid] > 1):
         raise _err(f"{where}: no fixed-point scale and bias up to {_BN_PRECISIONS[-1]} fractional bits reproduce "
                    "brevitas' float32 arithmetic and its quantizer within one level on every input", node,
