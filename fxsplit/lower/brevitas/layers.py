@@ -242,12 +242,20 @@ def _read_scaled_weighted(node: torch.fx.Node, mod, qw, src, bias_value) -> tupl
         bs32 = torch.as_tensor(bscale).detach().to(torch.float32).reshape(-1)
         bs = bs32.to(torch.float64).expand(C) if bs32.numel() == 1 else bs32.to(torch.float64)
         b_int = torch.round(bv.to(torch.float64) / bs)
-        # brevitas' bias scale is the float32 product of the input and weight scales; its bias that integer times it
-        if not torch.equal(bs.to(torch.float32), torch.tensor(out_scale, dtype=torch.float64).to(torch.float32)) or \
+        # brevitas' bias scale is the float32 product of the input's scale (a float scale, or the power of two of a
+        # fixed-point grid) and the weight scale; its bias that integer times it. On the accumulator (the input's
+        # values on its grid times the integer weights) the bias is that integer (a float-scaled input: its scale
+        # is the accumulator's) or that integer times the grid's power of two
+        acc_scale = torch.tensor(out_scale, dtype=torch.float64)
+        unit = 1.0 if isinstance(src, Scaled) else 2.0 ** -g_in.frac
+        expect = acc_scale.to(torch.float32) if isinstance(src, Scaled) else (acc_scale * unit).to(torch.float32)
+        if not torch.equal(bs.to(torch.float32), expect) or \
                 not torch.equal(b_int.to(torch.float32) * bs.to(torch.float32), bv.to(torch.float32)):
             raise _err(f"{where}'s quantized bias is not an integer times the input scale times the weight scale",
                        node, "use bias_quant=Int32Bias (the bias scale of the input and weight scales)")
-        bg = exact_type(b_int.numpy(), f"{where}'s integer bias", node, "use bias_quant=Int32Bias or Int16Bias")
+        b_int = b_int * unit                                   # exact: a power of two
+        bg = exact_type(b_int.numpy(), f"{where}'s bias on the accumulator", node,
+                        "use bias_quant=Int32Bias or Int16Bias")
         bias_scaled = True
     n = int(np.prod(w_int.shape[1:]))
     log_n = math.ceil(math.log2(n)) if n > 1 else 0
