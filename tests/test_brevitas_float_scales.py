@@ -110,6 +110,10 @@ def test_float_scaled_cnn_cut_in_three_equals_uncut_and_brevitas_within_its_coun
     print(f"float-scaled CNN (3 partitions): compile {compile_s:.1f}s, verify {verify_s:.1f}s, top-1 agreement "
           f"{top1:.3f}, samples within float32 rounding of brevitas {close:.3f}, max |err| {np.abs(y - ref).max():.3g}")
     assert top1 >= 0.98 and close >= 0.95
+    html = (tmp_path / "o" / "report.html").read_text()
+    assert "0 of 32768 decisions on the calibration batch differ from brevitas&#x27;" in html
+    with pytest.raises(fxsplit.FxsplitError, match="float-scaled brevitas layers"):
+        d.export_onnx(tmp_path / "onnx")
 
 
 class FloatResidual(nn.Module):
