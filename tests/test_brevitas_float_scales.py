@@ -20,10 +20,10 @@ from fxsplit.zoo.qat import calibrate
 PIXELS = {**FAST, "input_precision": "ufixed<8,0,TRN,SAT>"}
 
 
-def _conv(c_in, c_out):
+def _conv(c_in, c_out, bias=False):
     """brevitas' default float weight quantizer (Int8WeightPerTensorFloat), 4 bits, one float scale per output
-    channel, no bias (a BatchNorm follows)."""
-    return QuantConv2d(c_in, c_out, 3, padding=1, bias=False, weight_quant=Int8WeightPerTensorFloat,
+    channel; ``bias=True``: brevitas' default float bias (folded into the BatchNorm and quantizer after it)."""
+    return QuantConv2d(c_in, c_out, 3, padding=1, bias=bias, weight_quant=Int8WeightPerTensorFloat,
                        weight_bit_width=4, weight_scaling_per_output_channel=True)
 
 
@@ -32,12 +32,13 @@ def _relu():
 
 
 class FloatCNN(nn.Module):
-    """8x8 pixels (the declared input type) -> two conv-BN-ReLU blocks with float scales -> max pooling ->
+    """8x8 pixels (the declared input type) -> two conv-BN-ReLU blocks with float scales (the first with a float
+    bias) -> max pooling ->
     flatten -> a float-scaled QuantLinear, its bias an integer times the input scale times the weight scale."""
 
     def __init__(self):
         super().__init__()
-        self.conv1, self.bn1, self.relu1 = _conv(1, 8), nn.BatchNorm2d(8), _relu()
+        self.conv1, self.bn1, self.relu1 = _conv(1, 8, bias=True), nn.BatchNorm2d(8), _relu()
         self.conv2, self.bn2, self.relu2 = _conv(8, 12), nn.BatchNorm2d(12), _relu()
         self.pool = nn.MaxPool2d(2)
         self.flat = nn.Flatten()
@@ -88,6 +89,7 @@ def test_float_scaled_cnn_cut_in_three_equals_uncut_and_brevitas_within_its_coun
     for bn in ("bn1", "bn2"):
         assert q[(bn, "BatchNorm2d")]["type"] == "ufixed<4,4,RND_CONV,SAT>"
         assert q[(bn, "BatchNorm2d")]["checked_inputs"] > 10_000
+    assert q[("bn1", "BatchNorm2d")]["folded_float_bias"] and q[("conv1", "QuantConv2d")]["bias"].startswith("float")
     assert q[("fc", "output scale")]["kind"] == "output scale"
     moved = _levels_moved(b)
     print("decisions brevitas' float32 gives differently (calibration batch):", moved)
@@ -182,13 +184,16 @@ def test_sum_of_two_different_float_scales_is_refused_naming_the_add(tmp_path):
 
 
 class _FloatBias(nn.Module):
+    """A float bias on a float-scaled accumulator, max pooling before the quantizer: nothing folds it."""
+
     def __init__(self):
         super().__init__()
         self.conv = QuantConv2d(1, 4, 3, bias=True, weight_quant=Int8WeightPerTensorFloat, weight_bit_width=4)
+        self.pool = nn.MaxPool2d(2)
         self.q = _relu()
 
     def forward(self, x):
-        return self.q(self.conv(x))
+        return self.q(self.pool(self.conv(x)))
 
 
 class _FloatInputQuant(nn.Module):
@@ -212,8 +217,8 @@ class _FlattenPerChannel(nn.Module):
 
 
 def test_what_float_scales_cannot_hold_exactly_is_refused(tmp_path):
-    msg = _refused(tmp_path, _model(_FloatBias), "adds a float bias to an accumulator")
-    assert "module: conv" in msg and "bias_quant=Int32Bias" in msg
+    msg = _refused(tmp_path, _model(_FloatBias), "'conv' adds a float bias to an accumulator")
+    assert "module: conv" in msg and "MaxPool2d 'pool' reads it" in msg and "bias_quant=Int32Bias" in msg
     msg = _refused(tmp_path, _model(_FloatInputQuant, shape=(16,)), "QuantIdentity 'inp' has a float scale",
                    shape=(16,), config=FAST)
     assert "module: inp" in msg and "input_precision" in msg
@@ -234,7 +239,7 @@ def test_fold_covers_every_reachable_accumulator_value():
     model = _model()
     _, p = _plan(model)
     with torch.no_grad():
-        qw = model.conv1.quant_weight()
+        qw = model.conv1.quant_weight()            # (its float bias is folded after the sum: k excludes it)
     w = torch.round(qw.value.to(torch.float64) / qw.scale.to(torch.float64)).reshape(8, -1)
     assert w.abs().max() <= 7 and torch.equal((w.to(torch.float32) * qw.scale.reshape(8, 1)),
                                               qw.value.reshape(8, -1))      # 4-bit integers times the float32 scale

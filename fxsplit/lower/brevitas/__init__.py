@@ -20,8 +20,8 @@ fxsplit's exact layers (``lower/quant.py``), which hls4ml's PyTorch converter ta
   hardware, and absorbed by the consumer: a BatchNorm and quantizer, or a quantizer alone, folded into a fixed-point
   scale and bias on the integers (checked on every reachable input), ReLU, max pooling and reshapes (a per-tensor
   scale) keeping it, a sum of two tensors of one shared quantizer's scale, the exact product at a model output. An
-  ``Int32Bias``/``Int16Bias`` bias is added as its integer; a float bias, a sum of two scales and a flattened
-  per-channel scale are refused. brevitas computes with float32 products there: its quantizer decisions that
+  ``Int32Bias``/``Int16Bias`` bias is added as its integer, a float bias folded by a BatchNorm / quantizer right
+  after the layer (elsewhere refused, as a sum of two scales and a flattened per-channel scale are). brevitas computes with float32 products there: its quantizer decisions that
   differ from the exact reading are counted on the calibration batch (``decisions_differing``) and the layer named
   in ``Plan.inexact_in_brevitas``;
 - ReLU and max pooling of quantized values, reshapes and dropout keep the grid; the sum of two quantized tensors is

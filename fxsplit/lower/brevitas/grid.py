@@ -58,6 +58,8 @@ class Scaled:
     multiplication at a model output)."""
     grid: Grid
     scale: tuple[float, ...]
+    offset: tuple[float, ...] | None = None     # a layer's float bias per channel, added after the scale: only a
+    #                                             BatchNorm / quantizer fold right after the layer absorbs it
 
     @property
     def per_tensor(self) -> bool:

@@ -227,17 +227,18 @@ def _read_scaled_weighted(node: torch.fx.Node, mod, qw, src, bias_value) -> tupl
     wg = exact_type(w_int.numpy(), f"{where}'s integer weights", node, "quantize the weights with fewer bits")
     b_int, bg = None, None
     bias_scaled = False
+    offset = None
     if mod.bias is not None:
         if bias_value is None:
             raise FxsplitError(f"internal: {where}'s bias quantizer did not run on the calibration batch",
                                module=str(node.target), hint="please report this model")
         bscale = getattr(bias_value, "scale", None)
-        if bscale is None or not getattr(mod.bias_quant, "is_quant_enabled", False):
-            raise _err(f"{where} adds a float bias to an accumulator of integers times the scale "
-                       f"{'input scale times ' if isinstance(src, Scaled) else ''}weight scale: it is not a multiple "
-                       "of that scale, so no integer accumulator adds it exactly", node,
-                       "quantize the bias to the accumulator's scale: bias_quant=Int32Bias (or Int16Bias), or "
-                       "bias=False with a BatchNorm after the layer")
+    if mod.bias is not None and (bscale is None or not getattr(mod.bias_quant, "is_quant_enabled", False)):
+        # a float bias: not a multiple of the accumulator's scale. It travels with the tensor (Scaled.offset) to a
+        # BatchNorm / quantizer right after the layer, which folds it; anything else refuses it (reader)
+        offset = tuple(float(v) for v in torch.as_tensor(getattr(bias_value, "value", bias_value)).detach()
+                       .to(torch.float32).to(torch.float64).reshape(-1))
+    elif mod.bias is not None:
         bv = torch.as_tensor(bias_value.value).detach().reshape(-1)
         bs32 = torch.as_tensor(bscale).detach().to(torch.float32).reshape(-1)
         bs = bs32.to(torch.float64).expand(C) if bs32.numel() == 1 else bs32.to(torch.float64)
@@ -281,4 +282,6 @@ def _read_scaled_weighted(node: torch.fx.Node, mod, qw, src, bias_value) -> tupl
             "output_scale": ("per tensor " if len(set(out_scale)) == 1 else "per output channel ") +
                             f"{out_scale[0]!r}{', ...' if len(set(out_scale)) > 1 else ''} (input scale x weight "
                             "scale, carried by the reader)"}
-    return dense, Scaled(out, tuple(out_scale)), info
+    if offset is not None:
+        info["bias"] = "float (folded by the consumer)"
+    return dense, Scaled(out, tuple(out_scale), offset), info

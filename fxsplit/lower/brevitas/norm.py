@@ -157,7 +157,9 @@ def scaled_fold(gm, node, where: str, act_node, act, bn, src, p: Plan, grids: di
                    f"(fxsplit checks up to {MAX_DOMAIN} inputs x channels)", node,
                    "use fewer bits before it (weights or activations)")
     ks = np.arange(span, dtype=np.int64) + base
-    x64 = torch.from_numpy(np.ldexp(ks.astype(np.float64), -g.frac)[:, None] * sc[None, :])    # exact (< 53 bits)
+    off = np.asarray(src.offset, dtype=np.float64) if isinstance(src, Scaled) and src.offset is not None else \
+        np.zeros(C)                                          # the layer's float bias, folded here
+    x64 = torch.from_numpy(np.ldexp(ks.astype(np.float64), -g.frac)[:, None] * sc[None, :] + off[None, :])
     x32 = x64.to(torch.float32)                              # what brevitas sees
     shape = node.meta["tensor_meta"].shape if "tensor_meta" in node.meta else None
     ndim = len(shape) if shape is not None else (4 if type(bn).__name__ == "BatchNorm2d" else 2)
@@ -187,7 +189,7 @@ def scaled_fold(gm, node, where: str, act_node, act, bn, src, p: Plan, grids: di
     else:
         alpha, beta = np.ones(C), np.zeros(C)
     act_scale = frozen_act.float_scale if frozen_act.float_scale is not None else 1.0
-    alpha_k, beta_k = alpha * sc / act_scale, beta / act_scale           # on the value k * 2**-frac, in levels
+    alpha_k, beta_k = alpha * sc / act_scale, (beta + alpha * off) / act_scale   # on k * 2**-frac, in levels
     found = _fit_affine(alpha_k, beta_k, ks, valid, L, g.frac, frozen_act)
     if found is not None:
         S, B, P = found
@@ -228,6 +230,7 @@ def scaled_fold(gm, node, where: str, act_node, act, bn, src, p: Plan, grids: di
                               f" (scale {frozen_act.float_scale!r})" if frozen_act.float_scale is not None else ""),
             "type": frozen.precision, "scale": f"{_fixed(sg)} ({P} fractional bits)", "bias": _fixed(bg),
             "checked_inputs": checked, "input_scale": "per channel" if len(set(sc.tolist())) > 1 else float(sc[0]),
+            **({"folded_float_bias": True} if np.any(off != 0) else {}),
             "fold_differs": differs,
             "fold": ("brevitas' float32 levels reproduced on every input" if differs == 0 else
                      f"brevitas' float32 levels differ from the fixed-point fold on {differs} of {checked} inputs "

@@ -163,6 +163,7 @@ def _plan(gm: torch.fx.GraphModule, input_shapes: list[tuple[int, ...]], declare
             for a in srcs:
                 count(a, None, None)
                 if isinstance(grid.get(a.name), Scaled):
+                    _no_offset(n, grid[a.name], a, "the model output")
                     _scale_output(a, grid[a.name], p, type_of(a.name))
             continue
         src = grid.get(srcs[0].name) if srcs else None
@@ -230,6 +231,7 @@ def _plan(gm: torch.fx.GraphModule, input_shapes: list[tuple[int, ...]], declare
                 p.precisions[n.name] = {"result": frozen.precision}
                 continue
             if cls in _WEIGHTED:
+                _no_offset(n, src, srcs[0], f"{cls} {n.target!r}")
                 if not isinstance(src, (Grid, Scaled)):
                     model_input = isinstance(src, str)
                     raise _err(f"the input of {cls} {n.target!r} is {_describe(src, srcs[0])}: brevitas "
@@ -256,6 +258,7 @@ def _plan(gm: torch.fx.GraphModule, input_shapes: list[tuple[int, ...]], declare
                 grid[n.name] = g
                 continue
             if cls == "TensorNorm":
+                _no_offset(n, src, srcs[0], f"TensorNorm {n.target!r}")
                 if isinstance(src, Scaled):
                     raise _err(f"TensorNorm {n.target!r} normalizes a float-scaled tensor: not read yet", n,
                                "quantize its input with a power-of-two quantizer first")
@@ -289,6 +292,8 @@ def _plan(gm: torch.fx.GraphModule, input_shapes: list[tuple[int, ...]], declare
                 p.quantizers.append(info)
                 grid[n.name] = g
                 continue
+            if cls in SAME_GRID_MODULES or cls in GRID_MODULES:
+                _no_offset(n, src, srcs[0], f"{cls} {n.target!r}")
             if cls in SAME_GRID_MODULES or cls in ("MaxPool1d", "MaxPool2d"):
                 if srcs[0].name in signs:         # (the maximum of binary values is binary)
                     signs[n.name] = signs[srcs[0].name]
@@ -310,6 +315,7 @@ def _plan(gm: torch.fx.GraphModule, input_shapes: list[tuple[int, ...]], declare
                                                                      "or replace it with one of those")
         name = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", str(n.target))
         if name in SAME_GRID_FUNCS and len(srcs) == 1:
+            _no_offset(n, src, srcs[0], f"{name} {n.name!r}")
             if name != "contiguous":
                 _keep_scale(n, src)
             if srcs[0].name in signs:
@@ -319,6 +325,8 @@ def _plan(gm: torch.fx.GraphModule, input_shapes: list[tuple[int, ...]], declare
             continue
         if n.target in _ADDS and len(srcs) == 2 and len(n.args) == 2 and not n.kwargs:
             a, b = (grid.get(x.name) for x in srcs)
+            for x in srcs:
+                _no_offset(n, grid.get(x.name), x, f"the addition {n.name!r}")
             if isinstance(a, Scaled) or isinstance(b, Scaled):
                 if not (isinstance(a, Scaled) and isinstance(b, Scaled) and a.per_tensor and b.per_tensor and
                         a.scale[0] == b.scale[0]):
@@ -387,6 +395,16 @@ def _scale_text(g) -> str:
     if isinstance(g, Grid):
         return f"fixed-point, step 2**{-g.frac}"
     return "float"
+
+
+def _no_offset(n: torch.fx.Node, src, prod: torch.fx.Node, what: str) -> None:
+    """A float bias on a float-scaled accumulator is folded only by a BatchNorm / quantizer right after its layer."""
+    if isinstance(src, Scaled) and src.offset is not None:
+        raise _err(f"{prod.target if prod.op == 'call_module' else prod.name!r} adds a float bias to an accumulator of "
+                   "integers times a float scale: it is not a multiple of that scale, so no integer accumulator adds "
+                   f"it exactly, and {what} reads it (fxsplit folds such a bias only into a BatchNorm and quantizer, or "
+                   "a quantizer, right after the layer)", prod,
+                   "quantize the bias to the accumulator's scale: bias_quant=Int32Bias (or Int16Bias), or bias=False")
 
 
 def _keep_scale(n: torch.fx.Node, src) -> None:
@@ -548,7 +566,9 @@ def _check_scaled(gm: torch.fx.GraphModule, n: torch.fx.Node, mod, p: Plan, valu
             ref = torch.as_tensor(getattr(values[n.name], "value", values[n.name])).detach().to(torch.float64)
             sc = torch.from_numpy(e["out"].channel_scales(got.shape[1])).reshape((1, -1) + (1,) * (got.dim() - 2))
             tol = 2.0 ** -12 * max(float(ref.abs().max()), 1e-30)
-            if got.shape != ref.shape or float((got * sc - ref).abs().max()) > tol:
+            off = e["out"].offset
+            val = got * sc + (0.0 if off is None else torch.tensor(off, dtype=torch.float64).reshape(sc.shape))
+            if got.shape != ref.shape or float((val - ref).abs().max()) > tol:
                 fail("its exact sum times the scale is not brevitas' float32 sum")
             return
         if kind == "levels":
