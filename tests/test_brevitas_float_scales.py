@@ -132,7 +132,8 @@ class FloatResidual(nn.Module):
         self.q1 = self.q if shared else QuantReLU(act_quant=Uint8ActPerTensorFloat, bit_width=4)
         self.out_q = QuantIdentity(act_quant=Int8ActPerTensorFloat, bit_width=5, return_quant_tensor=True)
         self.pool = nn.MaxPool2d(2)
-        self.fc = QuantLinear(6 * 4 * 4, 5, bias=False, weight_quant=Int8WeightPerTensorFloat, weight_bit_width=5)
+        # a float bias at the model output: added exactly after the exact product of its integers and scale
+        self.fc = QuantLinear(6 * 4 * 4, 5, bias=True, weight_quant=Int8WeightPerTensorFloat, weight_bit_width=5)
 
     def forward(self, x):
         a = self.q(self.bn0(self.conv0(x)))
@@ -153,6 +154,7 @@ def test_residual_sum_of_one_shared_float_scale_is_exact(tmp_path):
     out_q = q[("out_q", "QuantIdentity")]
     assert out_q["checked_inputs"] == 6 * 2 ** 5 and out_q["type"] == "fixed<5,5,RND_CONV,SAT>"
     assert "add" in " ".join(b["inexact_in_brevitas"])            # brevitas adds float32 products: reported
+    assert "the layer's float bias" in q[("fc", "output scale")]["bias"]
     moved = _levels_moved(b)
     print("decisions brevitas' float32 gives differently (calibration batch):", moved)
     assert set(moved) == {"bn0", "bn1", "out_q"} and all(n <= 0.01 * t for n, t in moved.values())

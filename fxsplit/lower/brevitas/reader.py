@@ -163,7 +163,6 @@ def _plan(gm: torch.fx.GraphModule, input_shapes: list[tuple[int, ...]], declare
             for a in srcs:
                 count(a, None, None)
                 if isinstance(grid.get(a.name), Scaled):
-                    _no_offset(n, grid[a.name], a, "the model output")
                     _scale_output(a, grid[a.name], p, type_of(a.name))
             continue
         src = grid.get(srcs[0].name) if srcs else None
@@ -430,6 +429,10 @@ def _scale_output(node: torch.fx.Node, g: Scaled, p: Plan, producer_type: str | 
     hint = "use fewer bits before the output"
     sg = exact_type(sc, f"the scale of model output {node.name!r}", node, hint)
     frac, integer = g.grid.frac + sg.frac, g.grid.integer + sg.integer
+    off = np.zeros(C) if g.offset is None else np.asarray(g.offset, dtype=np.float64)   # a float bias: float32 values
+    bg = exact_type(off, f"the float bias of model output {node.name!r}", node, hint)
+    if g.offset is not None:
+        frac, integer = max(frac, bg.frac), max(integer, bg.integer) + 1
     out = Grid(integer + frac, integer, True)
     if out.width > 2 * MAX_WIDTH:
         raise _err(f"model output {node.name!r} times its float scale needs a {out.width}-bit type to be exact "
@@ -437,13 +440,14 @@ def _scale_output(node: torch.fx.Node, g: Scaled, p: Plan, producer_type: str | 
     where = f"model output {node.name} times its float scale"
     exact = FxsQuantAct("linear", _fixed(out), out.frac, -(2 ** (out.width - 1)), 2 ** (out.width - 1) - 1, "TRN",
                         where)                        # a type that holds every product: no rounding, no clamp
-    mod = FxsQuantBatchNorm(torch.tensor(sc, dtype=torch.float64), torch.zeros(C, dtype=torch.float64), _fixed(sg),
-                            "fixed<1,1>", exact, where)
+    mod = FxsQuantBatchNorm(torch.tensor(sc, dtype=torch.float64), torch.tensor(off, dtype=torch.float64), _fixed(sg),
+                            _fixed(bg), exact, where)
     p.output_scales[node.name] = mod
     p.scaled[node.name + ":output"] = {"kind": "output", "node": node.name, "module": mod, "in": g}
     p.inexact_in_brevitas.append(f"{node.name} (output x scale)")
     p.quantizers.append({"layer": node.name, "kind": "output scale", "quantizer": "(exact product)",
                          "type": _fixed(out), "scale": _fixed(sg), "input_type": producer_type,
+                         **({"bias": f"{_fixed(bg)} (the layer's float bias)"} if g.offset is not None else {}),
                          "note": "the model output is its integers times the float scale, exactly; brevitas rounds "
                                  "the product to float32"})
 
@@ -520,7 +524,8 @@ def _check_outputs(gm: torch.fx.GraphModule, p: Plan, values: dict) -> None:
             continue
         n = next(x for x in gm.graph.nodes if x.name == e["node"])
         with torch.no_grad():
-            got = e["module"](_units(values[n.name], e["in"], n.name, n))
+            # (brevitas' float32 sum, rounded to the nearest integers: the product is compared up to its rounding)
+            got = e["module"](_units(values[n.name], e["in"], n.name, n, strict=False))
         ref = torch.as_tensor(getattr(values[n.name], "value", values[n.name])).detach().to(torch.float64)
         if got.shape != ref.shape or float((got - ref).abs().max()) > 2.0 ** -12 * max(float(ref.abs().max()), 1e-30):
             raise FxsplitError(f"internal: the exact product of model output {n.name!r} and its float scale differs "
@@ -528,17 +533,20 @@ def _check_outputs(gm: torch.fx.GraphModule, p: Plan, values: dict) -> None:
                                hint="please report this model")
 
 
-def _units(v, g, what: str, node: torch.fx.Node) -> torch.Tensor:
+def _units(v, g, what: str, node: torch.fx.Node, strict: bool = True) -> torch.Tensor:
     """brevitas' values of a tensor as the design holds them: a Grid's values as they are; a Scaled tensor's
     values divided by its scale, which must lie on its grid (brevitas rounds level x scale to float32: the nearest
     point of the grid is the level)."""
     v = torch.as_tensor(getattr(v, "value", v)).detach().to(torch.float64)
     if not isinstance(g, Scaled):
         return v
-    sc = torch.from_numpy(g.channel_scales(v.shape[1])).reshape((1, -1) + (1,) * (v.dim() - 2))
+    shape = (1, -1) + (1,) * (v.dim() - 2)
+    sc = torch.from_numpy(g.channel_scales(v.shape[1])).reshape(shape)
+    if g.offset is not None:                        # (a float bias of the layer: brevitas added it in float32)
+        v = v - torch.tensor(g.offset, dtype=torch.float64).reshape(shape)
     u = v / sc * 2.0 ** g.grid.frac
     r = torch.round(u)
-    if float((u - r).abs().max()) > 2.0 ** -6:
+    if strict and float((u - r).abs().max()) > 2.0 ** -6:
         raise FxsplitError(f"internal: brevitas' values of {what} are not integers times its float scale",
                            module=node.name, source=node_source(node), hint="please report this model")
     return r * 2.0 ** -g.grid.frac
