@@ -593,8 +593,8 @@ def _check_scaled(gm: torch.fx.GraphModule, n: torch.fx.Node, mod, p: Plan, valu
             pn = next(x for x in gm.graph.nodes if x.name == prod)
             pin = pn.all_input_nodes[0]
             k = p.frozen[prod](_units(values[pin.name], p.scaled[prod]["in"], pin.name, pn))
-        else:
-            k = _units(values[src.name], e["in"], src.name, n)
+        else:       # (brevitas' float32 values of an accumulator or a sum: the nearest integers)
+            k = _units(values[src.name], e["in"], src.name, n, strict=False)
         level, frac = e["act"]
         got = torch.round(mod(k) * 2.0 ** frac)
         out = values[e.get("act_node", n.name)]
