@@ -10,8 +10,8 @@ fxsplit's exact layers (``lower/quant.py``), which hls4ml's PyTorch converter ta
   narrow signed range);
 - each QuantLinear / QuantConv1d / QuantConv2d becomes an ``FxsQuantDense`` / ``FxsQuantConv`` holding the values
   brevitas computes with: its quantized weight (integers times power-of-two scales, per tensor or per output
-  channel; float scales: below) and the bias its bias quantizer hands the layer (or the float bias), each in the narrowest fixed-point
-  type that holds every value; the sum is exact (hls4ml's ``auto`` accumulator);
+  channel; float scales: below) and the bias its bias quantizer hands the layer (or the float bias), each in the
+  narrowest fixed-point type that holds every value; the sum is exact (hls4ml's ``auto`` accumulator);
 - a BatchNorm followed by a quantizer becomes an ``FxsQuantBatchNorm``: a fixed-point scale and bias per channel,
   found so that every input the channel can receive gets brevitas' level (checked exhaustively, else refused);
 - float (not power-of-two) scales: a float-scaled quantizer's tensor holds its integer levels (``fixed<W,W>``), a

@@ -9,7 +9,7 @@ import torch
 import torch.fx
 
 from ...errors import FxsplitError
-from .grid import (Grid, Scaled, exact_product, int_grid, _BINARY, _CLAMPS, _ROUNDING, _err, _fixed, _int_quant, _po2_exponent, _scalar, exact_type)
+from .grid import (Grid, Scaled, exact_product, _BINARY, _CLAMPS, _ROUNDING, _err, _fixed, _int_quant, _po2_exponent, _scalar, exact_type)
 
 
 def read_act(node: torch.fx.Node, mod) -> tuple[torch.nn.Module, Grid, dict]:

@@ -401,8 +401,8 @@ def _no_offset(n: torch.fx.Node, src, prod: torch.fx.Node, what: str) -> None:
     if isinstance(src, Scaled) and src.offset is not None:
         raise _err(f"{prod.target if prod.op == 'call_module' else prod.name!r} adds a float bias to an accumulator of "
                    "integers times a float scale: it is not a multiple of that scale, so no integer accumulator adds "
-                   f"it exactly, and {what} reads it (fxsplit folds such a bias only into a BatchNorm and quantizer, or "
-                   "a quantizer, right after the layer)", prod,
+                   f"it exactly, and {what} reads it (fxsplit folds such a bias only into a BatchNorm and quantizer, "
+                   "or a quantizer, right after the layer)", prod,
                    "quantize the bias to the accumulator's scale: bias_quant=Int32Bias (or Int16Bias), or bias=False")
 
 
