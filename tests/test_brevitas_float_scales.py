@@ -290,3 +290,32 @@ def test_without_an_exact_fit_the_nearest_fold_is_taken_and_its_differences_coun
         assert int(e["scale"].split("(")[1].split()[0]) >= 32        # the finest scale exact in a double
         assert 0 <= e["fold_differs"] <= 0.001 * e["checked_inputs"], e
         print(bn, e["fold"], e["scale"])
+
+
+@pytest.mark.parametrize("shift", [1.0, 2.0])
+def test_decisions_differing_from_brevitas_are_counted_one_level_apart_else_refused(monkeypatch, shift):
+    """The reading is checked against brevitas' own forward on the calibration batch: a fold whose levels differ
+    from brevitas' by one level is counted (the layer then named inexact, never claimed equal); by more, it is a
+    misreading and raises. (The fold's bias is moved here after its own exhaustive check, as a stand-in for brevitas'
+    float32 arithmetic deciding differently.)"""
+    from fxsplit.errors import FxsplitError
+    from fxsplit.lower.brevitas import norm
+    real = norm.scaled_fold
+
+    def moved(*args):
+        frozen, g, info, prod = real(*args)
+        if info["layer"] == "bn2":
+            frozen.bias[0] += shift                  # channel 0's levels (integers: frac 0) moved by ``shift``
+        return frozen, g, info, prod
+    monkeypatch.setattr(norm, "scaled_fold", moved)
+    model = _model()
+    if shift == 2.0:
+        with pytest.raises(FxsplitError, match="some by more than one level"):
+            _plan(model)
+        return
+    _, p = _plan(model)
+    e = next(q for q in p.quantizers if q["layer"] == "bn2")
+    n, total = e["decisions_differing"], e["decisions_checked"]
+    print(f"bn2 moved by one level in channel 0: {n} of {total} decisions differ")
+    assert 0 < n <= total // 12 and "bn2" in p.inexact_in_brevitas and not p.torch_exact
+    assert next(q for q in p.quantizers if q["layer"] == "bn1")["decisions_differing"] == 0
