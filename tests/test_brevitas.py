@@ -200,12 +200,20 @@ def _refusal(tmp_path, model, match, shape=(12,), **kw):
     return str(e.value)
 
 
-def test_refuses_a_scale_that_is_not_a_power_of_two(tmp_path):
-    msg = _refusal(tmp_path, _MLP(act=Int8ActPerTensorFloat), "not a power of two")
-    assert "module: inp" in msg and "act_quant" in msg and "FixedPoint" in msg
+def test_float_scales_are_read_and_a_float_scaled_input_quantizer_refused(tmp_path):
+    """Float weight scales are read (integer weights, the scale folded into the next quantizer; at the output, the
+    exact product: tests/test_brevitas_float_scales.py); a float-scaled quantizer on a float model input has no
+    fixed-point input to fold onto: refused, saying what to change."""
+    msg = _refusal(tmp_path, _MLP(act=Int8ActPerTensorFloat), "QuantIdentity 'inp' has a float scale")
+    assert "module: inp" in msg and "Int8ActPerTensorFixedPoint" in msg and "input_precision" in msg
     from brevitas.quant import Int8WeightPerTensorFloat
-    msg = _refusal(tmp_path, _MLP(weight=Int8WeightPerTensorFloat), "weight_quant has scale")
-    assert "module: fc1" in msg and "Int8WeightPerTensorFixedPoint" in msg
+    from fxsplit.lower.brevitas import plan
+    model = calibrate(_MLP(weight=Int8WeightPerTensorFloat), (12,))
+    p = plan(fxsplit.partition(model, (12,)).graph, [(12,)])
+    q = {(e["layer"], e["kind"]): e for e in p.quantizers}
+    assert q[("fc1", "QuantLinear")]["type"] == "fixed<4,4> (integer weights)"
+    assert q[("relu", "QuantReLU")]["checked_inputs"] > 0 and "decisions_differing" in q[("relu", "QuantReLU")]
+    assert ("fc2", "output scale") in q and not p.torch_exact
 
 
 class _Variants(nn.Module):

@@ -26,14 +26,19 @@ class FxsQuantAct(HLS4MLModule):
     ``binary``: brevitas' binary quantizer, ``+2**-frac`` where ``x >= 0``, else ``-2**-frac`` (``qmin, qmax =
     -1, 1``, type ``fixed<2,2-frac,TRN,SAT_SYM>``). hls4ml converts it as that type's linear quantizer, which is the
     identity on values already binary: fxsplit lowers it so only there (elsewhere the sign is a
-    :class:`FxsQuantBatchNorm`, ``lower/brevitas/norm.py``)."""
+    :class:`FxsQuantBatchNorm`, ``lower/brevitas/norm.py``).
+
+    ``float_scale``: a quantizer whose scale is not a power of two. Its tensor holds the integer levels (``frac``
+    0, type ``fixed<W,W>``); this layer is then the identity on levels, which a :class:`FxsQuantBatchNorm` before it
+    produced (the scale is carried by the reader, ``lower/brevitas/grid.py``'s ``Scaled``)."""
 
     def __init__(self, activation: str, precision: str, frac: int, qmin: int, qmax: int, rounding: str,
-                 source: str, binary: bool = False):
+                 source: str, binary: bool = False, float_scale: float | None = None):
         super().__init__()
         self.activation, self.precision, self.frac = activation, precision, int(frac)
         self.qmin, self.qmax, self.rounding, self.source = int(qmin), int(qmax), rounding, source
         self.binary = bool(binary)
+        self.float_scale = None if float_scale is None else float(float_scale)
 
     def forward(self, x):
         x = getattr(x, "value", x).to(torch.float64)
@@ -41,12 +46,13 @@ class FxsQuantAct(HLS4MLModule):
             return torch.where(x >= 0, 1.0, -1.0).to(torch.float64) * 2.0 ** -self.frac
         if self.activation == "relu":
             x = torch.relu(x)
-        q = _ROUND[self.rounding](x * 2.0 ** self.frac).clamp(self.qmin, self.qmax)
+        q = _ROUND[self.rounding](x * 2.0 ** self.frac).clamp(float(self.qmin), float(self.qmax))
         return q * 2.0 ** -self.frac
 
     @property
     def step(self) -> float:
-        return 2.0 ** -self.frac
+        """The value one level stands for (brevitas' scale)."""
+        return self.float_scale if self.float_scale is not None else 2.0 ** -self.frac
 
     def extra_repr(self) -> str:
         return f"{'binary' if self.binary else self.activation}, {self.precision}, from {self.source}"
@@ -71,7 +77,7 @@ class FxsQuantBatchNorm(HLS4MLModule):
         x = getattr(x, "value", x).to(torch.float64)
         shape = (1, -1) + (1,) * (x.dim() - 2)
         y = x * self.scale.reshape(shape) + self.bias.reshape(shape)        # exact for the sizes fxsplit derives
-        return _ROUND[self.rounding](y * 2.0 ** self.frac).clamp(self.qmin, self.qmax) * 2.0 ** -self.frac
+        return _ROUND[self.rounding](y * 2.0 ** self.frac).clamp(float(self.qmin), float(self.qmax)) * 2.0 ** -self.frac
 
     def extra_repr(self) -> str:
         return (f"{self.num_features} channels, scale {self.scale_precision}, bias {self.bias_precision} -> "

@@ -219,7 +219,8 @@ def _brevitas_html(bq: dict) -> str:
         f"<tr><td>{_esc(q.get('layer'))}</td><td>{_esc(q.get('kind'))}</td>"
         f"<td class=\"n\">{_esc(q.get('bit_width', ''))}</td><td>{_esc(q.get('scale', q.get('weight_scale', '')))}</td>"
         f"<td>{_esc(q.get('rounding', ''))}</td><td><code>{_esc(q.get('type'))}</code>"
-        f"{'' if not q.get('bias') else ' + bias <code>' + _esc(q.get('bias')) + '</code>'}</td></tr>"
+        f"{'' if not q.get('bias') else ' + bias <code>' + _esc(q.get('bias')) + '</code>'}</td>"
+        f"<td>{_esc(_checked(q))}</td></tr>"
         for q in bq.get("quantizers") or [])
     inputs = ", ".join(f"{k}: {v}" for k, v in (bq.get("input_precisions") or {}).items())
     claim = ("brevitas' own arithmetic is exact: the design must equal it bit for bit" if bq.get("torch_exact") else
@@ -230,7 +231,20 @@ def _brevitas_html(bq: dict) -> str:
                     f"{_esc(a.get('note', ''))}.</p>" for a in bq.get("input_arithmetic") or [])
     return (f"<p>{_esc(claim)}. Model inputs: <code>{_esc(inputs or '-')}</code>.</p>{arith}"
             "<table><tr><th>layer</th><th>kind</th><th>bits</th><th>scale</th><th>rounding</th><th>hls4ml type</th>"
-            f"</tr>{rows}</table>")
+            f"<th>checked</th></tr>{rows}</table>")
+
+
+def _checked(q: dict) -> str:
+    """A fold's exhaustive check and, on float-scaled tensors, brevitas' decisions that differ from the reading."""
+    parts = []
+    if q.get("checked_inputs") is not None:
+        parts.append(f"{q['checked_inputs']} inputs")
+    if q.get("fold_differs"):
+        parts.append(f"brevitas differs on {q['fold_differs']} of them")
+    if q.get("decisions_differing") is not None:
+        parts.append(f"{q['decisions_differing']} of {q.get('decisions_checked')} decisions on the calibration "
+                     "batch differ from brevitas'")
+    return "; ".join(parts)
 
 
 def _layer_splits_html(ls: Any) -> str:

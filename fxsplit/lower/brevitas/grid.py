@@ -49,6 +49,46 @@ class Grid:
         return self.width - self.integer
 
 
+@dataclass(frozen=True)
+class Scaled:
+    """Values on ``grid`` times a float scale, per tensor (one value) or per channel: a float-scaled quantizer's
+    integer levels, or the integer accumulator of a layer with float weight scales. hls4ml holds the values on
+    ``grid`` (integers: ``fixed<W,W>``); the scale (float32 values of brevitas, exact as Python floats) is not in the
+    hardware: the reader carries it to the layer that absorbs it (a BatchNorm and quantizer fold, or the exact
+    multiplication at a model output)."""
+    grid: Grid
+    scale: tuple[float, ...]
+    offset: tuple[float, ...] | None = None     # a layer's float bias per channel, added after the scale: only a
+    #                                             BatchNorm / quantizer fold right after the layer absorbs it
+
+    @property
+    def per_tensor(self) -> bool:
+        return len(set(self.scale)) == 1
+
+    def channel_scales(self, channels: int) -> np.ndarray:
+        """The scale of each of ``channels`` channels (float64, exact)."""
+        s = np.asarray(self.scale, dtype=np.float64)
+        if s.size == 1:
+            return np.full(channels, float(s[0]))
+        if s.size != channels:
+            raise FxsplitError(f"internal: a scale of {s.size} channels on a tensor of {channels}")
+        return s
+
+
+def int_grid(g) -> Grid:
+    """The grid hls4ml holds a tensor on (a Scaled tensor: its values without the scale)."""
+    return g.grid if isinstance(g, Scaled) else g
+
+
+def exact_product(a: float, b: float) -> float:
+    """``a * b`` where float64 holds it exactly (two float32 scales always), else raise."""
+    from fractions import Fraction
+    p = a * b
+    if Fraction(p) != Fraction(a) * Fraction(b):
+        raise FxsplitError(f"internal: the scale product {a!r} * {b!r} is not a float64 value")
+    return p
+
+
 @dataclass
 class Plan:
     """What :func:`plan` read: the exact layers by fx node name, the hls4ml types to pin, and the claims."""
@@ -59,6 +99,9 @@ class Plan:
     quantizers: list[dict] = field(default_factory=list)                    # for the report
     affines: dict[str, tuple] = field(default_factory=dict)     # last node -> (affine.Affine, its exact layer)
     input_arithmetic: list[dict] = field(default_factory=list)             # for the report
+    scaled: dict[str, dict] = field(default_factory=dict)       # node -> how its float-scaled reading is checked
+    output_scales: dict[str, torch.nn.Module] = field(default_factory=dict)   # model output node -> its exact
+    #                                                             multiplication by its float scale
 
     @property
     def torch_exact(self) -> bool:
@@ -77,12 +120,44 @@ class Plan:
         from . import affine
         for last, (aff, mod) in self.affines.items():
             affine.rewrite(gm, last, aff, mod)
+        for name, mod in self.output_scales.items():
+            scale_output(gm, name, mod)
         return gm
 
     def to_dict(self) -> dict:
         return {"quantizers": self.quantizers, "input_precisions": self.input_precisions,
                 "input_arithmetic": self.input_arithmetic,
                 "torch_exact": self.torch_exact, "inexact_in_brevitas": self.inexact_in_brevitas}
+
+
+ACC_SUFFIX = "__acc"                 # a float-scaled model output's producer, renamed; its node name is the product's
+
+
+def scale_output(gm: torch.fx.GraphModule, name: str, module) -> None:
+    """In ``gm`` (a frozen copy), the model output ``name`` (a float-scaled tensor) multiplied by its scale:
+    ``module`` is called on it under the name ``name`` (the output port keeps its name), the producer renamed
+    ``name + ACC_SUFFIX``. Nothing where ``gm`` does not return ``name``."""
+    nodes = {n.name: n for n in gm.graph.nodes}
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    old = nodes.get(name)
+    if old is None or old not in out.all_input_nodes:
+        return
+    if len(old.users) != 1:
+        raise FxsplitError(f"internal: the float-scaled model output {name!r} is read inside the model too",
+                           module=name)
+    target = f"fxs_output_scale_{name}"
+    gm.add_submodule(target, module)
+    with gm.graph.inserting_after(old):
+        new = gm.graph.call_module(target, (old,))
+    new.meta = dict(old.meta)
+    out.replace_input_with(old, new)
+    ns = gm.graph._graph_namespace
+    for node, new_name in ((old, name + ACC_SUFFIX), (new, name)):     # (as affine.rewrite: the names are free)
+        node.name = new_name
+        ns._rename_object(node, new_name)
+    if old.name != name + ACC_SUFFIX or new.name != name:
+        raise FxsplitError(f"internal: the output {name!r} could not be renamed", module=name)
+    gm.recompile()
 
 
 def _err(msg: str, node: torch.fx.Node, hint: str) -> FxsplitError:

@@ -9,7 +9,7 @@ import torch
 import torch.fx
 
 from ...errors import FxsplitError
-from .grid import (Grid, _BINARY, _CLAMPS, _ROUNDING, _err, _fixed, _int_quant, _po2_exponent, _scalar, exact_type)
+from .grid import (Grid, Scaled, exact_product, _BINARY, _CLAMPS, _ROUNDING, _err, _fixed, _int_quant, _po2_exponent, _scalar, exact_type)
 
 
 def read_act(node: torch.fx.Node, mod) -> tuple[torch.nn.Module, Grid, dict]:
@@ -54,10 +54,8 @@ def read_act(node: torch.fx.Node, mod) -> tuple[torch.nn.Module, Grid, dict]:
                        "use a per-tensor activation quantizer (scaling_per_output_channel=False)") from None
     signed, narrow = bool(proxy.is_signed), bool(proxy.is_narrow_range)
     e = _po2_exponent(scale)
-    if e is None:
-        raise _err(f"{quantizer} has scale {scale!r}, not a power of two: no fixed-point type holds its values",
-                   node, "use a power-of-two scale: a *FixedPoint quantizer (e.g. Int8ActPerTensorFixedPoint, "
-                         "Uint8ActPerTensorFixedPoint) or restrict_scaling_type=RestrictValueType.POWER_OF_TWO")
+    if e is None and not (math.isfinite(scale) and scale > 0):
+        raise _err(f"{quantizer} has scale {scale!r}", node, "train the quantizer to a positive finite scale")
     if zp != 0:
         raise _err(f"{quantizer} has zero point {zp!r}: fxsplit reads symmetric quantizers only", node,
                    "use a quantizer with zero_point 0 (the *FixedPoint quantizers)")
@@ -68,9 +66,19 @@ def read_act(node: torch.fx.Node, mod) -> tuple[torch.nn.Module, Grid, dict]:
         raise _err(f"{quantizer} is unsigned with a narrow range (max 2**{b} - 2): no hls4ml saturation mode "
                    "stops there", node, "use narrow_range=False for an unsigned quantizer")
     qmin, qmax = (-(2 ** (b - 1)) + int(narrow), 2 ** (b - 1) - 1) if signed else (0, 2 ** b - 1)
+    sat = "SAT_SYM" if signed and narrow else "SAT"
+    if e is None:
+        # a float scale: the tensor holds the integer levels, the scale travels with it (Scaled); the layer that
+        # produces the levels is a fold of the quantizer into a fixed-point scale and bias (norm.fold_act)
+        levels = Grid(b, b, signed)
+        prec = _fixed(levels, f",{rounding},{sat}")
+        info = {"layer": str(node.target), "kind": cls, "quantizer": type(proxy).__name__, "bit_width": b,
+                "signed": signed, "narrow_range": narrow, "scale": scale, "float_scale": True,
+                "rounding": rounding, "type": f"{prec} (integer levels; scale {scale!r} carried by the reader)"}
+        return (FxsQuantAct(activation, prec, 0, qmin, qmax, rounding, f"{cls} {node.target}", float_scale=scale),
+                Scaled(levels, (scale,)), info)
     frac = -e
     grid = Grid(b, b - frac, signed)
-    sat = "SAT_SYM" if signed and narrow else "SAT"
     prec = _fixed(grid, f",{rounding},{sat}")
     info = {"layer": str(node.target), "kind": cls, "quantizer": type(proxy).__name__, "bit_width": b,
             "signed": signed, "narrow_range": narrow, "scale": scale, "rounding": rounding, "type": prec}
@@ -136,20 +144,8 @@ def read_weighted(node: torch.fx.Node, mod, in_grid: Grid, bias_value) -> tuple[
         qw = mod.quant_weight()
     scale = torch.as_tensor(qw.scale).detach().reshape(-1)
     exps = [_po2_exponent(float(s)) for s in scale]
-    if any(e is None for e in exps):
-        bad = next(float(s) for s, e in zip(scale, exps) if e is None)
-        per_channel = scale.numel() > 1
-        kind = (f"a float scale per output channel ({sum(e is None for e in exps)} of {scale.numel()} not a power of "
-                f"two, the first {bad!r})" if per_channel else f"scale {bad!r}, not a power of two")
-        raise _err(f"{where}'s weight_quant has {kind}: its weights times the input do not stay on a fixed-point "
-                   "grid", node,
-                   "use a power-of-two weight scale: " + (
-                       "keep one per output channel with a power-of-two restriction (the layer's "
-                       "weight_restrict_scaling_type=RestrictValueType.POWER_OF_TWO, or weight_quant="
-                       "Int8WeightPerTensorFixedPoint with weight_scaling_per_output_channel=True)"
-                       if per_channel else
-                       "Int8WeightPerTensorFixedPoint (or per channel with "
-                       "restrict_scaling_type=RestrictValueType.POWER_OF_TWO)"))
+    if any(e is None for e in exps) or isinstance(in_grid, Scaled):
+        return _read_scaled_weighted(node, mod, qw, in_grid, bias_value)
     if torch.any(torch.as_tensor(qw.zero_point) != 0):
         raise _err(f"{where}'s weight_quant has a nonzero zero point", node, "use a symmetric weight quantizer")
     w = qw.value.detach().to(torch.float64)
@@ -191,3 +187,101 @@ def read_weighted(node: torch.fx.Node, mod, in_grid: Grid, bias_value) -> tuple[
     return dense, out, info
 
 
+
+
+def _read_scaled_weighted(node: torch.fx.Node, mod, qw, src, bias_value) -> tuple[torch.nn.Module, Scaled, dict]:
+    """A QuantLinear / QuantConv whose weight scales are floats (per tensor or per output channel), or which reads
+    a float-scaled tensor: integer weights ``w / s_w[c]`` (checked), an exact integer accumulator, and the output
+    scale ``s_in * s_w[c]`` per channel carried by the reader (``s_in`` the input's per-tensor scale, 1 for a
+    power-of-two grid). A quantized bias (``Int32Bias``: an integer times that scale) is added as its integer; a
+    float bias cannot be added to the integer accumulator exactly: refused."""
+    from ..quant import FxsQuantConv, FxsQuantDense
+    cls = type(mod).__name__
+    where = f"{cls} {node.target!r}"
+    if isinstance(src, Scaled):
+        if not src.per_tensor:
+            raise _err(f"{where} reads a tensor with a float scale per channel ({len(src.scale)} scales): its "
+                       "products have no common scale, so no integer accumulator holds their sum", node,
+                       "quantize its input with a per-tensor quantizer first (a QuantIdentity / QuantReLU)")
+        s_in, g_in = float(src.scale[0]), src.grid
+    else:
+        s_in, g_in = 1.0, src
+    if torch.any(torch.as_tensor(qw.zero_point) != 0):
+        raise _err(f"{where}'s weight_quant has a nonzero zero point", node, "use a symmetric weight quantizer")
+    value = qw.value.detach()
+    C = int(value.shape[0])
+    s32 = torch.as_tensor(qw.scale).detach().to(torch.float32)
+    sw = s32.to(torch.float64).reshape(-1)
+    if sw.numel() not in (1, C) or not torch.all(sw > 0) or not torch.all(torch.isfinite(sw)):
+        raise _err(f"{where}'s weight_quant has {sw.numel()} scales for {C} output channels, or one that is not "
+                   "positive and finite", node, "use one weight scale per tensor or per output channel")
+    shape = (-1,) + (1,) * (value.dim() - 1)
+    sw_c = sw.expand(C) if sw.numel() == 1 else sw
+    w_int = torch.round(value.to(torch.float64) / sw_c.reshape(shape))
+    # brevitas' quantized weight is the integer times the float32 scale, rounded to float32: the integer is exact
+    if not torch.equal((w_int.to(torch.float32) * s32.reshape(shape) if s32.numel() > 1 else
+                        w_int.to(torch.float32) * s32.reshape(())), value.to(torch.float32)):
+        raise _err(f"{where}'s quantized weights are not integers times its weight scale", node,
+                   "use an integer weight quantizer (e.g. Int8WeightPerTensorFloat)")
+    out_scale = [exact_product(s_in, float(v)) for v in sw_c.tolist()]
+    wg = exact_type(w_int.numpy(), f"{where}'s integer weights", node, "quantize the weights with fewer bits")
+    b_int, bg = None, None
+    bias_scaled = False
+    offset = None
+    if mod.bias is not None:
+        if bias_value is None:
+            raise FxsplitError(f"internal: {where}'s bias quantizer did not run on the calibration batch",
+                               module=str(node.target), hint="please report this model")
+        bscale = getattr(bias_value, "scale", None)
+    if mod.bias is not None and (bscale is None or not getattr(mod.bias_quant, "is_quant_enabled", False)):
+        # a float bias: not a multiple of the accumulator's scale. It travels with the tensor (Scaled.offset) to a
+        # BatchNorm / quantizer right after the layer, which folds it; anything else refuses it (reader)
+        offset = tuple(float(v) for v in torch.as_tensor(getattr(bias_value, "value", bias_value)).detach()
+                       .to(torch.float32).to(torch.float64).reshape(-1))
+    elif mod.bias is not None:
+        bv = torch.as_tensor(bias_value.value).detach().reshape(-1)
+        bs32 = torch.as_tensor(bscale).detach().to(torch.float32).reshape(-1)
+        bs = bs32.to(torch.float64).expand(C) if bs32.numel() == 1 else bs32.to(torch.float64)
+        b_int = torch.round(bv.to(torch.float64) / bs)
+        # brevitas' bias scale is the float32 product of the input's scale (a float scale, or the power of two of a
+        # fixed-point grid) and the weight scale; its bias that integer times it. On the accumulator (the input's
+        # values on its grid times the integer weights) the bias is that integer (a float-scaled input: its scale
+        # is the accumulator's) or that integer times the grid's power of two
+        acc_scale = torch.tensor(out_scale, dtype=torch.float64)
+        unit = 1.0 if isinstance(src, Scaled) else 2.0 ** -g_in.frac
+        expect = acc_scale.to(torch.float32) if isinstance(src, Scaled) else (acc_scale * unit).to(torch.float32)
+        if not torch.equal(bs.to(torch.float32), expect) or \
+                not torch.equal(b_int.to(torch.float32) * bs.to(torch.float32), bv.to(torch.float32)):
+            raise _err(f"{where}'s quantized bias is not an integer times the input scale times the weight scale",
+                       node, "use bias_quant=Int32Bias (the bias scale of the input and weight scales)")
+        b_int = b_int * unit                                   # exact: a power of two
+        bg = exact_type(b_int.numpy(), f"{where}'s bias on the accumulator", node,
+                        "use bias_quant=Int32Bias or Int16Bias")
+        bias_scaled = True
+    n = int(np.prod(w_int.shape[1:]))
+    log_n = math.ceil(math.log2(n)) if n > 1 else 0
+    frac = g_in.frac
+    integer = g_in.integer + wg.integer + log_n + 1
+    if bg is not None:
+        frac, integer = max(frac, bg.frac), max(integer, bg.integer + 1) + 1
+    out = Grid(integer + frac, integer, True)
+    bprec = _fixed(bg) if bg is not None else None
+    if cls == "QuantLinear":
+        dense = FxsQuantDense(w_int, b_int, _fixed(wg), bprec, f"{cls} {node.target}")
+    else:
+        if mod.groups != 1 or mod.padding_mode != "zeros" or isinstance(mod.padding, str):
+            raise _err(f"{where} has groups={mod.groups}, padding_mode={mod.padding_mode!r}, padding={mod.padding!r}: "
+                       "hls4ml converts groups=1 with numeric zero padding only", node,
+                       "use groups=1 and an explicit zero padding")
+        dense = FxsQuantConv(w_int, b_int, _fixed(wg), bprec, f"{cls} {node.target}", stride=mod.stride,
+                             padding=mod.padding, dilation=mod.dilation)
+    info = {"layer": str(node.target), "kind": cls, "quantizer": "weight_quant (float scale)",
+            "weight_scale": [float(v) for v in sw[:4]] + (["..."] if sw.numel() > 4 else []),
+            "type": f"{dense.weight_precision} (integer weights)", "bias": dense.bias_precision,
+            "bias_quant": bias_scaled, "sum_bits": out.width,
+            "output_scale": ("per tensor " if len(set(out_scale)) == 1 else "per output channel ") +
+                            f"{out_scale[0]!r}{', ...' if len(set(out_scale)) > 1 else ''} (input scale x weight "
+                            "scale, carried by the reader)"}
+    if offset is not None:
+        info["bias"] = "float (folded by the consumer)"
+    return dense, Scaled(out, tuple(out_scale), offset), info

@@ -11,7 +11,7 @@ import torch.fx
 
 from ...errors import FxsplitError
 from . import layers
-from .grid import (_describe, ACTS, Grid, Plan, _err, _fixed, exact_type)
+from .grid import (_describe, ACTS, Grid, Plan, Scaled, _err, _fixed, exact_type, int_grid)
 
 
 MAX_DOMAIN = 2 ** 24                 # inputs x channels a BatchNorm's exhaustive check may evaluate
@@ -31,7 +31,7 @@ def _channel_bounds(gm: torch.fx.GraphModule, prod: torch.fx.Node | None, p: Pla
     lo_c, hi_c = np.full(channels, lo, dtype=object), np.full(channels, hi, dtype=object)
     mod = p.frozen.get(prod.name) if prod is not None else None
     if mod is not None and hasattr(mod, "weight"):
-        g_in = grids[prod.all_input_nodes[0].name]
+        g_in = int_grid(grids[prod.all_input_nodes[0].name])
         x_lo, x_hi = (math.ldexp(v, -g_in.frac) for v in _grid_range(g_in))
         w = mod.weight.reshape(mod.weight.shape[0], -1).numpy()
         b = np.zeros(w.shape[0]) if mod.bias is None else mod.bias.numpy()
@@ -53,7 +53,7 @@ def read_batchnorm(gm: torch.fx.GraphModule, node: torch.fx.Node, bn, src, p: Pl
     cls = type(bn).__name__
     where = f"{cls} {node.target!r}"
     users = list(node.users)
-    if not isinstance(src, Grid):
+    if not isinstance(src, (Grid, Scaled)):
         raise _err(f"{where} normalizes {_describe(src, node.all_input_nodes[0])}: fxsplit reads a BatchNorm only "
                    "after a quantized layer", node, "put the BatchNorm after a QuantLinear / QuantConv")
     act_node = users[0] if len(users) == 1 and users[0].op == "call_module" else None
@@ -68,6 +68,8 @@ def read_batchnorm(gm: torch.fx.GraphModule, node: torch.fx.Node, bn, src, p: Pl
     prod = node.all_input_nodes[0]
     prod = prod if prod.op == "call_module" and prod.name in p.frozen and len(prod.users) == 1 else None
     C = int(bn.num_features)
+    if isinstance(src, Scaled) or frozen_act.float_scale is not None:
+        return scaled_fold(gm, node, where, act_node, act, bn, src, p, grids, frozen_act, g_out, C, prod)
     lo_c, hi_c = _channel_bounds(gm, prod, p, src, C, grids)
     base = int(min(lo_c))
     span = int(max(hi_c)) - base + 1                                    # every channel's range lies in it
@@ -128,6 +130,139 @@ def read_batchnorm(gm: torch.fx.GraphModule, node: torch.fx.Node, bn, src, p: Pl
             "type": frozen.precision, "scale": f"{_fixed(sg)} ({P} fractional bits)", "bias": _fixed(bg),
             "checked_inputs": int(valid.sum())}
     return frozen, g_out, info, prod.name if prod is not None else None
+
+
+def scaled_fold(gm, node, where: str, act_node, act, bn, src, p: Plan, grids: dict, frozen_act, g_out, channels: int,
+                prod):
+    """A quantizer (after a BatchNorm ``bn``, or directly: ``bn`` None) whose input or output carries a float scale:
+    the input holds integers ``k`` (values on ``int_grid(src)``) standing for ``k * scale[c]``, the output the
+    quantizer's levels (its float scale, or ``2**-frac``). brevitas evaluates ``act(bn(x))`` in float32 on
+    ``x = float32(k * scale[c])``, the value it sees, for every ``k`` the channel can receive; fxsplit fits a
+    fixed-point scale and bias per channel acting on ``k`` (hls4ml's BatchNormalization with the quantizer's type)
+    that gives every one of those levels. Where none does (brevitas' float32 moved a threshold by one input), the
+    fold nearest the real-number map is taken and the inputs where brevitas' level differs from it, by one level
+    at most, counted (``info["fold_differs"]``; more than one level: refused). The result is checked on every input."""
+    from ..quant import FxsQuantBatchNorm
+    C = channels
+    if frozen_act.binary:
+        raise _err(f"{where}: a binary quantizer on a float-scaled tensor is not read yet", node,
+                   "use a power-of-two weight scale before a binary quantizer")
+    g = int_grid(src)
+    sc = src.channel_scales(C) if isinstance(src, Scaled) else np.ones(C)
+    lo_c, hi_c = _channel_bounds(gm, prod, p, g, C, grids)
+    base = int(min(lo_c))
+    span = int(max(hi_c)) - base + 1
+    if span * C > MAX_DOMAIN:
+        raise _err(f"{where}: its input can take {span} values per channel, too many to check every one "
+                   f"(fxsplit checks up to {MAX_DOMAIN} inputs x channels)", node,
+                   "use fewer bits before it (weights or activations)")
+    ks = np.arange(span, dtype=np.int64) + base
+    off = np.asarray(src.offset, dtype=np.float64) if isinstance(src, Scaled) and src.offset is not None else \
+        np.zeros(C)                                          # the layer's float bias, folded here
+    x64 = torch.from_numpy(np.ldexp(ks.astype(np.float64), -g.frac)[:, None] * sc[None, :] + off[None, :])
+    x32 = x64.to(torch.float32)                              # what brevitas sees
+    shape = node.meta["tensor_meta"].shape if "tensor_meta" in node.meta else None
+    ndim = len(shape) if shape is not None else (4 if type(bn).__name__ == "BatchNorm2d" else 2)
+    f = act if bn is None else (lambda t: act(bn(t)))
+    levels = []
+    with torch.no_grad():
+        y = f(x32.reshape(span, C, *([1] * (ndim - 2))))
+        levels.append(getattr(y, "value", y).reshape(span, C).to(torch.float64) / frozen_act.step)
+        y = f(x32.T.contiguous().reshape(1, C, span, *([1] * max(ndim - 3, 0))))
+        levels.append(getattr(y, "value", y).reshape(C, span).T.to(torch.float64) / frozen_act.step)
+    if not torch.equal(levels[0], levels[1]):
+        raise _err(f"{where}: brevitas' float32 arithmetic gives different results for the same input in two memory "
+                   "layouts, so no design can equal it", node, "fold the BatchNorm into the layer while training")
+    L = torch.round(levels[0])
+    if float((levels[0] - L).abs().max()) > 2.0 ** -10:
+        raise FxsplitError(f"internal: {where}: the quantizer after it gave values off its grid", module=str(node.target))
+    L = L.to(torch.int64).T.numpy()                                        # (C, span)
+    valid = np.zeros((C, span), dtype=bool)
+    for c in range(C):
+        valid[c, int(lo_c[c]) - base:int(hi_c[c]) - base + 1] = True
+    if bn is not None:
+        var = bn.running_var.detach().to(torch.float64)
+        alpha = ((bn.weight.detach().to(torch.float64) if bn.affine else torch.ones(C, dtype=torch.float64)) /
+                 torch.sqrt(var + bn.eps)).numpy()
+        beta = ((bn.bias.detach().to(torch.float64) if bn.affine else torch.zeros(C, dtype=torch.float64)).numpy() -
+                bn.running_mean.detach().to(torch.float64).numpy() * alpha)
+    else:
+        alpha, beta = np.ones(C), np.zeros(C)
+    act_scale = frozen_act.float_scale if frozen_act.float_scale is not None else 1.0
+    alpha_k, beta_k = alpha * sc / act_scale, (beta + alpha * off) / act_scale   # on k * 2**-frac, in levels
+    found = _fit_affine(alpha_k, beta_k, ks, valid, L, g.frac, frozen_act)
+    if found is not None:
+        S, B, P = found
+    else:
+        S = None
+        for P in reversed(_BN_PRECISIONS):
+            if P + g.frac - frozen_act.frac >= 1 and (np.max(np.abs(ks)) * (np.max(np.abs(alpha_k)) + 1) +
+                                                       np.max(np.abs(beta_k)) * 2.0 ** g.frac) * 2.0 ** P < 2.0 ** 52:
+                S = np.round(alpha_k * 2.0 ** P).astype(np.int64)
+                B = np.round(beta_k * 2.0 ** (P + g.frac)).astype(np.int64)
+                break
+        if S is None:
+            raise _err(f"{where}: its scale and bias need more than {_BN_PRECISIONS[0]} fractional bits on inputs "
+                       "this wide", node, "use fewer bits before it")
+    sh = P + g.frac - frozen_act.frac
+    expected = np.stack([_round_shift(ks * int(S[c]) + int(B[c]), sh, frozen_act.rounding).clip(
+        frozen_act.qmin, frozen_act.qmax) for c in range(C)])
+    differs = int(((expected != L) & valid).sum())
+    if found is not None and differs:
+        raise FxsplitError(f"internal: {where}: the fitted fold differs from brevitas' levels on {differs} inputs",
+                           module=str(node.target), hint="please report this model")
+    if np.any(np.abs(expected - L)[valid] > 1):
+        raise _err(f"{where}: no fixed-point scale and bias up to {_BN_PRECISIONS[-1]} fractional bits reproduce "
+                   "brevitas' float32 arithmetic and its quantizer within one level on every input", node,
+                   "fold the BatchNorm into the layer's weights while training")
+    scale = torch.tensor([math.ldexp(int(v), -P) for v in S], dtype=torch.float64)
+    bias = torch.tensor([math.ldexp(int(v), -(P + g.frac)) for v in B], dtype=torch.float64)
+    hint = "use fewer bits before it"
+    sg = exact_type(scale.numpy(), f"{where}'s scale", node, hint)
+    bg = exact_type(bias.numpy(), f"{where}'s bias", node, hint)
+    source = f"{type(bn).__name__} {node.target}" if bn is not None else f"{type(act).__name__} {node.target}"
+    frozen = FxsQuantBatchNorm(scale, bias, _fixed(sg), _fixed(bg), frozen_act, source)
+    check_fold(frozen, ks, valid, g.frac, expected, L, differs, where, node)
+    checked = int(valid.sum())
+    info = {"layer": str(node.target), "kind": type(bn).__name__ if bn is not None else type(act).__name__,
+            "quantizer": (f"with {type(act).__name__} {act_node.target}" if bn is not None else
+                          f"{type(act).__name__} on a float-scaled tensor") + (
+                              f" (scale {frozen_act.float_scale!r})" if frozen_act.float_scale is not None else ""),
+            "type": frozen.precision, "scale": f"{_fixed(sg)} ({P} fractional bits)", "bias": _fixed(bg),
+            "checked_inputs": checked, "input_scale": "per channel" if len(set(sc.tolist())) > 1 else float(sc[0]),
+            **({"folded_float_bias": True} if np.any(off != 0) else {}),
+            "fold_differs": differs,
+            "fold": ("brevitas' float32 levels reproduced on every input" if differs == 0 else
+                     f"brevitas' float32 levels differ from the fixed-point fold on {differs} of {checked} inputs "
+                     "(one level each)")}
+    return frozen, g_out, info, prod.name if prod is not None else None
+
+
+def fold_act(gm, node: torch.fx.Node, act, src, p: Plan, grids: dict, channels: int):
+    """A quantizer reading a float-scaled tensor, or a float-scaled quantizer reading a fixed-point grid, with no
+    BatchNorm before it: the fold of :func:`scaled_fold` with the identity in the BatchNorm's place."""
+    frozen_act, g_out, _ = layers.read_act(node, act)
+    prod = node.all_input_nodes[0]
+    prod = prod if prod.op == "call_module" and prod.name in p.frozen and len(prod.users) == 1 else None
+    where = f"{type(act).__name__} {node.target!r}"
+    return scaled_fold(gm, node, where, node, act, None, src, p, grids, frozen_act, g_out, channels, prod)
+
+
+def check_fold(frozen, ks: np.ndarray, valid: np.ndarray, frac: int, expected: np.ndarray, L: np.ndarray,
+               differs: int, where: str, node) -> None:
+    """The fold as built (``frozen``'s own arithmetic) on every input ``k`` of every channel: it must give the
+    fixed-point levels ``expected``, which differ from brevitas' ``L`` on exactly ``differs`` inputs. Else raise."""
+    C = expected.shape[0]
+    x = torch.from_numpy(np.ldexp(ks.astype(np.float64), -frac))[:, None].expand(len(ks), C)
+    with torch.no_grad():
+        got = frozen(x.contiguous()) * 2.0 ** frozen.frac
+    got = torch.round(got).to(torch.int64).T.numpy()
+    bad = int(((got != expected) & valid).sum())
+    moved = int(((got != L) & valid).sum())
+    if bad or moved != differs:
+        raise FxsplitError(f"internal: {where}: the fold differs from its fixed-point levels on {bad} inputs and from "
+                           f"brevitas' on {moved} (expected {differs})", module=str(node.target),
+                           hint="please report this model")
 
 
 def _sign_form(S, B, src_frac: int, act, channels: int, where: str, node, source: str, extra: dict):

@@ -113,6 +113,12 @@ def export_onnx(design, out_dir, samples: int = 16, seed: int = 0) -> dict:
     ``onnx.json``) what was checked."""
     pt = design.partitioning
     gm = pt.graph
+    scaled = [q["layer"] for q in (design.report.get("brevitas") or {}).get("quantizers") or []
+              if q.get("float_scale") or q.get("output_scale") or q.get("kind") == "output scale"]
+    if scaled:
+        raise FxsplitError(f"the model has float-scaled brevitas layers ({', '.join(sorted(set(scaled))[:4])}): the "
+                           "design's ports hold their integer levels, which the QONNX check does not read yet",
+                           hint="export the brevitas model with brevitas.export.export_qonnx directly")
     out = Path(out_dir).expanduser().resolve()
     gen = torch.Generator().manual_seed(seed)
     x_model = [torch.randn((samples, *p.torch_shape), generator=gen) * 3 for p in pt.inputs]

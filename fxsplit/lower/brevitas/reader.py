@@ -13,8 +13,8 @@ from ...frontend.capture import eval_mode, node_source
 from ...errors import FxsplitError
 from ...fixed import parse_type
 from . import affine, layers, norm
-from .grid import (_describe, ACTS, FLOAT32_BITS, GRID_MODULES, Grid, Plan, SAME_GRID_FUNCS, SAME_GRID_MODULES, _ADDS, _READ,
-                   _WEIGHTED, _err, _fixed, uses_brevitas)
+from .grid import (_describe, ACC_SUFFIX, ACTS, FLOAT32_BITS, GRID_MODULES, MAX_WIDTH, Grid, Plan, SAME_GRID_FUNCS,
+                   SAME_GRID_MODULES, Scaled, _ADDS, _READ, _WEIGHTED, _err, _fixed, int_grid, uses_brevitas)
 
 
 def _calibrate(gm: torch.fx.GraphModule, examples: list[torch.Tensor]) -> tuple[dict, dict]:
@@ -71,6 +71,7 @@ def _plan(gm: torch.fx.GraphModule, input_shapes: list[tuple[int, ...]], declare
     pending: list[tuple[torch.fx.Node, object, str]] = []   # binary quantizers of a float model input
     nodes = {n.name: n for n in gm.graph.nodes}
     f32_affine: dict[str, tuple] = {}          # affine node -> what counting its moved decisions needs
+    folded: dict[str, str] = {}                # BatchNorm fold -> the quantizer it holds (float-scaled tensors)
 
     def settle(node: torch.fx.Node) -> None:
         """Float arithmetic on a model input read by ``node``'s consumer: its exact layer."""
@@ -118,8 +119,8 @@ def _plan(gm: torch.fx.GraphModule, input_shapes: list[tuple[int, ...]], declare
         if t is not None and t != "auto":
             return t
         g = grid.get(name)
-        if isinstance(g, Grid):
-            return _fixed(g)
+        if isinstance(g, (Grid, Scaled)):
+            return _fixed(int_grid(g))
         if isinstance(g, str):
             return p.input_precisions.get(g[len("input:"):])
         return None
@@ -161,6 +162,8 @@ def _plan(gm: torch.fx.GraphModule, input_shapes: list[tuple[int, ...]], declare
         if n.op == "output":
             for a in srcs:
                 count(a, None, None)
+                if isinstance(grid.get(a.name), Scaled):
+                    _scale_output(a, grid[a.name], p, type_of(a.name))
             continue
         src = grid.get(srcs[0].name) if srcs else None
         if n.op == "call_module":
@@ -171,7 +174,37 @@ def _plan(gm: torch.fx.GraphModule, input_shapes: list[tuple[int, ...]], declare
                 if cls == "QuantHardTanh" and frozen.activation != "linear":
                     raise _err(f"QuantHardTanh {n.target!r} applies an activation fxsplit cannot read", n,
                                "use QuantIdentity")
-                count(srcs[0], n, frozen)
+                count(srcs[0], n if frozen.float_scale is None else None, frozen)
+                if folded.get(srcs[0].name) == n.name:
+                    # the BatchNorm before it gave its levels already (a fold on a float-scaled tensor)
+                    p.frozen[n.name] = frozen
+                    p.precisions[n.name] = {"result": frozen.precision}
+                    p.quantizers.append(info)
+                    if frozen.float_scale is not None:
+                        p.scaled[n.name] = {"kind": "levels", "act": frozen}
+                    grid[n.name] = g
+                    continue
+                if frozen.float_scale is not None or isinstance(src, Scaled):
+                    if frozen.binary or not isinstance(src, (Grid, Scaled)):
+                        raise _err(f"{cls} {n.target!r} has a float scale (or reads a float-scaled tensor) and reads "
+                                   f"{'a binary value' if frozen.binary else _describe(src, srcs[0])}: fxsplit "
+                                   "folds such a quantizer into a fixed-point scale and bias on a fixed-point input "
+                                   "only", n,
+                                   "quantize the model input with a power-of-two quantizer (Int8ActPerTensorFixedPoint)"
+                                   ", or let the first QuantLinear / QuantConv read the model input of a declared "
+                                   "type (config input_precision='ufixed<8,0,TRN,SAT>')" if isinstance(src, str) else
+                                   "put a quantized layer before it")
+                    bnf, g, finfo, prod = norm.fold_act(gm, n, m, src, p, grid, _channels(n))
+                    info.update({k: v for k, v in finfo.items() if k not in ("layer", "kind")})
+                    p.frozen[n.name] = bnf
+                    p.precisions[n.name] = {"scale": bnf.scale_precision, "bias": bnf.bias_precision,
+                                            "result": bnf.precision}
+                    if prod is not None:     # (no BatchNorm fusion into the layer's weights: an explicit result type)
+                        p.precisions[prod]["result"] = _fixed(int_grid(src))
+                    p.quantizers.append(info)
+                    p.scaled[n.name] = {"kind": "fold", "info": info, "prod": prod, "in": src, "act": act_of(bnf, g)}
+                    grid[n.name] = g
+                    continue
                 if isinstance(src, str):
                     needs.setdefault(src[len("input:"):], []).append((frozen.frac, frozen.qmax + 1, n))
                 p.quantizers.append(info)
@@ -197,7 +230,8 @@ def _plan(gm: torch.fx.GraphModule, input_shapes: list[tuple[int, ...]], declare
                 p.precisions[n.name] = {"result": frozen.precision}
                 continue
             if cls in _WEIGHTED:
-                if not isinstance(src, Grid):
+                _no_offset(n, src, srcs[0], f"{cls} {n.target!r}")
+                if not isinstance(src, (Grid, Scaled)):
                     model_input = isinstance(src, str)
                     raise _err(f"the input of {cls} {n.target!r} is {_describe(src, srcs[0])}: brevitas "
                                "multiplies float values there, which no fixed-point type holds exactly", n,
@@ -213,11 +247,20 @@ def _plan(gm: torch.fx.GraphModule, input_shapes: list[tuple[int, ...]], declare
                     prec["bias"] = frozen.bias_precision
                 p.precisions[n.name] = prec
                 p.quantizers.append(info)
-                if g.width > FLOAT32_BITS:
+                if isinstance(g, Scaled):
+                    # an exact integer accumulator; brevitas' float32 products of float scales are rounded
+                    prec["result"] = _fixed(g.grid)
+                    p.inexact_in_brevitas.append(str(n.target))
+                    p.scaled[n.name] = {"kind": "weighted", "in": src, "out": g}
+                elif g.width > FLOAT32_BITS:
                     p.inexact_in_brevitas.append(str(n.target))
                 grid[n.name] = g
                 continue
             if cls == "TensorNorm":
+                _no_offset(n, src, srcs[0], f"TensorNorm {n.target!r}")
+                if isinstance(src, Scaled):
+                    raise _err(f"TensorNorm {n.target!r} normalizes a float-scaled tensor: not read yet", n,
+                               "quantize its input with a power-of-two quantizer first")
                 frozen, g, info = norm.read_tensor_norm(n, m, src)
                 p.frozen[n.name] = frozen
                 p.precisions[n.name] = {"scale": frozen.scale_precision, "bias": frozen.bias_precision,
@@ -239,19 +282,28 @@ def _plan(gm: torch.fx.GraphModule, input_shapes: list[tuple[int, ...]], declare
                 if prod is not None:
                     # an explicit result type: hls4ml's FuseBatchNormalization would otherwise fold this BatchNorm
                     # into the layer's quantized weights (rounding them)
-                    p.precisions[prod]["result"] = _fixed(src)
+                    p.precisions[prod]["result"] = _fixed(int_grid(src))
+                if "fold_differs" in info:           # a fold on a float-scaled tensor (or quantizer)
+                    user = next(iter(n.users))
+                    folded[n.name] = user.name
+                    p.scaled[n.name] = {"kind": "fold", "info": info, "prod": prod, "in": src,
+                                        "act": act_of(frozen, g), "act_node": user.name}
                 p.quantizers.append(info)
                 grid[n.name] = g
                 continue
+            if cls in SAME_GRID_MODULES or cls in GRID_MODULES:
+                _no_offset(n, src, srcs[0], f"{cls} {n.target!r}")
             if cls in SAME_GRID_MODULES or cls in ("MaxPool1d", "MaxPool2d"):
                 if srcs[0].name in signs:         # (the maximum of binary values is binary)
                     signs[n.name] = signs[srcs[0].name]
             if cls in SAME_GRID_MODULES:
+                if cls == "Flatten":
+                    _keep_scale(n, src)
                 grid[n.name] = src
                 if cls == "Flatten":
                     reshapes.append((n.name, srcs[0].name))
                 continue
-            if cls in GRID_MODULES and isinstance(src, Grid):
+            if cls in GRID_MODULES and isinstance(src, (Grid, Scaled)):
                 # a max (pooling) or a ReLU of values on a grid stays on it: the type is the input's (hls4ml's own
                 # would be the default precision)
                 p.precisions[n.name] = {"result": type_of(srcs[0].name)}
@@ -262,6 +314,9 @@ def _plan(gm: torch.fx.GraphModule, input_shapes: list[tuple[int, ...]], declare
                                                                      "or replace it with one of those")
         name = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", str(n.target))
         if name in SAME_GRID_FUNCS and len(srcs) == 1:
+            _no_offset(n, src, srcs[0], f"{name} {n.name!r}")
+            if name != "contiguous":
+                _keep_scale(n, src)
             if srcs[0].name in signs:
                 signs[n.name] = signs[srcs[0].name]
             grid[n.name] = src
@@ -269,6 +324,23 @@ def _plan(gm: torch.fx.GraphModule, input_shapes: list[tuple[int, ...]], declare
             continue
         if n.target in _ADDS and len(srcs) == 2 and len(n.args) == 2 and not n.kwargs:
             a, b = (grid.get(x.name) for x in srcs)
+            for x in srcs:
+                _no_offset(n, grid.get(x.name), x, f"the addition {n.name!r}")
+            if isinstance(a, Scaled) or isinstance(b, Scaled):
+                if not (isinstance(a, Scaled) and isinstance(b, Scaled) and a.per_tensor and b.per_tensor and
+                        a.scale[0] == b.scale[0]):
+                    what = [f"{x.name!r} ({_scale_text(g)})" for x, g in zip(srcs, (a, b))]
+                    raise _err(f"the addition {n.name!r} adds {what[0]} and {what[1]}: fxsplit adds float-scaled "
+                               "tensors exactly only where both carry the same scale per tensor", n,
+                               "pass both operands through one shared quantizer (the same QuantIdentity / QuantReLU "
+                               "module), so that they share its scale")
+                ga, gb = a.grid, b.grid
+                frac, integer = max(ga.frac, gb.frac), max(ga.integer, gb.integer) + 1
+                p.precisions[n.name] = {"result": "auto"}
+                grid[n.name] = Scaled(Grid(integer + frac, integer, True), a.scale)
+                # brevitas adds the float32 products level x scale, each rounded: not the exact sum's value
+                p.inexact_in_brevitas.append(n.name)
+                continue
             if isinstance(a, Grid) and isinstance(b, Grid):
                 # the exact sum (hls4ml's 'auto' merge type); brevitas adds QuantTensors of one scale, exactly
                 frac, integer = max(a.frac, b.frac), max(a.integer, b.integer) + 1
@@ -304,7 +376,80 @@ def _plan(gm: torch.fx.GraphModule, input_shapes: list[tuple[int, ...]], declare
         if t is not None:
             p.precisions[name] = {"result": t}
     _check_reading(gm, p, values)
+    _check_outputs(gm, p, values)
+    for name, mod in p.output_scales.items():       # the producer is renamed in the frozen graphs (scale_output)
+        p.precisions[name + ACC_SUFFIX] = p.precisions.pop(name)
+        p.precisions[name] = {"scale": mod.scale_precision, "bias": mod.bias_precision, "result": mod.precision}
     return p
+
+
+def act_of(bnf, g) -> tuple[float, int]:
+    """(the value of one level, its frac) of a fold's output: to read brevitas' quantizer values as levels."""
+    return (g.scale[0] if isinstance(g, Scaled) else 2.0 ** -bnf.frac), bnf.frac
+
+
+def _scale_text(g) -> str:
+    if isinstance(g, Scaled):
+        return f"scale {g.scale[0]!r}" if g.per_tensor else f"a float scale per channel ({len(g.scale)})"
+    if isinstance(g, Grid):
+        return f"fixed-point, step 2**{-g.frac}"
+    return "float"
+
+
+def _no_offset(n: torch.fx.Node, src, prod: torch.fx.Node, what: str) -> None:
+    """A float bias on a float-scaled accumulator is folded only by a BatchNorm / quantizer right after its layer."""
+    if isinstance(src, Scaled) and src.offset is not None:
+        raise _err(f"{prod.target if prod.op == 'call_module' else prod.name!r} adds a float bias to an accumulator of "
+                   "integers times a float scale: it is not a multiple of that scale, so no integer accumulator adds "
+                   f"it exactly, and {what} reads it (fxsplit folds such a bias only into a BatchNorm and quantizer, "
+                   "or a quantizer, right after the layer)", prod,
+                   "quantize the bias to the accumulator's scale: bias_quant=Int32Bias (or Int16Bias), or bias=False")
+
+
+def _keep_scale(n: torch.fx.Node, src) -> None:
+    """A reshape keeps a float scale per tensor; one per channel would become one per feature: refused."""
+    if isinstance(src, Scaled) and not src.per_tensor:
+        raise _err(f"{n.name!r} reshapes a tensor with a float scale per channel ({len(src.scale)} scales): fxsplit "
+                   "carries a scale per tensor or per channel, not per feature", n,
+                   "quantize the tensor before the reshape (a QuantReLU / QuantIdentity: one scale per tensor)")
+
+
+def _scale_output(node: torch.fx.Node, g: Scaled, p: Plan, producer_type: str | None) -> None:
+    """A float-scaled model output: its integers times the scale, computed exactly in fixed point (an
+    ``FxsQuantBatchNorm`` holding the float32 scales exactly, bias 0, a result type holding every product)."""
+    from ..quant import FxsQuantAct, FxsQuantBatchNorm
+    import numpy as np
+    from .grid import exact_type
+    if len(node.users) != 1:
+        raise _err(f"{node.name!r} is a model output with a float scale and is read inside the model too: fxsplit "
+                   "multiplies a float-scaled model output by its scale at the output only", node,
+                   "return a quantized copy (a QuantIdentity after it), or compute the output once")
+    C = _channels(node)
+    sc = g.channel_scales(C)
+    hint = "use fewer bits before the output"
+    sg = exact_type(sc, f"the scale of model output {node.name!r}", node, hint)
+    frac, integer = g.grid.frac + sg.frac, g.grid.integer + sg.integer
+    off = np.zeros(C) if g.offset is None else np.asarray(g.offset, dtype=np.float64)   # a float bias: float32 values
+    bg = exact_type(off, f"the float bias of model output {node.name!r}", node, hint)
+    if g.offset is not None:
+        frac, integer = max(frac, bg.frac), max(integer, bg.integer) + 1
+    out = Grid(integer + frac, integer, True)
+    if out.width > 2 * MAX_WIDTH:
+        raise _err(f"model output {node.name!r} times its float scale needs a {out.width}-bit type to be exact "
+                   f"(fxsplit allows {2 * MAX_WIDTH})", node, hint)
+    where = f"model output {node.name} times its float scale"
+    exact = FxsQuantAct("linear", _fixed(out), out.frac, -(2 ** (out.width - 1)), 2 ** (out.width - 1) - 1, "TRN",
+                        where)                        # a type that holds every product: no rounding, no clamp
+    mod = FxsQuantBatchNorm(torch.tensor(sc, dtype=torch.float64), torch.tensor(off, dtype=torch.float64), _fixed(sg),
+                            _fixed(bg), exact, where)
+    p.output_scales[node.name] = mod
+    p.scaled[node.name + ":output"] = {"kind": "output", "node": node.name, "module": mod, "in": g}
+    p.inexact_in_brevitas.append(f"{node.name} (output x scale)")
+    p.quantizers.append({"layer": node.name, "kind": "output scale", "quantizer": "(exact product)",
+                         "type": _fixed(out), "scale": _fixed(sg), "input_type": producer_type,
+                         **({"bias": f"{_fixed(bg)} (the layer's float bias)"} if g.offset is not None else {}),
+                         "note": "the model output is its integers times the float scale, exactly; brevitas rounds "
+                                 "the product to float32"})
 
 
 
@@ -340,6 +485,9 @@ def _check_reading(gm: torch.fx.GraphModule, p: Plan, values: dict) -> None:
     inexact = set(p.inexact_in_brevitas)
     for n in gm.graph.nodes:
         mod = p.frozen.get(n.name)
+        if mod is not None and n.name in p.scaled:
+            _check_scaled(gm, n, mod, p, values)
+            continue
         if mod is None or str(n.target) in inexact:
             continue
         inp = values[n.all_input_nodes[0].name]
@@ -367,6 +515,103 @@ def _check_reading(gm: torch.fx.GraphModule, p: Plan, values: dict) -> None:
                                f"on a random batch ({bad} elements): its quantizer holds something fxsplit does not "
                                "read", module=str(n.target), source=node_source(n),
                                hint="please report this model; meanwhile compile without this layer")
+
+
+def _check_outputs(gm: torch.fx.GraphModule, p: Plan, values: dict) -> None:
+    """Each float-scaled model output's exact product against brevitas' float32 output (its rounding apart)."""
+    for e in p.scaled.values():
+        if e["kind"] != "output":
+            continue
+        n = next(x for x in gm.graph.nodes if x.name == e["node"])
+        with torch.no_grad():
+            # (brevitas' float32 sum, rounded to the nearest integers: the product is compared up to its rounding)
+            got = e["module"](_units(values[n.name], e["in"], n.name, n, strict=False))
+        ref = torch.as_tensor(getattr(values[n.name], "value", values[n.name])).detach().to(torch.float64)
+        if got.shape != ref.shape or float((got - ref).abs().max()) > 2.0 ** -12 * max(float(ref.abs().max()), 1e-30):
+            raise FxsplitError(f"internal: the exact product of model output {n.name!r} and its float scale differs "
+                               "from brevitas' output", module=n.name, source=node_source(n),
+                               hint="please report this model")
+
+
+def _units(v, g, what: str, node: torch.fx.Node, strict: bool = True) -> torch.Tensor:
+    """brevitas' values of a tensor as the design holds them: a Grid's values as they are; a Scaled tensor's
+    values divided by its scale, which must lie on its grid (brevitas rounds level x scale to float32: the nearest
+    point of the grid is the level)."""
+    v = torch.as_tensor(getattr(v, "value", v)).detach().to(torch.float64)
+    if not isinstance(g, Scaled):
+        return v
+    shape = (1, -1) + (1,) * (v.dim() - 2)
+    sc = torch.from_numpy(g.channel_scales(v.shape[1])).reshape(shape)
+    if g.offset is not None:                        # (a float bias of the layer: brevitas added it in float32)
+        v = v - torch.tensor(g.offset, dtype=torch.float64).reshape(shape)
+    u = v / sc * 2.0 ** g.grid.frac
+    r = torch.round(u)
+    if strict and float((u - r).abs().max()) > 2.0 ** -6:
+        raise FxsplitError(f"internal: brevitas' values of {what} are not integers times its float scale",
+                           module=node.name, source=node_source(node), hint="please report this model")
+    return r * 2.0 ** -g.grid.frac
+
+
+def _check_scaled(gm: torch.fx.GraphModule, n: torch.fx.Node, mod, p: Plan, values: dict) -> None:
+    """A layer read on a float-scaled tensor, fed brevitas' own input from the calibration batch. A layer with float
+    weight scales: its exact integers times the scale must equal brevitas' float32 sum up to float32's rounding. A
+    fold (quantizer, or BatchNorm and quantizer): the exact reading of the accumulator (from brevitas' input
+    levels through the layer's integer weights) and the fold gives levels that differ from brevitas' own only where
+    brevitas' float32 arithmetic moved a decision, by one level: counted into the layer's report entry
+    (``decisions_differing``), the layer then named in ``Plan.inexact_in_brevitas``. Anything else: raise."""
+    e = p.scaled[n.name]
+    kind = e["kind"]
+    src = n.all_input_nodes[0]
+
+    def fail(what: str):
+        raise FxsplitError(f"internal: fxsplit's exact reading of {mod.source} differs from brevitas' own output on a "
+                           f"random batch ({what}): its quantizer holds something fxsplit does not read",
+                           module=str(n.target), source=node_source(n),
+                           hint="please report this model; meanwhile compile without this layer")
+    with torch.no_grad():
+        if kind == "weighted":
+            got = mod(_units(values[src.name], e["in"], src.name, n))
+            ref = torch.as_tensor(getattr(values[n.name], "value", values[n.name])).detach().to(torch.float64)
+            sc = torch.from_numpy(e["out"].channel_scales(got.shape[1])).reshape((1, -1) + (1,) * (got.dim() - 2))
+            tol = 2.0 ** -12 * max(float(ref.abs().max()), 1e-30)
+            off = e["out"].offset
+            val = got * sc + (0.0 if off is None else torch.tensor(off, dtype=torch.float64).reshape(sc.shape))
+            if got.shape != ref.shape or float((val - ref).abs().max()) > tol:
+                fail("its exact sum times the scale is not brevitas' float32 sum")
+            return
+        if kind == "levels":
+            step = mod.step
+            out = values[n.name]
+            ref = torch.as_tensor(getattr(out, "value", out)).detach().to(torch.float64) / step
+            lv = torch.round(ref)
+            if float((ref - lv).abs().max()) > 2.0 ** -6 or not torch.equal(mod(lv), lv):
+                fail("its levels")
+            return
+        # a fold: the accumulator from brevitas' input levels, exactly
+        prod = e["prod"]
+        if prod is not None:
+            pn = next(x for x in gm.graph.nodes if x.name == prod)
+            pin = pn.all_input_nodes[0]
+            k = p.frozen[prod](_units(values[pin.name], p.scaled[prod]["in"], pin.name, pn))
+        else:       # (brevitas' float32 values of an accumulator or a sum: the nearest integers)
+            k = _units(values[src.name], e["in"], src.name, n, strict=False)
+        level, frac = e["act"]
+        got = torch.round(mod(k) * 2.0 ** frac)
+        out = values[e.get("act_node", n.name)]
+        ref = torch.as_tensor(getattr(out, "value", out)).detach().to(torch.float64) / level
+        lv = torch.round(ref)
+        if float((ref - lv).abs().max()) > 2.0 ** -6:
+            fail("brevitas' levels are off its grid")
+        if got.shape != lv.shape or (got.numel() and float((got - lv).abs().max()) > 1):
+            fail(f"{int((got != lv).sum()) if got.shape == lv.shape else -1} elements, some by more than one level")
+    differing = int((got != lv).sum())
+    e["info"]["decisions_differing"] = differing
+    e["info"]["decisions_checked"] = int(lv.numel())
+    e["info"]["note"] = (f"brevitas' float32 arithmetic gives {differing} of {lv.numel()} quantizer decisions on the "
+                         "calibration batch differently from the exact reading (one level each)" if differing else
+                         f"all {lv.numel()} quantizer decisions on the calibration batch equal brevitas'")
+    if differing and str(n.target) not in p.inexact_in_brevitas:
+        p.inexact_in_brevitas.append(str(n.target))
 
 
 def _channels(n: torch.fx.Node) -> int:
