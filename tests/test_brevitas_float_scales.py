@@ -325,10 +325,10 @@ class WideFold(nn.Module):
     """A convolution whose accumulator reaches about 5 * 10**5 values per channel (8-bit pixels times 288 5-bit
     weights), 40 channels: over 2**24 inputs x channels, which the fold evaluates in chunks."""
 
-    def __init__(self):
+    def __init__(self, bits=5):
         super().__init__()
         self.conv = QuantConv2d(32, 40, 3, padding=1, bias=False, weight_quant=Int8WeightPerTensorFloat,
-                                weight_bit_width=5, weight_scaling_per_output_channel=True)
+                                weight_bit_width=bits, weight_scaling_per_output_channel=True)
         self.bn, self.relu = nn.BatchNorm2d(40), _relu()
 
     def forward(self, x):
@@ -353,3 +353,14 @@ def test_a_fold_over_more_than_2_24_inputs_is_checked_on_every_one_in_chunks():
     assert norm.MAX_DOMAIN < e["checked_inputs"] == reach <= norm.MAX_SCALED_DOMAIN
     assert e["checked_inputs"] > 4 * norm.CHUNK                  # (several chunks)
     assert 0 <= e["fold_differs"] <= 0.001 * e["checked_inputs"] and e["decisions_checked"] > 0
+
+
+def test_a_fold_beyond_the_exhaustive_checks_reach_is_refused_before_evaluating_it():
+    """8-bit weights instead: about 4.7 * 10**6 values per channel, x 40 channels, over 2**27: refused, naming the
+    BatchNorm and what to change (the guard comes before any evaluation)."""
+    from fxsplit.errors import FxsplitError
+    model = _model(lambda: WideFold(bits=8), shape=(32, 4, 4))
+    with pytest.raises(FxsplitError, match=r"BatchNorm2d 'bn': its input can take \d+ values per channel, too many "
+                                           r"to check every one \(fxsplit checks up to 134217728") as e:
+        _plan(model, (32, 4, 4))
+    assert "module: bn" in str(e.value) and "use fewer bits before it" in str(e.value)
