@@ -319,3 +319,48 @@ def test_decisions_differing_from_brevitas_are_counted_one_level_apart_else_refu
     print(f"bn2 moved by one level in channel 0: {n} of {total} decisions differ")
     assert 0 < n <= total // 12 and "bn2" in p.inexact_in_brevitas and not p.torch_exact
     assert next(q for q in p.quantizers if q["layer"] == "bn1")["decisions_differing"] == 0
+
+
+class WideFold(nn.Module):
+    """A convolution whose accumulator reaches about 5 * 10**5 values per channel (8-bit pixels times 288 5-bit
+    weights), 40 channels: over 2**24 inputs x channels, which the fold evaluates in chunks."""
+
+    def __init__(self, bits=5):
+        super().__init__()
+        self.conv = QuantConv2d(32, 40, 3, padding=1, bias=False, weight_quant=Int8WeightPerTensorFloat,
+                                weight_bit_width=bits, weight_scaling_per_output_channel=True)
+        self.bn, self.relu = nn.BatchNorm2d(40), _relu()
+
+    def forward(self, x):
+        return self.relu(self.bn(self.conv(x)))
+
+
+def test_a_fold_over_more_than_2_24_inputs_is_checked_on_every_one_in_chunks():
+    """The fold's exhaustive check holds beyond 2**24 inputs x channels (QuantResNet18's first BatchNorm reads 8-bit
+    pixels times 27 4-bit weights: 3.8 * 10**7): brevitas' levels are evaluated a chunk of inputs at a time, every
+    reachable input of every channel counted, and the built layer checked on each one."""
+    from fxsplit.lower.brevitas import norm
+    model = _model(WideFold, shape=(32, 4, 4))
+    t = time.time()
+    _, p = _plan(model, (32, 4, 4))
+    e = next(q for q in p.quantizers if q["layer"] == "bn")
+    with torch.no_grad():
+        qw = model.conv.quant_weight()
+    w = torch.round(qw.value.to(torch.float64) / qw.scale.to(torch.float64)).reshape(40, -1)
+    reach = int((255 * w.clamp(min=0).sum(1) - 255 * w.clamp(max=0).sum(1) + 1).sum())
+    print(f"bn: {e['checked_inputs']} inputs checked in {time.time() - t:.1f} s, {e['fold_differs']} differ; "
+          f"decisions on the calibration batch: {e.get('decisions_differing')} of {e.get('decisions_checked')}")
+    assert norm.MAX_DOMAIN < e["checked_inputs"] == reach <= norm.MAX_SCALED_DOMAIN
+    assert e["checked_inputs"] > 4 * norm.CHUNK                  # (several chunks)
+    assert 0 <= e["fold_differs"] <= 0.001 * e["checked_inputs"] and e["decisions_checked"] > 0
+
+
+def test_a_fold_beyond_the_exhaustive_checks_reach_is_refused_before_evaluating_it():
+    """8-bit weights instead: about 4.7 * 10**6 values per channel, x 40 channels, over 2**27: refused, naming the
+    BatchNorm and what to change (the guard comes before any evaluation)."""
+    from fxsplit.errors import FxsplitError
+    model = _model(lambda: WideFold(bits=8), shape=(32, 4, 4))
+    with pytest.raises(FxsplitError, match=r"BatchNorm2d 'bn': its input can take \d+ values per channel, too many "
+                                           r"to check every one \(fxsplit checks up to 134217728") as e:
+        _plan(model, (32, 4, 4))
+    assert "module: bn" in str(e.value) and "use fewer bits before it" in str(e.value)

@@ -15,6 +15,9 @@ from .grid import (_describe, ACTS, Grid, Plan, Scaled, _err, _fixed, exact_type
 
 
 MAX_DOMAIN = 2 ** 24                 # inputs x channels a BatchNorm's exhaustive check may evaluate
+MAX_SCALED_DOMAIN = 2 ** 27          # the same for a fold on a float-scaled tensor (evaluated in chunks, levels kept
+#                                      as 32-bit integers: about 1.2 GB at the limit)
+CHUNK = 2 ** 22                      # inputs x channels evaluated at once
 _BN_PRECISIONS = (12, 16, 20, 24, 28, 32, 36, 40)   # fractional bits of the BatchNorm scale tried, in order
 
 
@@ -152,31 +155,38 @@ def scaled_fold(gm, node, where: str, act_node, act, bn, src, p: Plan, grids: di
     lo_c, hi_c = _channel_bounds(gm, prod, p, g, C, grids)
     base = int(min(lo_c))
     span = int(max(hi_c)) - base + 1
-    if span * C > MAX_DOMAIN:
+    if span * C > MAX_SCALED_DOMAIN:
         raise _err(f"{where}: its input can take {span} values per channel, too many to check every one "
-                   f"(fxsplit checks up to {MAX_DOMAIN} inputs x channels)", node,
+                   f"(fxsplit checks up to {MAX_SCALED_DOMAIN} inputs x channels)", node,
                    "use fewer bits before it (weights or activations)")
     ks = np.arange(span, dtype=np.int64) + base
     off = np.asarray(src.offset, dtype=np.float64) if isinstance(src, Scaled) and src.offset is not None else \
         np.zeros(C)                                          # the layer's float bias, folded here
-    x64 = torch.from_numpy(np.ldexp(ks.astype(np.float64), -g.frac)[:, None] * sc[None, :] + off[None, :])
-    x32 = x64.to(torch.float32)                              # what brevitas sees
     shape = node.meta["tensor_meta"].shape if "tensor_meta" in node.meta else None
     ndim = len(shape) if shape is not None else (4 if type(bn).__name__ == "BatchNorm2d" else 2)
     f = act if bn is None else (lambda t: act(bn(t)))
-    levels = []
-    with torch.no_grad():
-        y = f(x32.reshape(span, C, *([1] * (ndim - 2))))
-        levels.append(getattr(y, "value", y).reshape(span, C).to(torch.float64) / frozen_act.step)
-        y = f(x32.T.contiguous().reshape(1, C, span, *([1] * max(ndim - 3, 0))))
-        levels.append(getattr(y, "value", y).reshape(C, span).T.to(torch.float64) / frozen_act.step)
-    if not torch.equal(levels[0], levels[1]):
-        raise _err(f"{where}: brevitas' float32 arithmetic gives different results for the same input in two memory "
-                   "layouts, so no design can equal it", node, "fold the BatchNorm into the layer while training")
-    L = torch.round(levels[0])
-    if float((levels[0] - L).abs().max()) > 2.0 ** -10:
-        raise FxsplitError(f"internal: {where}: the quantizer after it gave values off its grid", module=str(node.target))
-    L = L.to(torch.int64).T.numpy()                                        # (C, span)
+    L = np.empty((C, span), dtype=np.int32)                  # brevitas' level of every input k, per channel
+    rows = max(1, CHUNK // C)
+    for i in range(0, span, rows):                           # (every channel at once: the BatchNorm reads them all)
+        kk = ks[i:i + rows]
+        n = len(kk)
+        x32 = torch.from_numpy(np.ldexp(kk.astype(np.float64), -g.frac)[:, None] * sc[None, :] +
+                               off[None, :]).to(torch.float32)          # what brevitas sees
+        levels = []
+        with torch.no_grad():
+            y = f(x32.reshape(n, C, *([1] * (ndim - 2))))
+            levels.append(getattr(y, "value", y).reshape(n, C).to(torch.float64) / frozen_act.step)
+            y = f(x32.T.contiguous().reshape(1, C, n, *([1] * max(ndim - 3, 0))))
+            levels.append(getattr(y, "value", y).reshape(C, n).T.to(torch.float64) / frozen_act.step)
+        if not torch.equal(levels[0], levels[1]):
+            raise _err(f"{where}: brevitas' float32 arithmetic gives different results for the same input in two "
+                       "memory layouts, so no design can equal it", node,
+                       "fold the BatchNorm into the layer while training")
+        r = torch.round(levels[0])
+        if float((levels[0] - r).abs().max()) > 2.0 ** -10:
+            raise FxsplitError(f"internal: {where}: the quantizer after it gave values off its grid",
+                               module=str(node.target))
+        L[:, i:i + n] = r.to(torch.int64).T.numpy()
     valid = np.zeros((C, span), dtype=bool)
     for c in range(C):
         valid[c, int(lo_c[c]) - base:int(hi_c[c]) - base + 1] = True
@@ -205,8 +215,10 @@ def scaled_fold(gm, node, where: str, act_node, act, bn, src, p: Plan, grids: di
             raise _err(f"{where}: its scale and bias need more than {_BN_PRECISIONS[0]} fractional bits on inputs "
                        "this wide", node, "use fewer bits before it")
     sh = P + g.frac - frozen_act.frac
-    expected = np.stack([_round_shift(ks * int(S[c]) + int(B[c]), sh, frozen_act.rounding).clip(
-        frozen_act.qmin, frozen_act.qmax) for c in range(C)])
+    expected = np.empty((C, span), dtype=np.int32)
+    for c in range(C):
+        expected[c] = _round_shift(ks * int(S[c]) + int(B[c]), sh, frozen_act.rounding).clip(
+            frozen_act.qmin, frozen_act.qmax)
     differs = int(((expected != L) & valid).sum())
     if found is not None and differs:
         raise FxsplitError(f"internal: {where}: the fitted fold differs from brevitas' levels on {differs} inputs",
@@ -253,12 +265,17 @@ def check_fold(frozen, ks: np.ndarray, valid: np.ndarray, frac: int, expected: n
     """The fold as built (``frozen``'s own arithmetic) on every input ``k`` of every channel: it must give the
     fixed-point levels ``expected``, which differ from brevitas' ``L`` on exactly ``differs`` inputs. Else raise."""
     C = expected.shape[0]
-    x = torch.from_numpy(np.ldexp(ks.astype(np.float64), -frac))[:, None].expand(len(ks), C)
-    with torch.no_grad():
-        got = frozen(x.contiguous()) * 2.0 ** frozen.frac
-    got = torch.round(got).to(torch.int64).T.numpy()
-    bad = int(((got != expected) & valid).sum())
-    moved = int(((got != L) & valid).sum())
+    bad = moved = 0
+    rows = max(1, CHUNK // C)
+    for i in range(0, len(ks), rows):
+        kk = ks[i:i + rows]
+        x = torch.from_numpy(np.ldexp(kk.astype(np.float64), -frac))[:, None].expand(len(kk), C)
+        with torch.no_grad():
+            got = frozen(x.contiguous()) * 2.0 ** frozen.frac
+        got = torch.round(got).to(torch.int64).T.numpy()
+        v = valid[:, i:i + rows]
+        bad += int(((got != expected[:, i:i + rows]) & v).sum())
+        moved += int(((got != L[:, i:i + rows]) & v).sum())
     if bad or moved != differs:
         raise FxsplitError(f"internal: {where}: the fold differs from its fixed-point levels on {bad} inputs and from "
                            f"brevitas' on {moved} (expected {differs})", module=str(node.target),
