@@ -126,9 +126,32 @@ def _read_binary_act(node: torch.fx.Node, mod, proxy, act_name: str) -> tuple[to
     return FxsQuantAct("linear", prec, -e, -1, 1, "TRN", f"{cls} {node.target}", binary=True), grid, info
 
 
+def _exact_layer(node: torch.fx.Node, mod, where: str, w, b, wg: Grid, bg: Grid | None, frac: int,
+                 in_integer: int):
+    """The exact fxsplit layer of a QuantLinear / QuantConv holding weights ``w`` (type ``wg``) and bias ``b``
+    (``bg``; None: no bias), and its sum's grid: ``frac`` fractional bits, an upper bound of every partial sum's
+    integer bits (hls4ml's 'auto' accumulator is sized the same way) from the input's ``in_integer``."""
+    from ..quant import FxsQuantConv, FxsQuantDense
+    cls = type(mod).__name__
+    n = int(np.prod(w.shape[1:]))
+    log_n = math.ceil(math.log2(n)) if n > 1 else 0
+    integer = in_integer + wg.integer + log_n + 1
+    if bg is not None:
+        frac, integer = max(frac, bg.frac), max(integer, bg.integer + 1) + 1
+    out = Grid(integer + frac, integer, True)
+    bprec = _fixed(bg) if bg is not None else None
+    if cls == "QuantLinear":
+        return FxsQuantDense(w, b, _fixed(wg), bprec, f"{cls} {node.target}"), out
+    if mod.groups != 1 or mod.padding_mode != "zeros" or isinstance(mod.padding, str):
+        raise _err(f"{where} has groups={mod.groups}, padding_mode={mod.padding_mode!r}, padding={mod.padding!r}: "
+                   "hls4ml converts groups=1 with numeric zero padding only", node,
+                   "use groups=1 and an explicit zero padding")
+    return FxsQuantConv(w, b, _fixed(wg), bprec, f"{cls} {node.target}", stride=mod.stride, padding=mod.padding,
+                        dilation=mod.dilation), out
+
+
 def read_weighted(node: torch.fx.Node, mod, in_grid: Grid, bias_value) -> tuple[torch.nn.Module, Grid, dict]:
     """QuantLinear / QuantConv1d / QuantConv2d: the quantized weights and the bias the layer adds, exactly."""
-    from ..quant import FxsQuantConv, FxsQuantDense
     cls = type(mod).__name__
     where = f"{cls} {node.target!r}"
     for attr in ("input_quant", "output_quant"):
@@ -161,25 +184,8 @@ def read_weighted(node: torch.fx.Node, mod, in_grid: Grid, bias_value) -> tuple[
         bg = exact_type(b.numpy(), f"{where}'s bias", node,
                         "quantize the bias (bias_quant=Int16Bias or Int32Bias: an integer times the input scale "
                         "times the weight scale)")
-    # an upper bound of every partial sum's bits (hls4ml's 'auto' accumulator is sized the same way): where it fits
-    # in float32's 24 significant bits, brevitas' own float32 sum is exact too
-    n = int(np.prod(w.shape[1:]))
-    log_n = math.ceil(math.log2(n)) if n > 1 else 0
-    frac = in_grid.frac + wg.frac
-    integer = in_grid.integer + wg.integer + log_n + 1
-    if bg is not None:
-        frac, integer = max(frac, bg.frac), max(integer, bg.integer + 1) + 1
-    out = Grid(integer + frac, integer, True)
-    bprec = _fixed(bg) if bg is not None else None
-    if cls == "QuantLinear":
-        dense = FxsQuantDense(w, b, _fixed(wg), bprec, f"{cls} {node.target}")
-    else:
-        if mod.groups != 1 or mod.padding_mode != "zeros" or isinstance(mod.padding, str):
-            raise _err(f"{where} has groups={mod.groups}, padding_mode={mod.padding_mode!r}, padding={mod.padding!r}: "
-                       "hls4ml converts groups=1 with numeric zero padding only", node,
-                       "use groups=1 and an explicit zero padding")
-        dense = FxsQuantConv(w, b, _fixed(wg), bprec, f"{cls} {node.target}", stride=mod.stride, padding=mod.padding,
-                             dilation=mod.dilation)
+    # (where the sum fits in float32's 24 significant bits, brevitas' own float32 sum is exact too)
+    dense, out = _exact_layer(node, mod, where, w, b, wg, bg, in_grid.frac + wg.frac, in_grid.integer)
     info = {"layer": str(node.target), "kind": cls, "quantizer": "weight_quant",
             "weight_scale": [float(s) for s in scale[:4]] + (["..."] if scale.numel() > 4 else []),
             "type": dense.weight_precision, "bias": dense.bias_precision,
@@ -195,7 +201,6 @@ def _read_scaled_weighted(node: torch.fx.Node, mod, qw, src, bias_value) -> tupl
     scale ``s_in * s_w[c]`` per channel carried by the reader (``s_in`` the input's per-tensor scale, 1 for a
     power-of-two grid). A quantized bias (``Int32Bias``: an integer times that scale) is added as its integer; a
     float bias cannot be added to the integer accumulator exactly: refused."""
-    from ..quant import FxsQuantConv, FxsQuantDense
     cls = type(mod).__name__
     where = f"{cls} {node.target!r}"
     if isinstance(src, Scaled):
@@ -258,23 +263,7 @@ def _read_scaled_weighted(node: torch.fx.Node, mod, qw, src, bias_value) -> tupl
         bg = exact_type(b_int.numpy(), f"{where}'s bias on the accumulator", node,
                         "use bias_quant=Int32Bias or Int16Bias")
         bias_scaled = True
-    n = int(np.prod(w_int.shape[1:]))
-    log_n = math.ceil(math.log2(n)) if n > 1 else 0
-    frac = g_in.frac
-    integer = g_in.integer + wg.integer + log_n + 1
-    if bg is not None:
-        frac, integer = max(frac, bg.frac), max(integer, bg.integer + 1) + 1
-    out = Grid(integer + frac, integer, True)
-    bprec = _fixed(bg) if bg is not None else None
-    if cls == "QuantLinear":
-        dense = FxsQuantDense(w_int, b_int, _fixed(wg), bprec, f"{cls} {node.target}")
-    else:
-        if mod.groups != 1 or mod.padding_mode != "zeros" or isinstance(mod.padding, str):
-            raise _err(f"{where} has groups={mod.groups}, padding_mode={mod.padding_mode!r}, padding={mod.padding!r}: "
-                       "hls4ml converts groups=1 with numeric zero padding only", node,
-                       "use groups=1 and an explicit zero padding")
-        dense = FxsQuantConv(w_int, b_int, _fixed(wg), bprec, f"{cls} {node.target}", stride=mod.stride,
-                             padding=mod.padding, dilation=mod.dilation)
+    dense, out = _exact_layer(node, mod, where, w_int, b_int, wg, bg, g_in.frac, g_in.integer)
     info = {"layer": str(node.target), "kind": cls, "quantizer": "weight_quant (float scale)",
             "weight_scale": [float(v) for v in sw[:4]] + (["..."] if sw.numel() > 4 else []),
             "type": f"{dense.weight_precision} (integer weights)", "bias": dense.bias_precision,
