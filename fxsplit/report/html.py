@@ -214,10 +214,18 @@ def _verification_html(ver: dict) -> str:
     return out
 
 
+def _scale_cell(v) -> str:
+    """A quantizer's scale: a list of per-channel scales (the first ones, then '...') as plain numbers."""
+    if isinstance(v, list):
+        return ", ".join(f"{x:.6g}" if isinstance(x, float) else str(x) for x in v) + (" (per channel)"
+                                                                                       if len(v) > 1 else "")
+    return str(v)
+
+
 def _brevitas_html(bq: dict) -> str:
     rows = "".join(
         f"<tr><td>{_esc(q.get('layer'))}</td><td>{_esc(q.get('kind'))}</td>"
-        f"<td class=\"n\">{_esc(q.get('bit_width', ''))}</td><td>{_esc(q.get('scale', q.get('weight_scale', '')))}</td>"
+        f"<td class=\"n\">{_esc(q.get('bit_width', ''))}</td><td>{_esc(_scale_cell(q.get('scale', q.get('weight_scale', ''))))}</td>"
         f"<td>{_esc(q.get('rounding', ''))}</td><td><code>{_esc(q.get('type'))}</code>"
         f"{'' if not q.get('bias') else ' + bias <code>' + _esc(q.get('bias')) + '</code>'}</td>"
         f"<td>{_esc(_checked(q))}</td></tr>"
