@@ -26,6 +26,9 @@ and 12 GiB; the uncut build likewise (predicted, and said so, where it would not
 the plan keeps every partition's predicted peak under it (cutting inside convolutions), so that ``--jobs`` of them fit
 the machine at once. ``--run-dir DIR``: build in DIR, resuming an interrupted run there: jobs its caches hold are
 reused, and their times and peak memory are the ones recorded when they were built (their manifests).
+``--partitions p3,p7``: of the ``--wide`` plan, build only these partitions' streaming Verilog and Yosys jobs (the
+jobs ``compile`` makes, measured by the same engine; no C simulation), to measure a large plan a few partitions at
+a time; their figures go to the run directory's ``figures.json``.
 """
 
 from __future__ import annotations
@@ -101,6 +104,54 @@ def wide(name, run, jobs, synth_limit, max_job_memory=None):
     return {"plan8": p8.to_dict(), "wall": wall, "synth": fits, "predicted": pred, "jobs": C.job_rows(d.build)}
 
 
+def wide_partitions(name, run, jobs, names, max_job_memory=None):
+    """Of the 8-worker plan of ``name``, only the partitions ``names``: their ``stream`` and ``stream_synth`` jobs,
+    as ``compile`` makes them (same lowering, keys and cost annotations), run by the engine on ``jobs`` jobs."""
+    from fxsplit.engine import run_jobs
+    from fxsplit.flows import get_flow
+    from fxsplit.frontend.partitioner import partition_graph, trace_eval
+    from fxsplit.lower import lower
+    from fxsplit.plan.costmodel import annotate
+    model, shape = build(name)
+    cfg = {**spanning_config(model, shape, io_type="io_stream", csim_opt="-O0"), "synth": True}
+    p8 = plan8(model, shape, cfg, max_job_memory)
+    out = run / f"wide_{name}"
+    frontend = partition_graph(trace_eval(model, shape), list(p8.splits))
+    fc = normalize_config(cfg, frontend)
+    flow_cls = get_flow("rtl")
+    flow_cls.configure(cfg, fc)
+    lowered = lower(frontend, fc, str(out))
+    pt = lowered.partitioning
+    unknown = sorted(set(names) - {p.name for p in pt.partitions})
+    if unknown:
+        raise SystemExit(f"--partitions: {unknown} not in the plan's partitions {[p.name for p in pt.partitions]}")
+    fl = flow_cls(pt, lowered, fc, out, reference=False)
+    fl.validate()
+    chosen = [j for j in fl.jobs() if j.partition in names and j.step in ("stream", "stream_synth")]
+    feats = partition_features(pt, fc.precision, types=types_of(model, shape, cfg))
+    cm, mm = CostModel(), CostModel.fit([], target="peak_rss")
+    annotate(chosen, feats, cm, flow_cls.steps, memory=mm)
+    print(f"{name}: plan for 8 workers {p8.splits}; building {', '.join(names)} "
+          f"({len(chosen)} jobs on {jobs} jobs)", flush=True)
+    t0 = time.time()
+    res = run_jobs(chosen, run / f"wide_{name}.cache", max_workers=jobs, progress=False, log_dir=out / "logs",
+                   memory_budget=None)
+    rows = []
+    for n in names:
+        got = {r.step: r for r in res if r.partition == n}
+        syn, f = got.get("stream_synth"), feats[n]
+        rows.append([name, n, f["kernels"], f"{got['stream'].build_seconds:.1f}s",
+                     f"{cm.predict('stream_synth', f):.0f}s", f"{mm.predict('stream_synth', f) / GiB:.1f}",
+                     (f"{syn.build_seconds:.0f}s" + (" (reused)" if syn.state == "cached" else "")) if syn else "failed",
+                     f"{syn.cpu_seconds:.0f}s" if syn and syn.cpu_seconds else "-",
+                     f"{syn.peak_rss / GiB:.2f}" if syn and syn.peak_rss else "-"])
+    print(C.table(rows, ["model", "partition", "kernels", "stream emit", "Yosys pred", "GiB pred", "Yosys",
+                         "Yosys CPU", "GiB"], f"{name}: partitions of the 8-worker plan, {time.time() - t0:.0f} s"))
+    if not res.ok:
+        raise SystemExit(f"failed jobs: {[r.id for r in res if r.state == 'failed']} (logs in {out / 'logs'})")
+    return {"plan8": p8.to_dict(), "partitions": names, "jobs": C.job_rows(res)}
+
+
 def one(tag, model, shape, run, cfg, jobs, frames, **kw):
     t0 = time.time()
     d = fxsplit.compile(model, shape, flow="rtl", config=cfg, output_dir=run / tag, cache_dir=run / f"{tag}.cache",
@@ -139,6 +190,7 @@ def main():
     ap.add_argument("--synth-limit", type=float, default=3600.0)
     ap.add_argument("--max-job-memory", type=float, default=None, help="GiB: every --wide partition predicted under it")
     ap.add_argument("--run-dir", default=None, help="build here, resuming a run interrupted in it (its caches reused)")
+    ap.add_argument("--partitions", default=None, help="with --wide: only these partitions' Verilog and Yosys jobs")
     a = ap.parse_args()
     if a.run_dir:
         run = Path(a.run_dir).expanduser().resolve()
@@ -148,6 +200,12 @@ def main():
     info = C.machine()
     if a.wide:
         budget = int(a.max_job_memory * GiB) if a.max_job_memory else None
+        if a.partitions:
+            names = a.partitions.split(",")
+            out = {n: wide_partitions(n, run, a.jobs, names, budget) for n in a.wide.split(",")}
+            print("figures:", C.write_json(run, {"benchmark": "bench_stream_resnet --wide --partitions",
+                                                 "machine": info, "wide": out}))
+            return
         out = {n: wide(n, run, a.jobs, a.synth_limit, budget) for n in a.wide.split(",")}
         print("figures:", C.write_json(run, {"benchmark": "bench_stream_resnet --wide", "machine": info, "wide": out}))
         return
