@@ -231,15 +231,24 @@ def test_quant_resnet18_first_refusal_names_the_layer_and_the_change(tmp_path):
 
 
 @pytest.mark.slow
-def test_quant_resnet18_reads_every_convolution_up_to_its_average_pool(tmp_path):
+def test_quant_resnet18_is_read_exactly_from_its_first_convolution_to_its_output():
     """8-bit pixels declared: the stem, the four stages (per-channel float weight scales, every BatchNorm and
     float-scaled ReLU folded and checked on every reachable accumulator value, up to 2.4 * 10**5 per channel in
-    layer4; the residual sums of one shared quantizer) are read; the next refusal is the TruncAvgPool2d."""
+    layer4; the residual sums of one shared quantizer), the TruncAvgPool2d (the exact average of 16 four-bit
+    levels, floored to 8 bits: no shift) and the 8-bit QuantLinear adding its Int32Bias on the pooled grid, the
+    output times its float scale exactly."""
+    from fxsplit.lower.brevitas.reader import plan
     net = _quant_resnet18()
-    out = tmp_path / "o"
+    gm = trace(net, (3, 32, 32))
     t = time.time()
-    with pytest.raises(fxsplit.FxsplitError, match="TruncAvgPool2d 'final_pool' in a brevitas model") as e:
-        fxsplit.compile(net, (3, 32, 32), splits=["layer2"], flow="hls4ml",
-                        config={**FAST, "input_precision": "ufixed<8,0,TRN,SAT>"}, output_dir=out, progress=False)
-    print(f"QuantResNet18 read up to final_pool in {time.time() - t:.0f} s")
-    assert "resnet.py:219" in str(e.value) and not out.exists()
+    p = plan(gm, [(3, 32, 32)], {"x": "ufixed<8,0,TRN,SAT>"})
+    print(f"QuantResNet18 read in {time.time() - t:.0f} s")
+    q = {e["layer"]: e for e in p.quantizers}
+    pool = q["final_pool"]
+    assert pool["kind"] == "TruncAvgPool2d" and pool["type"] == "ufixed<8,4,TRN,SAT>" and pool["float_scale"]
+    assert "shifted right by 0 bits" in pool["note"]
+    assert q["linear"]["bias_quant"] and q["linear"]["type"].startswith("fixed<8,8>")
+    assert any(e["kind"] == "output scale" for e in p.quantizers)
+    folds = [e for e in p.quantizers if e.get("checked_inputs")]
+    assert len(folds) >= 20 and all(e["decisions_differing"] <= 0.01 * e["decisions_checked"] for e in folds
+                                    if "decisions_differing" in e)

@@ -135,6 +135,33 @@ class FxsQuantConv(HLS4MLModule):
                 f"from {self.source}")
 
 
+class FxsTruncAvgPool(HLS4MLModule):
+    """brevitas' ``TruncAvgPool2d`` read exactly: the average of a window of a power-of-two number of values (exact
+    in ``accum_precision``, as hls4ml's average pooling computes it), quantized onto ``precision``'s grid as
+    brevitas' truncation quantizer does (``floor`` / ``round`` of the window's level sum shifted right, then clamped
+    to ``qmin .. qmax``): ``y = clamp(round(avg(x) * 2**frac), qmin, qmax) * 2**-frac``. Carries the attributes
+    of a ``torch.nn.AvgPool2d`` that hls4ml's pooling parser reads."""
+
+    count_include_pad = True
+    ceil_mode = False
+
+    def __init__(self, kernel_size, stride, precision: str, accum_precision: str, frac: int, qmin: int, qmax: int,
+                 rounding: str, source: str):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = tuple(kernel_size), tuple(stride), (0, 0)
+        self.precision, self.accum_precision, self.frac = precision, accum_precision, int(frac)
+        self.qmin, self.qmax, self.rounding, self.source = int(qmin), int(qmax), rounding, source
+
+    def forward(self, x):
+        x = getattr(x, "value", x).to(torch.float64)
+        y = torch.nn.functional.avg_pool2d(x, self.kernel_size, self.stride)     # exact: dyadic values, 2**m terms
+        return _ROUND[self.rounding](y * 2.0 ** self.frac).clamp(float(self.qmin), float(self.qmax)) * 2.0 ** -self.frac
+
+    def extra_repr(self) -> str:
+        return (f"kernel {self.kernel_size}, stride {self.stride}, accum {self.accum_precision} -> {self.precision}, "
+                f"from {self.source}")
+
+
 # ---- hls4ml's PyTorch converter: one handler per class (its registry is keyed by the class name)
 
 def _parse_act(operation, layer_name, input_names, input_shapes, node, class_object, data_reader, config):
@@ -177,8 +204,14 @@ def _parse_batchnorm(operation, layer_name, input_names, input_shapes, node, cla
     return layer, list(input_shapes[0])
 
 
+def _parse_trunc_avg_pool(operation, layer_name, input_names, input_shapes, node, class_object, data_reader, config):
+    from hls4ml.converters.pytorch.pooling import parse_pooling_layer
+    return parse_pooling_layer("AvgPool2d", layer_name, input_names, input_shapes, node, class_object, data_reader,
+                               config)
+
+
 HANDLERS = {"FxsQuantAct": _parse_act, "FxsQuantDense": _parse_dense, "FxsQuantConv": _parse_conv,
-            "FxsQuantBatchNorm": _parse_batchnorm}
+            "FxsQuantBatchNorm": _parse_batchnorm, "FxsTruncAvgPool": _parse_trunc_avg_pool}
 
 
 def register_handlers() -> None:

@@ -25,7 +25,7 @@ GRID_MODULES = {"ReLU", "MaxPool1d", "MaxPool2d"}
 _WEIGHTED = {"QuantLinear", "QuantConv1d", "QuantConv2d"}
 _ADDS = {operator.add, torch.add, "add"}
 _READ = ("QuantIdentity, QuantReLU, QuantHardTanh, QuantLinear, QuantConv1d/2d, ReLU and max pooling of quantized "
-         "values, additions of quantized tensors, Dropout, Flatten and reshapes")
+         "values, TruncAvgPool2d, additions of quantized tensors, Dropout, Flatten and reshapes")
 SAME_GRID_FUNCS = {"flatten", "view", "reshape", "squeeze", "unsqueeze", "contiguous"}
 
 

@@ -250,11 +250,11 @@ def _read_scaled_weighted(node: torch.fx.Node, mod, qw, src, bias_value) -> tupl
         b_int = torch.round(bv.to(torch.float64) / bs)
         # brevitas' bias scale is the float32 product of the input's scale (a float scale, or the power of two of a
         # fixed-point grid) and the weight scale; its bias that integer times it. On the accumulator (the input's
-        # values on its grid times the integer weights) the bias is that integer (a float-scaled input: its scale
-        # is the accumulator's) or that integer times the grid's power of two
+        # values on its grid times the integer weights; a float-scaled input: without its scale) the bias is that
+        # integer times the grid's power of two (1 for integer levels)
         acc_scale = torch.tensor(out_scale, dtype=torch.float64)
-        unit = 1.0 if isinstance(src, Scaled) else 2.0 ** -g_in.frac
-        expect = acc_scale.to(torch.float32) if isinstance(src, Scaled) else (acc_scale * unit).to(torch.float32)
+        unit = 2.0 ** -g_in.frac        # (a Scaled tensor's levels on a finer grid: a truncated average's)
+        expect = (acc_scale * unit).to(torch.float32)
         if not torch.equal(bs.to(torch.float32), expect) or \
                 not torch.equal(b_int.to(torch.float32) * bs.to(torch.float32), bv.to(torch.float32)):
             raise _err(f"{where}'s quantized bias is not an integer times the input scale times the weight scale",
@@ -274,3 +274,86 @@ def _read_scaled_weighted(node: torch.fx.Node, mod, qw, src, bias_value) -> tupl
     if offset is not None:
         info["bias"] = "float (folded by the consumer)"
     return dense, Scaled(out, tuple(out_scale), offset), info
+
+
+def read_trunc_avg_pool(node: torch.fx.Node, mod, src, q_in, q_out) -> tuple[torch.nn.Module, object, dict]:
+    """brevitas' ``TruncAvgPool2d`` (QuantResNet18's ``final_pool``) on a quantized tensor: brevitas sums the
+    window's integer levels (its scale divided by the window's size ``n``), shifts the sum right by ``2**shift``
+    (``TruncMsbScaling``: the sum's bit width minus the output's) with its ``float_to_int`` (floor or round) and
+    clamps to the output bit width. With ``n = 2**m`` that is hls4ml's exact average (accumulator ``m`` more fraction
+    bits than the input) quantized onto a grid ``m - shift`` fraction bits finer than the input's: the output keeps
+    the input's float scale (a ``Scaled`` tensor stays one). ``q_in`` / ``q_out``: brevitas' QuantTensors around
+    the layer on the calibration batch (their scales and bit widths are the ones brevitas computes with)."""
+    from ..quant import FxsTruncAvgPool
+    where = f"TruncAvgPool2d {node.target!r}"
+    if not isinstance(src, (Grid, Scaled)) or not all(hasattr(q, "bit_width") for q in (q_in, q_out)):
+        raise _err(f"{where} averages a tensor that is not a QuantTensor: brevitas then averages float values and "
+                   "skips its truncation quantizer, which no fixed-point type reproduces", node,
+                   "return a QuantTensor from the quantizer before it (return_quant_tensor=True)")
+    pair = (lambda v, d=None: tuple(int(x) for x in v) if isinstance(v, (tuple, list)) else
+            (int(v), int(v)) if v is not None else d)
+    kernel = pair(mod.kernel_size)
+    stride = pair(mod.stride, kernel)
+    if any(pair(mod.padding)) or mod.ceil_mode or mod.divisor_override not in (None, kernel[0] * kernel[1]):
+        raise _err(f"{where} pads its input, rounds its output size up (ceil_mode) or divides by another count "
+                   "(divisor_override): fxsplit reads windows of the input alone", node,
+                   "use padding=0, ceil_mode=False and no divisor_override")
+    n = kernel[0] * kernel[1]
+    m = n.bit_length() - 1
+    if n != 2 ** m:
+        raise _err(f"{where} averages windows of {n} values: brevitas divides the level sum's scale by {n}, which "
+                   "is not a power of two, so no fixed-point average holds its values", node,
+                   "use a window of a power-of-two size (2x2, 4x4, 2x4 ...)")
+    tq = next((x for x in mod.trunc_quant.modules() if type(x).__name__ == "TruncIntQuant"), None)
+    if tq is None or not mod.is_trunc_quant_enabled:
+        raise _err(f"{where} has no integer truncation quantizer (trunc_quant)", node,
+                   "use brevitas' TruncTo8bit / RoundTo8bit (an integer TruncIntQuant)")
+    if type(tq.trunc_scaling_impl).__name__ != "TruncMsbScaling":
+        raise _err(f"{where} chooses its shift with {type(tq.trunc_scaling_impl).__name__}: fxsplit reads the "
+                   "shift that keeps the most significant bits (TruncMsbScaling) only", node,
+                   "use trunc_scaling_impl_type='msb' (brevitas' TruncTo8bit / RoundTo8bit)")
+    rounding = _ROUNDING.get(type(tq.float_to_int_impl).__name__)
+    if rounding is None or type(tq.tensor_clamp_impl).__name__ not in _CLAMPS:
+        raise _err(f"{where} rounds with {type(tq.float_to_int_impl).__name__} and clamps with "
+                   f"{type(tq.tensor_clamp_impl).__name__}: no hls4ml type reproduces it", node,
+                   "use float_to_int_impl_type FLOOR, ROUND or ROUND_TO_ZERO and brevitas' TensorClamp")
+    with torch.no_grad():
+        s_in = torch.as_tensor(q_in.scale).detach().to(torch.float64).reshape(-1)
+        s_out = torch.as_tensor(q_out.scale).detach().to(torch.float64).reshape(-1)
+        zps = [torch.as_tensor(q.zero_point).detach() for q in (q_in, q_out)]
+        b_out = _scalar(q_out.bit_width)
+    signed = bool(q_in.signed)
+    if any(bool(torch.any(z != 0)) for z in zps):
+        raise _err(f"{where} reads or gives a nonzero zero point", node, "use symmetric quantizers before it")
+    # the input's unit: a grid's power of two, or a Scaled tensor's float scale times its grid's
+    unit = (torch.tensor([2.0 ** -src.frac]) if isinstance(src, Grid) else
+            torch.tensor(src.scale, dtype=torch.float64) * 2.0 ** -src.grid.frac)
+    if s_in.numel() != unit.numel() or not torch.equal(s_in, unit):
+        raise FxsplitError(f"internal: {where}'s input scale {s_in[:4].tolist()} is not the one fxsplit read "
+                           f"({unit[:4].tolist()})", module=str(node.target), hint="please report this model")
+    ratio = s_out / (s_in / n)
+    shift = _po2_exponent(float(ratio[0])) if s_out.numel() == s_in.numel() else None
+    if shift is None or not torch.equal(ratio, torch.full_like(ratio, 2.0 ** shift)) or b_out != int(b_out):
+        raise FxsplitError(f"internal: {where}'s output scale is not its input's over {n} times a power of two",
+                           module=str(node.target), hint="please report this model")
+    b = int(b_out)
+    narrow = bool(tq.narrow_range)
+    if not signed and narrow:
+        raise _err(f"{where} is unsigned with a narrow range: no hls4ml saturation mode stops there", node,
+                   "use narrow_range=False")
+    qmin, qmax = (-(2 ** (b - 1)) + int(narrow), 2 ** (b - 1) - 1) if signed else (0, 2 ** b - 1)
+    g_in = src.grid if isinstance(src, Scaled) else src
+    frac = g_in.frac + m - shift
+    out = Grid(b, b - frac, signed)
+    acc = Grid(g_in.width + 2 * m, g_in.integer + m, signed)          # the window's exact sum, then its exact average
+    prec = _fixed(out, f",{rounding},{'SAT_SYM' if signed and narrow else 'SAT'}")
+    frozen = FxsTruncAvgPool(kernel, stride, prec, _fixed(acc), frac, qmin, qmax, rounding,
+                             f"TruncAvgPool2d {node.target}")
+    g = Scaled(out, src.scale) if isinstance(src, Scaled) else out
+    info = {"layer": str(node.target), "kind": "TruncAvgPool2d", "quantizer": type(tq).__name__, "bit_width": b,
+            "signed": signed, "rounding": rounding, "type": prec, "accum": _fixed(acc),
+            "note": f"the {n}-value window's level sum shifted right by {shift} bits ({rounding}), clamped to {b} bits"}
+    if isinstance(src, Scaled):
+        info["float_scale"] = True
+        info["scale"] = float(src.scale[0]) if src.per_tensor else list(src.scale[:4])
+    return frozen, g, info

@@ -291,6 +291,15 @@ def _plan(gm: torch.fx.GraphModule, input_shapes: list[tuple[int, ...]], declare
                 p.quantizers.append(info)
                 grid[n.name] = g
                 continue
+            if cls == "TruncAvgPool2d":
+                _no_offset(n, src, srcs[0], f"{cls} {n.target!r}")
+                frozen, g, info = layers.read_trunc_avg_pool(n, m, src, values.get(srcs[0].name), values.get(n.name))
+                p.frozen[n.name] = frozen
+                p.precisions[n.name] = {"accum": frozen.accum_precision, "result": frozen.precision}
+                p.quantizers.append(info)
+                p.scaled[n.name] = {"kind": "pool", "in": src, "out": g}
+                grid[n.name] = g
+                continue
             if cls in SAME_GRID_MODULES or cls in GRID_MODULES:
                 _no_offset(n, src, srcs[0], f"{cls} {n.target!r}")
             if cls in SAME_GRID_MODULES or cls in ("MaxPool1d", "MaxPool2d"):
@@ -309,8 +318,8 @@ def _plan(gm: torch.fx.GraphModule, input_shapes: list[tuple[int, ...]], declare
                 p.precisions[n.name] = {"result": type_of(srcs[0].name)}
                 grid[n.name] = src
                 continue
-            raise _err(f"{cls} {n.target!r} in a brevitas model: fxsplit reads {_READ} exactly (BatchNorm, average "
-                       "pooling and other float layers: not yet)", n, "keep this layer out of the model you compile, "
+            raise _err(f"{cls} {n.target!r} in a brevitas model: fxsplit reads {_READ} exactly (float layers such "
+                       "as nn.AvgPool2d: not yet)", n, "keep this layer out of the model you compile, "
                                                                      "or replace it with one of those")
         name = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", str(n.target))
         if name in SAME_GRID_FUNCS and len(srcs) == 1:
@@ -578,6 +587,13 @@ def _check_scaled(gm: torch.fx.GraphModule, n: torch.fx.Node, mod, p: Plan, valu
             val = got * sc + (0.0 if off is None else torch.tensor(off, dtype=torch.float64).reshape(sc.shape))
             if got.shape != ref.shape or float((val - ref).abs().max()) > tol:
                 fail("its exact sum times the scale is not brevitas' float32 sum")
+            return
+        if kind == "pool":
+            # brevitas' output levels, from its own input levels: exact (its float32 sums of a few levels are)
+            got = mod(_units(values[src.name], e["in"], src.name, n))
+            ref = _units(values[n.name], e["out"], n.name, n)
+            if got.shape != ref.shape or not torch.equal(got, ref):
+                fail(f"{int((got != ref).sum()) if got.shape == ref.shape else -1} elements")
             return
         if kind == "levels":
             step = mod.step
