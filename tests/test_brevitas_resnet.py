@@ -243,12 +243,11 @@ def test_quant_resnet18_is_read_exactly_from_its_first_convolution_to_its_output
     t = time.time()
     p = plan(gm, [(3, 32, 32)], {"x": "ufixed<8,0,TRN,SAT>"})
     print(f"QuantResNet18 read in {time.time() - t:.0f} s")
-    q = {e["layer"]: e for e in p.quantizers}
-    pool = q["final_pool"]
-    assert pool["kind"] == "TruncAvgPool2d" and pool["type"] == "ufixed<8,4,TRN,SAT>" and pool["float_scale"]
-    assert "shifted right by 0 bits" in pool["note"]
-    assert q["linear"]["bias_quant"] and q["linear"]["type"].startswith("fixed<8,8>")
-    assert any(e["kind"] == "output scale" for e in p.quantizers)
+    q = {(e["layer"], e["kind"]): e for e in p.quantizers}
+    pool = q[("final_pool", "TruncAvgPool2d")]
+    assert pool["type"] == "ufixed<8,4,TRN,SAT>" and pool["float_scale"] and "shifted right by 0 bits" in pool["note"]
+    assert q[("linear", "QuantLinear")]["bias_quant"] and q[("linear", "QuantLinear")]["type"].startswith("fixed<8,8>")
+    assert ("linear", "output scale") in q
     folds = [e for e in p.quantizers if e.get("checked_inputs")]
     assert len(folds) >= 20 and all(e["decisions_differing"] <= 0.01 * e["decisions_checked"] for e in folds
                                     if "decisions_differing" in e)
