@@ -243,6 +243,8 @@ class Design:
         else:
             res = compare(level, got, ref, [p.name for p in outs], err, decode=decode)
         res.at_limits = outputs_at_limits(got, outs)
+        if self.partitioning.exact_graph is not None:
+            res.reading_mismatches = self._reading_mismatches(env, got, decode, n)
         if self.partitioning.torch_exact is not None:
             res.torch_exact = self.partitioning.torch_exact
             res.torch_mismatches = sum(int(np.sum(d(g).reshape(n, -1) != t))
@@ -250,6 +252,17 @@ class Design:
         self.report["verification"] = res.to_dict()
         self.write_report()
         return res
+
+    def _reading_mismatches(self, env: dict, got: list[np.ndarray], decode: list, n: int) -> int:
+        """A brevitas model: the output elements where the design (``got``) differs from fxsplit's exact reading of
+        the model (``Partitioning.exact_graph``, float64), fed the design's own input values."""
+        pt = self.partitioning
+        xs = [torch.as_tensor(self._to_torch(raw_to_float(words_to_raw(env[p.name], p.precision), p.precision)
+                                             .reshape(n, *p.shape), p), dtype=torch.float64) for p in pt.inputs]
+        with torch.no_grad():
+            ys = output_arrays(pt.exact_graph(*xs))
+        return sum(int(np.sum(d(g).reshape(n, -1) != self._to_ports(y, p).reshape(n, -1)))
+                   for d, g, y, p in zip(decode, got, ys, pt.outputs))
 
     def export_onnx(self, out_dir=None, samples: int = 16, seed: int = 0) -> dict:
         """Every partition (``<partition>.onnx``) and the uncut model (``monolithic.onnx``) as QONNX, written by

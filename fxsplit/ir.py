@@ -102,6 +102,11 @@ class Partitioning:
     float32_inputs: bool = False           # brevitas model: inputs are rounded to float32 (what brevitas reads)
     torch_exact: bool | None = None        # brevitas model: True if its own PyTorch output is exact (quantized, or
                                            # float32 sums that fit), so the design must equal it bit for bit
+    float_scales: dict[str, tuple] = field(default_factory=dict)   # brevitas model: tensor -> the float scale its
+                                           # values (integer levels) stand multiplied by (lower.brevitas Scaled)
+    exact_graph: torch.fx.GraphModule | None = None   # brevitas model: the uncut graph with every brevitas layer
+                                           # replaced by fxsplit's exact reading of it (float64 fixed-point maps):
+                                           # what the design must compute, bit for bit (Design.verify checks it)
     outputs_torch_layout: bool = True      # Design returns outputs in PyTorch's layout; False: as the ports
                                            # (hls4ml's TransposeOutputs=False, its default for a user's hls_config)
     original: torch.fx.GraphModule | None = None   # with layer splits: the uncut graph as the model is written

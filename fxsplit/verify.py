@@ -37,6 +37,10 @@ class VerifyResult:
     # output port -> {"min": elements at the type's minimum, "max": at its maximum, "of": elements compared}:
     # how much of the sample reached saturation or wrap limits (an all-zero count says the inputs never did)
     at_limits: dict[str, dict[str, int]] = field(default_factory=dict)
+    # brevitas models: output elements where the design differs from fxsplit's exact reading of the model (every
+    # brevitas layer as the exact fixed-point map fxsplit derived and checked against brevitas, run in float64):
+    # must be 0 (else hls4ml computes something other than what fxsplit read)
+    reading_mismatches: int | None = None
 
     @property
     def matches_torch(self) -> bool | None:
@@ -57,12 +61,13 @@ class VerifyResult:
     def to_dict(self) -> dict:
         """JSON-able, for the report (at most the first 10 mismatches)."""
         return {"level": self.level, "n_samples": self.n_samples, "bit_exact": self.bit_exact,
-                "passed": self.bit_exact and self.matches_torch is not False,
+                "passed": self.bit_exact and self.matches_torch is not False and not self.reading_mismatches,
                 "mismatches": self.mismatches, "max_abs_error_vs_torch": self.max_abs_error_vs_torch,
                 "summary": self.summary(), "first_mismatches": [m.__dict__ for m in self.details[:10]],
                 **({"torch_exact": self.torch_exact, "torch_mismatches": self.torch_mismatches,
                     "matches_torch": self.matches_torch} if self.torch_exact is not None else {}),
                 **({"at_limits": self.at_limits} if self.at_limits else {}),
+                **({"reading_mismatches": self.reading_mismatches} if self.reading_mismatches is not None else {}),
                 **({"extra": self.extra} if self.extra else {})}
 
     def summary(self) -> str:
@@ -74,6 +79,9 @@ class VerifyResult:
             hi = sum(v["max"] for v in self.at_limits.values())
             of = sum(v["of"] for v in self.at_limits.values())
             text += f"; output elements at their type's minimum {lo}, maximum {hi} (of {of})"
+        if self.reading_mismatches is not None:
+            text += ("; equals fxsplit's exact reading of the brevitas layers" if not self.reading_mismatches else
+                     f"; {self.reading_mismatches} elements differ from fxsplit's exact reading of the brevitas layers")
         if self.torch_exact:
             text += ("; equals the brevitas model bit for bit" if self.matches_torch else
                      f"; {self.torch_mismatches} elements differ from the brevitas model")
@@ -97,10 +105,14 @@ def failure(ver: dict) -> str | None:
 
     It fails when the stitched design differs from the uncut reference (at its level: C simulation, or RTL vs both
     C simulations), or, for a brevitas model whose own arithmetic is exact (every sum within float32's 24 bits), when
-    the design differs from the brevitas model's output in any element. Where brevitas rounds in float32, the
-    error against it is reported, not checked."""
+    the design differs from the brevitas model's output in any element, or for any brevitas model, when it differs
+    from fxsplit's exact reading of the model. Where brevitas rounds in float32, the error against it is reported,
+    not checked."""
     if not ver.get("bit_exact"):
         return f"the partitioned design is not bit-exact ({ver.get('mismatches')} differing elements)"
+    if ver.get("reading_mismatches"):
+        return (f"{ver['reading_mismatches']} output elements differ from fxsplit's exact reading of the brevitas "
+                "model: hls4ml computes something other than the layers fxsplit read (please report this model)")
     if ver.get("torch_exact") and ver.get("torch_mismatches") != 0:
         return (f"{ver.get('torch_mismatches')} output elements differ from the brevitas model, whose own arithmetic "
                 "is exact here")

@@ -114,8 +114,16 @@ def test_float_scaled_cnn_cut_in_three_equals_uncut_and_brevitas_within_its_coun
     assert top1 >= 0.98 and close >= 0.95
     html = (tmp_path / "o" / "report.html").read_text()
     assert "0 of 32768 decisions on the calibration batch differ from brevitas&#x27;" in html
-    with pytest.raises(fxsplit.FxsplitError, match="float-scaled brevitas layers"):
-        d.export_onnx(tmp_path / "onnx")
+    # QONNX: every partition with its float-scaled input quantizer put back, run by qonnx against PyTorch (brevitas'
+    # float32 products are not the design's exact ones: no bit-for-bit claim)
+    import onnx
+    res = d.export_onnx(tmp_path / "onnx", samples=8)
+    assert len(res["partitions"]) == 3 and res["exact"] is False
+    for r in [*res["partitions"].values(), res["monolithic"]]:
+        assert r["equals_design"] is None and r["quant_nodes"] >= 1
+    last = d.partitions[-1].name
+    ops = {n.op_type for n in onnx.load(res["partitions"][last]["file"]).graph.node}
+    assert "Quant" in ops and res["partitions"][last]["max_abs_error_vs_torch"] <= 1e-5 * 64
 
 
 class FloatResidual(nn.Module):
@@ -168,6 +176,61 @@ def test_residual_sum_of_one_shared_float_scale_is_exact(tmp_path):
     top1 = float((y.argmax(1) == ref.argmax(1)).mean())
     print(f"float-scaled residual block: top-1 agreement {top1:.3f}, max |err| {np.abs(y - ref).max():.3g}")
     assert top1 >= 0.95
+
+
+class SameScaleResidual(nn.Module):
+    """Quantizers as brevitas initialises them, uncalibrated: every QuantReLU has the same scale, so the quantizer
+    after the sum of two of them folds to scale 1, bias 0 on the sum's integers (0 .. 30), clamped to 4 bits."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv0, self.bn0, self.q = _conv(1, 6), nn.BatchNorm2d(6), _relu()
+        self.conv1, self.bn1 = _conv(6, 6), nn.BatchNorm2d(6)
+        self.out_q = _relu()
+        self.fc = QuantLinear(6 * 8 * 8, 5, bias=False, weight_quant=Int8WeightPerTensorFloat, weight_bit_width=5)
+
+    def forward(self, x):
+        a = self.q(self.bn0(self.conv0(x)))
+        y = self.out_q(a + self.q(self.bn1(self.conv1(a))))
+        return self.fc(y.flatten(1))
+
+
+def test_a_fold_of_scale_one_and_bias_zero_keeps_its_clamp(tmp_path):
+    """hls4ml removes a BatchNormalization of scale 1 and bias 0, and with it the clamp of its result type: the fold
+    becomes a linear activation casting to that type, and the sums past the 4-bit top are clamped as in brevitas."""
+    torch.manual_seed(0)
+    model = SameScaleResidual()
+    randomize_batchnorm(model, 0)
+    with torch.no_grad():                                     # (wide enough that the branches' sums pass 15)
+        for bn in (model.bn0, model.bn1):
+            bn.weight.mul_(8.0)
+            bn.bias.add_(3.0)
+    model.eval()
+    assert float(model.q.act_quant.scale()) == float(model.out_q.act_quant.scale())
+    d = fxsplit.compile(model, (1, 8, 8), splits=["fc"], flow="hls4ml", config=PIXELS, output_dir=tmp_path / "o",
+                        jobs=2, progress=False)
+    q = {(e["layer"], e["kind"]): e for e in d.report["brevitas"]["quantizers"]}
+    assert q[("out_q", "QuantReLU")]["scale"].startswith("fixed<2,2>") and q[("out_q", "QuantReLU")]["bias"] == "fixed<1,1>"
+    x = _pixels(80, seed=4)
+    r = d.verify(x)
+    assert r.bit_exact, r.summary()
+    with torch.no_grad():
+        a = model.q(model.bn0(model.conv0(x)))
+        s = a + model.q(model.bn1(model.conv1(a)))
+        y = model.out_q(s)
+    sums = torch.round(s.value / s.scale)
+    assert int((sums > 15).sum()) > 100                        # the clamp decides these
+    port = d.partitions[-1].inputs[0]
+    got = d._to_torch(d.port_values(x)[port.name], port).reshape(len(x), -1)
+    np.testing.assert_array_equal(got, torch.round(y.value / y.scale).reshape(len(x), -1).numpy())
+    # verify checks the design against fxsplit's exact reading too: a reading without that clamp (what the design
+    # computed before, with hls4ml's nop-BatchNorm removal) fails it, though stitched == uncut still holds
+    assert r.reading_mismatches == 0 and "exact reading" in r.summary()
+    fold = d.partitioning.exact_graph.get_submodule("out_q")
+    fold.qmax = 30
+    bad = d.verify(x)
+    assert bad.bit_exact and bad.reading_mismatches > 0 and not bad
+    assert "differ from fxsplit's exact reading of the brevitas model" in bad.failure()
 
 
 def _refused(tmp_path, model, match, shape=(1, 8, 8), config=PIXELS):

@@ -231,23 +231,43 @@ def test_quant_resnet18_first_refusal_names_the_layer_and_the_change(tmp_path):
 
 
 @pytest.mark.slow
-def test_quant_resnet18_is_read_exactly_from_its_first_convolution_to_its_output():
-    """8-bit pixels declared: the stem, the four stages (per-channel float weight scales, every BatchNorm and
-    float-scaled ReLU folded and checked on every reachable accumulator value, up to 2.4 * 10**5 per channel in
-    layer4; the residual sums of one shared quantizer), the TruncAvgPool2d (the exact average of 16 four-bit
-    levels, floored to 8 bits: no shift) and the 8-bit QuantLinear adding its Int32Bias on the pooled grid, the
-    output times its float scale exactly."""
-    from fxsplit.lower.brevitas.reader import plan
+def test_quant_resnet18_as_written_cut_in_five_equals_uncut_and_its_exact_reading(tmp_path):
+    """brevitas_examples' QuantResNet18 unmodified (random init, randomised BatchNorm), 8-bit pixels declared, in
+    io_stream, cut before each stage and before the linear: the stem, the four stages (per-channel float weight
+    scales, every BatchNorm and float-scaled ReLU folded and checked on every reachable accumulator value, up to
+    2.4 * 10**5 per channel in layer4; the residual sums of one shared quantizer), the TruncAvgPool2d (the exact
+    average of 16 four-bit levels, floored to 8 bits: no shift) and the 8-bit QuantLinear adding its Int32Bias on
+    the pooled grid, the output times its float scale exactly. Stitched == uncut == fxsplit's exact reading, bit
+    for bit; brevitas' own float32 forward within its rounding (top-1 equal)."""
     net = _quant_resnet18()
-    gm = trace(net, (3, 32, 32))
     t = time.time()
-    p = plan(gm, [(3, 32, 32)], {"x": "ufixed<8,0,TRN,SAT>"})
-    print(f"QuantResNet18 read in {time.time() - t:.0f} s")
-    q = {(e["layer"], e["kind"]): e for e in p.quantizers}
+    d = fxsplit.compile(net, (3, 32, 32), splits=["layer2", "layer3", "layer4", "linear"], flow="hls4ml",
+                        config={"csim_opt": "-O2", "io_type": "io_stream", "input_precision": "ufixed<8,0,TRN,SAT>"},
+                        output_dir=tmp_path / "o", jobs=2, progress=False)
+    compile_s = time.time() - t
+    assert len(d.partitions) == 5
+    q = {(e["layer"], e["kind"]): e for e in d.report["brevitas"]["quantizers"]}
     pool = q[("final_pool", "TruncAvgPool2d")]
     assert pool["type"] == "ufixed<8,4,TRN,SAT>" and pool["float_scale"] and "shifted right by 0 bits" in pool["note"]
     assert q[("linear", "QuantLinear")]["bias_quant"] and q[("linear", "QuantLinear")]["type"].startswith("fixed<8,8>")
     assert ("linear", "output scale") in q
-    folds = [e for e in p.quantizers if e.get("checked_inputs")]
+    folds = [e for e in q.values() if e.get("checked_inputs")]
     assert len(folds) >= 20 and all(e["decisions_differing"] <= 0.01 * e["decisions_checked"] for e in folds
                                     if "decisions_differing" in e)
+    g = torch.Generator().manual_seed(3)
+    k = torch.randint(0, 256, (6, 3, 32, 32), generator=g)
+    k[0], k[1] = 0, 255
+    x = k.to(torch.float32) / 256
+    t = time.time()
+    r = d.verify(x)
+    verify_s = time.time() - t
+    assert r.bit_exact and r.reading_mismatches == 0 and r, r.summary()
+    with torch.no_grad():
+        ref = net(x)
+    ref = getattr(ref, "value", ref).numpy().astype(np.float64)
+    y = d.predict(x)
+    top1 = float((y.argmax(1) == ref.argmax(1)).mean())
+    rel = float(np.abs(y - ref).max() / np.abs(ref).max())
+    print(f"QuantResNet18 (5 partitions): compile {compile_s:.0f} s, verify {verify_s:.0f} s (6 samples), top-1 "
+          f"agreement {top1:.3f}, max relative error vs brevitas {rel:.3g}")
+    assert top1 == 1.0 and rel < 0.05

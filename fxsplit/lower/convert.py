@@ -227,6 +227,8 @@ def _brevitas_plan(pt: Partitioning, fc: FlowConfig):
         lc["Precision"] = {**given, **prec}
     pt.float32_inputs = True
     pt.torch_exact = bq.torch_exact
+    pt.float_scales = dict(bq.scales)
+    pt.exact_graph = bq.freeze(pt.graph)
     return bq
 
 

@@ -194,6 +194,15 @@ def _parse_conv(operation, layer_name, input_names, input_shapes, node, class_ob
 
 def _parse_batchnorm(operation, layer_name, input_names, input_shapes, node, class_object, data_reader, config):
     m = class_object
+    if bool(torch.all(m.scale == 1.0)) and bool(torch.all(m.bias == 0.0)):
+        # scale 1, bias 0 (a quantizer reading a sum of its own scale, say): hls4ml's RemoveNopBatchNormalization
+        # would drop the layer and with it the rounding and clamp of its result type. A linear activation carrying
+        # that type as its quantizer casts the same way (hls4ml keeps it: a cast)
+        from hls4ml.backends.fpga.fpga_backend import FPGABackend
+        from hls4ml.model.quantizers import QuantNodeQuantizer
+        layer = {"class_name": "Activation", "activation": "linear", "name": layer_name, "inputs": input_names,
+                 "quantizer": QuantNodeQuantizer(FPGABackend.convert_precision_string(m.precision))}
+        return layer, list(input_shapes[0])
     size = 1
     for d in input_shapes[0][1:]:
         size *= d

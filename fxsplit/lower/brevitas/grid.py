@@ -102,6 +102,8 @@ class Plan:
     scaled: dict[str, dict] = field(default_factory=dict)       # node -> how its float-scaled reading is checked
     output_scales: dict[str, torch.nn.Module] = field(default_factory=dict)   # model output node -> its exact
     #                                                             multiplication by its float scale
+    scales: dict[str, tuple[float, ...]] = field(default_factory=dict)   # float-scaled tensor -> the scale (per
+    #                                                             tensor or channel) its values stand multiplied by
 
     @property
     def torch_exact(self) -> bool:

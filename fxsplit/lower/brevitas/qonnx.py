@@ -113,12 +113,6 @@ def export_onnx(design, out_dir, samples: int = 16, seed: int = 0) -> dict:
     ``onnx.json``) what was checked."""
     pt = design.partitioning
     gm = pt.graph
-    scaled = [q["layer"] for q in (design.report.get("brevitas") or {}).get("quantizers") or []
-              if q.get("float_scale") or q.get("output_scale") or q.get("kind") == "output scale"]
-    if scaled:
-        raise FxsplitError(f"the model has float-scaled brevitas layers ({', '.join(sorted(set(scaled))[:4])}): the "
-                           "design's ports hold their integer levels, which the QONNX check does not read yet",
-                           hint="export the brevitas model with brevitas.export.export_qonnx directly")
     out = Path(out_dir).expanduser().resolve()
     gen = torch.Generator().manual_seed(seed)
     x_model = [torch.randn((samples, *p.torch_shape), generator=gen) * 3 for p in pt.inputs]
@@ -129,6 +123,16 @@ def export_onnx(design, out_dir, samples: int = 16, seed: int = 0) -> dict:
         port = pt.ports()[name]
         return design._to_torch(env[name], port)
 
+    def model_values(name: str) -> torch.Tensor:
+        """A crossing tensor as the brevitas partition reads it: a float-scaled port's levels times its scale, in
+        float32 (the values brevitas' quantizer, put back at the input, sends to the same levels)."""
+        v = torch.as_tensor(torch_layout(name), dtype=torch.float64)
+        sc = pt.float_scales.get(name)
+        if sc is not None:
+            s = torch.tensor(sc, dtype=torch.float64)
+            v = v * (s.reshape((1, -1) + (1,) * (v.dim() - 2)) if s.numel() > 1 else s.reshape(()))
+        return v.to(torch.float32)
+
     # validate every partition before writing anything
     quants = {part.name: [None if p.name in [q.name for q in pt.inputs] else _quantizer_of(gm, p.name)
                           for p in part.inputs] for part in pt.partitions}
@@ -137,8 +141,8 @@ def export_onnx(design, out_dir, samples: int = 16, seed: int = 0) -> dict:
     with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:
         model_inputs = [q.name for q in pt.inputs]
         for part in pt.partitions:
-            xs = [x_model[model_inputs.index(p.name)] if p.name in model_inputs else
-                  torch.as_tensor(torch_layout(p.name), dtype=torch.float32) for p in part.inputs]
+            xs = [x_model[model_inputs.index(p.name)] if p.name in model_inputs else model_values(p.name)
+                  for p in part.inputs]
             expected = [torch_layout(p.name) for p in part.outputs] if exact else None
             wrapped = _WithInputQuant(part.module, quants[part.name])
             result["partitions"][part.name] = _export_and_check(wrapped, xs, expected, Path(tmp) / f"{part.name}.onnx",

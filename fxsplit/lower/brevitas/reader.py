@@ -389,6 +389,7 @@ def _plan(gm: torch.fx.GraphModule, input_shapes: list[tuple[int, ...]], declare
     for name, mod in p.output_scales.items():       # the producer is renamed in the frozen graphs (scale_output)
         p.precisions[name + ACC_SUFFIX] = p.precisions.pop(name)
         p.precisions[name] = {"scale": mod.scale_precision, "bias": mod.bias_precision, "result": mod.precision}
+    p.scales = {name: g.scale for name, g in grid.items() if isinstance(g, Scaled) and name not in p.output_scales}
     return p
 
 
