@@ -440,14 +440,25 @@ def test_brevitas_examples_tfc_w2a2_with_splits(tmp_path):
     assert np.abs(y - ref).max() <= bound and r.max_abs_error_vs_torch <= bound, (np.abs(y - ref).max(), bound)
 
 
-def test_onnx_export_refuses_a_cut_on_an_exact_sum_and_its_check_can_fail(tmp_path):
+def test_onnx_export_of_a_cut_on_an_exact_sum_and_its_check_can_fail(tmp_path):
+    """The exact sum of fc1 crosses the cut: the partition reading it gets a quantizer of its fixed-point type (the
+    identity on its values), so its file carries the type, and equals the design bit for bit."""
+    import onnx
+    from onnx import numpy_helper
+
+    from fxsplit.fixed import layout
     from fxsplit.lower.brevitas import qonnx as onnx_export
     model = calibrate(_MLP(), (12,))
     d = fxsplit.compile(model, (12,), splits=["relu"], flow="hls4ml", config=FAST, output_dir=tmp_path / "o", jobs=2,
                         progress=False)
-    with pytest.raises(fxsplit.FxsplitError, match="crosses a cut as the exact output of 'fc1'") as e:
-        d.export_onnx(tmp_path / "onnx")
-    assert "cut after the quantizer" in str(e.value) and not (tmp_path / "onnx").exists()
+    res = d.export_onnx(tmp_path / "onnx", samples=8)
+    second = d.partitions[1]
+    assert res["exact"] and res["partitions"][second.name]["equals_design"] is True
+    lay = layout(second.inputs[0].precision)
+    g = onnx.load(res["partitions"][second.name]["file"]).graph
+    first = next(n for n in g.node if n.op_type == "Quant" and n.input[0] == g.input[0].name)
+    consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    assert float(consts[first.input[1]]) == 2.0 ** -lay.frac and int(consts[first.input[3]]) == lay.width
     # the comparison with the design is a real one: a design value off by one step fails the export
     xs = [torch.randn(4, 12)]
     right = d.predict(xs[0])                     # the design's output equals brevitas' here (exact arithmetic)

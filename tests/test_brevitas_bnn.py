@@ -82,8 +82,18 @@ def _check(cfg: str, d, net, x, pre_port: str) -> dict:
     top1 = float(np.mean(np.argmax(d.predict(x), axis=1) == np.argmax(ref, axis=1)))
     assert top1 >= 0.99, top1
     assert r.max_abs_error_vs_torch <= 1e-4 * max(1.0, float(np.abs(ref).max())), r.summary()
+    assert r.reading_mismatches == 0 and r
+    # QONNX: every partition (the exact sum before the TensorNorm crossing its cut as a quantizer of its type) and
+    # the uncut model, run by qonnx against PyTorch
+    t = time.time()
+    res = d.export_onnx(samples=4)
+    export_s = time.time() - t
+    assert len(res["partitions"]) == len(d.partitions) and res["exact"] is False
+    for e in [*res["partitions"].values(), res["monolithic"]]:
+        assert e["max_abs_error_vs_torch"] <= 1e-5 * max(1.0, float(np.abs(ref).max()))
+    assert res["partitions"][d.partitions[-1].name]["quant_nodes"] >= 1      # the sum's type at the TensorNorm
     print(f"{cfg}: bit_exact={r.bit_exact} equal-to-brevitas-before-TensorNorm=True top1={top1:.3f} "
-          f"verify={verify_s:.1f}s max|err|={r.max_abs_error_vs_torch:.3g}")
+          f"verify={verify_s:.1f}s max|err|={r.max_abs_error_vs_torch:.3g} export_onnx={export_s:.1f}s")
     return {"top1": top1, "verify_s": verify_s}
 
 

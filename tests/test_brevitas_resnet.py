@@ -231,9 +231,9 @@ def test_quant_resnet18_first_refusal_names_the_layer_and_the_change(tmp_path):
 
 
 @pytest.mark.slow
-def test_quant_resnet18_as_written_cut_in_five_equals_uncut_and_its_exact_reading(tmp_path):
+def test_quant_resnet18_as_written_cut_in_four_equals_uncut_and_its_exact_reading(tmp_path):
     """brevitas_examples' QuantResNet18 unmodified (random init, randomised BatchNorm), 8-bit pixels declared, in
-    io_stream, cut before each stage and before the linear: the stem, the four stages (per-channel float weight
+    io_stream, cut before layer2, layer3 and layer4: the stem, the four stages (per-channel float weight
     scales, every BatchNorm and float-scaled ReLU folded and checked on every reachable accumulator value, up to
     2.4 * 10**5 per channel in layer4; the residual sums of one shared quantizer), the TruncAvgPool2d (the exact
     average of 16 four-bit levels, floored to 8 bits: no shift) and the 8-bit QuantLinear adding its Int32Bias on
@@ -241,11 +241,11 @@ def test_quant_resnet18_as_written_cut_in_five_equals_uncut_and_its_exact_readin
     for bit; brevitas' own float32 forward within its rounding (top-1 equal)."""
     net = _quant_resnet18()
     t = time.time()
-    d = fxsplit.compile(net, (3, 32, 32), splits=["layer2", "layer3", "layer4", "linear"], flow="hls4ml",
+    d = fxsplit.compile(net, (3, 32, 32), splits=["layer2", "layer3", "layer4"], flow="hls4ml",
                         config={"csim_opt": "-O2", "io_type": "io_stream", "input_precision": "ufixed<8,0,TRN,SAT>"},
                         output_dir=tmp_path / "o", jobs=2, progress=False)
     compile_s = time.time() - t
-    assert len(d.partitions) == 5
+    assert len(d.partitions) == 4
     q = {(e["layer"], e["kind"]): e for e in d.report["brevitas"]["quantizers"]}
     pool = q[("final_pool", "TruncAvgPool2d")]
     assert pool["type"] == "ufixed<8,4,TRN,SAT>" and pool["float_scale"] and "shifted right by 0 bits" in pool["note"]
@@ -268,6 +268,13 @@ def test_quant_resnet18_as_written_cut_in_five_equals_uncut_and_its_exact_readin
     y = d.predict(x)
     top1 = float((y.argmax(1) == ref.argmax(1)).mean())
     rel = float(np.abs(y - ref).max() / np.abs(ref).max())
-    print(f"QuantResNet18 (5 partitions): compile {compile_s:.0f} s, verify {verify_s:.0f} s (6 samples), top-1 "
-          f"agreement {top1:.3f}, max relative error vs brevitas {rel:.3g}")
     assert top1 == 1.0 and rel < 0.05
+    # QONNX: the crossing tensors are float-scaled quantizers' levels (times their scale at the files' inputs)
+    t = time.time()
+    res = d.export_onnx(samples=2)
+    export_s = time.time() - t
+    assert len(res["partitions"]) == 4 and res["exact"] is False
+    for e in [*res["partitions"].values(), res["monolithic"]]:
+        assert e["max_abs_error_vs_torch"] <= 1e-5 * max(1.0, float(np.abs(ref).max()))
+    print(f"QuantResNet18 (4 partitions): compile {compile_s:.0f} s, verify {verify_s:.0f} s (6 samples), top-1 "
+          f"agreement {top1:.3f}, max relative error vs brevitas {rel:.3g}, export_onnx {export_s:.0f} s")

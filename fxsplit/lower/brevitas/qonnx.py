@@ -3,7 +3,7 @@
 The files come from brevitas' own exporter (``brevitas.export.export_qonnx``): brevitas quantizers become QONNX
 ``Quant`` nodes, the interchange FINN and hls4ml's ONNX frontend read. A partition whose input crosses a cut gets
 the quantizer that produced that tensor at its input (idempotent on the tensor's values), so the file carries the
-port's exact type. Every file is executed by qonnx (``qonnx.core.onnx_exec.execute_onnx``) on inputs taken from
+port's exact type (an exact sum crossing a cut: a fixed-point quantizer of its type). Every file is executed by qonnx (``qonnx.core.onnx_exec.execute_onnx``) on inputs taken from
 the design on random samples, and must give what the module gives in PyTorch and, for a brevitas model whose
 arithmetic is exact, the design's own port values bit for bit; a file that does not is an error, not an export.
 """
@@ -24,9 +24,34 @@ from ...frontend.capture import eval_mode, output_arrays
 from ...errors import FxsplitError
 from .grid import ACTS, GRID_MODULES, SAME_GRID_FUNCS, SAME_GRID_MODULES, uses_brevitas
 
-def _quantizer_of(gm: torch.fx.GraphModule, name: str):
+def _fixed_point_quantizer(precision: str, name: str, start: torch.fx.Node):
+    """A brevitas quantizer that is the identity on the values of the fixed-point type ``precision`` (a power-of-two
+    scale ``2**-frac``, its width and sign): the type of a tensor no quantizer produced (an exact sum), in QONNX."""
+    from brevitas.nn import QuantIdentity
+    from brevitas.quant import Int8ActPerTensorFixedPoint, Uint8ActPerTensorFixedPoint
+
+    from ...fixed import layout
+    lay = layout(precision)
+    if lay.width > 24:
+        raise FxsplitError(f"the tensor {name!r} crosses a cut as the exact output of {start.target!r} in a "
+                           f"{lay.width}-bit type: float32, which a QONNX file's inputs hold, does not hold it exactly",
+                           module=str(start.target), hint="cut after the quantizer that follows that layer to export "
+                                                          "the partitions as QONNX")
+    integer = lay.width - lay.frac
+    top = 2.0 ** (integer - 1) if lay.signed else 2.0 ** integer
+    q = QuantIdentity(act_quant=Int8ActPerTensorFixedPoint if lay.signed else Uint8ActPerTensorFixedPoint,
+                      bit_width=lay.width, scaling_impl_type="const", scaling_const=top, min_val=-top, max_val=top,
+                      return_quant_tensor=False).eval()
+    if float(q.act_quant.scale()) != 2.0 ** -lay.frac:
+        raise FxsplitError(f"internal: brevitas' quantizer for {precision} has scale {float(q.act_quant.scale())!r}",
+                           module=str(start.target), hint="please report this model")
+    return q
+
+
+def _quantizer_of(gm: torch.fx.GraphModule, name: str, precision: str | None = None, scaled: bool = False):
     """The brevitas quantizer module whose grid the tensor ``name`` is on (walking back through reshapes, pooling,
-    ReLU and dropout), or None for a float tensor of a float model; raises where the tensor is an exact sum."""
+    ReLU and dropout), or None for a float tensor of a float model. An exact sum (no quantizer produced it) gets a
+    quantizer of its fixed-point type ``precision``; refused where that tensor carries a float scale."""
     node = next(n for n in gm.graph.nodes if n.name == name)
     start = node
     while True:
@@ -46,8 +71,10 @@ def _quantizer_of(gm: torch.fx.GraphModule, name: str):
         node = node.all_input_nodes[0]
     if not uses_brevitas(gm):
         return None
-    raise FxsplitError(f"the tensor {name!r} crosses a cut as the exact output of {start.target!r}, not of a brevitas "
-                       "quantizer: a standalone QONNX file of the partition that reads it has no quantizer to carry "
+    if precision is not None and not scaled:
+        return _fixed_point_quantizer(precision, name, start)
+    raise FxsplitError(f"the tensor {name!r} crosses a cut as the exact output of {start.target!r}, integers times a "
+                       "float scale: a standalone QONNX file of the partition that reads it has no quantizer to carry "
                        "its type", module=str(start.target),
                        hint="cut after the quantizer that follows that layer to export the partitions as QONNX")
 
@@ -134,7 +161,8 @@ def export_onnx(design, out_dir, samples: int = 16, seed: int = 0) -> dict:
         return v.to(torch.float32)
 
     # validate every partition before writing anything
-    quants = {part.name: [None if p.name in [q.name for q in pt.inputs] else _quantizer_of(gm, p.name)
+    quants = {part.name: [None if p.name in [q.name for q in pt.inputs] else
+                          _quantizer_of(gm, p.name, p.precision, p.name in pt.float_scales)
                           for p in part.inputs] for part in pt.partitions}
     out.mkdir(parents=True, exist_ok=True)
     result = {"dir": str(out), "partitions": {}, "exact": exact}
