@@ -187,6 +187,13 @@ def _verification_html(ver: dict) -> str:
                      "equal bit for bit (brevitas' own arithmetic is exact here)" if ver.get("matches_torch") else
                      f"{_fmt_n(ver.get('torch_mismatches'))} differing elements" if ver.get("torch_exact") else
                      "brevitas rounds in float32 (a sum past 24 bits or a float layer): the error above is reported, not checked"))
+    if ver.get("reading_mismatches") is not None:
+        bad = ver["reading_mismatches"]
+        if bad:
+            rows[0] = ("result", f"MISMATCH: {_fmt_n(bad)} elements differ from fxsplit's exact reading")
+        rows.append(("vs fxsplit's exact reading", "equal bit for bit (every brevitas layer as the fixed-point map "
+                     "fxsplit read and checked, run in float64)" if not bad else
+                     f"{_fmt_n(bad)} differing elements: hls4ml computes something other than the layers read"))
     lim = ver.get("at_limits")
     if isinstance(lim, dict) and lim:
         rows.append(("outputs at their type's limits",

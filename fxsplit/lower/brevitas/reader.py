@@ -297,7 +297,7 @@ def _plan(gm: torch.fx.GraphModule, input_shapes: list[tuple[int, ...]], declare
                 p.frozen[n.name] = frozen
                 p.precisions[n.name] = {"accum": frozen.accum_precision, "result": frozen.precision}
                 p.quantizers.append(info)
-                p.scaled[n.name] = {"kind": "pool", "in": src, "out": g}
+                p.scaled[n.name] = {"kind": "pool", "in": src, "out": g, "info": info}
                 grid[n.name] = g
                 continue
             if cls in SAME_GRID_MODULES or cls in GRID_MODULES:
@@ -595,6 +595,7 @@ def _check_scaled(gm: torch.fx.GraphModule, n: torch.fx.Node, mod, p: Plan, valu
             ref = _units(values[n.name], e["out"], n.name, n)
             if got.shape != ref.shape or not torch.equal(got, ref):
                 fail(f"{int((got != ref).sum()) if got.shape == ref.shape else -1} elements")
+            e["info"].update(decisions_differing=0, decisions_checked=int(ref.numel()))
             return
         if kind == "levels":
             step = mod.step
