@@ -188,31 +188,33 @@ def exact_type(values: np.ndarray, what: str, node: torch.fx.Node, hint: str) ->
     v = np.asarray(values, dtype=np.float64).ravel()
     if not np.all(np.isfinite(v)):
         raise _err(f"{what} holds values that are not finite", node, hint)
-    nz = v[v != 0]
+    nz = np.unique(v[v != 0])                  # (a layer's weights take few distinct values)
     if nz.size == 0:
         return Grid(1, 1, True)
-    frac = max(53 - math.frexp(float(x))[1] - _trailing_zero_bits(float(x)) for x in nz)
-    raws = [int(x * 2.0 ** frac) if frac >= 0 else int(x / 2.0 ** -frac) for x in nz.tolist()]
-    for x, r in zip(nz.tolist(), raws):       # exact by construction; never trust it silently
-        if math.ldexp(r, -frac) != x:
-            raise FxsplitError(f"internal: {what}: {x!r} is not {r} * 2**-{frac}")
-    # shrink frac while every raw stays an integer (frexp-based frac is an upper bound)
-    while all(r % 2 == 0 for r in raws) and any(raws):
-        raws = [r // 2 for r in raws]
-        frac -= 1
-    width = max(max(r.bit_length() for r in raws if r > 0) if any(r > 0 for r in raws) else 0,
-                max((-r - 1).bit_length() for r in raws if r < 0) if any(r < 0 for r in raws) else 0) + 1
+    # each value is mant * 2**(e - 53) with a 53-bit integer mantissa; without its trailing zero bits it needs
+    # 53 - e - tz fractional bits: the largest over the values is the type's (the fewest that hold every one)
+    m, e = np.frexp(nz)
+    mant = (np.abs(m) * 2.0 ** 53).astype(np.int64)             # exact: frexp's mantissa has 53 bits
+    low = mant & -mant                                         # its lowest set bit, a power of two
+    tz = np.frexp(low.astype(np.float64))[1] - 1
+    frac = int(np.max(53 - e - tz))
+    scaled = np.ldexp(nz, frac)                                 # exact integers (at most 53 significant bits)
+    if np.max(np.abs(scaled)) < 2.0 ** 62:
+        raws = scaled.astype(np.int64)
+        if not np.array_equal(np.ldexp(raws.astype(np.float64), -frac), nz):     # exact by construction; checked
+            raise FxsplitError(f"internal: {what}: its values are not integers times 2**-{frac}")
+        hi, lo = int(raws.max()), int(raws.min())
+    else:                                      # (wider than int64: Python integers, one value at a time)
+        raws = [int(x * 2.0 ** frac) if frac >= 0 else int(x / 2.0 ** -frac) for x in nz.tolist()]
+        for x, r in zip(nz.tolist(), raws):
+            if math.ldexp(r, -frac) != x:
+                raise FxsplitError(f"internal: {what}: {x!r} is not {r} * 2**-{frac}")
+        hi, lo = max(raws), min(raws)
+    width = max(hi.bit_length() if hi > 0 else 0, (-lo - 1).bit_length() if lo < 0 else 0) + 1
     if width > MAX_WIDTH:
         raise _err(f"{what} needs a {width}-bit fixed-point type to be held exactly (fxsplit allows {MAX_WIDTH})",
                    node, hint)
     return Grid(width, width - frac, True)
-
-
-def _trailing_zero_bits(x: float) -> int:
-    """Trailing zero bits of the 53-bit mantissa of ``x`` (x != 0)."""
-    m, _ = math.frexp(abs(x))
-    mant = int(m * 2 ** 53)
-    return (mant & -mant).bit_length() - 1
 
 
 def _fixed(g: Grid, modes: str = "") -> str:

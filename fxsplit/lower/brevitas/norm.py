@@ -10,6 +10,7 @@ import torch
 import torch.fx
 
 from ...errors import FxsplitError
+from ...fixed import layout
 from . import layers
 from .grid import (_describe, ACTS, Grid, Plan, Scaled, _err, _fixed, exact_type, int_grid)
 
@@ -36,13 +37,22 @@ def _channel_bounds(gm: torch.fx.GraphModule, prod: torch.fx.Node | None, p: Pla
     if mod is not None and hasattr(mod, "weight"):
         g_in = int_grid(grids[prod.all_input_nodes[0].name])
         x_lo, x_hi = (math.ldexp(v, -g_in.frac) for v in _grid_range(g_in))
-        w = mod.weight.reshape(mod.weight.shape[0], -1).numpy()
-        b = np.zeros(w.shape[0]) if mod.bias is None else mod.bias.numpy()
-        for c in range(channels):           # exact: every term is a dyadic rational held by a double
-            mn = sum(min(float(v) * x_lo, float(v) * x_hi) for v in w[c]) + float(b[c])
-            mx = sum(max(float(v) * x_lo, float(v) * x_hi) for v in w[c]) + float(b[c])
-            lo_c[c] = max(lo, math.floor(math.ldexp(mn, src.frac)))
-            hi_c[c] = min(hi, math.ceil(math.ldexp(mx, src.frac)))
+        w = mod.weight.reshape(mod.weight.shape[0], -1).numpy().astype(np.float64)
+        b = np.zeros(w.shape[0]) if mod.bias is None else mod.bias.numpy().astype(np.float64)
+        a, z = w * x_lo, w * x_hi                      # exact: products of dyadic rationals held by doubles
+        small, large = np.minimum(a, z), np.maximum(a, z)
+        # every term a multiple of 2**-q (the weights' type times the input's step, the bias' type): while the sum
+        # of their magnitudes stays under 2**(53 - q), every partial sum is a double exactly, in any order
+        q = max(layout(mod.weight_precision).frac + g_in.frac,
+                layout(mod.bias_precision).frac if mod.bias is not None else 0)
+        if float((np.abs(a) + np.abs(z)).sum(axis=1).max() + np.abs(b).max()) * 2.0 ** q < 2.0 ** 52:
+            mins, maxs = small.sum(axis=1) + b, large.sum(axis=1) + b
+        else:                                          # (exactly rounded sums, one channel at a time)
+            mins = np.array([math.fsum([*small[c], b[c]]) for c in range(channels)])
+            maxs = np.array([math.fsum([*large[c], b[c]]) for c in range(channels)])
+        for c in range(channels):
+            lo_c[c] = max(lo, math.floor(math.ldexp(float(mins[c]), src.frac)))
+            hi_c[c] = min(hi, math.ceil(math.ldexp(float(maxs[c]), src.frac)))
     return lo_c, hi_c
 
 
