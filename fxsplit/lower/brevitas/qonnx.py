@@ -3,9 +3,11 @@
 The files come from brevitas' own exporter (``brevitas.export.export_qonnx``): brevitas quantizers become QONNX
 ``Quant`` nodes, the interchange FINN and hls4ml's ONNX frontend read. A partition whose input crosses a cut gets
 the quantizer that produced that tensor at its input (idempotent on the tensor's values), so the file carries the
-port's exact type (an exact sum crossing a cut: a fixed-point quantizer of its type). Every file is executed by qonnx (``qonnx.core.onnx_exec.execute_onnx``) on inputs taken from
-the design on random samples, and must give what the module gives in PyTorch and, for a brevitas model whose
-arithmetic is exact, the design's own port values bit for bit; a file that does not is an error, not an export.
+port's exact type (an exact sum crossing a cut: a fixed-point quantizer of its type; a float-scaled port: its levels
+times its scale at the file's input). Every file is executed by qonnx (``qonnx.core.onnx_exec.execute_onnx``) on
+inputs taken from the design on random samples, and must give what the module gives in PyTorch and, for a brevitas
+model whose arithmetic is exact, the design's own port values bit for bit; a file that does not is an error, not an
+export.
 """
 
 from __future__ import annotations
