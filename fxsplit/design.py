@@ -257,8 +257,8 @@ class Design:
         """A brevitas model: the output elements where the design (``got``) differs from fxsplit's exact reading of
         the model (``Partitioning.exact_graph``, float64), fed the design's own input values."""
         pt = self.partitioning
-        xs = [torch.as_tensor(self._to_torch(raw_to_float(words_to_raw(env[p.name], p.precision), p.precision)
-                                             .reshape(n, *p.shape), p), dtype=torch.float64) for p in pt.inputs]
+        xs = [torch.as_tensor(self._to_torch(words_to_float(env[p.name], p.precision).reshape(n, *p.shape), p),
+                              dtype=torch.float64) for p in pt.inputs]
         with torch.no_grad():
             ys = output_arrays(pt.exact_graph(*xs))
         return sum(int(np.sum(d(g).reshape(n, -1) != self._to_ports(y, p).reshape(n, -1)))
