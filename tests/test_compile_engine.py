@@ -222,3 +222,20 @@ def test_compile_respects_a_memory_budget(jet, tmp_path):
     assert d2.build.memory_budget > 2 ** 28 and not d2.build.warnings
     d3 = fxsplit.compile(model, shape, config=dict(FAST), output_dir=tmp_path / "a", memory="off", progress=False)
     assert d3.build.memory_budget is None
+
+
+def test_compile_leaves_the_models_parameters_where_they_are(tmp_path):
+    """Jobs travel to the worker processes as bytes of the standard pickler. multiprocessing's own pickler, with
+    torch's reductions, moves every tensor it sends into shared memory and frees the old memory under any NumPy
+    array viewing it: hls4ml's in-process graphs of the model and the user's own views then read freed memory."""
+    import numpy as np
+    model, shape = zoo.build("jet_tagger")
+    views = {k: (v.data_ptr(), v.detach().numpy(), v.detach().clone()) for k, v in model.state_dict().items()}
+    fxsplit.compile(model, shape, config=dict(FAST), output_dir=tmp_path / "out", cache_dir=tmp_path / "cache",
+                    jobs=2, progress=False)
+    junk = [np.full(4096, 7.0, dtype=np.float32) for _ in range(256)]     # reuse any freed memory
+    for k, v in model.state_dict().items():
+        ptr, view, copy = views[k]
+        assert v.data_ptr() == ptr, f"{k} was moved"
+        assert np.array_equal(view, copy.numpy()), f"a NumPy view of {k} no longer reads its values"
+    assert len(junk) == 256

@@ -14,6 +14,7 @@ import io
 import json
 import multiprocessing
 import os
+import pickle
 import shutil
 import signal
 import socket
@@ -174,7 +175,7 @@ def _loads_by_value(data: bytes) -> Callable:
 
 
 def _execute_packed(data: bytes) -> dict:
-    """:func:`_execute` on a spec that travelled as bytes (any executor but a local process pool)."""
+    """:func:`_execute` on a spec that travelled as bytes (any executor but a thread pool)."""
     import cloudpickle
     return _execute(cloudpickle.loads(data))
 
@@ -473,8 +474,13 @@ class Pool:
         much of it (at most the largest worker's), so Dask never runs jobs together past a worker's memory."""
         pool = self._ensure()
         if isinstance(pool, cf.ProcessPoolExecutor):
+            # as bytes of the standard pickler: the pool's own (multiprocessing's ForkingPickler, with torch's
+            # reductions) moves every tensor it sends into shared memory, and so frees the memory of the
+            # caller's parameters under any NumPy array viewing them (hls4ml's graphs of the model in this
+            # process, the user's own), which then read whatever the allocator puts there next
+            data = pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL)
             with _main_hidden():          # workers are launched lazily, by submit
-                fut = pool.submit(_execute, spec)
+                fut = pool.submit(_execute_packed, data)
             if self.procs is None:
                 self.procs = getattr(pool, "_processes", None)
         elif isinstance(pool, cf.ThreadPoolExecutor):
