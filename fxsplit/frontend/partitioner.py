@@ -246,6 +246,7 @@ def partition_graph(gm: torch.fx.GraphModule, splits: Sequence[str | CutPoint]) 
     partitions: list[Partition] = []
     for k in range(n_parts):
         sub: torch.fx.GraphModule = getattr(split, f"submod_{k}")
+        _own_constants(sub, gm, node_by_name)
         in_names = [n.name for n in sub.graph.nodes if n.op == "placeholder"]
         out_node = next(n for n in sub.graph.nodes if n.op == "output")
         outs = out_node.args[0]
@@ -278,6 +279,39 @@ def partition_graph(gm: torch.fx.GraphModule, splits: Sequence[str | CutPoint]) 
     if original is not None:           # the uncut reference: the model as written, markers erased
         _erase_markers(original)
     return Partitioning(gm, partitions, inputs, outputs, output_sources, original=original, layer_splits=pieces)
+
+
+def _own_constants(sub: torch.fx.GraphModule, gm: torch.fx.GraphModule, node_by_name: dict) -> None:
+    """torch's ``split_module`` passes a tensor constant of the root (a ``get_attr``: a registered buffer such as a
+    normalization's mean) into a partition as an input: here it becomes the partition's own constant again, a copy
+    under the same node name, so no port carries a constant."""
+    changed = False
+    for ph in [n for n in sub.graph.nodes if n.op == "placeholder"]:
+        src = node_by_name.get(ph.name)
+        if src is None or src.op != "get_attr":
+            continue
+        value = gm
+        for part in str(src.target).split("."):
+            value = getattr(value, part)
+        attr = "fxs_const_" + str(src.target).replace(".", "_")
+        while hasattr(sub, attr):
+            attr += "_"
+        if isinstance(value, torch.nn.Parameter):
+            sub.register_parameter(attr, value)
+        elif isinstance(value, torch.Tensor):
+            sub.register_buffer(attr, value)
+        else:
+            setattr(sub, attr, value)
+        with sub.graph.inserting_before(ph):
+            new = sub.graph.get_attr(attr)
+        new.meta = dict(src.meta)
+        ph.replace_all_uses_with(new)
+        sub.graph.erase_node(ph)
+        sub.graph._graph_namespace._rename_object(new, ph.name)
+        new.name = ph.name
+        changed = True
+    if changed:
+        sub.recompile()
 
 
 def _erase_markers(gm: torch.fx.GraphModule) -> None:
