@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import operator
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import numpy as np
 import torch
@@ -55,6 +56,43 @@ class Affine:
     nodes: list[str] = field(default_factory=list)        # the operations, in graph order
     consts: list[str] = field(default_factory=list)       # the nodes that made their constants
     steps: list[tuple[float, torch.Tensor]] = field(default_factory=list)    # (a, c) after each operation
+    ops: list[tuple[str, torch.Tensor]] = field(default_factory=list)  # (mul/div/add/sub/rsub, its float32 constant)
+    normalizes: bool = False          # scaled by a constant that is not one power of two: folded into the quantizer
+    rounded: list[str] = field(default_factory=list)     # operations whose constant brevitas rounds to float32
+
+    def per_channel(self, shape: tuple[int, ...], node: torch.fx.Node) -> tuple[list[Fraction], list[Fraction]]:
+        """The chain as exact rationals per channel (dimension 1 of ``shape``): ``y[c] = a[c] * x + c[c]``, each
+        operation on the float32 constants brevitas computes with, without its rounding."""
+        channels = int(shape[1])
+        a = [Fraction(1)] * channels
+        c = [Fraction(0)] * channels
+        for kind, k in self.ops:
+            kc = _per_channel(k, shape, node)
+            if kind == "mul":
+                a, c = [x * y for x, y in zip(a, kc)], [x * y for x, y in zip(c, kc)]
+            elif kind == "div":
+                a, c = [x / y for x, y in zip(a, kc)], [x / y for x, y in zip(c, kc)]
+            elif kind == "add":
+                c = [x + y for x, y in zip(c, kc)]
+            elif kind == "sub":
+                c = [x - y for x, y in zip(c, kc)]
+            else:                                           # rsub: k - (a x + c)
+                a, c = [-x for x in a], [y - x for x, y in zip(c, kc)]
+        return a, c
+
+
+def _per_channel(k: torch.Tensor, shape: tuple[int, ...], node: torch.fx.Node) -> list[Fraction]:
+    """A constant broadcast over a tensor of ``shape``, one exact value per channel; raises where it varies inside a
+    channel (hls4ml's BatchNormalization holds one scale and one bias per channel)."""
+    if k.dim() > len(shape) - 1 and not (k.dim() == len(shape) and k.shape[0] == 1):
+        raise _err(f"the constant of {node.name!r} has shape {tuple(k.shape)}, wider than the tensor", node,
+                   "use one value per channel")
+    full = torch.broadcast_to(k.reshape(k.shape[1:]) if k.dim() == len(shape) else k, shape[1:])
+    ch = full.reshape(int(shape[1]), -1)
+    if not torch.equal(ch, ch[:, :1].expand_as(ch)):
+        raise _err(f"the constant of {node.name!r} varies inside a channel: hls4ml's BatchNormalization holds one "
+                   "scale and one offset per channel", node, "use one value per channel")
+    return [Fraction(float(v)) for v in ch[:, 0].tolist()]
 
 
 def is_op(n: torch.fx.Node) -> bool:
@@ -81,15 +119,22 @@ def read_const(gm: torch.fx.GraphModule, n: torch.fx.Node, grid: dict):
     return None
 
 
-def _constant(v, n: torch.fx.Node) -> torch.Tensor:
-    """A constant operand as the float32 value brevitas computes with."""
+def _constant(v, n: torch.fx.Node) -> tuple[torch.Tensor, bool]:
+    """A constant operand as the float32 value brevitas computes with (torch rounds a Python number or a float64
+    constant to the float32 tensor's type), and whether that rounded it."""
     t = v.value if isinstance(v, Const) else torch.tensor(float(v), dtype=torch.float64)
     t64 = t.detach().to(torch.float64)
-    if not torch.equal(t64.to(torch.float32).to(torch.float64), t64):
-        raise _err(f"the operation {n.name!r} on the model input uses a constant that is not a float32 value "
-                   f"({t64.flatten()[:4].tolist()}): brevitas rounds it", n,
-                   "use constants that float32 holds exactly (e.g. 1.0, 0.5)")
-    return t64
+    t32 = t64.to(torch.float32).to(torch.float64)
+    return t32, not torch.equal(t32, t64)
+
+
+def check_constants(aff: Affine, nodes: dict) -> None:
+    """An exact chain (one power-of-two scale) must compute with the constants as written: raises where brevitas
+    rounds one to float32. A normalization is folded from the float32 constants brevitas computes with."""
+    if aff.rounded and not aff.normalizes:
+        n = nodes[aff.rounded[0]]
+        raise _err(f"the operation {n.name!r} on the model input uses a constant that is not a float32 value: "
+                   "brevitas rounds it", n, "use constants that float32 holds exactly (e.g. 1.0, 0.5)")
 
 
 def step(n: torch.fx.Node, operands: list, start_of) -> Affine:
@@ -107,31 +152,35 @@ def step(n: torch.fx.Node, operands: list, start_of) -> Affine:
                    "affine map of a model input by constants exactly, nothing else before the first quantizer", n,
                    "compute it outside the model, or quantize the operands first")
     i = tensors[0]
-    x, k = ops[i], _constant(ops[1 - i], n)
-    a, c = x.a, x.c
+    x, (k, rounded) = ops[i], _constant(ops[1 - i], n)
+    a, c, normalizes = x.a, x.c, x.normalizes
     if n.target in _MUL or (n.target in _DIV and i == 0):
-        if k.numel() != 1:
-            raise _err(f"the operation {n.name!r} scales the model input by a tensor of {k.numel()} values: fxsplit "
-                       "reads one scale", n, "scale by one power of two")
-        kv = float(k.reshape(()))
-        e = _po2_exponent(abs(kv))
-        if e is None:
-            raise _err(f"the operation {n.name!r} scales the model input by {kv!r}, not a power of two: no "
-                       "fixed-point type holds the result exactly", n,
-                       "scale by a power of two (e.g. '2.0 * x - 1.0'), or normalize in the data pipeline and "
-                       "declare the input type of the normalized data (config input_precision)")
-        if n.target in _DIV:
-            a, c = a / kv, c / kv                   # exact: a power of two
+        kind = "div" if n.target in _DIV else "mul"
+        e = _po2_exponent(abs(float(k.reshape(())))) if k.numel() == 1 else None
+        if e is None or float(k.reshape(())) == 0.0:
+            # a normalization ((x - mean) / std, per channel): no fixed-point type holds it exactly; it is folded
+            # into the quantizer that reads it (fold_normalization), from the operations' exact rationals
+            if torch.any(k == 0):
+                raise _err(f"the operation {n.name!r} scales the model input by zero", n, "remove it")
+            normalizes = True
+        elif n.target in _DIV:
+            a, c = a / float(k.reshape(())), c / float(k.reshape(()))     # exact: a power of two
         else:
-            a, c = a * kv, c * kv
+            a, c = a * float(k.reshape(())), c * float(k.reshape(()))
     elif n.target in _DIV:
         raise _err(f"the operation {n.name!r} divides a constant by the model input: not an affine map", n,
                    "compute it outside the model")
     elif n.target in _ADD:
-        c = _exact_sum(c, k, n)
+        kind = "add"
+        c = c + k if normalizes else _exact_sum(c, k, n)
     else:                                           # subtraction: x - k, or k - x
-        a, c = (a, _exact_sum(c, -k, n)) if i == 0 else (-a, _exact_sum(-c, k, n))
-    return Affine(x.inp, x.start, a, c, [*x.nodes, n.name], list(x.consts), [*x.steps, (a, c)])
+        kind = "sub" if i == 0 else "rsub"
+        if normalizes:
+            a, c = (a, c - k) if i == 0 else (-a, k - c)
+        else:
+            a, c = (a, _exact_sum(c, -k, n)) if i == 0 else (-a, _exact_sum(-c, k, n))
+    return Affine(x.inp, x.start, a, c, [*x.nodes, n.name], list(x.consts), [*x.steps, (a, c)],
+                  [*x.ops, (kind, k)], normalizes, [*x.rounded, *([n.name] if rounded else [])])
 
 
 def _exact_sum(c: torch.Tensor, k: torch.Tensor, n: torch.fx.Node) -> torch.Tensor:
@@ -157,10 +206,8 @@ def _grid_of(a: float, c: np.ndarray, t: Grid, lo: int, hi: int, node) -> tuple[
     return Grid(width, width - frac, True), max(abs(ymin), abs(ymax))
 
 
-def materialize(gm: torch.fx.GraphModule, last: torch.fx.Node, aff: Affine, declared: str | None, nodes: dict):
-    """The exact layer of an affine chain ending at ``last``: ``(FxsQuantBatchNorm, its Grid, report info,
-    float32-exact flag)``. Raises where the model input's type is not declared."""
-    from ..quant import FxsQuantAct, FxsQuantBatchNorm
+def _declared_type(aff: Affine, declared: str | None, nodes: dict):
+    """The fixed-point type the config declares for the chain's model input; raises where there is none."""
     first = nodes[aff.nodes[0]]
     if declared is None:
         raise _err(f"the model input {aff.inp!r} goes through float arithmetic ({', '.join(aff.nodes)}) before its "
@@ -169,11 +216,18 @@ def materialize(gm: torch.fx.GraphModule, last: torch.fx.Node, aff: Affine, decl
                    "declare the input type: config input_precision, e.g. 'ufixed<8,0,TRN,SAT>' for pixels k/256 in "
                    "[0, 1) or 'ufixed<9,1,TRN,SAT>' for [0, 1] (values are converted into it)")
     try:
-        t = parse_type(declared)
+        return parse_type(declared)
     except ValueError:
         raise _err(f"the model input {aff.inp!r} has type {declared!r}, not a fixed-point type: the float arithmetic "
                    f"on it ({', '.join(aff.nodes)}) is not exact", first,
                    "declare a fixed-point input type (config input_precision, e.g. 'ufixed<8,0,TRN,SAT>')") from None
+
+
+def materialize(gm: torch.fx.GraphModule, last: torch.fx.Node, aff: Affine, declared: str | None, nodes: dict):
+    """The exact layer of an affine chain ending at ``last``: ``(FxsQuantBatchNorm, its Grid, report info,
+    float32-exact flag)``. Raises where the model input's type is not declared."""
+    from ..quant import FxsQuantAct, FxsQuantBatchNorm
+    t = _declared_type(aff, declared, nodes)
     if aff.a == 1.0 and not torch.any(aff.c != 0):
         raise _err(f"the operations {', '.join(aff.nodes)} on the model input compute nothing (x * 1 + 0)", last,
                    "remove them")
@@ -269,8 +323,9 @@ def rewrite(gm: torch.fx.GraphModule, last: str, aff: Affine, module) -> None:
     present = [c for c in chain if c in names]
     if not present:
         return
-    if len(present) != len(chain) or (aff.start not in names):
-        raise FxsplitError(f"a cut falls inside the float arithmetic {', '.join(chain)} on model input {aff.inp!r}",
+    if len(present) != len(chain) or (aff.start not in names) or names[last].op == "placeholder":
+        raise FxsplitError(f"a cut falls inside or right after the float arithmetic {', '.join(chain)} on model input "
+                           f"{aff.inp!r}: fxsplit computes it as one layer with the quantizer reading it",
                            module=last, hint="cut after the first quantizer instead")
     old = names[last]
     target = f"fxs_input_affine_{last}"

@@ -460,3 +460,154 @@ def _round_shift(acc: np.ndarray, sh: int, rounding: str) -> np.ndarray:
 
 # ---- the whole model
 
+
+
+# ---- a normalization of a model input, folded into its first quantizer
+
+MAX_NORMALIZATION_DOMAIN = 2 ** 22   # values of the input type x channels a normalization fold is checked on
+
+
+def _exact_levels(a: list, c: list, frac: int, ks: np.ndarray, act) -> np.ndarray:
+    """Per channel, the level the quantizer ``act`` gives ``a[c] * k * 2**-frac + c[c]`` in exact arithmetic
+    (``a``, ``c``: Fractions), for every raw input ``k``: (channels, len(ks)) integers."""
+    from fractions import Fraction
+    unit = Fraction(2) ** act.frac / (Fraction(act.float_scale) if act.float_scale is not None else 1)
+    out = np.empty((len(a), len(ks)), dtype=np.int64)
+    kk = ks.astype(object)
+    for ch, (ac, cc) in enumerate(zip(a, c)):
+        # v(k) = (A k + C) / D exactly, in levels: integers A, C, D (D > 0)
+        A, C = ac * unit / Fraction(2) ** frac, cc * unit
+        D = math.lcm(A.denominator, C.denominator)
+        num = kk * (A.numerator * (D // A.denominator)) + C.numerator * (D // C.denominator)
+        if act.activation == "relu":
+            num = np.maximum(num, 0)
+        q = num // D                                   # floor
+        r = num - q * D
+        if act.rounding == "TRN":
+            lv = q
+        elif act.rounding == "TRN_ZERO":
+            lv = np.where((num < 0) & (r != 0), q + 1, q)
+        else:                                          # RND_CONV: half to even (brevitas' torch.round)
+            lv = q + ((2 * r > D) | ((2 * r == D) & (q % 2 == 1)))
+        out[ch] = np.clip(lv.astype(np.int64), act.qmin, act.qmax)
+    return out
+
+
+def _level_bounds(lv: np.ndarray, sh: int, act) -> tuple[np.ndarray, np.ndarray]:
+    """For each level, the integers ``acc`` that ``_round_shift(acc, sh)`` clipped to the quantizer's range sends
+    to it: ``[lo, hi]`` (the clipped ends unbounded, as +-2**62)."""
+    one, big = np.int64(1) << sh, np.int64(1) << 62
+    if act.rounding == "TRN":
+        lo, hi = lv * one, (lv + 1) * one - 1
+    elif act.rounding == "TRN_ZERO":
+        lo = np.where(lv > 0, lv * one, np.where(lv < 0, (lv - 1) * one + 1, -one + 1))
+        hi = np.where(lv < 0, lv * one, np.where(lv > 0, (lv + 1) * one - 1, one - 1))
+    else:                                               # RND_CONV: the half-way point goes to the even level
+        half, odd = one >> 1, (lv % 2 != 0).astype(np.int64)
+        lo, hi = lv * one - half + odd, lv * one + half - odd
+    lo = np.where(lv <= act.qmin, -big, lo)
+    hi = np.where(lv >= act.qmax, big, hi)
+    return lo, hi
+
+
+def _fit_intervals(alpha, beta, ks: np.ndarray, L: np.ndarray, frac: int, act):
+    """Integers S, B per channel (as :func:`_fit_affine`) with quantize(k * S + B) == L[c, k] for every k, at the
+    fewest fractional bits P: for each S near ``alpha * 2**P`` the B that fit form an interval, computed exactly
+    (exact rounding ties of the target need S on the right side of ``alpha``, which rounding alpha alone misses).
+    None if none is found."""
+    for P in _BN_PRECISIONS:
+        sh = P + frac - act.frac
+        if sh < 1 or (np.max(np.abs(ks)) * (np.max(np.abs(alpha)) + 1) + np.max(np.abs(beta)) * 2.0 ** frac
+                      ) * 2.0 ** P > 2.0 ** 60:
+            continue
+        S0 = np.round(alpha * 2.0 ** P).astype(np.int64)
+        B0 = np.round(beta * 2.0 ** (P + frac)).astype(np.int64)
+        S, B = S0.copy(), B0.copy()
+        for c in range(len(alpha)):
+            lo, hi = _level_bounds(L[c].astype(np.int64), sh, act)
+            for d in sorted(range(-8, 9), key=lambda v: (abs(v), v)):
+                kS = ks * (S0[c] + d)
+                bmin, bmax = int(np.max(lo - kS)), int(np.min(hi - kS))
+                if bmin <= bmax:
+                    S[c], B[c] = S0[c] + d, min(max(int(B0[c]), bmin), bmax)
+                    break
+            else:
+                break
+        else:
+            if all(_levels_match(ks, S[c], B[c], sh, np.ones(len(ks), dtype=bool), L[c], act)
+                   for c in range(len(alpha))):
+                return S, B, P
+            raise FxsplitError("internal: a fold fitted by intervals does not give its levels")
+    return None
+
+
+def fold_normalization(gm: torch.fx.GraphModule, last: torch.fx.Node, aff, t, nodes: dict, act_node: torch.fx.Node,
+                       act):
+    """Float arithmetic on a model input whose scale is not a power of two (``(x - mean) / std``, per channel),
+    read by the quantizer ``act``: folded into it. On every value ``k`` of the input's declared type ``t``, the
+    quantizer's level of the chain's exact value (its operations on brevitas' float32 constants, in rational
+    arithmetic: ``affine.Affine.per_channel``) is found; a fixed-point scale and bias per channel that give every one
+    of those levels make an hls4ml BatchNormalization with the quantizer's type. brevitas computes the chain in
+    float32: the decisions its rounding moves are counted over the same values and reported, never followed.
+    Returns ``(fold, its output grid, report info)``; raises where no fold reproduces the exact levels."""
+    from ..quant import FxsQuantBatchNorm
+    from . import affine
+    frozen_act, g_out, _ = layers.read_act(act_node, act)
+    ops = ", ".join(aff.nodes)
+    where = f"the normalization {ops} of model input {aff.inp!r}, folded into {type(act).__name__} {act_node.target!r}"
+    if frozen_act.binary:
+        raise _err(f"{where}: a binary quantizer after a normalization is not read", last,
+                   "quantize the normalized input with a multi-bit quantizer first (a QuantIdentity)")
+    shape = tuple(last.meta["tensor_meta"].shape) if "tensor_meta" in last.meta else None
+    if shape is None or len(shape) < 2:
+        raise _err(f"the operation {last.name!r} on the model input has no recorded shape", last,
+                   "give the model a batch dimension")
+    C = int(shape[1])
+    lo, hi = t.raw_range()
+    span = hi - lo + 1
+    if span * C > MAX_NORMALIZATION_DOMAIN:
+        raise _err(f"{where}: the input type {t} has {span} values per channel, too many to check every one "
+                   f"(fxsplit checks up to {MAX_NORMALIZATION_DOMAIN} values x channels)", last,
+                   "declare a narrower input type (config input_precision)")
+    a, c = aff.per_channel(shape, last)
+    ks = np.arange(lo, hi + 1, dtype=np.int64)
+    L = _exact_levels(a, c, t.frac, ks, frozen_act)                       # what the design computes
+    # brevitas' own levels: the chain in float32 and the quantizer, on every value of the type in every channel
+    x = torch.from_numpy(np.ldexp(ks.astype(np.float64), -t.frac)).reshape(span, *([1] * (len(shape) - 1)))
+    x = x.expand(span, C, *([1] * (len(shape) - 2))).to(torch.float32).contiguous()
+    with torch.no_grad():
+        y = act(affine.replay(gm, aff, nodes, x))
+    lb = getattr(y, "value", y).to(torch.float64).reshape(span, C).T / frozen_act.step
+    Lb = torch.round(lb)
+    if float((lb - Lb).abs().max()) > 2.0 ** -10:
+        raise FxsplitError(f"internal: {where}: the quantizer gave values off its grid", module=str(act_node.target))
+    Lb = Lb.to(torch.int64).numpy()
+    valid = np.ones((C, span), dtype=bool)
+    act_scale = frozen_act.float_scale if frozen_act.float_scale is not None else 1.0
+    alpha = np.array([float(v) for v in a]) / act_scale
+    beta = np.array([float(v) for v in c]) / act_scale
+    found = _fit_intervals(alpha, beta, ks, L, t.frac, frozen_act)
+    if found is None:
+        raise _err(f"{where}: no fixed-point scale and bias up to {_BN_PRECISIONS[-1]} fractional bits give the "
+                   "quantizer's exact level on every value of the input type", last,
+                   "declare a narrower input type (config input_precision), or normalize in the data pipeline")
+    S, B, P = found
+    moved = int((L != Lb).sum())
+    scale = torch.tensor([math.ldexp(int(v), -P) for v in S], dtype=torch.float64)
+    bias = torch.tensor([math.ldexp(int(v), -(P + t.frac)) for v in B], dtype=torch.float64)
+    hint = "declare a narrower input type (config input_precision)"
+    sg = exact_type(scale.numpy(), f"{where}: its scale", last, hint)
+    bg = exact_type(bias.numpy(), f"{where}: its bias", last, hint)
+    frozen = FxsQuantBatchNorm(scale, bias, _fixed(sg), _fixed(bg), frozen_act, f"input normalization {ops}")
+    check_fold(frozen, ks, valid, t.frac, L, Lb, moved, where, last)
+    total = C * span
+    info = {"layer": last.name, "kind": "input normalization",
+            "quantizer": f"folded into {type(act).__name__} {act_node.target}", "operations": list(aff.nodes),
+            "type": frozen.precision, "scale": f"{_fixed(sg)} ({P} fractional bits)", "bias": _fixed(bg),
+            "checked_inputs": total, "decisions_moved": moved, "decisions_checked": total,
+            **({"constants_rounded_to_float32": list(aff.rounded)} if aff.rounded else {}),
+            "note": (f"brevitas rounds this arithmetic in float32: {moved} of {total} quantizer decisions (input value "
+                     "x channel) differ from the exact ones, which the design computes" if moved else
+                     f"brevitas' float32 arithmetic gives the exact quantizer decision on all {total} input values x "
+                     "channels")}
+    return frozen, g_out, info

@@ -73,9 +73,32 @@ def _plan(gm: torch.fx.GraphModule, input_shapes: list[tuple[int, ...]], declare
     f32_affine: dict[str, tuple] = {}          # affine node -> what counting its moved decisions needs
     folded: dict[str, str] = {}                # BatchNorm fold -> the quantizer it holds (float-scaled tensors)
 
-    def settle(node: torch.fx.Node) -> None:
-        """Float arithmetic on a model input read by ``node``'s consumer: its exact layer."""
+    def settle(node: torch.fx.Node, user: torch.fx.Node) -> None:
+        """Float arithmetic on a model input read by ``user``: its exact layer (a normalization: folded into
+        ``user``, its quantizer)."""
         aff = grid[node.name]
+        affine.check_constants(aff, nodes)
+        if aff.normalizes:
+            act = gm.get_submodule(user.target) if user.op == "call_module" else None
+            if act is None or type(act).__name__ not in ACTS:
+                raise _err(f"the float arithmetic {', '.join(aff.nodes)} on model input {aff.inp!r} scales it by a "
+                           "constant that is not a power of two (a normalization): fxsplit folds that into the "
+                           f"quantizer reading it, but {user.name!r} is not a brevitas quantizer", node,
+                           "quantize the normalized input first (a QuantIdentity), or scale by a power of two")
+            t = affine._declared_type(aff, declared.get(aff.inp), nodes)
+            frozen, g, info = norm.fold_normalization(gm, node, aff, t, nodes, user, act)
+            info["input_type"] = declared[aff.inp]
+            p.affines[node.name] = (aff, frozen)
+            p.precisions[node.name] = {"scale": frozen.scale_precision, "bias": frozen.bias_precision,
+                                       "result": frozen.precision}
+            p.input_precisions[aff.inp] = declared[aff.inp]
+            p.quantizers.append(info)
+            p.input_arithmetic.append(info)
+            if info["decisions_moved"]:
+                p.inexact_in_brevitas.append(node.name)
+            folded[node.name] = user.name              # the quantizer holds the fold's levels already
+            grid[node.name] = g
+            return
         frozen, g, info, f32, g_in, rng = affine.materialize(gm, node, aff, declared.get(aff.inp), nodes)
         _check_affine(gm, aff, nodes, frozen, declared[aff.inp], f32, node)
         p.affines[node.name] = (aff, frozen)
@@ -158,7 +181,7 @@ def _plan(gm: torch.fx.GraphModule, input_shapes: list[tuple[int, ...]], declare
             continue
         for a in srcs:
             if isinstance(grid.get(a.name), affine.Affine):
-                settle(a)
+                settle(a, n)
         if n.op == "output":
             for a in srcs:
                 count(a, None, None)
