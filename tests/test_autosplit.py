@@ -83,6 +83,35 @@ def _cnn_with_bn():
     return Net().eval(), (3, 6, 6)
 
 
+def test_streaming_buffers_and_pooling_trees_are_features():
+    """A streaming partition's registers: every window's line buffer and window (a padded convolution's rows
+    are wider), the gather of a feature map before a Linear; a pooling's reduction tree counts in the kernels. The
+    streaming Yosys models grow with them; jobs recorded before the buffer feature do not teach those models."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.pool = nn.AvgPool2d(2)
+            self.flat = nn.Flatten()
+            self.fc = nn.Linear(4 * 3 * 3, 5)
+
+        def forward(self, x):
+            return self.fc(self.flat(self.pool(self.conv(x))))
+    model = Net().eval()
+    pt = fxsplit.partition(model, (3, 6, 6), splits=["pool", "flat"])
+    f = partition_features(pt, "fixed<16,6>")                  # 16-bit inputs: one word per element
+    conv, pool, head = (f[p.name] for p in pt.partitions)
+    assert conv["buffer"] == (2 * 8 + 9) * 3                   # 2 rows of the padded 8-wide input + the 3x3 window
+    assert pool["buffer"] == (1 * 6 + 4) * 4 and pool["kernels"] == 3 * 4     # 3 additions per window per channel
+    assert head["buffer"] == 4 * 3 * 3 and f["*"]["buffer"] == conv["buffer"] + pool["buffer"] + head["buffer"]
+    m = default_models()["stream_synth"]
+    assert m.size == "stream" and m.predict({**pool, "buffer": 0}) < m.predict(pool)
+    rec = [("stream_synth", {"kernels": k, "buffer": 10}, 40 + 0.01 * k ** 1.3) for k in range(100, 1100, 100)]
+    assert CostModel.fit(rec).steps["stream_synth"].records == 10
+    old = [("stream_synth", {"kernels": k}, 40 + 0.01 * k ** 1.3) for k in range(100, 1100, 100)]
+    assert CostModel.fit(old).steps["stream_synth"] is default_models()["stream_synth"]
+
+
 def test_never_cuts_a_group_hls4ml_fuses():
     model, shape = _cnn_with_bn()
     # a cost model in which every layer costs the same: balance would like every cut

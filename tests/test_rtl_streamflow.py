@@ -128,13 +128,14 @@ def test_auto_split_cuts_inside_the_convolutions_that_bound_the_build():
     assert "split_layers=True" in e.value.hint
     names = auto_splits(model, shape, 8, config=cfg, flow="rtl")
     assert names == plans[8, True].splits and any("@" in n for n in names)
-    # the pieces are built in the layer's own weight type: priced as the layer they came from
+    # the pieces are built in the layer's own weight type: priced as the layer they came from, and each holds its
+    # own line buffer (a few per cent more)
     from fxsplit.frontend.partitioner import strip_markers
     bare = strip_markers(model, shape)
     one = {sl: plan_auto(bare, shape, 8, precision=cfg["precision"], flow="rtl", options=opts,
                          cost_model=CostModel(), types=types, split_layers=sl, max_partitions=1) for sl in (0, 1)}
     assert one[0].partitions == one[1].partitions == 1
-    assert one[1].predicted[0] == pytest.approx(one[0].predicted[0], rel=2e-3)
+    assert one[0].predicted[0] < one[1].predicted[0] < 1.1 * one[0].predicted[0]
 
 
 def test_unstreamable_layer_refused_before_any_build(tmp_path):

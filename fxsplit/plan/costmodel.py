@@ -11,7 +11,17 @@ layer and summed per partition (every one is additive):
   RTL flow) times the input width over 16: the size of the fully parallel datapath;
 - ``kernels``: ``digits`` times the input width over 16, each weight counted once: the size of a streaming
   datapath, whose kernel computes one output pixel (all its channels) per beat;
-- ``ports``: bits entering and leaving the partition (the stitched top's size grows with them).
+- ``ports``: bits entering and leaving the partition (the stitched top's size grows with them);
+- ``buffer``: the streaming datapath's registers in 16-bit words: every window unit's line buffer and window
+  (``((fh - 1) * W + fh * fw) * C`` input elements for a convolution or pooling of an ``H x W x C`` input), and the
+  gather of a spatial tensor into one vector before a Linear. A pooling window's reduction (an adder or comparator
+  tree over ``fh * fw`` pixels of every channel) counts in ``kernels``.
+
+Yosys on a streaming partition grows with ``stream`` = ``kernels + 3 * buffer`` (time) and ``stream_memory`` =
+``kernels + buffer / 2`` (peak memory): a register word costs Yosys more time than an adder word of a kernel and
+less memory (both weights fitted on the 13 partitions of the full-width ResNet20 measured by
+``benchmarks/bench_stream_resnet.py --wide resnet20 --partitions``, whose head, an average pooling over a whole
+8x8x64 feature map before a Linear of 1,124 ``kernels``, took as long as a partition of 11,000 ``kernels``).
 
 Each step a flow declares (``fxsplit.flows.base.Step``) has one model ``t = a + b * layers + d * x ** c`` with
 ``x`` its size feature (``StepModel.size``): C simulation grows with code and weights, da4ml and Yosys with the
@@ -37,8 +47,10 @@ from typing import Iterable
 
 import numpy as np
 
-FEATURES = ("layers", "elems", "weights", "macs", "digits", "adders", "kernels", "ports")
-SIZES = ("code", "adders", "kernels", "macs", "ports", "weights", "elems", "digits")   # what a step's time may grow with
+FEATURES = ("layers", "elems", "weights", "macs", "digits", "adders", "kernels", "ports", "buffer")
+SIZES = ("code", "adders", "kernels", "macs", "ports", "weights", "elems", "digits", "stream",
+         "stream_memory")                                                     # what a step's time may grow with
+BUFFER_TIME, BUFFER_MEMORY = 3.0, 0.5     # a streaming buffer word in kernel units: Yosys time, Yosys memory
 MIN_RECORDS = 4
 MiB = 2 ** 20
 C_GRID = tuple(round(0.5 + 0.05 * i, 2) for i in range(41))          # 0.5 .. 2.5
@@ -48,6 +60,8 @@ def size_of(kind: str, f: dict) -> float:
     """The size feature ``kind`` (:data:`SIZES`; ``"code"``: weights + activation elements) of features ``f``."""
     if kind == "code":
         return float(f.get("weights", 0) + f.get("elems", 0))
+    if kind in ("stream", "stream_memory"):
+        return float(f.get("kernels", 0) + (BUFFER_TIME if kind == "stream" else BUFFER_MEMORY) * f.get("buffer", 0))
     return float(f.get(kind, 0))
 
 
@@ -109,6 +123,8 @@ def annotate(jobs: list, feats: dict[str, dict], model: "CostModel", steps, memo
 
 
 def _fit_step(default: StepModel, recs: list[tuple[dict, float]]) -> StepModel | None:
+    if default.size in ("stream", "stream_memory"):      # (jobs recorded before the buffer feature: incomplete)
+        recs = [r for r in recs if "buffer" in r[0]]
     xs = np.array([size_of(default.size, f) for f, _ in recs])
     ls = np.array([float(f.get("layers", 0)) for f, _ in recs])
     ts = np.array([t for _, t in recs])
@@ -279,8 +295,62 @@ def layer_features(gm, weight_precision: str, input_precision: str | None = None
             f["macs"] = node_macs(n, mod)                  # the report's own count of multiply-accumulates
             f["adders"] = int(round(f["digits"] * positions * in_w / 16))
             f["kernels"] = int(round(f["digits"] * in_w / 16))
+        _stream_features(n, mod, f, in_w)
         feats[n.name] = f
     return feats
+
+
+_POOLS = {"avg_pool1d": ("avg", 1), "avg_pool2d": ("avg", 2), "max_pool1d": ("max", 1), "max_pool2d": ("max", 2)}
+_MODULE_POOLS = {"AvgPool1d": ("avg", 1), "AvgPool2d": ("avg", 2), "MaxPool1d": ("max", 1), "MaxPool2d": ("max", 2)}
+_FLATTENS = {"flatten", "view", "reshape"}
+
+
+def _window(n, mod):
+    """(kind, filter height, filter width) of a node the streaming flow builds as a window unit, else None."""
+    from torch import nn
+    if isinstance(mod, nn.Conv2d):
+        return "conv", int(mod.kernel_size[0]), int(mod.kernel_size[1])
+    if isinstance(mod, nn.Conv1d):
+        return "conv", 1, int(mod.kernel_size[0])
+    name = type(mod).__name__ if mod is not None else getattr(n.target, "__name__", str(n.target))
+    pool = _MODULE_POOLS.get(name) if mod is not None else _POOLS.get(name)
+    if pool is None:
+        return None
+    kind, dims = pool
+    k = getattr(mod, "kernel_size", None) if mod is not None else (n.args[1] if len(n.args) > 1 else
+                                                                    n.kwargs.get("kernel_size"))
+    k = (k,) * dims if isinstance(k, int) else tuple(int(v) for v in (k or ()))
+    if len(k) != dims:
+        return None
+    return (kind, *((1, k[0]) if dims == 1 else k))
+
+
+def _stream_features(n, mod, f: dict, in_w: int) -> None:
+    """``buffer`` (and a pooling's reduction in ``kernels``) of node ``n`` as the streaming flow builds it."""
+    from torch import nn
+
+    from ..frontend.capture import shape_or_none
+    src = n.all_input_nodes[0] if n.all_input_nodes else None
+    shape = shape_or_none(src) if src is not None else None
+    if not shape:
+        return
+    win = _window(n, mod)
+    if win is not None and len(shape) >= 2:
+        kind, fh, fw = win
+        C, W = int(shape[0]), int(shape[-1])
+        pad = getattr(mod, "padding", 0)               # a convolution's padding: a zero-padding layer widens rows
+        W += (fw - 1 if pad == "same" else 0 if isinstance(pad, str) else
+              2 * int(pad[-1] if isinstance(pad, (tuple, list)) else pad))
+        f["buffer"] += int(round(((fh - 1) * W + fh * fw) * C * in_w / 16))
+        if kind in ("avg", "max"):                  # a reduction tree over the window, per channel
+            f["kernels"] += int(round((fh * fw - 1) * C * in_w / 16 * (2 if kind == "max" else 1)))
+    elif isinstance(mod, nn.Linear) and src.all_input_nodes and (
+            isinstance(src.graph.owning_module.get_submodule(src.target), nn.Flatten) if src.op == "call_module"
+            else src.op in ("call_function", "call_method") and
+            getattr(src.target, "__name__", str(src.target)) in _FLATTENS):
+        inner = shape_or_none(src.all_input_nodes[0])
+        if inner and len(inner) >= 2:               # a spatial tensor gathered into one beat
+            f["buffer"] += int(round(int(np.prod(inner)) * in_w / 16))
 
 
 def add(fs: Iterable[dict]) -> dict:

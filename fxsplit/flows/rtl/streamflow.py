@@ -33,22 +33,23 @@ from ..base import Step
 
 STREAM_TOP = "fxsplit_stream_top"
 
-# Shipped models: fitted by benchmarks/bench_stream_resnet.py --fit on the 2-core x86 development machine, on the
-# 16 partition jobs of its three cold builds of the reduced-width ResNet20 (zoo ``resnet20_small``: uncut, cut for 2
-# and for 8 workers; 8-bit weight types spanning each layer); refitted from every user's own cache as soon as it
-# holds enough jobs of a step. Yosys grows superlinearly with a partition's kernels (c = 1.3: the uncut network
-# took 910 s, its 10 partitions for 8 workers 30-89 s each).
+# Shipped models, measured on the 2-core x86 development machine (8-bit weight types spanning each layer) and
+# refitted from every user's own cache as soon as it holds enough jobs of a step. The emission step: fitted by
+# benchmarks/bench_stream_resnet.py --fit on the 16 partition jobs of its three cold builds of the reduced-width
+# ResNet20 (zoo ``resnet20_small``). Yosys grows superlinearly with a partition's kernels and buffers (c = 1.3).
 STREAM_STEPS = (
     # 16 jobs, 0.1 s .. 24 s; rms 2.4 s. Memory: rms 2.5 MiB (390 .. 420 MiB)
     Step("stream", tool="da4ml", tools=("da4ml",), when="stream",
          doc="da4ml kernels, line buffers and FIFOs of the streaming partition",
          seconds=StepModel(a=0.0384, b=0.0, d=3.494e-05, c=1.35, size="kernels"),
          memory=StepModel(a=4.066e8, b=0.0, d=1.173e4, c=0.5, size="kernels")),
-    # 16 jobs, 30 s .. 910 s; rms 24.5 s. Memory: rms 81 MiB (up to 7.9 GiB)
+    # Yosys CPU time and peak memory of 13 partitions of the full-width ResNet20's plan for 8 workers (zoo
+    # ``resnet20``; bench_stream_resnet.py --wide resnet20 --partitions), 107 s .. 555 s, 2.0 .. 7.7 GiB: relative
+    # rms 6 % (time), 4 % (memory); the buffer weights are costmodel.BUFFER_TIME and BUFFER_MEMORY
     Step("stream_synth", tool="yosys", tools=("yosys",), deps=("stream",), when=("stream", "synth"),
          doc="Yosys synth_xilinx of the streaming partition",
-         seconds=StepModel(a=31.21, b=0.0, d=3.101e-03, c=1.3, size="kernels"),
-         memory=StepModel(a=7.31e8, b=0.0, d=2.059e5, c=1.1, size="kernels")),
+         seconds=StepModel(a=40.59, b=0.0, d=1.817e-03, c=1.3, size="stream"),
+         memory=StepModel(a=0.0, b=0.0, d=1.042e6, c=0.95, size="stream_memory")),
     # the stitched top: the mean of its 3 jobs there (0.04 .. 0.07 s; synthesis 1.9 .. 8.0 s)
     Step("stream", tool=None, scope="stitched", after=("stream",), when="stream",
          doc="the stitched streaming top and its edge FIFOs",
