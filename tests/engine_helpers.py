@@ -152,6 +152,14 @@ def hog(workdir, inputs, mb, where, hold=1.0, burn=0.0):
             f"while time.process_time() - t < {burn}: pass\ntime.sleep({hold})\n")
     if where == "child":
         subprocess.run([sys.executable, "-c", code], check=True)
+    elif where == "forked":         # held by the worker, and a forked child that shares it until it exits
+        b = bytes([1]) * (mb * MB)
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(hold)
+            os._exit(0)
+        os.waitpid(pid, 0)
+        del b
     else:
         b = bytes([1]) * (mb * MB)
         time.sleep(hold)

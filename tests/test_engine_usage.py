@@ -62,6 +62,16 @@ def test_job_memory_and_cpu_are_measured(tmp_path):
     assert d["peak_rss"] == a.peak_rss and d["cpu_seconds"] == a.cpu_seconds
 
 
+def test_a_child_sharing_its_parents_memory_is_not_counted_twice(tmp_path):
+    """A forked child (or a tool's popen before its exec) shares its parent's pages: the tree's peak is the memory
+    once, not twice (Yosys' popen of abc had doubled a 7 GiB job's peak)."""
+    jobs = [Job("f/synth", "f", "synth", hog, {"mb": 300, "where": "forked", "hold": 1.0}, b"f")]
+    r = run_jobs(jobs, tmp_path / "cache", max_workers=1, progress=False)
+    assert r.ok
+    added = (r["f/synth"].peak_rss - r["f/synth"].base_rss) / MB
+    assert abs(added - 300) <= 30, added
+
+
 @pytest.fixture
 def memory_cgroup():
     """A cgroup (v1 memory controller) limited to 100 MiB, no swap; skipped where this process cannot make one."""

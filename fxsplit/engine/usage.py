@@ -11,7 +11,10 @@ and every tool it started: g++, Yosys, Verilator, vitis_hls, vivado) and its CPU
   hls4ml), so ``peak_rss - base_rss`` is what the job added. The tree comes from
   ``/proc/<pid>/task/<tid>/children`` and both sizes from one read of each ``status`` (1.7 % of a core at
   0.05 s, measured; psutil's scan of every process on the machine cost 5.8 %, which two jobs on two busy cores
-  took from their tools); psutil where the kernel lists no children.
+  took from their tools); psutil where the kernel lists no children. A child that has not run a program of its
+  own yet (the same name, address-space size and resident size as its parent: a tool's ``popen`` or
+  ``posix_spawn`` shares its parent's memory until its ``exec``, a ``fork`` copies it on write) is not added
+  again: a sample caught in that instant would double a 7 GiB Yosys that starts ``abc``.
 - **CPU time**: ``getrusage`` of the worker (all its threads) and of its waited-for descendants, as deltas
   over the job. A tool still running when the job returns is not counted (jobs wait for their tools).
 
@@ -37,30 +40,47 @@ import time
 INTERVAL = 0.05
 
 
-def _rss_hwm(pid: int) -> tuple[int | None, int | None]:
-    """A process' resident set size and own peak (bytes), in one read of /proc/<pid>/status."""
-    rss = hwm = None
+def _status(pid: int) -> tuple[bytes | None, int | None, int | None, int | None]:
+    """A process' name, address-space size, resident set size and own peak (bytes), in one read of
+    /proc/<pid>/status."""
+    name = size = rss = hwm = None
     try:
         with open(f"/proc/{pid}/status", "rb") as f:
             for line in f:
-                if line.startswith(b"VmHWM:"):
+                if line.startswith(b"Name:"):
+                    name = line[5:].strip()
+                elif line.startswith(b"VmSize:"):
+                    size = int(line.split()[1]) * 1024
+                elif line.startswith(b"VmHWM:"):
                     hwm = int(line.split()[1]) * 1024
                 elif line.startswith(b"VmRSS:"):
                     rss = int(line.split()[1]) * 1024
-                    break                       # VmRSS follows VmHWM
+                    break                       # VmRSS follows VmSize and VmHWM
     except (OSError, ValueError, IndexError):
         pass
-    return rss, hwm
+    return name, size, rss, hwm
+
+
+def _rss_hwm(pid: int) -> tuple[int | None, int | None]:
+    """A process' resident set size and own peak (bytes), in one read of /proc/<pid>/status."""
+    return _status(pid)[2:]
 
 
 def _tree(pid: int) -> list[int] | None:
-    """``pid`` and its descendants from /proc/<pid>/task/<tid>/children (a few small reads; psutil's
-    ``children(recursive=True)`` reads the status of every process on the machine, about 3 ms a sample, which
-    a job on a busy machine pays in CPU); None where the kernel has no such file."""
-    out, todo = [], [pid]
+    """``pid`` and its descendants (see :func:`_tree_parents`)."""
+    tree = _tree_parents(pid)
+    return None if tree is None else list(tree)
+
+
+def _tree_parents(pid: int) -> dict[int, int | None] | None:
+    """``pid`` and its descendants, each with its parent (None for ``pid``), from /proc/<pid>/task/<tid>/children
+    (a few small reads; psutil's ``children(recursive=True)`` reads the status of every process on the machine,
+    about 3 ms a sample, which a job on a busy machine pays in CPU); None where the kernel has no such file."""
+    out: dict[int, int | None] = {}
+    todo: list[tuple[int, int | None]] = [(pid, None)]
     while todo:
-        p = todo.pop()
-        out.append(p)
+        p, parent = todo.pop()
+        out[p] = parent
         try:
             tids = os.listdir(f"/proc/{p}/task")
         except OSError:
@@ -70,7 +90,7 @@ def _tree(pid: int) -> list[int] | None:
         for tid in tids:
             try:
                 with open(f"/proc/{p}/task/{tid}/children", "rb") as f:
-                    todo.extend(int(c) for c in f.read().split())
+                    todo.extend((int(c), p) for c in f.read().split())
             except FileNotFoundError:
                 if p == pid:
                     return None                 # no CONFIG_PROC_CHILDREN
@@ -108,6 +128,15 @@ def memory_failure(error: str | None, log_tail: str | None, usage: dict | None) 
     return None
 
 
+def _unexeced(child: tuple, parent: tuple) -> bool:
+    """``child`` (its :func:`_status`) has not run a program of its own: its parent's name and address-space size,
+    and its resident size within 2 % of the parent's (the same memory: shared, or copied on write)."""
+    name, size, rss, _ = child
+    pname, psize, prss, _ = parent
+    return (name is not None and name == pname and size is not None and size == psize and prss is not None
+            and rss is not None and abs(rss - prss) <= 0.02 * max(prss, 1))
+
+
 class TreeMonitor:
     def __init__(self, interval: float = INTERVAL, live_path: str | os.PathLike | None = None):
         import psutil
@@ -141,10 +170,18 @@ class TreeMonitor:
 
     def _sizes(self) -> list[tuple[int, int | None]]:
         """(resident size, own peak or None) of every process in the tree that is still there."""
-        pids = _tree(self.proc.pid) if self._fast else None
-        if pids is not None:
-            sizes = [_rss_hwm(pid) for pid in pids]
-            return [(rss, hwm) for rss, hwm in sizes if rss is not None]     # None: exited since the listing
+        tree = _tree_parents(self.proc.pid) if self._fast else None
+        if tree is not None:
+            st = {pid: _status(pid) for pid in tree}
+            out = []
+            for pid, parent in tree.items():
+                name, size, rss, hwm = st[pid]
+                if rss is None:                 # exited since the listing
+                    continue
+                if parent is not None and _unexeced(st[pid], st[parent]):
+                    rss = 0                     # its parent's memory, counted there
+                out.append((rss, hwm))
+            return out
         ps = self._psutil
         try:
             procs = [self.proc, *self.proc.children(recursive=True)]
