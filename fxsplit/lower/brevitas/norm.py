@@ -62,7 +62,6 @@ def read_batchnorm(gm: torch.fx.GraphModule, node: torch.fx.Node, bn, src, p: Pl
     input. fxsplit evaluates brevitas on every input the channel can receive and finds a fixed-point scale and bias
     whose exact affine map, rounded by the quantizer's type, gives the same level for every one of them (hls4ml's
     BatchNormalization with that result type); none found: refused."""
-    from ..quant import FxsQuantBatchNorm
     cls = type(bn).__name__
     where = f"{cls} {node.target!r}"
     users = list(node.users)
@@ -133,12 +132,8 @@ def read_batchnorm(gm: torch.fx.GraphModule, node: torch.fx.Node, bn, src, p: Pl
                    "brevitas' float32 BatchNorm and its quantizer on every input", node,
                    "fold the BatchNorm into the layer's weights while training (or use a float-free threshold layer)")
     S, B, P = found
-    scale = torch.tensor([math.ldexp(int(v), -P) for v in S], dtype=torch.float64)
-    bias = torch.tensor([math.ldexp(int(v), -(P + src.frac)) for v in B], dtype=torch.float64)
-    hint = "use fewer bits before the BatchNorm"
-    sg = exact_type(scale.numpy(), f"{where}'s scale", node, hint)
-    bg = exact_type(bias.numpy(), f"{where}'s bias", node, hint)
-    frozen = FxsQuantBatchNorm(scale, bias, _fixed(sg), _fixed(bg), frozen_act, f"{cls} {node.target}")
+    frozen, sg, bg = _fold_layer(S, B, P, src.frac, frozen_act, (f"{where}'s scale", f"{where}'s bias"), node,
+                                 "use fewer bits before the BatchNorm", f"{cls} {node.target}")
     info = {"layer": str(node.target), "kind": cls, "quantizer": f"with {type(act).__name__} {act_node.target}",
             "type": frozen.precision, "scale": f"{_fixed(sg)} ({P} fractional bits)", "bias": _fixed(bg),
             "checked_inputs": int(valid.sum())}
@@ -155,7 +150,6 @@ def scaled_fold(gm, node, where: str, act_node, act, bn, src, p: Plan, grids: di
     that gives every one of those levels. Where none does (brevitas' float32 moved a threshold by one input), the
     fold nearest the real-number map is taken and the inputs where brevitas' level differs from it, by one level
     at most, counted (``info["fold_differs"]``; more than one level: refused). The result is checked on every input."""
-    from ..quant import FxsQuantBatchNorm
     C = channels
     if frozen_act.binary:
         raise _err(f"{where}: a binary quantizer on a float-scaled tensor is not read yet", node,
@@ -237,13 +231,9 @@ def scaled_fold(gm, node, where: str, act_node, act, bn, src, p: Plan, grids: di
         raise _err(f"{where}: no fixed-point scale and bias up to {_BN_PRECISIONS[-1]} fractional bits reproduce "
                    "brevitas' float32 arithmetic and its quantizer within one level on every input", node,
                    "fold the BatchNorm into the layer's weights while training")
-    scale = torch.tensor([math.ldexp(int(v), -P) for v in S], dtype=torch.float64)
-    bias = torch.tensor([math.ldexp(int(v), -(P + g.frac)) for v in B], dtype=torch.float64)
-    hint = "use fewer bits before it"
-    sg = exact_type(scale.numpy(), f"{where}'s scale", node, hint)
-    bg = exact_type(bias.numpy(), f"{where}'s bias", node, hint)
     source = f"{type(bn).__name__} {node.target}" if bn is not None else f"{type(act).__name__} {node.target}"
-    frozen = FxsQuantBatchNorm(scale, bias, _fixed(sg), _fixed(bg), frozen_act, source)
+    frozen, sg, bg = _fold_layer(S, B, P, g.frac, frozen_act, (f"{where}'s scale", f"{where}'s bias"), node,
+                                 "use fewer bits before it", source)
     check_fold(frozen, ks, valid, g.frac, expected, L, differs, where, node)
     checked = int(valid.sum())
     info = {"layer": str(node.target), "kind": type(bn).__name__ if bn is not None else type(act).__name__,
@@ -258,6 +248,17 @@ def scaled_fold(gm, node, where: str, act_node, act, bn, src, p: Plan, grids: di
                      f"brevitas' float32 levels differ from the fixed-point fold on {differs} of {checked} inputs "
                      "(one level each)")}
     return frozen, g_out, info, prod.name if prod is not None else None
+
+
+def _fold_layer(S, B, P: int, frac: int, act, labels: tuple[str, str], node, hint: str, source: str):
+    """The fold's layer from integers ``S``, ``B`` per channel (scale ``S * 2**-P``, bias ``B * 2**-(P + frac)`` on
+    inputs with ``frac`` fractional bits) and its quantizer ``act``: ``(FxsQuantBatchNorm, scale grid, bias grid)``."""
+    from ..quant import FxsQuantBatchNorm
+    scale = torch.tensor([math.ldexp(int(v), -P) for v in S], dtype=torch.float64)
+    bias = torch.tensor([math.ldexp(int(v), -(P + frac)) for v in B], dtype=torch.float64)
+    sg = exact_type(scale.numpy(), labels[0], node, hint)
+    bg = exact_type(bias.numpy(), labels[1], node, hint)
+    return FxsQuantBatchNorm(scale, bias, _fixed(sg), _fixed(bg), act, source), sg, bg
 
 
 def fold_act(gm, node: torch.fx.Node, act, src, p: Plan, grids: dict, channels: int):
@@ -550,7 +551,6 @@ def fold_normalization(gm: torch.fx.GraphModule, last: torch.fx.Node, aff, t, no
     of those levels make an hls4ml BatchNormalization with the quantizer's type. brevitas computes the chain in
     float32: the decisions its rounding moves are counted over the same values and reported, never followed.
     Returns ``(fold, its output grid, report info)``; raises where no fold reproduces the exact levels."""
-    from ..quant import FxsQuantBatchNorm
     from . import affine
     frozen_act, g_out, _ = layers.read_act(act_node, act)
     ops = ", ".join(aff.nodes)
@@ -593,12 +593,9 @@ def fold_normalization(gm: torch.fx.GraphModule, last: torch.fx.Node, aff, t, no
                    "declare a narrower input type (config input_precision), or normalize in the data pipeline")
     S, B, P = found
     moved = int((L != Lb).sum())
-    scale = torch.tensor([math.ldexp(int(v), -P) for v in S], dtype=torch.float64)
-    bias = torch.tensor([math.ldexp(int(v), -(P + t.frac)) for v in B], dtype=torch.float64)
-    hint = "declare a narrower input type (config input_precision)"
-    sg = exact_type(scale.numpy(), f"{where}: its scale", last, hint)
-    bg = exact_type(bias.numpy(), f"{where}: its bias", last, hint)
-    frozen = FxsQuantBatchNorm(scale, bias, _fixed(sg), _fixed(bg), frozen_act, f"input normalization {ops}")
+    frozen, sg, bg = _fold_layer(S, B, P, t.frac, frozen_act, (f"{where}: its scale", f"{where}: its bias"), last,
+                                 "declare a narrower input type (config input_precision)",
+                                 f"input normalization {ops}")
     check_fold(frozen, ks, valid, t.frac, L, Lb, moved, where, last)
     total = C * span
     info = {"layer": last.name, "kind": "input normalization",

@@ -73,6 +73,15 @@ def _plan(gm: torch.fx.GraphModule, input_shapes: list[tuple[int, ...]], declare
     f32_affine: dict[str, tuple] = {}          # affine node -> what counting its moved decisions needs
     folded: dict[str, str] = {}                # BatchNorm fold -> the quantizer it holds (float-scaled tensors)
 
+    def record(node: torch.fx.Node, aff, frozen, info: dict) -> None:
+        """The exact layer of the input arithmetic ending at ``node``: its types and its report entry."""
+        p.affines[node.name] = (aff, frozen)
+        p.precisions[node.name] = {"scale": frozen.scale_precision, "bias": frozen.bias_precision,
+                                   "result": frozen.precision}
+        p.input_precisions[aff.inp] = declared[aff.inp]
+        p.quantizers.append(info)
+        p.input_arithmetic.append(info)
+
     def settle(node: torch.fx.Node, user: torch.fx.Node) -> None:
         """Float arithmetic on a model input read by ``user``: its exact layer (a normalization: folded into
         ``user``, its quantizer)."""
@@ -88,12 +97,7 @@ def _plan(gm: torch.fx.GraphModule, input_shapes: list[tuple[int, ...]], declare
             t = affine._declared_type(aff, declared.get(aff.inp), nodes)
             frozen, g, info = norm.fold_normalization(gm, node, aff, t, nodes, user, act)
             info["input_type"] = declared[aff.inp]
-            p.affines[node.name] = (aff, frozen)
-            p.precisions[node.name] = {"scale": frozen.scale_precision, "bias": frozen.bias_precision,
-                                       "result": frozen.precision}
-            p.input_precisions[aff.inp] = declared[aff.inp]
-            p.quantizers.append(info)
-            p.input_arithmetic.append(info)
+            record(node, aff, frozen, info)
             if info["decisions_moved"]:
                 p.inexact_in_brevitas.append(node.name)
             folded[node.name] = user.name              # the quantizer holds the fold's levels already
@@ -101,12 +105,7 @@ def _plan(gm: torch.fx.GraphModule, input_shapes: list[tuple[int, ...]], declare
             return
         frozen, g, info, f32, g_in, rng = affine.materialize(gm, node, aff, declared.get(aff.inp), nodes)
         _check_affine(gm, aff, nodes, frozen, declared[aff.inp], f32, node)
-        p.affines[node.name] = (aff, frozen)
-        p.precisions[node.name] = {"scale": frozen.scale_precision, "bias": frozen.bias_precision,
-                                   "result": frozen.precision}
-        p.input_precisions[aff.inp] = declared[aff.inp]
-        p.quantizers.append(info)
-        p.input_arithmetic.append(info)
+        record(node, aff, frozen, info)
         if f32:
             info["decisions_moved"] = 0
             info["note"] = ("every value of the input type and every intermediate value fit in float32's 24 "
