@@ -19,7 +19,7 @@ layer and summed per partition (every one is additive):
 
 Yosys on a streaming partition grows with ``stream`` = ``kernels + 3 * buffer`` (time) and ``stream_memory`` =
 ``kernels + buffer / 2`` (peak memory): a register word costs Yosys more time than an adder word of a kernel and
-less memory (both weights fitted on the 13 partitions of the full-width ResNet20 measured by
+less memory (both weights fitted on 15 partitions of the full-width ResNet20 measured by
 ``benchmarks/bench_stream_resnet.py --wide resnet20 --partitions``, whose head, an average pooling over a whole
 8x8x64 feature map before a Linear of 1,124 ``kernels``, took as long as a partition of 11,000 ``kernels``).
 

@@ -43,13 +43,13 @@ STREAM_STEPS = (
          doc="da4ml kernels, line buffers and FIFOs of the streaming partition",
          seconds=StepModel(a=0.0384, b=0.0, d=3.494e-05, c=1.35, size="kernels"),
          memory=StepModel(a=4.066e8, b=0.0, d=1.173e4, c=0.5, size="kernels")),
-    # Yosys CPU time and peak memory of 13 partitions of the full-width ResNet20's plan for 8 workers (zoo
-    # ``resnet20``; bench_stream_resnet.py --wide resnet20 --partitions), 107 s .. 555 s, 2.0 .. 7.7 GiB: relative
-    # rms 6 % (time), 4 % (memory); the buffer weights are costmodel.BUFFER_TIME and BUFFER_MEMORY
+    # Yosys CPU time and peak memory of 15 partitions of the full-width ResNet20's plan for 8 workers (zoo
+    # ``resnet20``; bench_stream_resnet.py --wide resnet20 --partitions), 107 s .. 574 s, 2.0 .. 7.7 GiB: relative
+    # rms 7 % (time), 4 % (memory); the buffer weights are costmodel.BUFFER_TIME and BUFFER_MEMORY
     Step("stream_synth", tool="yosys", tools=("yosys",), deps=("stream",), when=("stream", "synth"),
          doc="Yosys synth_xilinx of the streaming partition",
-         seconds=StepModel(a=40.59, b=0.0, d=1.817e-03, c=1.3, size="stream"),
-         memory=StepModel(a=0.0, b=0.0, d=1.042e6, c=0.95, size="stream_memory")),
+         seconds=StepModel(a=45.88, b=0.0, d=1.110e-03, c=1.35, size="stream"),
+         memory=StepModel(a=0.0, b=0.0, d=1.041e6, c=0.95, size="stream_memory")),
     # the stitched top: the mean of its 3 jobs there (0.04 .. 0.07 s; synthesis 1.9 .. 8.0 s)
     Step("stream", tool=None, scope="stitched", after=("stream",), when="stream",
          doc="the stitched streaming top and its edge FIFOs",
