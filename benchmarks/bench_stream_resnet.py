@@ -28,7 +28,13 @@ the machine at once. ``--run-dir DIR``: build in DIR, resuming an interrupted ru
 reused, and their times and peak memory are the ones recorded when they were built (their manifests).
 ``--partitions p3,p7``: of the ``--wide`` plan, build only these partitions' streaming Verilog and Yosys jobs (the
 jobs ``compile`` makes, measured by the same engine; no C simulation), to measure a large plan a few partitions at
-a time; their figures go to the run directory's ``figures.json``.
+a time; their figures go to the run directory's ``figures.json``. After them, every partition of the plan whose
+Yosys job the run directory's cache holds (a job of the same partition: same id and size features, built by any
+version of fxsplit) is list-scheduled on 8 workers with its measured CPU time (the least of its builds: other work
+on the same cores inflates it), the others with their predicted
+time: the plan's wall on 8 workers, measured as far as it is. ``--plan FIGURES.json``: the plan for 8 workers of an
+earlier ``--wide`` run (its ``wide.<model>.plan8.splits``), not planned anew, so that a plan measured over several
+runs stays the same plan when the cost model changes meanwhile.
 """
 
 from __future__ import annotations
@@ -104,7 +110,35 @@ def wide(name, run, jobs, synth_limit, max_job_memory=None):
     return {"plan8": p8.to_dict(), "wall": wall, "synth": fits, "predicted": pred, "jobs": C.job_rows(d.build)}
 
 
-def wide_partitions(name, run, jobs, names, max_job_memory=None):
+SAME_PARTITION = ("kernels", "weights", "macs", "digits", "layers")     # features that identify a partition's content
+
+
+def measured_schedule(name: str, run: Path, order: list[str], feats: dict, cm: CostModel, workers: int = 8) -> dict:
+    """The plan's Yosys jobs list-scheduled on ``workers`` (longest first, each to the first free worker): measured
+    CPU time where the run directory's cache holds the partition's job (the least of its builds), predicted
+    otherwise."""
+    import glob
+    import json
+    found = {}
+    for m in glob.glob(str(run / f"wide_{name}.cache" / "*" / "manifest.json")):
+        try:
+            r = json.loads(Path(m).read_text())
+        except (OSError, ValueError):
+            continue
+        part, _, step = str(r.get("id", "")).partition("/")
+        f = (r.get("cost") or {}).get("features") or {}
+        cpu = (r.get("usage") or {}).get("cpu_seconds")
+        if step == "stream_synth" and part in feats and cpu and all(f.get(k) == feats[part][k] for k in SAME_PARTITION):
+            found[part] = min(float(cpu), found.get(part, float("inf")))     # (a loaded machine inflates CPU time)
+    times = {n: found.get(n, cm.predict("stream_synth", feats[n])) for n in order}
+    free = [0.0] * workers
+    for t in sorted(times.values(), reverse=True):
+        free[free.index(min(free))] += t
+    return {"measured": sorted(found), "partitions": len(order), "wall": max(free), "total": sum(times.values()),
+            "largest": max(times, key=times.get), "seconds": times}
+
+
+def wide_partitions(name, run, jobs, names, max_job_memory=None, plan_file=None):
     """Of the 8-worker plan of ``name``, only the partitions ``names``: their ``stream`` and ``stream_synth`` jobs,
     as ``compile`` makes them (same lowering, keys and cost annotations), run by the engine on ``jobs`` jobs."""
     from fxsplit.engine import run_jobs
@@ -114,9 +148,15 @@ def wide_partitions(name, run, jobs, names, max_job_memory=None):
     from fxsplit.plan.costmodel import annotate
     model, shape = build(name)
     cfg = {**spanning_config(model, shape, io_type="io_stream", csim_opt="-O0"), "synth": True}
-    p8 = plan8(model, shape, cfg, max_job_memory)
+    if plan_file:
+        import json
+        splits = json.loads(Path(plan_file).read_text())["wide"][name]["plan8"]["splits"]
+        p8 = None
+    else:
+        p8 = plan8(model, shape, cfg, max_job_memory)
+        splits = p8.splits
     out = run / f"wide_{name}"
-    frontend = partition_graph(trace_eval(model, shape), list(p8.splits))
+    frontend = partition_graph(trace_eval(model, shape), list(splits))
     fc = normalize_config(cfg, frontend)
     flow_cls = get_flow("rtl")
     flow_cls.configure(cfg, fc)
@@ -131,7 +171,7 @@ def wide_partitions(name, run, jobs, names, max_job_memory=None):
     feats = partition_features(pt, fc.precision, types=types_of(model, shape, cfg))
     cm, mm = CostModel(), CostModel.fit([], target="peak_rss")
     annotate(chosen, feats, cm, flow_cls.steps, memory=mm)
-    print(f"{name}: plan for 8 workers {p8.splits}; building {', '.join(names)} "
+    print(f"{name}: plan for 8 workers {splits}; building {', '.join(names)} "
           f"({len(chosen)} jobs on {jobs} jobs)", flush=True)
     t0 = time.time()
     res = run_jobs(chosen, run / f"wide_{name}.cache", max_workers=jobs, progress=False, log_dir=out / "logs",
@@ -149,7 +189,12 @@ def wide_partitions(name, run, jobs, names, max_job_memory=None):
                          "Yosys CPU", "GiB"], f"{name}: partitions of the 8-worker plan, {time.time() - t0:.0f} s"))
     if not res.ok:
         raise SystemExit(f"failed jobs: {[r.id for r in res if r.state == 'failed']} (logs in {out / 'logs'})")
-    return {"plan8": p8.to_dict(), "partitions": names, "jobs": C.job_rows(res)}
+    sched = measured_schedule(name, run, [p.name for p in pt.partitions], feats, cm)
+    print(f"{name}: the plan's {sched['partitions']} Yosys jobs on 8 workers (measured CPU time for "
+          f"{len(sched['measured'])}, predicted for the rest): wall {sched['wall']:.0f} s, total {sched['total']:.0f} s, "
+          f"largest {sched['largest']} {sched['seconds'][sched['largest']]:.0f} s", flush=True)
+    return {"plan8": p8.to_dict() if p8 is not None else {"splits": list(splits), "from": str(plan_file)},
+            "partitions": names, "jobs": C.job_rows(res), "schedule8": sched}
 
 
 def one(tag, model, shape, run, cfg, jobs, frames, **kw):
@@ -191,6 +236,7 @@ def main():
     ap.add_argument("--max-job-memory", type=float, default=None, help="GiB: every --wide partition predicted under it")
     ap.add_argument("--run-dir", default=None, help="build here, resuming a run interrupted in it (its caches reused)")
     ap.add_argument("--partitions", default=None, help="with --wide: only these partitions' Verilog and Yosys jobs")
+    ap.add_argument("--plan", default=None, help="with --partitions: the 8-worker plan of this earlier figures JSON")
     a = ap.parse_args()
     if a.run_dir:
         run = Path(a.run_dir).expanduser().resolve()
@@ -202,7 +248,7 @@ def main():
         budget = int(a.max_job_memory * GiB) if a.max_job_memory else None
         if a.partitions:
             names = a.partitions.split(",")
-            out = {n: wide_partitions(n, run, a.jobs, names, budget) for n in a.wide.split(",")}
+            out = {n: wide_partitions(n, run, a.jobs, names, budget, a.plan) for n in a.wide.split(",")}
             print("figures:", C.write_json(run, {"benchmark": "bench_stream_resnet --wide --partitions",
                                                  "machine": info, "wide": out}))
             return
