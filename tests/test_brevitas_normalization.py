@@ -82,6 +82,24 @@ def test_python_constants_are_the_float32_values_brevitas_computes_with(tmp_path
     assert d.verify(x).bit_exact
 
 
+def test_float64_constant_tensors_are_used_as_they_are(tmp_path):
+    """A float64 tensor of one or more dimensions promotes the float32 input to float64 (torch's type promotion):
+    the fold is exact on the constant as written, nothing is rounded."""
+    mean = torch.tensor([0.485], dtype=torch.float64)
+    std = torch.tensor([0.229], dtype=torch.float64)
+    model = _Scaled(lambda x: (x - mean) / std, bits=4).eval()
+    d = fxsplit.compile(model, (2,), flow="hls4ml", config={**FAST, "input_precision": IN_TYPE},
+                        output_dir=tmp_path / "o", jobs=1, progress=False)
+    (arith,) = d.report["brevitas"]["input_arithmetic"]
+    assert "constants_rounded_to_float32" not in arith
+    m, s = Fraction(0.485), Fraction(0.229)
+    k = torch.arange(256)
+    x = (k.to(torch.float32) / 256).reshape(-1, 1).expand(256, 2).contiguous()
+    exact = np.array([max(-7, min(7, _half_even((Fraction(int(v), 256) - m) / s))) for v in k], dtype=np.float64)
+    np.testing.assert_array_equal(d.predict(x)[:, 0], exact)
+    assert d.verify(x).bit_exact
+
+
 def test_brevitas_float32_moving_a_normalized_decision_is_counted_not_followed(tmp_path):
     """(x + 1.5) * 40000 - 60000 on fixed<16,-8> (24 fractional bits): brevitas rounds 1.5 + x to float32's 23
     bits and the product to 8 fractional bits, so values near a level boundary move to the neighbouring level.

@@ -124,6 +124,8 @@ def _constant(v, n: torch.fx.Node) -> tuple[torch.Tensor, bool]:
     constant to the float32 tensor's type), and whether that rounded it."""
     t = v.value if isinstance(v, Const) else torch.tensor(float(v), dtype=torch.float64)
     t64 = t.detach().to(torch.float64)
+    if t.dtype == torch.float64 and t.dim() >= 1:
+        return t64, False          # torch promotes the float32 input to float64: the constant is used as it is
     t32 = t64.to(torch.float32).to(torch.float64)
     return t32, not torch.equal(t32, t64)
 
