@@ -174,12 +174,11 @@ def step(n: torch.fx.Node, operands: list, start_of) -> Affine:
                    "compute it outside the model")
     elif n.target in _ADD:
         kind = "add"
-        c = c + k if normalizes else _exact_sum(c, k, n)
+        if not normalizes:                          # (a normalization is read from ``ops`` alone)
+            c = _exact_sum(c, k, n)
     else:                                           # subtraction: x - k, or k - x
         kind = "sub" if i == 0 else "rsub"
-        if normalizes:
-            a, c = (a, c - k) if i == 0 else (-a, k - c)
-        else:
+        if not normalizes:
             a, c = (a, _exact_sum(c, -k, n)) if i == 0 else (-a, _exact_sum(-c, k, n))
     return Affine(x.inp, x.start, a, c, [*x.nodes, n.name], list(x.consts), [*x.steps, (a, c)],
                   [*x.ops, (kind, k)], normalizes, [*x.rounded, *([n.name] if rounded else [])])
