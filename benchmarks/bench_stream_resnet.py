@@ -34,7 +34,8 @@ version of fxsplit) is list-scheduled on 8 workers with its measured CPU time (t
 on the same cores inflates it), the others with their predicted
 time: the plan's wall on 8 workers, measured as far as it is. ``--plan FIGURES.json``: the plan for 8 workers of an
 earlier ``--wide`` run (its ``wide.<model>.plan8.splits``), not planned anew, so that a plan measured over several
-runs stays the same plan when the cost model changes meanwhile.
+runs stays the same plan when the cost model changes meanwhile. ``benchmarks/plans/resnet20_plan8.json`` is the
+full-width ResNet20's plan whose partitions ``docs/performance.md`` measures.
 """
 
 from __future__ import annotations
